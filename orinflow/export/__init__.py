@@ -1,0 +1,126 @@
+"""PyTorch -> ONNX: export, simplify with onnxslim, stamp the processing spec, check parity."""
+from __future__ import annotations
+
+import io
+import time
+import warnings
+from contextlib import redirect_stdout
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from .. import __version__
+from ..config import DEFAULT_OPSET, raw_onnx_dir
+from ..errors import OrinflowError
+from ..io import atomic_path, write_json
+from ..models import ModelAdapter
+from ..models.onnx_model import META_FAMILY, META_PROCESSING, META_SOURCE, write_metadata
+from ..runtime import OrtRunner, TorchRunner
+
+# Parity limits relative to the output's magnitude: float32 reordering stays far below the
+# fp32 limit; a wrong graph lands far above. FP16 weights round at about 1e-3 relative.
+PARITY_RTOL = {"fp32": 1e-4, "fp16": 2e-2}
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    record: dict
+
+
+def default_output(adapter: ModelAdapter, dynamic: bool, half: bool) -> Path:
+    stem = Path(adapter.source).stem
+    size = "x".join(map(str, adapter.processing.imgsz)) if len(set(adapter.processing.imgsz)) > 1 else str(adapter.processing.imgsz[0])
+    suffix = "_dyn" if dynamic else ""
+    suffix += "_fp16" if half else ""
+    return raw_onnx_dir() / f"{stem}_{size}{suffix}.onnx"
+
+
+def export_onnx(adapter: ModelAdapter, output: Path | None = None, opset: int = DEFAULT_OPSET, dynamic: bool = False,
+                half: bool = False, simplify: bool = True, parity_image: np.ndarray | None = None) -> ExportResult:
+    """Export `adapter` to ONNX at `output` (atomically) and verify it against PyTorch."""
+    output = Path(output) if output else default_output(adapter, dynamic, half)
+    if output.suffix.lower() != ".onnx":
+        raise OrinflowError(f"output must end in .onnx: {output}")
+    if Path(adapter.source).resolve() == output.resolve():
+        raise OrinflowError("refusing to overwrite the source model")
+    started = time.perf_counter()
+    with atomic_path(output) as tmp:
+        _torch_export(adapter, tmp, opset, dynamic)
+        model = onnx.load(str(tmp))
+        if simplify:
+            model = _slim(model)
+        if half:
+            model = _to_fp16(model)
+        write_metadata(model, {META_PROCESSING: adapter.processing.to_json(), META_FAMILY: adapter.family,
+                               META_SOURCE: adapter.source, "orinflow.version": __version__})
+        onnx.save(model, str(tmp))
+        onnx.checker.check_model(str(tmp))
+        parity = check_parity(adapter, tmp, parity_image, "fp16" if half else "fp32")
+    record = {
+        "command": "export", "model": str(output), "source": adapter.source, "family": adapter.family,
+        "task": adapter.task, "imgsz": list(adapter.processing.imgsz), "opset": opset, "dynamic_batch": dynamic,
+        "half": half, "simplified": simplify, "parity": parity, "params": adapter.num_params(),
+        "size_bytes": output.stat().st_size, "seconds": round(time.perf_counter() - started, 2),
+    }
+    write_json(output.with_suffix(".json"), record)
+    return ExportResult(output, record)
+
+
+def _torch_export(adapter: ModelAdapter, path: Path, opset: int, dynamic: bool) -> None:
+    module = adapter.export_module().eval()
+    dummy = torch.zeros(adapter.input_shape)
+    axes = {"images": {0: "batch"}, "output0": {0: "batch"}} if dynamic else None
+    with warnings.catch_warnings(), redirect_stdout(io.StringIO()), torch.no_grad():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(module, (dummy,), str(path), opset_version=opset, input_names=["images"],
+                              output_names=["output0"], dynamic_axes=axes, dynamo=False, do_constant_folding=True)
+        except Exception as e:
+            raise OrinflowError(f"torch.onnx.export failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from e
+
+
+def _slim(model: onnx.ModelProto) -> onnx.ModelProto:
+    import onnxslim
+
+    with redirect_stdout(io.StringIO()):
+        return onnxslim.slim(model)
+
+
+def _to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
+    """FP16 weights and arithmetic, float32 input/output so callers need not change."""
+    from onnxconverter_common import float16
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        del model.graph.value_info[:]  # stale float32 shape annotations would contradict the new types
+        return float16.convert_float_to_float16(model, keep_io_types=True)
+
+
+def check_parity(adapter: ModelAdapter, onnx_path: Path, image: np.ndarray | None, precision: str) -> dict:
+    """Max abs difference of the raw outputs, PyTorch vs ONNX Runtime, on one preprocessed image."""
+    if image is None:
+        image = _default_parity_image(adapter)
+    batch = adapter.processing.preprocess(image)[0][None]
+    reference = TorchRunner(adapter).run(batch)[0]
+    candidate = OrtRunner(onnx_path).run(batch.astype(np.float32))[0].astype(np.float32)
+    if reference.shape != candidate.shape:
+        raise OrinflowError(f"export is broken: ONNX output shape {candidate.shape} != PyTorch {reference.shape}")
+    diff = float(np.abs(reference - candidate).max())
+    scale = float(np.abs(reference).max()) or 1.0
+    limit = PARITY_RTOL[precision] * max(1.0, scale)
+    if not np.isfinite(diff) or diff > limit:
+        raise OrinflowError(f"export is broken: max |PyTorch - ONNX| = {diff:.3g} exceeds {limit:.3g}")
+    return {"max_abs_diff": diff, "output_max_abs": scale, "limit": limit, "output_shape": list(reference.shape)}
+
+
+def _default_parity_image(adapter: ModelAdapter) -> np.ndarray:
+    """A real-looking image from the demo recipe when the user names none."""
+    from ..demo.shapes import make_image
+
+    image, _ = make_image(np.random.default_rng(0))
+    return np.asarray(image)[:, :, ::-1].copy()
+

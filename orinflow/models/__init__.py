@@ -1,0 +1,64 @@
+"""Model adapters, one per family, behind `load_model` which picks the family from the file."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import OrinflowError
+from ..io import require_file
+from .base import ModelAdapter, pickle_globals
+from .onnx_model import OnnxModel, load_onnx
+from .processing import Processing
+
+__all__ = ["ModelAdapter", "OnnxModel", "Processing", "load_model", "detect_family"]
+
+ULTRALYTICS_YAML_HINT = "an Ultralytics model YAML such as yolo26n.yaml"
+
+
+def detect_family(path: Path, arch: str | None) -> str:
+    """Which adapter fits: from the suffix, then from the classes the pickle names (without running it)."""
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
+        return "onnx"
+    if suffix in (".yaml", ".yml"):
+        return "ultralytics"
+    if arch:
+        return "classifier"
+    modules = pickle_globals(path)
+    if any(m.startswith("models.") for m in modules):
+        return "yolov5"
+    if any(m.startswith("ultralytics") for m in modules):
+        return "ultralytics"
+    if modules and modules <= {"torch", "torch._utils", "collections", "__builtin__", "builtins", "numpy",
+                               "numpy.core.multiarray", "numpy._core.multiarray", "_codecs"}:
+        return "classifier"  # a plain state dict: load_classifier asks for --arch
+    raise OrinflowError(f"{path}: not a model orinflow recognises (expected an Ultralytics or YOLOv5 checkpoint, "
+                        f"{ULTRALYTICS_YAML_HINT}, an orinflow ONNX, or weights with --arch)")
+
+
+def load_model(model: str | Path, arch: str | None = None, imgsz: int | None = None, mean=None, std=None,
+               crop_fraction: float | None = None) -> ModelAdapter | OnnxModel:
+    """Load any supported model file. `arch` alone (no file) builds an untrained torchvision/user model."""
+    if model is None or str(model) == "":
+        if arch is None:
+            raise OrinflowError("give a model file with -m, or an architecture with --arch")
+        from .classifier import load_classifier
+
+        return load_classifier(None, arch, imgsz, mean, std, crop_fraction)
+    path = Path(model)
+    is_builtin_yaml = path.suffix.lower() in (".yaml", ".yml") and not path.exists() and path.parent == Path(".")
+    if not is_builtin_yaml:  # Ultralytics ships its architecture YAMLs inside the package
+        require_file(path, "model")
+    family = detect_family(path, arch)
+    if family == "onnx":
+        return load_onnx(path)
+    if family == "yolov5":
+        from .yolov5 import load_yolov5
+
+        return load_yolov5(path, imgsz)
+    if family == "ultralytics":
+        from .ultralytics import load_ultralytics
+
+        return load_ultralytics(path, imgsz)
+    from .classifier import load_classifier
+
+    return load_classifier(path, arch, imgsz, mean, std, crop_fraction)

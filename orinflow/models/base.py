@@ -1,0 +1,109 @@
+"""The adapter interface every model family implements, and what they share."""
+from __future__ import annotations
+
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import OrinflowError
+from .processing import Processing
+
+
+@dataclass
+class ModelAdapter:
+    """A loaded PyTorch model with everything needed to feed it and read it.
+
+    module:      eval-mode float32 nn.Module whose first output is the raw head output
+                 that the exported ONNX returns too (decode included, NMS excluded).
+    processing:  the pre/post-processing spec (shared with every runtime).
+    """
+
+    family: str
+    source: str
+    module: nn.Module
+    processing: Processing
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def task(self) -> str:
+        return self.processing.task
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        return (1, 3, *self.processing.imgsz)
+
+    def export_module(self) -> nn.Module:
+        return RawOutput(self.module)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.module.parameters())
+
+
+class RawOutput(nn.Module):
+    """Returns only the first output: inference-mode heads also return training features."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x):
+        y = self.module(x)
+        return y[0] if isinstance(y, (tuple, list)) else y
+
+
+def pickle_globals(path: Path) -> set[str]:
+    """Module names a torch zip checkpoint references, read without running it."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            name = next((n for n in archive.namelist() if n.endswith("data.pkl")), None)
+            data = archive.read(name) if name else b""
+    except (zipfile.BadZipFile, OSError):
+        return set()
+    import pickletools
+
+    modules, strings = set(), []
+    try:
+        for op, arg, _ in pickletools.genops(data):
+            if op.name == "GLOBAL":
+                modules.add(arg.split(" ")[0])
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                modules.add(strings[-2])
+            if isinstance(arg, str):
+                strings.append(arg)
+    except Exception:  # a corrupt pickle: the real load will say so
+        pass
+    return modules
+
+
+def torch_load(path: Path, unpickler: type[pickle.Unpickler] | None = None):
+    """torch.load of a whole pickled model (runs code from the file: load only files you trust)."""
+    kwargs = {}
+    if unpickler is not None:
+        kwargs["pickle_module"] = type("PickleModule", (), {"Unpickler": unpickler, "load": pickle.load,
+                                                           "__name__": "orinflow_pickle"})
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False, **kwargs)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as e:
+        raise OrinflowError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: {_first_line(e)})") from e
+    except (ModuleNotFoundError, AttributeError) as e:
+        raise OrinflowError(f"{path} references code orinflow does not know ({_first_line(e)})") from e
+
+
+def fuse_conv_bn(module: nn.Module) -> nn.Module:
+    """Fold every `bn` that follows a `conv` inside a block (YOLOv5's Conv) into the conv."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    for block in module.modules():
+        conv, bn = getattr(block, "conv", None), getattr(block, "bn", None)
+        if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+            block.conv = fuse_conv_bn_eval(conv.eval(), bn.eval())
+            block.bn = None
+    return module
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [""])[0][:200]

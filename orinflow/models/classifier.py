@@ -1,0 +1,94 @@
+"""Adapter for classifiers: a torchvision architecture or a user factory, plus a weights file."""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..config import DEFAULT_CLS_IMGSZ, IMAGENET_MEAN, IMAGENET_STD
+from ..errors import OrinflowError
+from .base import ModelAdapter, torch_load
+from .processing import Processing
+
+IMAGENET_CROP_FRACTION = 0.875  # resize 256, crop 224
+STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net")
+
+
+def build_arch(arch: str) -> nn.Module:
+    """`resnet18` (torchvision), `path/to/file.py:func` or `package.module:func` -> a fresh nn.Module."""
+    if ":" not in arch:
+        import torchvision
+
+        try:
+            return torchvision.models.get_model(arch, weights=None)
+        except ValueError:
+            raise OrinflowError(f"unknown torchvision architecture {arch!r}; give file.py:func or package.module:func "
+                                "for your own model") from None
+    target, func_name = arch.rsplit(":", 1)
+    module = _import_target(target)
+    factory = getattr(module, func_name, None)
+    if not callable(factory):
+        raise OrinflowError(f"{target} has no callable {func_name!r}")
+    try:
+        model = factory()
+    except Exception as e:
+        raise OrinflowError(f"{arch}() failed: {type(e).__name__}: {e}") from e
+    if not isinstance(model, nn.Module):
+        raise OrinflowError(f"{arch} did not return a torch.nn.Module")
+    return model
+
+
+def _import_target(target: str):
+    if target.endswith(".py"):
+        path = Path(target)
+        if not path.is_file():
+            raise OrinflowError(f"architecture file not found: {path}")
+        spec = importlib.util.spec_from_file_location(f"orinflow_user_arch_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        try:
+            spec.loader.exec_module(module)
+        except Exception as e:
+            raise OrinflowError(f"could not import {path}: {type(e).__name__}: {e}") from e
+        return module
+    try:
+        return importlib.import_module(target)
+    except ImportError as e:
+        raise OrinflowError(f"could not import module {target!r}: {e}") from e
+
+
+def extract_state_dict(obj, path: Path) -> dict[str, torch.Tensor]:
+    """Find the tensors in common checkpoint layouts; strip DataParallel's `module.` prefix."""
+    if isinstance(obj, nn.Module):
+        obj = obj.state_dict()
+    if isinstance(obj, dict):
+        for key in STATE_DICT_KEYS:
+            if isinstance(obj.get(key), (dict, nn.Module)):
+                return extract_state_dict(obj[key], path)
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise OrinflowError(f"{path} holds no state dict (looked for tensors at the top and under {STATE_DICT_KEYS})")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def load_classifier(path: Path | None, arch: str | None, imgsz: int | None = None, mean=None, std=None,
+                    crop_fraction: float | None = None) -> ModelAdapter:
+    if arch is None:
+        raise OrinflowError(f"{path} is a plain state dict: name its architecture with --arch "
+                            "(e.g. resnet50, models.py:resnet20 or mypkg.nets:build)")
+    model = build_arch(arch)
+    if path is not None:
+        state = extract_state_dict(torch_load(path), path)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as e:
+            raise OrinflowError(f"{path} does not fit --arch {arch}: {str(e).splitlines()[0]}") from e
+    size = imgsz or DEFAULT_CLS_IMGSZ
+    fraction = crop_fraction if crop_fraction is not None else (IMAGENET_CROP_FRACTION if size >= 128 else 1.0)
+    if not 0 < fraction <= 1:
+        raise OrinflowError(f"--crop must be in (0, 1], got {fraction}")
+    processing = Processing(task="classify", imgsz=(size, size), mean=tuple(mean or IMAGENET_MEAN),
+                            std=tuple(std or IMAGENET_STD), crop_fraction=fraction)
+    return ModelAdapter(family="classifier", source=str(path or arch), module=model.float().eval(),
+                        processing=processing, extra={"arch": arch})

@@ -1,0 +1,69 @@
+"""An exported ONNX file with the processing spec orinflow stored in its metadata."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from ..errors import OrinflowError
+from .processing import Processing
+
+META_PROCESSING = "orinflow.processing"
+META_FAMILY = "orinflow.family"
+META_SOURCE = "orinflow.source"
+
+
+@dataclass
+class OnnxModel:
+    path: Path
+    family: str
+    processing: Processing
+    source: str
+
+    @property
+    def task(self) -> str:
+        return self.processing.task
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        return (1, 3, *self.processing.imgsz)
+
+    def num_params(self) -> int:
+        graph = onnx.load(str(self.path), load_external_data=False).graph
+        return sum(_numel(t.dims) for t in graph.initializer if len(t.dims) > 1 or t.name.endswith("bias"))
+
+
+def _numel(dims) -> int:
+    n = 1
+    for d in dims:
+        n *= d
+    return n
+
+
+def read_metadata(model: onnx.ModelProto) -> dict[str, str]:
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def write_metadata(model: onnx.ModelProto, values: dict[str, str]) -> None:
+    existing = {p.key: p for p in model.metadata_props}
+    for key, value in values.items():
+        prop = existing.get(key) or model.metadata_props.add()
+        prop.key, prop.value = key, value
+
+
+def load_onnx(path: Path) -> OnnxModel:
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:
+        raise OrinflowError(f"{path} is not a readable ONNX model ({type(e).__name__})") from e
+    meta = read_metadata(model)
+    if META_PROCESSING not in meta:
+        raise OrinflowError(f"{path} carries no orinflow metadata (pre/post-processing unknown); "
+                            "export it with `orinflow export` from the PyTorch model")
+    try:
+        processing = Processing.from_json(meta[META_PROCESSING])
+    except (json.JSONDecodeError, TypeError, KeyError) as e:
+        raise OrinflowError(f"{path}: orinflow metadata is damaged ({e})") from e
+    return OnnxModel(path, meta.get(META_FAMILY, "onnx"), processing, meta.get(META_SOURCE, str(path)))

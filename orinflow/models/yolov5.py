@@ -1,0 +1,57 @@
+"""Adapter for original YOLOv5 v6/v7 checkpoints (anchor-based head with objectness)."""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+from ..config import DEFAULT_DET_IMGSZ
+from ..errors import OrinflowError
+from . import yolov5_modules
+from .base import ModelAdapter, fuse_conv_bn, torch_load
+from .processing import HEAD_OBJECTNESS, Processing
+
+YOLOV5_MODULES = ("models.yolo", "models.common")
+YOLOV5_NMS_IOU = 0.6  # yolov5 val.py default
+
+
+class YOLOv5Unpickler(pickle.Unpickler):
+    """Resolves the yolov5 repository's classes to orinflow's own definitions."""
+
+    def find_class(self, module, name):
+        if module in YOLOV5_MODULES:
+            try:
+                return yolov5_modules.PICKLE_CLASSES[(module, name)]
+            except KeyError:
+                raise OrinflowError(f"YOLOv5 checkpoint uses {module}.{name}, which orinflow does not support yet") from None
+        if module.startswith("utils."):  # training-time helpers pickled into some checkpoints
+            return _Placeholder
+        return super().find_class(module, name)
+
+
+class _Placeholder:
+    """Stands in for yolov5 training objects (loggers, hyp dicts) that inference never uses."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        pass
+
+
+def load_yolov5(path: Path, imgsz: int | None = None) -> ModelAdapter:
+    ckpt = torch_load(path, YOLOv5Unpickler)
+    model = (ckpt.get("ema") or ckpt.get("model")) if isinstance(ckpt, dict) else ckpt
+    if model is None or not isinstance(model, yolov5_modules.Model):
+        raise OrinflowError(f"{path} has no YOLOv5 model inside (expected a 'model' or 'ema' entry)")
+    model = fuse_conv_bn(model.float().eval())
+    names = model.names if isinstance(model.names, dict) else dict(enumerate(model.names))
+    size = imgsz or DEFAULT_DET_IMGSZ
+    _check_stride(size, int(max(model.stride)))
+    processing = Processing(task="detect", imgsz=(size, size), names=names, head=HEAD_OBJECTNESS,
+                            nms_iou=YOLOV5_NMS_IOU)
+    return ModelAdapter(family="yolov5", source=str(path), module=model, processing=processing)
+
+
+def _check_stride(imgsz: int, stride: int) -> None:
+    if imgsz % stride:
+        raise OrinflowError(f"--imgsz {imgsz} must be a multiple of the model's stride {stride}")

@@ -1,0 +1,74 @@
+"""One Runner interface over every runtime: a float32 NCHW batch in, the graph's outputs out."""
+from __future__ import annotations
+
+import os
+from typing import Protocol
+
+import numpy as np
+
+from ..errors import OrinflowError
+from ..models import ModelAdapter, OnnxModel
+
+RUNTIMES = ("torch", "onnxruntime")
+
+
+class Runner(Protocol):
+    name: str
+    threads: int
+
+    def run(self, batch: np.ndarray) -> list[np.ndarray]: ...
+
+
+def default_threads() -> int:
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+class TorchRunner:
+    name = "torch"
+
+    def __init__(self, adapter: ModelAdapter, threads: int | None = None):
+        import torch
+
+        self.threads = threads or default_threads()
+        torch.set_num_threads(self.threads)
+        self.module = adapter.export_module().eval()
+
+    def run(self, batch: np.ndarray) -> list[np.ndarray]:
+        import torch
+
+        with torch.inference_mode():
+            out = self.module(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)))
+        return [t.numpy() for t in (out if isinstance(out, (tuple, list)) else [out])]
+
+
+class OrtRunner:
+    name = "onnxruntime"
+
+    def __init__(self, path, threads: int | None = None):
+        import onnxruntime as ort
+
+        self.threads = threads or default_threads()
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as e:
+            raise OrinflowError(f"ONNX Runtime cannot load {path}: {str(e).strip().splitlines()[0][:200]}") from e
+        self.input_name = self.session.get_inputs()[0].name
+        self.static_batch = self.session.get_inputs()[0].shape[0]
+
+    def run(self, batch: np.ndarray) -> list[np.ndarray]:
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        if isinstance(self.static_batch, int) and batch.shape[0] != self.static_batch:
+            # A static-batch graph: run image by image and stack, so any batch size works.
+            parts = [self.session.run(None, {self.input_name: batch[i:i + 1]}) for i in range(batch.shape[0])]
+            return [np.concatenate(outs) for outs in zip(*parts)]
+        return self.session.run(None, {self.input_name: batch})
+
+
+def make_runner(model: ModelAdapter | OnnxModel, threads: int | None = None) -> Runner:
+    if isinstance(model, OnnxModel):
+        return OrtRunner(model.path, threads)
+    return TorchRunner(model, threads)
