@@ -13,6 +13,7 @@ from .processing import Processing
 META_PROCESSING = "orinflow.processing"
 META_FAMILY = "orinflow.family"
 META_SOURCE = "orinflow.source"
+LEARNED_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization", "LayerNormalization"}
 
 
 @dataclass
@@ -31,8 +32,10 @@ class OnnxModel:
         return (1, 3, *self.processing.imgsz)
 
     def num_params(self) -> int:
+        """Weights and biases of the layers that learn (Conv, Gemm, MatMul, norms), not graph constants."""
         graph = onnx.load(str(self.path), load_external_data=False).graph
-        return sum(_numel(t.dims) for t in graph.initializer if len(t.dims) > 1 or t.name.endswith("bias"))
+        learned = {name for node in graph.node if node.op_type in LEARNED_OPS for name in node.input[1:]}
+        return sum(_numel(t.dims) for t in graph.initializer if t.name in learned)
 
 
 def _numel(dims) -> int:

@@ -1,0 +1,249 @@
+"""`orinflow <command>`: one Typer app. The `orinflow-<command>` scripts run the same functions."""
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated, Callable, Optional
+
+import typer
+from rich.console import Console
+
+from .config import DEFAULT_OPSET, calib_dir, records_dir
+from .errors import OrinflowError
+
+os.environ.setdefault("YOLO_OFFLINE", "1")
+
+app = typer.Typer(help="Vision models to fast, accurate INT8 ONNX for TensorRT on Jetson Orin, with measured "
+                       "accuracy and latency.", no_args_is_help=True, add_completion=False,
+                  pretty_exceptions_enable=False)
+# Tables are wide: never squeeze them below 150 columns when output is a pipe or a log.
+_width = max(150, shutil.get_terminal_size((150, 24)).columns)
+console = Console(width=_width)
+err_console = Console(stderr=True, width=_width)
+
+# ---- options shared by several commands ----
+ModelOpt = Annotated[str, typer.Option("-m", "--model", help="Model: Ultralytics/YOLOv5 .pt, Ultralytics model YAML, "
+                                       "orinflow .onnx, or a weights file with --arch.")]
+ArchOpt = Annotated[Optional[str], typer.Option("--arch", help="Classifier architecture: a torchvision name "
+                                                "(resnet50), path/to/file.py:func or package.module:func.")]
+ImgszOpt = Annotated[Optional[int], typer.Option("--imgsz", help="Input size (square). Default: 640 detectors, "
+                                                 "224 classifiers; ONNX models keep their own.")]
+MeanOpt = Annotated[Optional[str], typer.Option("--mean", help="Classifier normalisation mean, 'r,g,b' "
+                                                "(default ImageNet 0.485,0.456,0.406).")]
+StdOpt = Annotated[Optional[str], typer.Option("--std", help="Classifier normalisation std, 'r,g,b' "
+                                               "(default ImageNet 0.229,0.224,0.225).")]
+CropOpt = Annotated[Optional[float], typer.Option("--crop", help="Classifier centre-crop fraction: resize to "
+                                                  "imgsz/crop, crop imgsz (default 0.875 at >=128 px, else 1.0).")]
+DataOpt = Annotated[Optional[str], typer.Option("--yaml", "--data", help="Dataset YAML (Ultralytics format), "
+                                                "class-per-subfolder tree, or image folder.")]
+SplitOpt = Annotated[str, typer.Option("--split", help="Split of the dataset YAML to read.")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show full tracebacks on errors.")]
+
+
+def _floats(text: str | None, flag: str) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise OrinflowError(f"{flag} must be three comma-separated numbers, got {text!r}") from None
+    if len(values) != 3:
+        raise OrinflowError(f"{flag} must be three comma-separated numbers, got {text!r}")
+    return values
+
+
+def cli_errors(func: Callable) -> Callable:
+    """One clear line and exit code 2 for any failure; the traceback only with --verbose."""
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        verbose = kwargs.get("verbose", False)
+        try:
+            return func(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except KeyboardInterrupt:
+            err_console.print("[red]interrupted[/red]")
+            raise typer.Exit(130)
+        except Exception as e:  # noqa: BLE001 - every failure becomes one line
+            if verbose:
+                err_console.print(traceback.format_exc(), markup=False, highlight=False)
+            message = str(e) if isinstance(e, OrinflowError) else f"{type(e).__name__}: {e}"
+            hint = "" if verbose else " (run with --verbose for the traceback)"
+            err_console.print(f"[red]error:[/red] {message.strip().splitlines()[0] if message.strip() else type(e).__name__}"
+                              f"{hint if not isinstance(e, OrinflowError) else ''}", highlight=False)
+            raise typer.Exit(2)
+    return wrapper
+
+
+def _load(model: str, arch, imgsz, mean, std, crop):
+    from .models import load_model
+
+    return load_model(model, arch=arch, imgsz=imgsz, mean=_floats(mean, "--mean"), std=_floats(std, "--std"),
+                      crop_fraction=crop)
+
+
+# ---------------------------------------------------------------- export
+@app.command()
+@cli_errors
+def export(
+    model: ModelOpt,
+    arch: ArchOpt = None,
+    imgsz: ImgszOpt = None,
+    opset: Annotated[int, typer.Option("--opset", help="ONNX opset.")] = DEFAULT_OPSET,
+    dynamic: Annotated[bool, typer.Option("--dynamic/--static", help="Dynamic or static batch dimension.")] = False,
+    half: Annotated[bool, typer.Option("--half", help="FP16 weights and arithmetic (float32 input/output).")] = False,
+    simplify: Annotated[bool, typer.Option("--simplify/--no-simplify", help="Simplify with onnxslim.")] = True,
+    image: Annotated[Optional[Path], typer.Option("--image", help="Real image for the parity check (default: an "
+                                                  "image from the embedded demo recipe).")] = None,
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output .onnx (default: "
+                                                   "workspace/models/onnx/raw/<name>_<imgsz>.onnx).")] = None,
+    mean: MeanOpt = None, std: StdOpt = None, crop: CropOpt = None,
+    verbose: VerboseOpt = False,
+):
+    """Export a PyTorch model to ONNX, simplify it, and check PyTorch vs ONNX Runtime parity on a real image."""
+    from .data import read_image
+    from .export import export_onnx
+
+    adapter = _load(model, arch, imgsz, mean, std, crop)
+    if not hasattr(adapter, "module"):
+        raise OrinflowError(f"{model} is already ONNX; export takes a PyTorch model")
+    parity_image = read_image(image) if image else None
+    result = export_onnx(adapter, output, opset=opset, dynamic=dynamic, half=half, simplify=simplify,
+                         parity_image=parity_image)
+    parity = result.record["parity"]
+    console.print(f"exported [bold]{result.path}[/bold] ({result.record['size_bytes'] / 1e6:.2f} MB, opset {opset}, "
+                  f"{'dynamic' if dynamic else 'static'} batch) in {result.record['seconds']} s")
+    console.print(f"parity PyTorch vs ONNX Runtime: max |diff| = {parity['max_abs_diff']:.3g} "
+                  f"(output range ±{parity['output_max_abs']:.3g}, limit {parity['limit']:.3g})")
+
+
+# ---------------------------------------------------------------- calibrate
+@app.command()
+@cli_errors
+def calibrate(
+    model: ModelOpt,
+    data: DataOpt = None,
+    split: SplitOpt = "train",
+    num_images: Annotated[int, typer.Option("--num-images", "-n", help="Images to draw (all if fewer).")] = 512,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the random selection.")] = 0,
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output .npy (default: "
+                                                   "workspace/calib/<model>_<data>.npy).")] = None,
+    arch: ArchOpt = None, imgsz: ImgszOpt = None, mean: MeanOpt = None, std: StdOpt = None, crop: CropOpt = None,
+    verbose: VerboseOpt = False,
+):
+    """Build a calibration set (N,3,H,W float32 .npy) with exactly the model's preprocessing."""
+    from .data import load_dataset
+    from .data.calibration import build_calibration, save_calibration
+    from .io import write_json
+
+    if not data:
+        raise OrinflowError("give the images with --yaml data.yaml (and --split) or --data folder/")
+    adapter = _load(model, arch, imgsz, mean, std, crop)
+    dataset = load_dataset(data, split)
+    array = build_calibration(adapter.processing, dataset, num_images, seed)
+    output = output or calib_dir() / f"{Path(model).stem}_{Path(data).stem}_{split}_{len(array)}.npy"
+    save_calibration(array, output)
+    write_json(output.with_suffix(".json"), {"command": "calibrate", "model": str(model), "data": str(data),
+                                             "split": split, "images": len(array), "seed": seed,
+                                             "shape": list(array.shape), "processing": adapter.processing.to_json()})
+    console.print(f"calibration set [bold]{output}[/bold]: {array.shape[0]} images, shape {tuple(array.shape)}")
+
+
+# ---------------------------------------------------------------- evaluate
+@app.command()
+@cli_errors
+def evaluate(
+    model: Annotated[Optional[str], typer.Option("-m", "--model", help="Model to evaluate (any format -m takes).")] = None,
+    compare: Annotated[Optional[list[str]], typer.Option("--compare", help="Models to compare on the same data: "
+                                                         "--compare A B C (the first is the baseline).")] = None,
+    more: Annotated[Optional[list[str]], typer.Argument(help="Further models after --compare A.", show_default=False,
+                                                        metavar="[MODELS]...")] = None,
+    data: DataOpt = None,
+    split: SplitOpt = "val",
+    conf: Annotated[float, typer.Option("--conf", help="Detection score threshold.")] = 0.001,
+    iou: Annotated[Optional[float], typer.Option("--iou", help="NMS IoU (default: the family's usual, 0.6 YOLOv5, "
+                                                 "0.7 Ultralytics).")] = None,
+    max_det: Annotated[int, typer.Option("--max-det", help="Detections kept per image.")] = 300,
+    batch: Annotated[int, typer.Option("--batch", help="Batch for accuracy and the second latency figure.")] = 1,
+    runs: Annotated[int, typer.Option("--runs", help="Timed latency runs at batch 1 (0 skips latency).")] = 50,
+    warmup: Annotated[int, typer.Option("--warmup", help="Untimed warm-up runs.")] = 5,
+    threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads (default: all cores).")] = None,
+    per_class: Annotated[bool, typer.Option("--per-class", help="Print the per-class table (detection).")] = False,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the run record(s) here.")] = None,
+    arch: ArchOpt = None, imgsz: ImgszOpt = None, mean: MeanOpt = None, std: StdOpt = None, crop: CropOpt = None,
+    verbose: VerboseOpt = False,
+):
+    """Accuracy (mAP50/mAP50-95 or top-1/top-5), latency, size: one model or a side-by-side comparison."""
+    from .evaluate import EvalOptions, evaluate_model
+    from .evaluate.table import comparison_table, per_class_table
+    from .io import write_json
+
+    paths = ([model] if model else []) + _split_list(compare or []) + list(more or [])
+    if more and not compare:
+        raise OrinflowError(f"unexpected argument {more[0]!r}; compare models with --compare A B ...")
+    if not paths:
+        raise OrinflowError("give a model with -m, or several with --compare A B ...")
+    if not data:
+        raise OrinflowError("give the evaluation data with --yaml data.yaml or --data folder/")
+    if batch < 1 or runs < 0:
+        raise OrinflowError("--batch must be >= 1 and --runs >= 0")
+    options = EvalOptions(conf=conf, iou=iou, max_det=max_det, batch=batch, latency_runs=runs, warmup=warmup,
+                          threads=threads, measure_latency=runs > 0)
+    records = []
+    for path in paths:
+        loaded = _load(path, arch, imgsz, mean, std, crop)
+        console.print(f"evaluating [bold]{path}[/bold] ...")
+        records.append(evaluate_model(loaded, data, split, options))
+    console.print(comparison_table(records))
+    if per_class and records[0]["task"] == "detect":
+        for record in records:
+            console.print(per_class_table(record))
+    if json_out:
+        write_json(json_out, records[0] if len(records) == 1 else {"compare": records})
+        console.print(f"run record: {json_out}")
+
+
+def _split_list(values: list[str]) -> list[str]:
+    """--compare a.onnx,b.onnx and repeated --compare both work."""
+    return [v for value in values for v in value.split(",") if v]
+
+
+# ---------------------------------------------------------------- demo
+@app.command()
+@cli_errors
+def demo(
+    workdir: Annotated[Path, typer.Option("--workdir", help="Where the demo writes its data and models.")] = Path(
+        "workspace/demo"),
+    runs: Annotated[int, typer.Option("--runs", help="Timed latency runs per model.")] = 30,
+    verbose: VerboseOpt = False,
+):
+    """Offline end-to-end run on the embedded shapes detector: export, calibrate, evaluate, compare."""
+    from .demo.pipeline import run_demo
+
+    run_demo(workdir, runs, console)
+
+
+# ---------------------------------------------------------------- entry points
+def main() -> None:
+    app()
+
+
+def _alias(command: Callable, name: str) -> Callable[[], None]:
+    """A console script that runs exactly one command, for the original `orinflow-<name>` tools."""
+    def run() -> None:
+        single = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+        single.command(name=name)(command)
+        single(prog_name=f"orinflow-{name}")
+    return run
+
+
+export_alias = _alias(export, "export")
+calibrate_alias = _alias(calibrate, "calibrate")
+evaluate_alias = _alias(evaluate, "evaluate")
+
+if __name__ == "__main__":
+    sys.exit(main())

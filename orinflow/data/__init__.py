@@ -1,0 +1,132 @@
+"""Dataset readers: Ultralytics dataset YAMLs, class-per-subfolder trees, plain image folders."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import yaml
+
+from ..config import IMAGE_SUFFIXES
+from ..errors import OrinflowError
+
+
+@dataclass
+class Dataset:
+    """Images with optional labels.
+
+    task "detect":   labels[i] is an (n, 5) array: class, cx, cy, w, h (normalised, YOLO txt)
+    task "classify": labels[i] is the class index (subfolder order)
+    task None:       unlabelled images (calibration only)
+    """
+
+    name: str
+    images: list[Path]
+    task: str | None = None
+    labels: list = field(default_factory=list)
+    names: dict[int, str] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def read_image(path: Path) -> np.ndarray:
+    """BGR uint8 HWC; a clear error for unreadable files."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise OrinflowError(f"cannot read image {path} (missing, unreadable or not an image)")
+    return image
+
+
+def list_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def load_dataset(spec: str | Path, split: str = "val") -> Dataset:
+    """A dataset YAML (with `split`), a class-per-subfolder tree, or a folder of images."""
+    path = Path(spec)
+    if not path.exists():
+        raise OrinflowError(f"data not found: {path}")
+    if path.suffix.lower() in (".yaml", ".yml"):
+        return _from_yaml(path, split)
+    if path.is_dir():
+        return _from_folder(path)
+    raise OrinflowError(f"data must be a dataset YAML or a folder: {path}")
+
+
+def _from_yaml(path: Path, split: str) -> Dataset:
+    try:
+        cfg = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise OrinflowError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from e
+    if not isinstance(cfg, dict) or split not in cfg:
+        keys = ", ".join(k for k in ("train", "val", "test") if isinstance(cfg, dict) and k in cfg) or "none"
+        raise OrinflowError(f"{path} has no '{split}' split (splits present: {keys})")
+    root = Path(cfg.get("path") or path.parent)
+    if not root.is_absolute():
+        root = (path.parent / root).resolve()
+    entries = cfg[split] if isinstance(cfg[split], list) else [cfg[split]]
+    images = []
+    for entry in entries:
+        images += _images_of(root / entry, path)
+    if not images:
+        raise OrinflowError(f"{path}: split '{split}' holds no images")
+    names = cfg.get("names", {})
+    names = dict(enumerate(names)) if isinstance(names, list) else {int(k): v for k, v in names.items()}
+    if (root / entries[0]).is_dir() and _is_class_tree(root / entries[0]):
+        return _from_folder(root / entries[0])
+    labels = [_read_labels(_label_path(p), p) for p in images]
+    return Dataset(f"{path.stem}:{split}", images, "detect", labels, names)
+
+
+def _images_of(target: Path, yaml_path: Path) -> list[Path]:
+    if target.is_dir():
+        return list_images(target)
+    if target.suffix == ".txt" and target.is_file():  # a list of image paths, relative to the list's folder
+        lines = [ln.strip() for ln in target.read_text().splitlines() if ln.strip()]
+        return [(target.parent / ln).resolve() for ln in lines]
+    raise OrinflowError(f"{yaml_path}: path in YAML does not exist: {target}")
+
+
+def _label_path(image: Path) -> Path:
+    """Ultralytics convention: .../images/x.jpg -> .../labels/x.txt (last 'images' component)."""
+    parts = list(image.parts)
+    idx = len(parts) - 1 - parts[::-1].index("images") if "images" in parts else None
+    if idx is None:
+        return image.with_suffix(".txt")
+    parts[idx] = "labels"
+    return Path(*parts).with_suffix(".txt")
+
+
+def _read_labels(path: Path, image: Path) -> np.ndarray:
+    if not path.exists():
+        return np.zeros((0, 5), np.float32)  # no label file: an image with no objects
+    try:
+        rows = [list(map(float, ln.split()[:5])) for ln in path.read_text().splitlines() if ln.strip()]
+        labels = np.asarray(rows, np.float32).reshape(-1, 5)
+    except ValueError as e:
+        raise OrinflowError(f"bad label file {path} (for {image.name}): {e}") from e
+    if len(labels) and ((labels[:, 1:] < -0.01).any() or (labels[:, 1:] > 1.01).any()):
+        raise OrinflowError(f"bad label file {path}: coordinates must be normalised to 0..1")
+    return labels
+
+
+def _is_class_tree(folder: Path) -> bool:
+    subdirs = [d for d in folder.iterdir() if d.is_dir()]
+    return bool(subdirs) and all(any(p.suffix.lower() in IMAGE_SUFFIXES for p in d.iterdir()) for d in subdirs)
+
+
+def _from_folder(folder: Path) -> Dataset:
+    if _is_class_tree(folder):
+        classes = sorted(d.name for d in folder.iterdir() if d.is_dir())
+        images, labels = [], []
+        for idx, name in enumerate(classes):
+            found = list_images(folder / name)
+            images += found
+            labels += [idx] * len(found)
+        return Dataset(folder.name, images, "classify", labels, dict(enumerate(classes)))
+    images = list_images(folder)
+    if not images:
+        raise OrinflowError(f"no images found in {folder}")
+    return Dataset(folder.name, images)

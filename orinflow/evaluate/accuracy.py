@@ -1,0 +1,152 @@
+"""Accuracy through any Runner: COCO-style mAP for detectors, top-1/top-5 for classifiers."""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterator
+
+import numpy as np
+
+from ..data import Dataset, read_image
+from ..errors import OrinflowError
+from ..models.processing import Detections, Processing
+from ..progress import progress
+from ..runtime import Runner
+
+IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
+
+
+def batches(dataset: Dataset, processing: Processing, batch_size: int) -> Iterator[tuple[list[int], np.ndarray, list]]:
+    """Preprocessed batches; image decoding runs in threads ahead of inference."""
+    def prepare(index: int):
+        return processing.preprocess(read_image(dataset.images[index]))
+
+    indices = list(range(len(dataset)))
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for start in range(0, len(indices), batch_size):
+            chunk = indices[start:start + batch_size]
+            prepared = list(pool.map(prepare, chunk))
+            yield chunk, np.stack([p[0] for p in prepared]), [p[1] for p in prepared]
+
+
+def evaluate_detection(runner: Runner, processing: Processing, dataset: Dataset, conf: float = 0.001,
+                       iou: float | None = None, max_det: int = 300, batch_size: int = 1) -> dict:
+    if dataset.task != "detect":
+        raise OrinflowError(f"{dataset.name} has no detection labels (a dataset YAML with YOLO txt labels is needed)")
+    stats, target_classes = [], []
+    steps = (len(dataset) + batch_size - 1) // batch_size
+    for indices, batch, metas in progress(batches(dataset, processing, batch_size), "evaluating", total=steps):
+        raw = runner.run(batch)[0]
+        for index, meta, dets in zip(indices, metas, processing.postprocess(raw, metas, conf, iou, max_det)):
+            labels = dataset.labels[index]
+            gt_boxes = _labels_to_xyxy(labels, meta.original_hw)
+            stats.append((match_predictions(dets, gt_boxes, labels[:, 0].astype(int)), dets.scores, dets.classes))
+            target_classes.append(labels[:, 0].astype(int))
+    return detection_metrics(stats, np.concatenate(target_classes) if target_classes else np.zeros(0, int),
+                             processing.names or dataset.names)
+
+
+def _labels_to_xyxy(labels: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    h, w = hw
+    cx, cy, bw, bh = labels[:, 1] * w, labels[:, 2] * h, labels[:, 3] * w, labels[:, 4] * h
+    return np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], 1)
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU matrix between xyxy boxes a (n,4) and b (m,4)."""
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(2)
+    area_a = (a[:, 2:] - a[:, :2]).prod(1)
+    area_b = (b[:, 2:] - b[:, :2]).prod(1)
+    return inter / (area_a[:, None] + area_b[None] - inter + 1e-9)
+
+
+def match_predictions(dets: Detections, gt_boxes: np.ndarray, gt_classes: np.ndarray) -> np.ndarray:
+    """(n_pred, 10) bool: prediction is a true positive at each IoU threshold.
+
+    Per threshold, same-class pairs above it are matched one-to-one in order of IoU
+    (the rule of the YOLOv5 and Ultralytics evaluators behind the reference figures).
+    """
+    correct = np.zeros((len(dets.scores), len(IOU_THRESHOLDS)), bool)
+    if not len(dets.scores) or not len(gt_boxes):
+        return correct
+    iou = box_iou(gt_boxes, dets.boxes) * (gt_classes[:, None] == dets.classes[None])
+    for t, threshold in enumerate(IOU_THRESHOLDS):
+        gt_idx, pred_idx = np.nonzero(iou >= threshold)
+        if not len(gt_idx):
+            continue
+        order = np.argsort(-iou[gt_idx, pred_idx], kind="stable")
+        gt_idx, pred_idx = gt_idx[order], pred_idx[order]
+        _, first = np.unique(pred_idx, return_index=True)
+        gt_idx, pred_idx = gt_idx[first], pred_idx[first]
+        order = np.argsort(-iou[gt_idx, pred_idx], kind="stable")
+        gt_idx, pred_idx = gt_idx[order], pred_idx[order]
+        _, first = np.unique(gt_idx, return_index=True)
+        correct[pred_idx[first], t] = True
+    return correct
+
+
+def average_precision(recall: np.ndarray, precision: np.ndarray) -> float:
+    """101-point interpolated AP of one precision/recall curve.
+
+    The curve runs on from the last recall to (1, 0), as in YOLOv5's val.py and Ultralytics
+    up to 8.3, whose figures are the references users compare against. (Ultralytics 8.4
+    drops precision to 0 after the last recall instead, which reads lower for weak classes.)
+    """
+    mrec = np.concatenate(([0.0], recall, [1.0]))
+    mpre = np.concatenate(([1.0], precision, [0.0]))
+    mpre = np.flip(np.maximum.accumulate(np.flip(mpre)))
+    x = np.linspace(0, 1, 101)
+    return float(np.trapezoid(np.interp(x, mrec, mpre), x))
+
+
+def ap_per_class(tp: np.ndarray, conf: np.ndarray, pred_cls: np.ndarray, target_cls: np.ndarray):
+    """AP at each IoU threshold for every class present in the targets, plus precision/recall at conf 0.5 rank."""
+    order = np.argsort(-conf, kind="stable")
+    tp, pred_cls = tp[order], pred_cls[order]
+    classes, counts = np.unique(target_cls, return_counts=True)
+    ap = np.zeros((len(classes), tp.shape[1]))
+    precision_at_end, recall_at_end = np.zeros(len(classes)), np.zeros(len(classes))
+    for k, (cls, n_labels) in enumerate(zip(classes, counts)):
+        hits = tp[pred_cls == cls]
+        if not len(hits):
+            continue
+        tpc = hits.cumsum(0)
+        recall = tpc / n_labels
+        precision = tpc / np.arange(1, len(hits) + 1)[:, None]
+        ap[k] = [average_precision(recall[:, j], precision[:, j]) for j in range(tp.shape[1])]
+        precision_at_end[k], recall_at_end[k] = precision[-1, 0], recall[-1, 0]
+    return classes, ap, precision_at_end, recall_at_end
+
+
+def detection_metrics(stats: list, target_classes: np.ndarray, names: dict[int, str]) -> dict:
+    if not stats or not len(target_classes):
+        raise OrinflowError("the evaluation data has no labelled objects")
+    tp, conf, pred_cls = (np.concatenate(x) for x in zip(*stats))
+    classes, ap, _, recall = ap_per_class(tp, conf, pred_cls, target_classes)
+    per_class = {
+        names.get(int(cls), str(int(cls))): {
+            "instances": int((target_classes == cls).sum()), "mAP50": float(ap[i, 0]),
+            "mAP50-95": float(ap[i].mean()), "max_recall50": float(recall[i]),
+        }
+        for i, cls in enumerate(classes)
+    }
+    return {"mAP50": float(ap[:, 0].mean()), "mAP50-95": float(ap.mean()),
+            "instances": int(len(target_classes)), "per_class": per_class}
+
+
+def evaluate_classification(runner: Runner, processing: Processing, dataset: Dataset, batch_size: int = 32) -> dict:
+    if dataset.task != "classify":
+        raise OrinflowError(f"{dataset.name} is not a classification set (one subfolder of images per class)")
+    labels = np.asarray(dataset.labels)
+    top5_hits = top1_hits = 0
+    steps = (len(dataset) + batch_size - 1) // batch_size
+    for indices, batch, metas in progress(batches(dataset, processing, batch_size), "evaluating", total=steps):
+        probs = np.stack(processing.postprocess(runner.run(batch)[0], metas))
+        if probs.shape[1] < len(dataset.names):
+            raise OrinflowError(f"the model predicts {probs.shape[1]} classes but the data has {len(dataset.names)}")
+        ranked = np.argsort(-probs, 1)[:, :5]
+        truth = labels[indices]
+        top1_hits += int((ranked[:, 0] == truth).sum())
+        top5_hits += int((ranked == truth[:, None]).any(1).sum())
+    return {"top1": top1_hits / len(dataset), "top5": top5_hits / len(dataset), "images": len(dataset)}

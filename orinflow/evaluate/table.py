@@ -1,0 +1,57 @@
+"""Rich tables for evaluation records: one model, or several with deltas against the first."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.table import Table
+
+from . import headline
+
+
+def _fmt_size(n: int | None) -> str:
+    return "-" if n is None else f"{n / 1e6:.2f} MB"
+
+
+def comparison_table(records: list[dict], title: str = "orinflow evaluate") -> Table:
+    table = Table(title=title)
+    table.add_column("model")
+    table.add_column("runtime")
+    metric_names = list(headline(records[0]))
+    for name in metric_names:
+        table.add_column(name, justify="right")
+        if len(records) > 1:
+            table.add_column(f"Δ {name}", justify="right")
+    latency_keys = [k for k in records[0].get("latency_ms", {}) if k.startswith("batch")]
+    for key in latency_keys:
+        table.add_column(f"{key} ms med (p90)", justify="right")
+    if len(records) > 1 and latency_keys:
+        table.add_column("speed-up b1", justify="right")
+    table.add_column("params", justify="right")
+    table.add_column("size", justify="right")
+    base = records[0]
+    for record in records:
+        row = [Path(record["model"]).name, record["runtime"]]
+        for name in metric_names:
+            value = headline(record)[name]
+            row.append(f"{value:.4f}")
+            if len(records) > 1:
+                row.append("-" if record is base else f"{value - headline(base)[name]:+.4f}")
+        latency = record.get("latency_ms", {})
+        for key in latency_keys:
+            entry = latency.get(key)
+            row.append(f"{entry['median']:.2f} ({entry['p90']:.2f})" if entry else "-")
+        if len(records) > 1 and latency_keys:
+            speed = base["latency_ms"]["batch1"]["median"] / latency["batch1"]["median"] if latency else None
+            row.append("-" if record is base or speed is None else f"{speed:.2f}x")
+        row += [f"{record['params']:,}", _fmt_size(record.get("size_bytes"))]
+        table.add_row(*row)
+    return table
+
+
+def per_class_table(record: dict) -> Table:
+    table = Table(title=f"per class: {Path(record['model']).name}")
+    for column in ("class", "instances", "mAP50", "mAP50-95"):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    for name, values in record["metrics"]["per_class"].items():
+        table.add_row(name, str(values["instances"]), f"{values['mAP50']:.4f}", f"{values['mAP50-95']:.4f}")
+    return table
