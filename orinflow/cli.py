@@ -74,7 +74,7 @@ def cli_errors(func: Callable) -> Callable:
             message = str(e) if isinstance(e, OrinflowError) else f"{type(e).__name__}: {e}"
             hint = "" if verbose else " (run with --verbose for the traceback)"
             err_console.print(f"[red]error:[/red] {message.strip().splitlines()[0] if message.strip() else type(e).__name__}"
-                              f"{hint if not isinstance(e, OrinflowError) else ''}", highlight=False)
+                              f"{hint if not isinstance(e, OrinflowError) else ''}", highlight=False, soft_wrap=True)
             raise typer.Exit(2)
     return wrapper
 

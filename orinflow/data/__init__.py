@@ -63,9 +63,8 @@ def _from_yaml(path: Path, split: str) -> Dataset:
     if not isinstance(cfg, dict) or split not in cfg:
         keys = ", ".join(k for k in ("train", "val", "test") if isinstance(cfg, dict) and k in cfg) or "none"
         raise OrinflowError(f"{path} has no '{split}' split (splits present: {keys})")
-    root = Path(cfg.get("path") or path.parent)
-    if not root.is_absolute():
-        root = (path.parent / root).resolve()
+    # Ultralytics' rule: `path:` relative to the YAML's folder; without it, the YAML's folder itself.
+    root = (path.parent / cfg.get("path", "")).resolve()
     entries = cfg[split] if isinstance(cfg[split], list) else [cfg[split]]
     images = []
     for entry in entries:

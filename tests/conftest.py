@@ -1,0 +1,66 @@
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("YOLO_OFFLINE", "1")
+os.environ.setdefault("ORINFLOW_QUIET", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSETS = Path(__file__).parent / "assets"
+SHARED = Path(os.environ.get("ORINFLOW_SHARED", ROOT.parent / "shared"))
+DEMO_MODEL = ROOT / "orinflow" / "demo" / "assets" / "shapes_yolov8p.pt"
+
+
+def shared_path(*parts: str) -> Path:
+    """A file in ../shared, or skip the test with the reason."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real data not available: {path} (set ORINFLOW_SHARED to the shared folder)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_shapes(tmp_path_factory) -> Path:
+    """A few images of the demo recipe: enough to exercise every stage quickly."""
+    from orinflow.demo import shapes
+
+    return shapes.generate(tmp_path_factory.mktemp("shapes"), {"train": (12, 0), "val": (8, 1)})
+
+
+@pytest.fixture(scope="session")
+def shapes_full(tmp_path_factory) -> Path:
+    """The demo's real held-out split (and train split), as `make demo` generates it."""
+    from orinflow.demo import shapes
+
+    return shapes.generate(tmp_path_factory.mktemp("shapes_full"), {"train": (32, 0), "val": shapes.SPLITS["val"]})
+
+
+@pytest.fixture(scope="session")
+def demo_adapter():
+    from orinflow.models import load_model
+
+    return load_model(DEMO_MODEL, imgsz=256)
+
+
+@pytest.fixture(scope="session")
+def demo_onnx(tmp_path_factory, demo_adapter) -> Path:
+    from orinflow.export import export_onnx
+
+    return export_onnx(demo_adapter, tmp_path_factory.mktemp("onnx") / "shapes.onnx").path
+
+
+@pytest.fixture
+def class_tree(tmp_path) -> Path:
+    """Three classes of solid-colour 32x32 images."""
+    import cv2
+
+    root = tmp_path / "classes"
+    for idx, colour in enumerate([(0, 0, 255), (0, 255, 0), (255, 0, 0)]):
+        (root / f"c{idx}").mkdir(parents=True)
+        for j in range(4):
+            image = np.full((32, 32, 3), colour, np.uint8)
+            image[j:j + 4] = 128
+            cv2.imwrite(str(root / f"c{idx}" / f"{j}.png"), image)
+    return root
