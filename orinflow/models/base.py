@@ -10,11 +10,11 @@ import torch
 from torch import nn
 
 from ..errors import OrinflowError
-from .processing import Processing
+from .processing import Processing, UsesProcessing
 
 
 @dataclass
-class ModelAdapter:
+class ModelAdapter(UsesProcessing):
     """A loaded PyTorch model with everything needed to feed it and read it.
 
     module:      eval-mode float32 nn.Module whose first output is the raw head output
@@ -27,14 +27,6 @@ class ModelAdapter:
     module: nn.Module
     processing: Processing
     extra: dict = field(default_factory=dict)
-
-    @property
-    def task(self) -> str:
-        return self.processing.task
-
-    @property
-    def input_shape(self) -> tuple[int, int, int, int]:
-        return (1, 3, *self.processing.imgsz)
 
     def export_module(self) -> nn.Module:
         return RawOutput(self.module)

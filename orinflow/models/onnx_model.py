@@ -8,7 +8,7 @@ from pathlib import Path
 import onnx
 
 from ..errors import OrinflowError
-from .processing import Processing
+from .processing import Processing, UsesProcessing
 
 META_PROCESSING = "orinflow.processing"
 META_FAMILY = "orinflow.family"
@@ -17,19 +17,11 @@ LEARNED_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization", 
 
 
 @dataclass
-class OnnxModel:
+class OnnxModel(UsesProcessing):
     path: Path
     family: str
     processing: Processing
     source: str
-
-    @property
-    def task(self) -> str:
-        return self.processing.task
-
-    @property
-    def input_shape(self) -> tuple[int, int, int, int]:
-        return (1, 3, *self.processing.imgsz)
 
     def num_params(self) -> int:
         """Weights and biases of the layers that learn (Conv, Gemm, MatMul, norms), not graph constants."""

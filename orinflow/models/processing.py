@@ -91,6 +91,20 @@ class Processing:
         return out
 
 
+class UsesProcessing:
+    """What every model form (PyTorch adapter, ONNX file) derives from its Processing."""
+
+    processing: Processing
+
+    @property
+    def task(self) -> str:
+        return self.processing.task
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        return (1, 3, *self.processing.imgsz)
+
+
 def letterbox(image_bgr: np.ndarray, imgsz: tuple[int, int]) -> tuple[np.ndarray, ImageMeta]:
     """Resize keeping aspect (area interpolation when shrinking), pad centred with grey 114."""
     h0, w0 = image_bgr.shape[:2]
