@@ -212,6 +212,144 @@ def _split_list(values: list[str]) -> list[str]:
     return [v for value in values for v in value.split(",") if v]
 
 
+# ---------------------------------------------------------------- quantize
+ModeOpt = Annotated[str, typer.Option("--mode", help="int8 (both targets); fp8 (GPUs with FP8, e.g. Hopper/Ada; "
+                                      "tensorrt target only); int4 (weight-only, tensorrt target only).")]
+TargetOpt = Annotated[str, typer.Option("--target", help="tensorrt: ModelOpt Q/DQ for TensorRT (evaluate its "
+                                        "accuracy on CPU, not its speed); cpu: ONNX Runtime QDQ that its CPU "
+                                        "provider runs as integer kernels.")]
+PercentileOpt = Annotated[float, typer.Option("--percentile", help="Percentile of |activation| for "
+                                              "--method percentile.")]
+ExcludeOpt = Annotated[Optional[list[str]], typer.Option("--exclude", help="Node-name regex kept in high "
+                                                         "precision (repeatable).")]
+HeadOpt = Annotated[bool, typer.Option("--head-protect/--no-head-protect", help="Keep a detector's decode (DFL, "
+                                       "sigmoid, box arithmetic, final concat) in high precision.")]
+HighPrecisionOpt = Annotated[str, typer.Option("--high-precision", help="Dtype of what is not quantized "
+                                               "(tensorrt target): fp16 for Jetson, fp32 to evaluate on CPU.")]
+
+
+def _quant_spec(mode, method, target, percentile, exclude, head_protect, high_precision):
+    from .optimize.ptq import QuantizeSpec
+
+    spec = QuantizeSpec(mode=mode, method=method, target=target, percentile=percentile, exclude=list(exclude or []),
+                        head_protect=head_protect, high_precision=high_precision)
+    spec.validate()
+    return spec
+
+
+def _print_qdq(report: dict) -> None:
+    console.print(f"Q/DQ: {report['quantized_compute_nodes']}/{report['compute_nodes']} conv/GEMM nodes quantized, "
+                  f"INT8 FLOP share {report['int8_flop_share']:.1%} of {report['compute_gflops']:.2f} GFLOPs, "
+                  f"{report['decode_nodes']} decode nodes kept in high precision")
+    for name in report["decode_nodes_reading_quantized"]:
+        console.print(f"  [yellow]decode node reads quantized values:[/yellow] {name}")
+    if report["target"] == "tensorrt":
+        console.print(f"TensorRT lint: {len(report['lint'])} violation(s)")
+        for problem in report["lint"]:
+            console.print(f"  [yellow]{problem}[/yellow]", highlight=False)
+
+
+@app.command()
+@cli_errors
+def quantize(
+    model: Annotated[str, typer.Option("-m", "--model", help="FP32 ONNX exported by `orinflow export`.")],
+    calib: Annotated[Optional[Path], typer.Option("--calib", help="Calibration .npy from `orinflow calibrate`.")] = None,
+    data: DataOpt = None,
+    split: SplitOpt = "train",
+    num_images: Annotated[int, typer.Option("--num-images", "-n", help="Images when building the set from "
+                                            "--yaml.")] = 512,
+    mode: ModeOpt = "int8",
+    method: Annotated[str, typer.Option("--method", help="Activation calibration: entropy, max or "
+                                        "percentile.")] = "entropy",
+    percentile: PercentileOpt = 99.999,
+    target: TargetOpt = "tensorrt",
+    exclude: ExcludeOpt = None,
+    head_protect: HeadOpt = True,
+    high_precision: HighPrecisionOpt = "fp32",
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output .onnx (default: "
+                                                   "workspace/models/onnx/<target>/<name>_<mode>_<method>.onnx).")] = None,
+    verbose: VerboseOpt = False,
+):
+    """Post-training quantization of an FP32 ONNX into Q/DQ ONNX (INT8, FP8 or INT4), with a Q/DQ report."""
+    from .config import workspace
+    from .data import load_dataset
+    from .data.calibration import build_calibration, load_calibration
+    from .models import OnnxModel
+    from .optimize.ptq import quantize_onnx
+    from .optimize.route import quantized_name
+
+    spec = _quant_spec(mode, method, target, percentile, exclude, head_protect, high_precision)
+    source = _load(model, None, None, None, None, None)
+    if not isinstance(source, OnnxModel):
+        raise OrinflowError(f"{model} is not ONNX: export it first (`orinflow export`) or run `orinflow ptq`")
+    if calib is not None:
+        array = load_calibration(calib, source.processing)
+    elif data:
+        array = build_calibration(source.processing, load_dataset(data, split), num_images)
+    else:
+        raise OrinflowError("give calibration data: --calib calib.npy, or --yaml data.yaml to build it")
+    output = output or workspace() / "models" / "onnx" / target / quantized_name(Path(model).stem, spec)
+    record = quantize_onnx(source, array, spec, output)
+    console.print(f"quantized [bold]{output}[/bold] ({mode}, {method}, {target}) from {len(array)} calibration "
+                  f"images in {record['seconds']} s")
+    _print_qdq(record["qdq_report"])
+
+
+# ---------------------------------------------------------------- ptq (route 1)
+@app.command()
+@cli_errors
+def ptq(
+    model: ModelOpt,
+    data: Annotated[Optional[str], typer.Option("--yaml", "--data", help="Dataset YAML: calibration from "
+                                                "--split, evaluation from --val-split.")] = None,
+    split: SplitOpt = "train",
+    val_data: Annotated[Optional[str], typer.Option("--val-yaml", help="Separate evaluation dataset YAML "
+                                                    "(default: --yaml).")] = None,
+    val_split: Annotated[str, typer.Option("--val-split", help="Evaluation split.")] = "val",
+    num_images: Annotated[int, typer.Option("--num-images", "-n", help="Calibration images.")] = 512,
+    mode: ModeOpt = "int8",
+    methods: Annotated[str, typer.Option("--methods", "--method", help="Calibration methods to compare, "
+                                         "comma-separated.")] = "entropy",
+    targets: Annotated[str, typer.Option("--targets", "--target", help="Targets, comma-separated: tensorrt,cpu.")]
+    = "tensorrt,cpu",
+    percentile: PercentileOpt = 99.999,
+    exclude: ExcludeOpt = None,
+    head_protect: HeadOpt = True,
+    high_precision: HighPrecisionOpt = "fp32",
+    batch: Annotated[int, typer.Option("--batch", help="Evaluation batch and second latency figure.")] = 1,
+    runs: Annotated[int, typer.Option("--runs", help="Timed latency runs (0 skips latency).")] = 30,
+    threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads (default: all).")] = None,
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Folder for the models and records "
+                                                   "(default: workspace/ptq/<model>).")] = None,
+    arch: ArchOpt = None, imgsz: ImgszOpt = None, mean: MeanOpt = None, std: StdOpt = None, crop: CropOpt = None,
+    verbose: VerboseOpt = False,
+):
+    """Route 1 in one command: export, calibrate, quantize per method and target, evaluate, compare."""
+    from .config import workspace
+    from .evaluate import EvalOptions
+    from .evaluate.table import comparison_table
+    from .optimize.route import run_ptq
+
+    if not data:
+        raise OrinflowError("give the data with --yaml data.yaml (calibration split and evaluation split)")
+    spec = _quant_spec(mode, "entropy", "tensorrt", percentile, exclude, head_protect, high_precision)
+    method_list, target_list = _split_list([methods]), _split_list([targets])
+    for m in method_list:
+        _quant_spec(mode, m, "tensorrt", percentile, exclude, head_protect, high_precision)
+    for t in target_list:
+        _quant_spec(mode, "entropy", t, percentile, exclude, head_protect, high_precision)
+    loaded = _load(model, arch, imgsz, mean, std, crop)
+    workdir = output or workspace() / "ptq" / Path(model).stem
+    options = EvalOptions(batch=batch, latency_runs=runs, threads=threads, measure_latency=runs > 0)
+    route = run_ptq(loaded, data, split, val_data or data, val_split, workdir, method_list, target_list, spec,
+                    num_images, options, say=console.print)
+    console.print(comparison_table([route["fp32"], *route["variants"]], title="route 1: PTQ"))
+    for target, best in route["best"].items():
+        console.print(f"best for {target}: {best['method']} ({best['metric']} {-best['drop'] * 100:+.2f} points "
+                      "against FP32)")
+    console.print(f"run record: {workdir / 'ptq_record.json'}")
+
+
 # ---------------------------------------------------------------- demo
 @app.command()
 @cli_errors
@@ -244,6 +382,7 @@ def _alias(command: Callable, name: str) -> Callable[[], None]:
 export_alias = _alias(export, "export")
 calibrate_alias = _alias(calibrate, "calibrate")
 evaluate_alias = _alias(evaluate, "evaluate")
+quantize_alias = _alias(quantize, "quantize")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -26,7 +26,14 @@ class OnnxModel(UsesProcessing):
     def num_params(self) -> int:
         """Weights and biases of the layers that learn (Conv, Gemm, MatMul, norms), not graph constants."""
         graph = onnx.load(str(self.path), load_external_data=False).graph
-        learned = {name for node in graph.node if node.op_type in LEARNED_OPS for name in node.input[1:]}
+        qdq = {n.output[0]: n.input[0] for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")}
+
+        def stored(name: str) -> str:  # through Q/DQ to the weights as stored (float or quantized)
+            while name in qdq:
+                name = qdq[name]
+            return name
+
+        learned = {stored(name) for node in graph.node if node.op_type in LEARNED_OPS for name in node.input[1:]}
         return sum(_numel(t.dims) for t in graph.initializer if t.name in learned)
 
 

@@ -1,0 +1,306 @@
+"""Route 1, post-training quantization of an orinflow ONNX: two targets, one entry point.
+
+tensorrt: NVIDIA ModelOpt places Q/DQ where TensorRT fuses it (symmetric, per-channel
+          weights, per-tensor activations, zero point 0).
+cpu:      ONNX Runtime static quantization in the QDQ layout its CPU provider fuses into
+          integer kernels (uint8 activations, int8 per-channel weights).
+Both keep a detector's decode in high precision unless head protection is turned off.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import re
+import struct
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from ..errors import OrinflowError
+from ..io import atomic_path, write_json
+from ..models.onnx_model import OnnxModel, read_metadata, write_metadata
+from .graph import QDQ_OPS, decode_nodes
+from .report import qdq_report
+
+MODES = ("int8", "fp8", "int4")
+METHODS = ("entropy", "max", "percentile")
+TARGETS = ("tensorrt", "cpu")
+HIGH_PRECISION = ("fp32", "fp16")
+CALIB_CHUNK = 16  # images per calibration pass: bounds the activations held in memory
+QUANTIZABLE_INPUT_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Concat", "MaxPool", "AveragePool",
+                         "GlobalAveragePool", "Resize", "Mul"}
+
+
+@dataclass
+class QuantizeSpec:
+    mode: str = "int8"
+    method: str = "entropy"
+    target: str = "tensorrt"
+    percentile: float = 99.999
+    exclude: list[str] = field(default_factory=list)  # node-name regexes kept in high precision
+    head_protect: bool = True
+    high_precision: str = "fp32"
+
+    def validate(self) -> None:
+        for value, allowed, flag in ((self.mode, MODES, "--mode"), (self.method, METHODS, "--method"),
+                                     (self.target, TARGETS, "--target"),
+                                     (self.high_precision, HIGH_PRECISION, "--high-precision")):
+            if value not in allowed:
+                raise OrinflowError(f"unknown {flag} {value!r}; choose one of {', '.join(allowed)}")
+        if self.target == "cpu" and self.mode != "int8":
+            raise OrinflowError(f"--mode {self.mode} cannot run on ONNX Runtime's CPU provider (no {self.mode} "
+                                "kernels); use --target tensorrt and run it on a GPU that has them")
+        if self.mode == "int4" and self.method == "percentile":
+            raise OrinflowError("--mode int4 is weight-only: calibrate with --method max or entropy")
+        if not 90 < self.percentile < 100:
+            raise OrinflowError(f"--percentile must be between 90 and 100, got {self.percentile}")
+        for pattern in self.exclude:
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise OrinflowError(f"--exclude {pattern!r} is not a valid regex: {e}") from None
+
+
+def check_not_quantized(model: onnx.ModelProto, path: Path) -> None:
+    if any(n.op_type in QDQ_OPS for n in model.graph.node):
+        raise OrinflowError(f"{path} is already quantized (it has Q/DQ nodes); quantize the FP32 export instead")
+
+
+def excluded_nodes(model: onnx.ModelProto, spec: QuantizeSpec, task: str) -> list[str]:
+    """Decode nodes (detectors, when protected) plus the user's --exclude regexes."""
+    names = decode_nodes(model) if spec.head_protect and task == "detect" else []
+    patterns = [re.compile(p) for p in spec.exclude]
+    names += [n.name for n in model.graph.node if any(p.search(n.name) for p in patterns) and n.name not in names]
+    return names
+
+
+def quantize_onnx(source: OnnxModel, calib: np.ndarray, spec: QuantizeSpec, output: Path) -> dict:
+    """Quantize `source` with `calib` (already checked against its input) into `output`; return the record."""
+    spec.validate()
+    if len(calib) == 0:
+        raise OrinflowError("the calibration set is empty")
+    model = onnx.load(str(source.path))
+    check_not_quantized(model, source.path)
+    if Path(output).resolve() == Path(source.path).resolve():
+        raise OrinflowError("refusing to overwrite the source model")
+    exclude = excluded_nodes(model, spec, source.task)
+    started = time.perf_counter()
+    with atomic_path(output) as tmp:
+        if spec.target == "tensorrt":
+            _modelopt_quantize(source.path, calib, spec, exclude, tmp)
+        else:
+            _ort_quantize(source.path, calib, spec, exclude, tmp)
+        quantized = onnx.load(str(tmp))
+        write_metadata(quantized, read_metadata(model) | {"orinflow.quantization": _spec_json(spec)})
+        onnx.save(quantized, str(tmp))
+        report = qdq_report(quantized, spec.target, set(exclude) if source.task == "detect" else set())
+    record = {
+        "command": "quantize", "model": str(output), "source": str(source.path), "task": source.task,
+        "quantization": asdict(spec), "calibration_images": int(len(calib)), "excluded_nodes": exclude,
+        "qdq_report": report, "seconds": round(time.perf_counter() - started, 1),
+        "size_bytes": Path(output).stat().st_size,
+    }
+    write_json(Path(output).with_suffix(".json"), record)
+    return record
+
+
+def _spec_json(spec: QuantizeSpec) -> str:
+    import json
+
+    return json.dumps(asdict(spec))
+
+
+@contextlib.contextmanager
+def _quiet():
+    """ModelOpt and ONNX Runtime log generously; keep the CLI's output to orinflow's own lines."""
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+            contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        previous = logging.root.manager.disable
+        logging.disable(logging.WARNING)
+        try:
+            yield
+        finally:
+            logging.disable(previous)
+
+
+# ------------------------------------------------------------------ tensorrt target (ModelOpt)
+def _modelopt_quantize(src: Path, calib: np.ndarray, spec: QuantizeSpec, exclude: list[str], out: Path) -> None:
+    try:
+        from modelopt.onnx.quantization import quantize as modelopt_quantize
+    except ImportError as e:
+        raise OrinflowError(f"NVIDIA ModelOpt's ONNX quantization is not importable ({e})") from e
+    input_name = onnx.load(str(src), load_external_data=False).graph.input[0].name
+    method = {"entropy": "entropy", "max": "max", "percentile": "max"}[spec.method]
+    if spec.mode == "int4":
+        method = "rtn_dq" if spec.method == "max" else "awq_clip"
+    with tempfile.TemporaryDirectory() as work, _quiet():
+        cache = _percentile_cache(src, calib, spec.percentile, Path(work)) if spec.method == "percentile" else None
+        try:
+            modelopt_quantize(
+                str(src), quantize_mode=spec.mode, calibration_data={input_name: np.asarray(calib)},
+                calibration_method=method, calibration_cache_path=str(cache) if cache else None,
+                calibration_eps=["cpu"], nodes_to_exclude=[f"^{re.escape(n)}$" for n in exclude] or None,
+                high_precision_dtype=spec.high_precision, output_path=str(out), log_level="ERROR",
+            )
+        except Exception as e:
+            raise OrinflowError(f"ModelOpt {spec.mode} quantization failed: {type(e).__name__}: "
+                                f"{str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}") from e
+    if not out.exists() or out.stat().st_size == 0:
+        raise OrinflowError(f"ModelOpt wrote no model for --mode {spec.mode}")
+    if spec.mode == "int8":
+        model = onnx.load(str(out))
+        align_concat_scales(model)
+        onnx.save(model, str(out))
+
+
+def align_concat_scales(model: onnx.ModelProto) -> int:
+    """Give every quantized input of a Concat the largest of their scales (TensorRT then fuses the concat).
+
+    Each input's Q and DQ share the change, so the quantized values stay consistent.
+    Returns how many concats were changed.
+    """
+    from onnx import numpy_helper
+
+    from .graph import GraphIndex
+
+    index = GraphIndex(model)
+    changed = 0
+    for node in index.nodes:
+        if node.op_type != "Concat":
+            continue
+        dqs = [p for t in node.input if (p := index.producer.get(t)) is not None and p.op_type == "DequantizeLinear"]
+        scales = [index.initializers.get(dq.input[1]) for dq in dqs]
+        if len(dqs) < 2 or any(s is None or s.dims for s in scales):  # per-tensor scalars only
+            continue
+        values = [float(numpy_helper.to_array(s)) for s in scales]
+        if np.allclose(values, values[0], rtol=1e-6):
+            continue
+        target = max(values)
+        for dq in dqs:
+            q = index.producer.get(dq.input[0])
+            for holder in (dq, q):
+                if holder is not None and holder.op_type in QDQ_OPS:
+                    _set_scale(model, index, holder, target)
+        changed += 1
+    return changed
+
+
+def _set_scale(model: onnx.ModelProto, index, node: onnx.NodeProto, value: float) -> None:
+    """Point this Q/DQ node at its own scalar scale initializer holding `value`."""
+    from onnx import numpy_helper
+
+    old = index.initializers[node.input[1]]
+    name = f"{node.name}_aligned_scale"
+    if name not in index.initializers:
+        tensor = numpy_helper.from_array(np.asarray(value, dtype=numpy_helper.to_array(old).dtype), name)
+        model.graph.initializer.append(tensor)
+        index.initializers[name] = tensor
+    node.input[1] = name
+
+
+def _percentile_cache(src: Path, calib: np.ndarray, percentile: float, work: Path) -> Path:
+    """Activation amax at a percentile of |x|, written as a TensorRT calibration cache for ModelOpt."""
+    cache = work / "percentile.cache"
+    lines = ["TRT-8600-EntropyCalibration2"]
+    for name, amax in percentile_amax(src, calib, percentile).items():
+        lines.append(f"{name}: {struct.pack('!f', max(amax, 1e-8) / 127.0).hex()}")
+    cache.write_text("\n".join(lines) + "\n")
+    return cache
+
+
+def percentile_amax(src: Path, calib: np.ndarray, percentile: float, bins: int = 2048) -> dict[str, float]:
+    """Per-tensor percentile of |activation| over the calibration set, for the inputs of quantizable ops.
+
+    Two streaming passes (max, then a histogram up to it), image by image, so memory stays
+    bounded however large the calibration set is.
+    """
+    import onnxruntime as ort
+
+    model = onnx.load(str(src))
+    index_inputs = {t.name for t in model.graph.initializer}
+    tensors = sorted({i for n in model.graph.node if n.op_type in QUANTIZABLE_INPUT_OPS for i in n.input
+                      if i and i not in index_inputs})
+    graph_outputs = {o.name for o in model.graph.output}
+    model.graph.output.extend(onnx.ValueInfoProto(name=t) for t in tensors if t not in graph_outputs)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+
+    def chunks():  # one image at a time: exported graphs usually have a static batch of 1
+        for i in range(len(calib)):
+            yield dict(zip(tensors, session.run(tensors, {input_name: np.asarray(calib[i:i + 1], np.float32)})))
+
+    amax = {t: 0.0 for t in tensors}
+    for outputs in chunks():
+        for t, value in outputs.items():
+            amax[t] = max(amax[t], float(np.abs(value).max()) if value.size else 0.0)
+    hist = {t: np.zeros(bins, np.int64) for t in tensors}
+    for outputs in chunks():
+        for t, value in outputs.items():
+            if amax[t] > 0:
+                hist[t] += np.histogram(np.abs(value), bins=bins, range=(0.0, amax[t]))[0]
+    result = {}
+    for t in tensors:
+        total = hist[t].sum()
+        if total == 0:
+            continue
+        edge = int(np.searchsorted(np.cumsum(hist[t]), total * percentile / 100.0))
+        result[t] = amax[t] * min(edge + 1, bins) / bins
+    return result
+
+
+class CalibReader:
+    """ONNX Runtime CalibrationDataReader over a (N,3,H,W) array, one image per call.
+
+    `set_range` lets ONNX Runtime calibrate a slice at a time (its CalibStridedMinMax option,
+    which works for every method), so activations of only `stride` images are held at once.
+    """
+
+    def __init__(self, input_name: str, images: np.ndarray):
+        self.input_name, self.images = input_name, images
+        self.index, self.end = 0, len(images)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self.index, self.end = start_index, min(end_index, len(self.images))
+
+    def get_next(self):
+        if self.index >= self.end:
+            return None
+        self.index += 1
+        return {self.input_name: np.ascontiguousarray(self.images[self.index - 1:self.index], dtype=np.float32)}
+
+    def rewind(self):
+        self.index, self.end = 0, len(self.images)
+
+
+def calibration_stride(count: int, limit: int = CALIB_CHUNK) -> int:
+    """The largest slice size up to `limit` that divides the set (ONNX Runtime requires it)."""
+    return max(d for d in range(1, min(limit, count) + 1) if count % d == 0)
+
+
+# ------------------------------------------------------------------ cpu target (ONNX Runtime)
+def _ort_quantize(src: Path, calib: np.ndarray, spec: QuantizeSpec, exclude: list[str], out: Path) -> None:
+    """Runs in a fresh interpreter: importing ModelOpt patches ONNX Runtime's calibrators in place."""
+    import json
+    import subprocess
+    import sys
+
+    with tempfile.TemporaryDirectory() as work:
+        calib_path = Path(work) / "calib.npy"
+        np.save(calib_path, np.asarray(calib, np.float32))
+        job = {"src": str(src), "calib": str(calib_path), "method": spec.method, "percentile": spec.percentile,
+               "exclude": exclude, "out": str(out), "work": work, "chunk": CALIB_CHUNK}
+        done = subprocess.run([sys.executable, "-m", "orinflow.optimize.ort_worker", json.dumps(job)],
+                              capture_output=True, text=True)
+    if done.returncode != 0:
+        lines = [ln for ln in (done.stderr or done.stdout).strip().splitlines() if ln.strip()]
+        raise OrinflowError(f"ONNX Runtime quantization failed: {lines[-1] if lines else done.returncode}")
