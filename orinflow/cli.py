@@ -239,7 +239,8 @@ def _quant_spec(mode, method, target, percentile, exclude, head_protect, high_pr
 
 def _print_qdq(report: dict) -> None:
     console.print(f"Q/DQ: {report['quantized_compute_nodes']}/{report['compute_nodes']} conv/GEMM nodes quantized, "
-                  f"INT8 FLOP share {report['int8_flop_share']:.1%} of {report['compute_gflops']:.2f} GFLOPs, "
+                  f"{report['mode'].upper()} FLOP share {report['quantized_flop_share']:.1%} of {report['compute_gflops']:.2f} "
+                  "GFLOPs, "
                   f"{report['decode_nodes']} decode nodes kept in high precision")
     for name in report["decode_nodes_reading_quantized"]:
         console.print(f"  [yellow]decode node reads quantized values:[/yellow] {name}")

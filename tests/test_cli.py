@@ -66,7 +66,7 @@ def test_compare_table_with_deltas(tmp_path, tiny_shapes, demo_onnx):
     result = invoke("evaluate", "--compare", DEMO_MODEL, demo_onnx, "--imgsz", 256, "--yaml", tiny_shapes,
                     "--runs", 2, "--json", out)
     assert result.exit_code == 0, result.output
-    assert "Δ mAP50-95" in result.output
+    assert "mAP50-95 (Δ)" in result.output
     records = json.loads(out.read_text())["compare"]
     assert [r["runtime"] for r in records] == ["torch", "onnxruntime"]
     assert abs(records[0]["metrics"]["mAP50-95"] - records[1]["metrics"]["mAP50-95"]) < 0.01

@@ -29,3 +29,20 @@ def latency_profile(runner: Runner, image_shape: tuple[int, int, int], batch: in
         result[f"batch{batch}"] = measure_latency(runner, (batch, *image_shape), max(3, runs // batch), warmup=1)
     result["threads"] = runner.threads
     return result
+
+
+def interleaved_latency(runners: dict[str, Runner], input_shape: tuple[int, ...], rounds: int = 50,
+                        warmup: int = 5) -> dict[str, dict]:
+    """Median/p90 ms per runner, timed in turn on the same input so drift hits all of them alike."""
+    batch = np.random.default_rng(0).random(input_shape, dtype=np.float32)
+    for runner in runners.values():
+        for _ in range(warmup):
+            runner.run(batch)
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(rounds):
+        for name, runner in runners.items():
+            start = time.perf_counter()
+            runner.run(batch)
+            times[name].append((time.perf_counter() - start) * 1000)
+    return {name: {"median": float(np.median(t)), "p90": float(np.percentile(t, 90)), "runs": rounds}
+            for name, t in times.items()}

@@ -14,18 +14,16 @@ def _fmt_size(n: int | None) -> str:
 
 def comparison_table(records: list[dict], title: str = "orinflow evaluate") -> Table:
     table = Table(title=title)
-    table.add_column("model")
+    table.add_column("model", no_wrap=True)
     table.add_column("runtime")
     metric_names = list(headline(records[0]))
     for name in metric_names:
-        table.add_column(name, justify="right")
-        if len(records) > 1:
-            table.add_column(f"Δ {name}", justify="right")
+        table.add_column(f"{name} (Δ)" if len(records) > 1 else name, justify="right")
     latency_keys = [k for k in records[0].get("latency_ms", {}) if k.startswith("batch")]
     for key in latency_keys:
-        table.add_column(f"{key} ms med (p90)", justify="right")
+        table.add_column(f"{key} ms (p90)", justify="right")
     if len(records) > 1 and latency_keys:
-        table.add_column("speed-up b1", justify="right")
+        table.add_column("×b1", justify="right")
     table.add_column("params", justify="right")
     table.add_column("size", justify="right")
     base = records[0]
@@ -33,9 +31,8 @@ def comparison_table(records: list[dict], title: str = "orinflow evaluate") -> T
         row = [Path(record["model"]).name, record["runtime"]]
         for name in metric_names:
             value = headline(record)[name]
-            row.append(f"{value:.4f}")
-            if len(records) > 1:
-                row.append("-" if record is base else f"{value - headline(base)[name]:+.4f}")
+            delta = "" if len(records) == 1 or record is base else f" ({value - headline(base)[name]:+.4f})"
+            row.append(f"{value:.4f}{delta}")
         latency = record.get("latency_ms", {})
         for key in latency_keys:
             entry = latency.get(key)

@@ -99,7 +99,11 @@ def quantize_onnx(source: OnnxModel, calib: np.ndarray, spec: QuantizeSpec, outp
         quantized = onnx.load(str(tmp))
         write_metadata(quantized, read_metadata(model) | {"orinflow.quantization": _spec_json(spec)})
         onnx.save(quantized, str(tmp))
-        report = qdq_report(quantized, spec.target, set(exclude) if source.task == "detect" else set())
+        report = qdq_report(quantized, spec.target, spec.mode, set(exclude) if source.task == "detect" else set())
+        if report["quantized_compute_nodes"] == 0:
+            raise OrinflowError(f"--mode {spec.mode} quantized none of this model's {report['compute_nodes']} "
+                                "conv/GEMM nodes" + (" (ModelOpt's INT4 is weight-only for MatMul/Gemm, which "
+                                                     "convolutional models barely have)" if spec.mode == "int4" else ""))
     record = {
         "command": "quantize", "model": str(output), "source": str(source.path), "task": source.task,
         "quantization": asdict(spec), "calibration_images": int(len(calib)), "excluded_nodes": exclude,

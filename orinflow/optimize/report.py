@@ -54,7 +54,7 @@ class _Node:
         return 2 * int(np.prod(out)) * int(self.weight_shape[0])  # Gemm/MatMul: rows x K x N
 
 
-def qdq_report(model: onnx.ModelProto, target: str, decode: set[str]) -> dict:
+def qdq_report(model: onnx.ModelProto, target: str, mode: str, decode: set[str]) -> dict:
     index = GraphIndex(model)
     shapes = _output_shapes(model)
     compute = [_Node(index, n) for n in index.nodes if n.op_type in LEARNED_COMPUTE]
@@ -63,12 +63,12 @@ def qdq_report(model: onnx.ModelProto, target: str, decode: set[str]) -> dict:
     # Reshapes of a quantized head output are free; arithmetic on quantized values is the harm.
     decode_quantized = [n for n in decode if _reads_dq(index, n) and _op(index, n) not in DATA_MOVEMENT]
     report = {
-        "target": target,
+        "target": target, "mode": mode,
         "qdq_pairs": sum(1 for n in index.nodes if n.op_type == "QuantizeLinear"),
         "compute_nodes": len(compute),
         "quantized_compute_nodes": sum(c.quantized for c in compute),
         "high_precision_compute_nodes": [c.node.name for c in compute if not c.quantized],
-        "int8_flop_share": quantized_flops / total,
+        "quantized_flop_share": quantized_flops / total,
         "compute_gflops": total / 1e9,
         "decode_nodes": len(decode),
         "decode_nodes_reading_quantized": decode_quantized,

@@ -38,7 +38,7 @@ def run_ptq(model: ModelAdapter | OnnxModel, calib_data: str | Path, calib_split
             spec = replace(base, method=method, target=target)
             out = workdir / quantized_name(Path(fp32.path).stem.removesuffix("_fp32"), spec)
             quantized = quantize_onnx(fp32, calib, spec, out)
-            say(f"quantized {out.name}: INT8 FLOP share {quantized['qdq_report']['int8_flop_share']:.1%}, "
+            say(f"quantized {out.name}: {spec.mode.upper()} FLOP share {quantized['qdq_report']['quantized_flop_share']:.1%}, "
                 f"lint {len(quantized['qdq_report']['lint'])} issue(s)")
             record = evaluate_model(load_model(out), evaluation, eval_split, options)
             record.update(route="ptq", quantization=quantized["quantization"], qdq_report=quantized["qdq_report"])
