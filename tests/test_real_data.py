@@ -65,3 +65,22 @@ def test_yolo26n_yaml_exports_and_evaluates_on_coco8(tmp_path):
     assert result.record["parity"]["max_abs_diff"] < 1e-3
     records = [evaluate_model(m, data, "val", NO_LATENCY) for m in (adapter, load_model(result.path))]
     assert all(r["images"] == 4 and 0 <= r["metrics"]["mAP50-95"] <= 1 for r in records)
+
+
+def test_resnet20_int8_both_targets_within_half_a_point(tmp_path):
+    from orinflow.data import load_dataset
+    from orinflow.data.calibration import build_calibration
+    from orinflow.optimize.ptq import QuantizeSpec, quantize_onnx
+
+    weights = shared_path("weights", "resnet20-cifar10.th")
+    data = shared_path("data", "cifar10-test-dev")
+    adapter = load_model(weights, arch=f"{ASSETS / 'resnet_cifar.py'}:resnet20", imgsz=32)
+    fp32 = load_model(export_onnx(adapter, tmp_path / "resnet20.onnx").path)
+    dataset = load_dataset(data)
+    # cifar10-test-dev is the only CIFAR data here: calibration draws 256 of its images.
+    calib = build_calibration(fp32.processing, dataset, 256)
+    base = evaluate_model(fp32, dataset, options=NO_LATENCY)["metrics"]["top1"]
+    for target in ("tensorrt", "cpu"):
+        record = quantize_onnx(fp32, calib, QuantizeSpec(target=target), tmp_path / f"r20_{target}.onnx")
+        top1 = evaluate_model(load_model(record["model"]), dataset, options=NO_LATENCY)["metrics"]["top1"]
+        assert base - top1 <= 0.005, (target, base, top1)
