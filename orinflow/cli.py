@@ -20,8 +20,8 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 app = typer.Typer(help="Vision models to fast, accurate INT8 ONNX for TensorRT on Jetson Orin, with measured "
                        "accuracy and latency.", no_args_is_help=True, add_completion=False,
                   pretty_exceptions_enable=False)
-# Tables are wide: never squeeze them below 150 columns when output is a pipe or a log.
-_width = max(150, shutil.get_terminal_size((150, 24)).columns)
+# Tables are wide: never squeeze them below 180 columns when output is a pipe or a log.
+_width = max(180, shutil.get_terminal_size((180, 24)).columns)
 console = Console(width=_width)
 err_console = Console(stderr=True, width=_width)
 
