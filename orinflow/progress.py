@@ -1,10 +1,12 @@
 """Progress bars for long work (rich), quiet when ORINFLOW_QUIET is set or output is not a terminal."""
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Iterable, Iterator, TypeVar
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
 
 T = TypeVar("T")
 
@@ -22,3 +24,15 @@ def progress(items: Iterable[T], description: str, total: int | None = None) -> 
         for item in items:
             yield item
             bar.advance(task)
+
+
+@contextlib.contextmanager
+def status(message: str) -> Iterator[None]:
+    """A spinner with elapsed time for work that reports no steps (e.g. a library call)."""
+    if os.environ.get("ORINFLOW_QUIET"):
+        yield
+        return
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+    with Progress(*columns, transient=True) as bar:
+        bar.add_task(message, total=None)
+        yield

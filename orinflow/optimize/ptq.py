@@ -25,6 +25,7 @@ import onnx
 from ..errors import OrinflowError
 from ..io import atomic_path, write_json
 from ..models.onnx_model import OnnxModel, read_metadata, write_metadata
+from ..progress import status
 from .graph import QDQ_OPS, decode_nodes
 from .report import qdq_report
 
@@ -91,11 +92,13 @@ def quantize_onnx(source: OnnxModel, calib: np.ndarray, spec: QuantizeSpec, outp
         raise OrinflowError("refusing to overwrite the source model")
     exclude = excluded_nodes(model, spec, source.task)
     started = time.perf_counter()
+    engine = "ModelOpt" if spec.target == "tensorrt" else "ONNX Runtime"
     with atomic_path(output) as tmp:
-        if spec.target == "tensorrt":
-            _modelopt_quantize(source.path, calib, spec, exclude, tmp)
-        else:
-            _ort_quantize(source.path, calib, spec, exclude, tmp)
+        with status(f"{engine}: calibrating {len(calib)} images and quantizing ({spec.mode}, {spec.method})"):
+            if spec.target == "tensorrt":
+                _modelopt_quantize(source.path, calib, spec, exclude, tmp)
+            else:
+                _ort_quantize(source.path, calib, spec, exclude, tmp)
         quantized = onnx.load(str(tmp))
         write_metadata(quantized, read_metadata(model) | {"orinflow.quantization": _spec_json(spec)})
         onnx.save(quantized, str(tmp))
