@@ -351,6 +351,65 @@ def ptq(
     console.print(f"run record: {workdir / 'ptq_record.json'}")
 
 
+# ---------------------------------------------------------------- qat (route 2)
+@app.command()
+@cli_errors
+def qat(
+    model: ModelOpt,
+    data: DataOpt = None,
+    split: SplitOpt = "train",
+    val_split: Annotated[str, typer.Option("--val-split", help="Split evaluated before/after (FP32 vs QAT).")]
+    = "val",
+    mode: Annotated[str, typer.Option("--mode", help="Quantization mode (int8).")] = "int8",
+    epochs: Annotated[int, typer.Option("--epochs", help="Fine-tuning epochs.")] = 1,
+    lr: Annotated[float, typer.Option("--lr", help="AdamW learning rate.")] = 1e-4,
+    batch: Annotated[int, typer.Option("--batch", help="Training batch size.")] = 8,
+    calib_images: Annotated[int, typer.Option("--calib-images", help="Images that calibrate the quantizers "
+                                              "before training.")] = 64,
+    distill: Annotated[bool, typer.Option("--distill/--no-distill", help="Distil from the FP32 model on the raw "
+                                          "head outputs (works without labels, any family).")] = True,
+    labels: Annotated[bool, typer.Option("--labels/--no-labels", help="Classifiers: add cross-entropy on the "
+                                         "labels.")] = True,
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N.")] = "cpu",
+    max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Cap on steps per epoch.")] = None,
+    runs: Annotated[int, typer.Option("--runs", help="Timed latency runs in the comparison (0 skips).")] = 20,
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output Q/DQ .onnx (default: "
+                                                   "workspace/qat/<model>/<model>_qat_int8.onnx).")] = None,
+    arch: ArchOpt = None, imgsz: ImgszOpt = None, mean: MeanOpt = None, std: StdOpt = None, crop: CropOpt = None,
+    verbose: VerboseOpt = False,
+):
+    """Route 2: quantization-aware fine-tuning with ModelOpt, exported as Q/DQ ONNX, compared with FP32."""
+    from .config import workspace
+    from .data import load_dataset
+    from .evaluate import EvalOptions, evaluate_model
+    from .evaluate.table import comparison_table
+    from .export import export_onnx
+    from .models import ModelAdapter, load_model
+    from .optimize.qat import QATConfig, run_qat
+
+    if mode != "int8":
+        raise OrinflowError(f"--mode {mode}: QAT supports int8")
+    if not data:
+        raise OrinflowError("give the training data with --yaml data.yaml (or --data folder/)")
+    if epochs < 1 or batch < 1 or lr <= 0:
+        raise OrinflowError("--epochs and --batch must be >= 1 and --lr > 0")
+    adapter = _load(model, arch, imgsz, mean, std, crop)
+    if not isinstance(adapter, ModelAdapter):
+        raise OrinflowError(f"{model} is ONNX: QAT needs the PyTorch model")
+    train_set = load_dataset(data, split)
+    output = output or workspace() / "qat" / Path(model).stem / f"{Path(model).stem}_qat_int8.onnx"
+    config = QATConfig(epochs=epochs, lr=lr, batch=batch, calib_images=calib_images, distill=distill, labels=labels,
+                       device=device, max_steps=max_steps)
+    fp32 = export_onnx(adapter, output.with_name(output.stem + "_fp32_ref.onnx")).path
+    record = run_qat(adapter, train_set, config, output, say=console.print)
+    console.print(f"QAT model [bold]{output}[/bold] in {record['seconds']} s")
+    _print_qdq(record["qdq_report"])
+    options = EvalOptions(latency_runs=runs, measure_latency=runs > 0, batch=max(1, batch))
+    evaluation = load_dataset(data, val_split)
+    records = [evaluate_model(load_model(p), evaluation, val_split, options) for p in (fp32, output)]
+    console.print(comparison_table(records, title="route 2: QAT"))
+
+
 # ---------------------------------------------------------------- demo
 @app.command()
 @cli_errors
@@ -384,6 +443,7 @@ export_alias = _alias(export, "export")
 calibrate_alias = _alias(calibrate, "calibrate")
 evaluate_alias = _alias(evaluate, "evaluate")
 quantize_alias = _alias(quantize, "quantize")
+qat_alias = _alias(qat, "qat")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -65,7 +65,7 @@ def decode_nodes(model: onnx.ModelProto) -> list[str]:
     limit = sys.getrecursionlimit()
     sys.setrecursionlimit(max(limit, 10 * len(index.nodes) + 100))
     try:
-        return [n.name for n in index.nodes
-                if n.name not in learned and n.op_type not in QDQ_OPS and not reaches_learned(n)]
+        return [n.name for n in index.nodes if n.name not in learned and n.op_type not in QDQ_OPS | {"Constant"}
+                and not reaches_learned(n)]
     finally:
         sys.setrecursionlimit(limit)

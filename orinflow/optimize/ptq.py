@@ -139,6 +139,9 @@ def _quiet():
 
 # ------------------------------------------------------------------ tensorrt target (ModelOpt)
 def _modelopt_quantize(src: Path, calib: np.ndarray, spec: QuantizeSpec, exclude: list[str], out: Path) -> None:
+    from . import quiet_torch_extension_logs
+
+    quiet_torch_extension_logs()
     try:
         from modelopt.onnx.quantization import quantize as modelopt_quantize
     except ImportError as e:

@@ -8,18 +8,28 @@ from onnx import numpy_helper
 from .graph import LEARNED_COMPUTE, GraphIndex
 
 
-def _dims(value_info) -> list[int] | None:
-    dims = [d.dim_value if d.HasField("dim_value") else 1 for d in value_info.type.tensor_type.shape.dim]
-    return dims or None
+def _output_shapes(model: onnx.ModelProto, tensors: list[str]) -> dict[str, list[int]]:
+    """Actual shapes of `tensors`, from one ONNX Runtime pass on zeros.
 
+    Static shape inference leaves dims unknown after Split/Slice in unsimplified exports
+    (QAT), and fails on some FP8 graphs; running the graph once is exact for any of them.
+    """
+    import onnxruntime as ort
 
-def _output_shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    known = {o.name for o in probe.graph.output}
+    probe.graph.output.extend(onnx.ValueInfoProto(name=t) for t in tensors if t not in known)
     try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # exotic dtypes (fp8, int4) can defeat shape inference: FLOPs then read 0
-        inferred = model
-    infos = list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input)
-    return {vi.name: d for vi in infos if (d := _dims(vi))}
+        session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    except Exception:  # unrunnable here: FLOPs then read 0
+        return {}
+    feeds = {}
+    for graph_input in session.get_inputs():
+        shape = [d if isinstance(d, int) else 1 for d in graph_input.shape]
+        feeds[graph_input.name] = np.zeros(shape, np.float32)
+    outputs = session.run(tensors, feeds)
+    return {name: list(value.shape) for name, value in zip(tensors, outputs)}
 
 
 class _Node:
@@ -56,8 +66,8 @@ class _Node:
 
 def qdq_report(model: onnx.ModelProto, target: str, mode: str, decode: set[str]) -> dict:
     index = GraphIndex(model)
-    shapes = _output_shapes(model)
     compute = [_Node(index, n) for n in index.nodes if n.op_type in LEARNED_COMPUTE]
+    shapes = _output_shapes(model, [c.node.output[0] for c in compute])
     total = sum(c.flops(shapes) for c in compute) or 1
     quantized_flops = sum(c.flops(shapes) for c in compute if c.quantized)
     # Reshapes of a quantized head output are free; arithmetic on quantized values is the harm.

@@ -1,0 +1,73 @@
+import numpy as np
+import onnx
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import DEMO_MODEL
+from orinflow.cli import app
+from orinflow.data import load_dataset
+from orinflow.errors import OrinflowError
+from orinflow.evaluate import EvalOptions, evaluate_model
+from orinflow.models import load_model
+from orinflow.optimize.qat import QATConfig, distillation_loss, run_qat
+from orinflow.models.processing import HEAD_ANCHOR_FREE, HEAD_OBJECTNESS
+
+QUICK = QATConfig(epochs=1, batch=4, calib_images=8, max_steps=2, lr=1e-5)
+
+
+def test_distillation_loss_is_zero_for_identical_outputs_and_grows_with_error():
+    teacher = torch.rand(2, 7, 50)
+    teacher[:, :4] *= 256
+    base = distillation_loss(teacher.clone(), teacher, HEAD_ANCHOR_FREE, 256, 2.0)
+    worse = teacher.clone()
+    worse[:, :4] += 10
+    assert distillation_loss(worse, teacher, HEAD_ANCHOR_FREE, 256, 2.0) > base
+    v5 = torch.rand(2, 30, 8)
+    assert distillation_loss(v5, v5, HEAD_OBJECTNESS, 256, 2.0) < distillation_loss(v5.flip(1), v5, HEAD_OBJECTNESS,
+                                                                                    256, 2.0)
+    logits = torch.randn(4, 10)
+    assert distillation_loss(logits, logits, None, 32, 2.0).abs() < 1e-6
+
+
+def test_detector_qat_exports_qdq_with_decode_in_high_precision(demo_adapter, tiny_shapes, tmp_path):
+    record = run_qat(demo_adapter, load_dataset(tiny_shapes, "train"), QUICK, tmp_path / "qat.onnx", say=lambda m: 0)
+    report = record["qdq_report"]
+    assert report["qdq_pairs"] > 0 and report["lint"] == [] and report["decode_nodes_reading_quantized"] == []
+    assert report["quantized_compute_nodes"] == report["compute_nodes"] - 1  # all but the DFL projection
+    assert report["quantized_flop_share"] > 0.99
+    assert len(record["losses"]) == 1 and np.isfinite(record["losses"][0])
+    # the adapter itself stays FP32: QAT works on a copy
+    assert not any("quantizer" in name for name, _ in demo_adapter.module.named_modules())
+    metrics = evaluate_model(load_model(record["model"]), tiny_shapes, options=EvalOptions(measure_latency=False))
+    assert metrics["metrics"]["mAP50"] > 0.5
+
+
+def test_classifier_qat_with_labels_only(class_tree, tmp_path):
+    from torch import nn
+
+    module_file = tmp_path / "tiny_cls.py"
+    module_file.write_text("from torch import nn\n\ndef build():\n    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), "
+                           "nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))\n")
+    adapter = load_model("", arch=f"{module_file}:build", imgsz=32)
+    config = QATConfig(epochs=2, batch=4, calib_images=4, distill=False, labels=True, lr=1e-2)
+    record = run_qat(adapter, load_dataset(class_tree), config, tmp_path / "cls.onnx", say=lambda m: 0)
+    model = onnx.load(record["model"])
+    assert sum(n.op_type == "QuantizeLinear" for n in model.graph.node) >= 4  # conv + linear, inputs + weights
+    assert record["losses"][1] < record["losses"][0]  # it learns
+    assert isinstance(adapter.module[0], nn.Conv2d)
+
+
+def test_detector_without_distillation_is_refused(demo_adapter, tiny_shapes, tmp_path):
+    with pytest.raises(OrinflowError, match="--distill"):
+        run_qat(demo_adapter, load_dataset(tiny_shapes, "train"), QATConfig(distill=False), tmp_path / "x.onnx")
+    assert not any(tmp_path.iterdir())
+
+
+def test_qat_cli_end_to_end(tiny_shapes, tmp_path):
+    out = tmp_path / "q.onnx"
+    result = CliRunner().invoke(app, ["qat", "-m", str(DEMO_MODEL), "--imgsz", "256", "--yaml", str(tiny_shapes),
+                                      "--epochs", "1", "--max-steps", "1", "--batch", "4", "--calib-images", "4",
+                                      "--runs", "0", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert out.exists() and out.with_suffix(".json").exists() and "route 2: QAT" in result.output
