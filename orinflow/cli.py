@@ -358,6 +358,8 @@ def qat(
     model: ModelOpt,
     data: DataOpt = None,
     split: SplitOpt = "train",
+    val_data: Annotated[Optional[str], typer.Option("--val-yaml", help="Separate evaluation dataset YAML "
+                                                    "(default: --yaml).")] = None,
     val_split: Annotated[str, typer.Option("--val-split", help="Split evaluated before/after (FP32 vs QAT).")]
     = "val",
     mode: Annotated[str, typer.Option("--mode", help="Quantization mode (int8).")] = "int8",
@@ -405,7 +407,7 @@ def qat(
     console.print(f"QAT model [bold]{output}[/bold] in {record['seconds']} s")
     _print_qdq(record["qdq_report"])
     options = EvalOptions(latency_runs=runs, measure_latency=runs > 0, batch=max(1, batch))
-    evaluation = load_dataset(data, val_split)
+    evaluation = load_dataset(val_data or data, val_split)
     records = [evaluate_model(load_model(p), evaluation, val_split, options) for p in (fp32, output)]
     console.print(comparison_table(records, title="route 2: QAT"))
 

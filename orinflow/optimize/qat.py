@@ -149,8 +149,15 @@ def train(adapter: ModelAdapter, student: torch.nn.Module, teacher: torch.nn.Mod
     return losses
 
 
-def export_qdq(adapter: ModelAdapter, student: torch.nn.Module, output: Path, opset: int = 17) -> dict:
-    """Export the fake-quantized model as Q/DQ ONNX with orinflow metadata; check it against PyTorch."""
+def export_qdq(adapter: ModelAdapter, student: torch.nn.Module, probe: np.ndarray, output: Path,
+               opset: int = 17) -> dict:
+    """Export the fake-quantized model as Q/DQ ONNX with orinflow metadata; check it against PyTorch.
+
+    The two differ a little by design: ModelOpt's fake quantizer clamps to [-127, 127] while
+    ONNX QuantizeLinear (and TensorRT) use [-128, 127], so activations beyond the calibrated
+    range round differently. The check therefore bounds the 99th percentile of the
+    difference on a real image and records the maximum.
+    """
     student = student.cpu().eval()
     dummy = torch.zeros(adapter.input_shape)
     with atomic_path(output) as tmp:
@@ -162,15 +169,16 @@ def export_qdq(adapter: ModelAdapter, student: torch.nn.Module, output: Path, op
         write_metadata(model, {META_PROCESSING: adapter.processing.to_json(), META_FAMILY: adapter.family,
                                META_SOURCE: adapter.source, "orinflow.quantization": '{"route": "qat"}'})
         onnx.save(model, str(tmp))
-        probe = np.random.default_rng(0).random(adapter.input_shape, dtype=np.float32)
         with torch.no_grad():
             reference = student(torch.from_numpy(probe)).numpy()
-        diff = float(np.abs(OrtRunner(tmp).run(probe)[0] - reference).max())
+        diff = np.abs(OrtRunner(tmp).run(probe)[0] - reference)
         scale = float(np.abs(reference).max()) or 1.0
-        # One int8 step of disagreement on a few values is rounding; more means a broken export.
-        if diff > 0.05 * max(1.0, scale):
-            raise OrinflowError(f"QAT export is broken: max |PyTorch - ONNX| = {diff:.3g}")
-    return {"max_abs_diff": diff, "output_max_abs": scale}
+        p99 = float(np.percentile(diff, 99))
+        if not np.isfinite(diff).all() or p99 > 0.05 * max(1.0, scale):
+            raise OrinflowError(f"QAT export is broken: 99th percentile |PyTorch - ONNX| = {p99:.3g} "
+                                f"(outputs up to {scale:.3g})")
+    return {"max_abs_diff": float(diff.max()), "p99_abs_diff": p99, "mean_abs_diff": float(diff.mean()),
+            "output_max_abs": scale}
 
 
 def run_qat(adapter: ModelAdapter, dataset: Dataset, config: QATConfig, output: Path, say=print) -> dict:
@@ -185,7 +193,8 @@ def run_qat(adapter: ModelAdapter, dataset: Dataset, config: QATConfig, output: 
     student = insert_quantizers(adapter, dataset, config)
     say(f"fake quantizers inserted and calibrated on {min(config.calib_images, len(dataset))} images")
     losses = train(adapter, student, teacher, dataset, config, say)
-    parity = export_qdq(adapter, student, output)
+    probe = adapter.processing.preprocess(read_image(dataset.images[0]))[0][None]
+    parity = export_qdq(adapter, student, probe, output)
     exported = onnx.load(str(output))
     decode = set(decode_nodes(exported)) if adapter.task == "detect" else set()
     record = {"command": "qat", "route": "qat", "model": str(output), "source": adapter.source,
