@@ -421,7 +421,7 @@ def demo(
     runs: Annotated[int, typer.Option("--runs", help="Timed latency runs per model.")] = 30,
     verbose: VerboseOpt = False,
 ):
-    """Offline end-to-end run on the embedded shapes detector: export, calibrate, evaluate, compare."""
+    """Offline run on the embedded shapes detector: export, PTQ for TensorRT and CPU, a short QAT, compare."""
     from .demo.pipeline import run_demo
 
     run_demo(workdir, runs, console)

@@ -10,12 +10,15 @@ from ..evaluate import EvalOptions, evaluate_model
 from ..evaluate.table import comparison_table
 from ..io import write_json
 from ..models import load_model
+from ..data import load_dataset
 from ..optimize.ptq import QuantizeSpec
+from ..optimize.qat import QATConfig, run_qat
 from ..optimize.route import run_ptq
 from . import shapes
 
 DEMO_MODEL = Path(__file__).parent / "assets" / "shapes_yolov8p.pt"
 CALIB_IMAGES = 64
+QAT_DEMO = QATConfig(epochs=1, batch=16, lr=1e-5, calib_images=CALIB_IMAGES, max_steps=10)  # a taste: ~15 s
 
 
 def run_demo(workdir: Path, runs: int, console: Console) -> list[dict]:
@@ -31,7 +34,12 @@ def run_demo(workdir: Path, runs: int, console: Console) -> list[dict]:
     console.print("route 1 (PTQ): export → calibrate → INT8 for TensorRT (ModelOpt) and for CPU (ONNX Runtime)")
     route = run_ptq(adapter, data_yaml, "train", data_yaml, "val", workdir / "ptq", ["entropy"],
                     ["tensorrt", "cpu"], QuantizeSpec(), CALIB_IMAGES, options, say=lambda m: console.print(f"  {m}"))
-    records = [torch_record, route["fp32"], *route["variants"]]
+    console.print(f"route 2 (QAT): fake-quantize, {QAT_DEMO.max_steps} distillation steps from the FP32 model, "
+                  "export Q/DQ")
+    qat = run_qat(adapter, load_dataset(data_yaml, "train"), QAT_DEMO, workdir / "qat" / "shapes_yolov8p_qat_int8.onnx",
+                  say=lambda m: console.print(f"  {m}"))
+    qat_record = evaluate_model(load_model(qat["model"]), data_yaml, "val", options)
+    records = [torch_record, route["fp32"], *route["variants"], qat_record]
     for record in records:
         write_json(workdir / "records" / f"eval_{Path(record['model']).stem}.json", record)
     console.print(comparison_table(records, title="demo: shapes val (deltas against PyTorch FP32)"))
