@@ -84,3 +84,37 @@ def test_resnet20_int8_both_targets_within_half_a_point(tmp_path):
         record = quantize_onnx(fp32, calib, QuantizeSpec(target=target), tmp_path / f"r20_{target}.onnx")
         top1 = evaluate_model(load_model(record["model"]), dataset, options=NO_LATENCY)["metrics"]["top1"]
         assert base - top1 <= 0.005, (target, base, top1)
+
+
+def test_yolov5_backbone_and_neck_match_ultralytics_implementation():
+    """orinflow's own YOLOv5 modules against Ultralytics' independent Conv/C3/SPPF, same weights."""
+    import torch
+    from ultralytics.nn.tasks import DetectionModel
+
+    from orinflow.models.base import torch_load
+    from orinflow.models.yolov5 import YOLOv5Unpickler
+
+    original = torch_load(shared_path("weights", "yolov5n.pt"), YOLOv5Unpickler)["model"].float().eval()
+    reference = DetectionModel("yolov5n.yaml", nc=80, verbose=False).eval()
+    theirs = reference.state_dict()
+    for layer in range(24):  # everything before the (different) detection head
+        ours = [(k, v) for k, v in original.state_dict().items() if k.startswith(f"model.{layer}.")]
+        keys = [k for k in theirs if k.startswith(f"model.{layer}.")]
+        assert len(ours) == len(keys)
+        for (_, value), key in zip(ours, keys):
+            theirs[key] = value.clone()
+    reference.load_state_dict(theirs)
+
+    def features(model, x):
+        saved = []
+        for layer in model.model[:24]:
+            if layer.f != -1:
+                x = saved[layer.f] if isinstance(layer.f, int) else [x if j == -1 else saved[j] for j in layer.f]
+            x = layer(x)
+            saved.append(x)
+        return [saved[i] for i in (17, 20, 23)]
+
+    image = torch.rand(1, 3, 320, 320)
+    with torch.no_grad():
+        for a, b in zip(features(original, image), features(reference, image)):
+            assert torch.allclose(a, b, atol=1e-5)
