@@ -139,11 +139,10 @@ def _quiet():
 
 # ------------------------------------------------------------------ tensorrt target (ModelOpt)
 def _modelopt_quantize(src: Path, calib: np.ndarray, spec: QuantizeSpec, exclude: list[str], out: Path) -> None:
-    from . import quiet_torch_extension_logs
+    from . import import_quietly
 
-    quiet_torch_extension_logs()
     try:
-        from modelopt.onnx.quantization import quantize as modelopt_quantize
+        modelopt_quantize = import_quietly("modelopt.onnx.quantization").quantize
     except ImportError as e:
         raise OrinflowError(f"NVIDIA ModelOpt's ONNX quantization is not importable ({e})") from e
     input_name = onnx.load(str(src), load_external_data=False).graph.input[0].name

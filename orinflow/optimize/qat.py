@@ -31,7 +31,7 @@ from ..models.onnx_model import META_FAMILY, META_PROCESSING, META_SOURCE, write
 from ..models.processing import HEAD_ANCHOR_FREE, HEAD_END2END, HEAD_OBJECTNESS
 from ..progress import progress
 from ..runtime import OrtRunner
-from . import quiet_torch_extension_logs
+from . import import_quietly
 from .graph import decode_nodes
 from .report import qdq_report
 
@@ -53,8 +53,7 @@ class QATConfig:
 
 
 def _quant_config():
-    quiet_torch_extension_logs()
-    import modelopt.torch.quantization as mtq
+    mtq = import_quietly("modelopt.torch.quantization")
 
     config = copy.deepcopy(mtq.INT8_DEFAULT_CFG)
     # The DFL projection is decode, not learned compute: keep it in high precision.
@@ -72,7 +71,7 @@ def _batches(dataset: Dataset, adapter: ModelAdapter, indices: np.ndarray, batch
 
 def insert_quantizers(adapter: ModelAdapter, dataset: Dataset, config: QATConfig) -> torch.nn.Module:
     """A copy of the model with calibrated fake quantizers on its Conv/Linear layers (the adapter stays FP32)."""
-    import modelopt.torch.quantization as mtq
+    mtq = import_quietly("modelopt.torch.quantization")
 
     module = copy.deepcopy(adapter.export_module()).to(config.device).eval()
     order = np.random.default_rng(config.seed).permutation(len(dataset))[:config.calib_images]
