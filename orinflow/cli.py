@@ -278,6 +278,7 @@ def quantize(
     from .models import OnnxModel
     from .optimize.ptq import quantize_onnx
     from .optimize.route import quantized_name
+    from .optimize.sparsity_check import describe
 
     spec = _quant_spec(mode, method, target, percentile, exclude, head_protect, high_precision)
     source = _load(model, None, None, None, None, None)
@@ -294,6 +295,7 @@ def quantize(
     console.print(f"quantized [bold]{output}[/bold] ({mode}, {method}, {target}) from {len(array)} calibration "
                   f"images in {record['seconds']} s")
     _print_qdq(record["qdq_report"])
+    console.print(describe(record["sparsity"]))
 
 
 # ---------------------------------------------------------------- ptq (route 1)
@@ -412,6 +414,108 @@ def qat(
     console.print(comparison_table(records, title="route 2: QAT"))
 
 
+# ---------------------------------------------------------------- sparsify (route 3)
+@app.command()
+@cli_errors
+def sparsify(
+    model: ModelOpt,
+    data: DataOpt = None,
+    split: SplitOpt = "train",
+    val_data: Annotated[Optional[str], typer.Option("--val-yaml", help="Separate evaluation dataset YAML "
+                                                    "(default: --yaml).")] = None,
+    val_split: Annotated[str, typer.Option("--val-split", help="Split evaluated before/after.")] = "val",
+    method: Annotated[str, typer.Option("--method", help="2:4 mask: magnitude, or sparsegpt (uses "
+                                        "--calib-images).")] = "magnitude",
+    epochs: Annotated[int, typer.Option("--epochs", help="Sparsity-aware fine-tuning epochs (0: masks only).")] = 1,
+    lr: Annotated[float, typer.Option("--lr", help="AdamW learning rate.")] = 1e-4,
+    batch: Annotated[int, typer.Option("--batch", help="Training batch size.")] = 8,
+    calib_images: Annotated[int, typer.Option("--calib-images", help="Images for SparseGPT.")] = 64,
+    distill: Annotated[bool, typer.Option("--distill/--no-distill", help="Distil from the dense FP32 model.")]
+    = True,
+    labels: Annotated[bool, typer.Option("--labels/--no-labels", help="Classifiers: cross-entropy on labels.")]
+    = True,
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N.")] = "cpu",
+    max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Cap on steps per epoch.")] = None,
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output 2:4-sparse FP32 .onnx (default: "
+                                                   "workspace/sat/<model>/<model>_sparse24.onnx).")] = None,
+    arch: ArchOpt = None, imgsz: ImgszOpt = None, mean: MeanOpt = None, std: StdOpt = None, crop: CropOpt = None,
+    verbose: VerboseOpt = False,
+):
+    """Route 3: 2:4 sparsity (ModelOpt) + sparsity-aware fine-tuning; writes a sparse FP32 ONNX for `ptq`."""
+    from .config import workspace
+    from .data import load_dataset
+    from .evaluate import EvalOptions, evaluate_model
+    from .evaluate.table import comparison_table
+    from .export import export_onnx
+    from .models import ModelAdapter, load_model
+    from .optimize.qat import QATConfig
+    from .optimize.sat import run_sat
+    from .optimize.sparsity_check import describe
+
+    if not data:
+        raise OrinflowError("give the training data with --yaml data.yaml (or --data folder/)")
+    if epochs < 0 or batch < 1 or lr <= 0:
+        raise OrinflowError("--epochs must be >= 0, --batch >= 1 and --lr > 0")
+    adapter = _load(model, arch, imgsz, mean, std, crop)
+    if not isinstance(adapter, ModelAdapter):
+        raise OrinflowError(f"{model} is ONNX: sparsify needs the PyTorch model")
+    output = output or workspace() / "sat" / Path(model).stem / f"{Path(model).stem}_sparse24.onnx"
+    config = QATConfig(epochs=epochs, lr=lr, batch=batch, calib_images=calib_images, distill=distill, labels=labels,
+                       device=device, max_steps=max_steps)
+    dense = export_onnx(adapter, output.with_name(output.stem + "_dense_ref.onnx")).path
+    record = run_sat(adapter, load_dataset(data, split), method, config, output, say=console.print)
+    console.print(f"sparse model [bold]{output}[/bold]; {describe(record['sparsity'])}")
+    evaluation = load_dataset(val_data or data, val_split)
+    options = EvalOptions(measure_latency=False, batch=max(1, batch))
+    records = [evaluate_model(load_model(p), evaluation, val_split, options) for p in (dense, output)]
+    console.print(comparison_table(records, title="route 3: 2:4 sparsity (then `orinflow ptq -m` the sparse ONNX)"))
+
+
+# ---------------------------------------------------------------- inspect
+@app.command()
+@cli_errors
+def inspect(
+    model: Annotated[str, typer.Option("-m", "--model", help="ONNX model to inspect.")],
+    target: Annotated[str, typer.Option("--target", help="Lint Q/DQ for this target (tensorrt or cpu).")]
+    = "tensorrt",
+    layers: Annotated[bool, typer.Option("--layers", help="Print every conv/GEMM layer.")] = False,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the inspection record here.")] = None,
+    verbose: VerboseOpt = False,
+):
+    """Q/DQ report and 2:4 sparsity check (TensorRT's rule, per conv/GEMM) of an ONNX model."""
+    import onnx
+    from rich.table import Table
+
+    from .io import require_file, write_json
+    from .optimize.graph import QDQ_OPS, decode_nodes
+    from .optimize.report import qdq_report
+    from .optimize.sparsity_check import describe, sparsity_report
+
+    path = require_file(model, "model")
+    try:
+        graph = onnx.load(str(path))
+    except Exception as e:
+        raise OrinflowError(f"{path} is not a readable ONNX model ({type(e).__name__})") from e
+    record: dict = {"model": str(path)}
+    if any(n.op_type in QDQ_OPS for n in graph.graph.node):
+        record["qdq_report"] = qdq_report(graph, target, "int8", set(decode_nodes(graph)))
+        _print_qdq(record["qdq_report"])
+    else:
+        console.print("no Q/DQ nodes: a floating-point model")
+    sparsity = record["sparsity"] = sparsity_report(graph)
+    console.print(describe(sparsity))
+    if layers:
+        table = Table(title="conv/GEMM layers")
+        for column in ("node", "op", "reduction dim", "eligible", "2:4", "MFLOPs"):
+            table.add_column(column, justify="left" if column in ("node", "op") else "right")
+        for layer in sparsity["layers"]:
+            table.add_row(layer["node"], layer["op"], str(layer["reduction_dim"] or "-"), str(layer["eligible"]),
+                          str(layer["is_2to4"]), f"{layer['flops'] / 1e6:.1f}")
+        console.print(table)
+    if json_out:
+        write_json(json_out, record)
+
+
 # ---------------------------------------------------------------- demo
 @app.command()
 @cli_errors
@@ -446,6 +550,7 @@ calibrate_alias = _alias(calibrate, "calibrate")
 evaluate_alias = _alias(evaluate, "evaluate")
 quantize_alias = _alias(quantize, "quantize")
 qat_alias = _alias(qat, "qat")
+sparsify_alias = _alias(sparsify, "sparsify")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -28,6 +28,8 @@ def test_help_lists_every_flag_with_default():
     ("orinflow-calibrate", ["--yaml", "--split", "--num-images"]),
     ("orinflow-evaluate", ["--compare", "--yaml", "--json"]),
     ("orinflow-quantize", ["--calib", "--mode", "--method", "--target", "--exclude"]),
+    ("orinflow-qat", ["--epochs", "--distill", "--yaml"]),
+    ("orinflow-sparsify", ["--method", "--epochs", "--yaml"]),
 ])
 def test_seed_aliases_run_the_same_commands(script, flags):
     exe = __import__("pathlib").Path(sys.executable).parent / script

@@ -28,6 +28,7 @@ from ..models.onnx_model import OnnxModel, read_metadata, write_metadata
 from ..progress import status
 from .graph import QDQ_OPS, decode_nodes
 from .report import qdq_report
+from .sparsity_check import sparsity_summary
 
 MODES = ("int8", "fp8", "int4")
 METHODS = ("entropy", "max", "percentile")
@@ -110,7 +111,8 @@ def quantize_onnx(source: OnnxModel, calib: np.ndarray, spec: QuantizeSpec, outp
     record = {
         "command": "quantize", "model": str(output), "source": str(source.path), "task": source.task,
         "quantization": asdict(spec), "calibration_images": int(len(calib)), "excluded_nodes": exclude,
-        "qdq_report": report, "seconds": round(time.perf_counter() - started, 1),
+        "qdq_report": report, "sparsity": sparsity_summary(onnx.load(str(output))),
+        "seconds": round(time.perf_counter() - started, 1),
         "size_bytes": Path(output).stat().st_size,
     }
     write_json(Path(output).with_suffix(".json"), record)

@@ -8,7 +8,7 @@ from onnx import numpy_helper
 from .graph import LEARNED_COMPUTE, GraphIndex
 
 
-def _output_shapes(model: onnx.ModelProto, tensors: list[str]) -> dict[str, list[int]]:
+def output_shapes(model: onnx.ModelProto, tensors: list[str]) -> dict[str, list[int]]:
     """Actual shapes of `tensors`, from one ONNX Runtime pass on zeros.
 
     Static shape inference leaves dims unknown after Split/Slice in unsimplified exports
@@ -32,7 +32,7 @@ def _output_shapes(model: onnx.ModelProto, tensors: list[str]) -> dict[str, list
     return {name: list(value.shape) for name, value in zip(tensors, outputs)}
 
 
-class _Node:
+class ComputeNode:
     """A compute node seen through its Q/DQ wrappers."""
 
     def __init__(self, index: GraphIndex, node: onnx.NodeProto):
@@ -66,8 +66,8 @@ class _Node:
 
 def qdq_report(model: onnx.ModelProto, target: str, mode: str, decode: set[str]) -> dict:
     index = GraphIndex(model)
-    compute = [_Node(index, n) for n in index.nodes if n.op_type in LEARNED_COMPUTE]
-    shapes = _output_shapes(model, [c.node.output[0] for c in compute])
+    compute = [ComputeNode(index, n) for n in index.nodes if n.op_type in LEARNED_COMPUTE]
+    shapes = output_shapes(model, [c.node.output[0] for c in compute])
     total = sum(c.flops(shapes) for c in compute) or 1
     quantized_flops = sum(c.flops(shapes) for c in compute if c.quantized)
     # Reshapes of a quantized head output are free; arithmetic on quantized values is the harm.
@@ -105,7 +105,7 @@ def _initializer_array(index: GraphIndex, name: str) -> np.ndarray | None:
     return numpy_helper.to_array(tensor) if tensor is not None else None
 
 
-def tensorrt_lint(index: GraphIndex, compute: list[_Node]) -> list[str]:
+def tensorrt_lint(index: GraphIndex, compute: list[ComputeNode]) -> list[str]:
     """Violations of the Q/DQ layout TensorRT fuses into INT8 kernels, each naming its node."""
     problems = []
     for node in index.nodes:

@@ -1,0 +1,65 @@
+import numpy as np
+import onnx
+import pytest
+from onnx import helper, numpy_helper
+from typer.testing import CliRunner
+
+from conftest import DEMO_MODEL
+from orinflow.cli import app
+from orinflow.data import load_dataset
+from orinflow.data.calibration import build_calibration
+from orinflow.errors import OrinflowError
+from orinflow.models import load_model
+from orinflow.optimize.ptq import QuantizeSpec, quantize_onnx
+from orinflow.optimize.qat import QATConfig
+from orinflow.optimize.sat import run_sat
+from orinflow.optimize.sparsity_check import is_2to4, sparsity_report
+
+
+def _conv_model(weight: np.ndarray) -> onnx.ModelProto:
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, weight.shape[1], 8, 8])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)
+    node = helper.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[1, 1, 1, 1])
+    graph = helper.make_graph([node], "g", [x], [y], [numpy_helper.from_array(weight, "w")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_2to4_rule_runs_along_input_channels():
+    weight = np.ones((8, 16, 3, 3), np.float32)
+    weight[:, 0::4] = weight[:, 1::4] = 0  # two zeros in every group of four input channels
+    assert is_2to4(np.moveaxis(weight, 1, -1))
+    report = sparsity_report(_conv_model(weight))
+    assert report["eligible_layers"] == 1 and report["sparse_layers"] == 1 and report["sparse_flop_share"] == 1.0
+    dense = np.ones((8, 16, 3, 3), np.float32)
+    dense[0::2] = 0  # zeros along output channels do not count
+    assert sparsity_report(_conv_model(dense))["sparse_layers"] == 0
+    assert sparsity_report(_conv_model(np.ones((8, 12, 3, 3), np.float32)))["eligible_layers"] == 0
+
+
+def test_sat_then_ptq_keeps_2to4(demo_adapter, tiny_shapes, tmp_path):
+    config = QATConfig(epochs=1, max_steps=1, batch=4, calib_images=4, lr=1e-4)
+    record = run_sat(demo_adapter, load_dataset(tiny_shapes, "train"), "magnitude", config, tmp_path / "s.onnx",
+                     say=lambda m: 0)
+    assert record["sparsity"]["eligible_layers"] > 0 and record["sparsity"]["eligible_sparse_share"] == 1.0
+    sparse = load_model(record["model"])
+    calib = build_calibration(sparse.processing, load_dataset(tiny_shapes, "train"), 4)
+    quantized = quantize_onnx(sparse, calib, QuantizeSpec(), tmp_path / "s_int8.onnx")
+    assert quantized["sparsity"]["eligible_sparse_share"] == 1.0  # zeros stay zero through Q/DQ
+    assert quantized["qdq_report"]["lint"] == []
+
+
+def test_sparsify_rejects_unknown_method(demo_adapter, tiny_shapes, tmp_path):
+    with pytest.raises(OrinflowError, match="unknown --method"):
+        run_sat(demo_adapter, load_dataset(tiny_shapes, "train"), "random", QATConfig(), tmp_path / "x.onnx")
+
+
+def test_inspect_and_sparsify_cli(tiny_shapes, demo_onnx, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["inspect", "-m", str(demo_onnx), "--layers", "--json", str(tmp_path / "i.json")])
+    assert result.exit_code == 0, result.output
+    assert "floating-point model" in result.output and "2:4 sparsity: 0 of" in result.output
+    out = tmp_path / "sp.onnx"
+    result = runner.invoke(app, ["sparsify", "-m", str(DEMO_MODEL), "--imgsz", "256", "--yaml", str(tiny_shapes),
+                                 "--epochs", "0", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "(100%)" in result.output and out.exists()
