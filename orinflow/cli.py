@@ -12,7 +12,7 @@ from typing import Annotated, Callable, Optional
 import typer
 from rich.console import Console
 
-from .config import DEFAULT_OPSET, calib_dir, records_dir
+from .config import DEFAULT_OPSET, calib_dir
 from .errors import OrinflowError
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
@@ -353,29 +353,84 @@ def ptq(
     console.print(f"run record: {workdir / 'ptq_record.json'}")
 
 
-# ---------------------------------------------------------------- qat (route 2)
+# ---------------------------------------------------------------- training routes (2, 3, 4)
+ValYamlOpt = Annotated[Optional[str], typer.Option("--val-yaml", help="Separate evaluation dataset YAML "
+                                                   "(default: --yaml).")]
+ValSplitOpt = Annotated[str, typer.Option("--val-split", help="Split evaluated before/after.")]
+LrOpt = Annotated[float, typer.Option("--lr", help="AdamW learning rate.")]
+BatchOpt = Annotated[int, typer.Option("--batch", help="Training batch size.")]
+CalibImagesOpt = Annotated[int, typer.Option("--calib-images", help="Images that calibrate the quantizers (and "
+                                             "feed SparseGPT).")]
+DistillOpt = Annotated[bool, typer.Option("--distill/--no-distill", help="Distil from the FP32 model on the raw "
+                                          "head outputs (works without labels, any family).")]
+LabelsOpt = Annotated[bool, typer.Option("--labels/--no-labels", help="Classifiers: add cross-entropy on the "
+                                         "labels.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N.")]
+MaxStepsOpt = Annotated[Optional[int], typer.Option("--max-steps", help="Cap on steps per epoch.")]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from the checkpoint "
+                                         "saved after each epoch (<output>.qat.pt / .sat.pt).")]
+SparseMethodOpt = Annotated[str, typer.Option("--method", help="2:4 mask: magnitude, or sparsegpt (uses "
+                                              "--calib-images).")]
+
+
+def _training_setup(model, data, split, epochs, batch, lr, arch, imgsz, mean, std, crop, what: str):
+    """Checks shared by the training commands; returns the PyTorch adapter and the training set."""
+    from .data import load_dataset
+    from .models import ModelAdapter
+
+    if not data:
+        raise OrinflowError("give the training data with --yaml data.yaml (or --data folder/)")
+    if epochs < 0 or batch < 1 or lr <= 0:
+        raise OrinflowError("epochs must be >= 0, --batch >= 1 and --lr > 0")
+    adapter = _load(model, arch, imgsz, mean, std, crop)
+    if not isinstance(adapter, ModelAdapter):
+        raise OrinflowError(f"{model} is ONNX: {what} needs the PyTorch model")
+    return adapter, load_dataset(data, split)
+
+
+def _train_config(epochs, lr, batch, calib_images, distill, labels, device, max_steps, resume):
+    from .optimize.qat import QATConfig
+
+    return QATConfig(epochs=epochs, lr=lr, batch=batch, calib_images=calib_images, distill=distill, labels=labels,
+                     device=device, max_steps=max_steps, resume=resume)
+
+
+def _compare(models: list[Path], data, val_data, val_split, batch: int, runs: int, title: str) -> None:
+    from .data import load_dataset
+    from .evaluate import EvalOptions, evaluate_model
+    from .evaluate.table import comparison_table
+    from .models import load_model
+
+    options = EvalOptions(latency_runs=runs, measure_latency=runs > 0, batch=max(1, batch))
+    evaluation = load_dataset(val_data or data, val_split)
+    records = [evaluate_model(load_model(p), evaluation, val_split, options) for p in models]
+    console.print(comparison_table(records, title=title))
+
+
+def _reference_onnx(adapter, output: Path, suffix: str) -> Path:
+    from .export import export_onnx
+
+    return export_onnx(adapter, output.with_name(output.stem + suffix)).path
+
+
 @app.command()
 @cli_errors
 def qat(
     model: ModelOpt,
     data: DataOpt = None,
     split: SplitOpt = "train",
-    val_data: Annotated[Optional[str], typer.Option("--val-yaml", help="Separate evaluation dataset YAML "
-                                                    "(default: --yaml).")] = None,
-    val_split: Annotated[str, typer.Option("--val-split", help="Split evaluated before/after (FP32 vs QAT).")]
-    = "val",
+    val_data: ValYamlOpt = None,
+    val_split: ValSplitOpt = "val",
     mode: Annotated[str, typer.Option("--mode", help="Quantization mode (int8).")] = "int8",
     epochs: Annotated[int, typer.Option("--epochs", help="Fine-tuning epochs.")] = 1,
-    lr: Annotated[float, typer.Option("--lr", help="AdamW learning rate.")] = 1e-4,
-    batch: Annotated[int, typer.Option("--batch", help="Training batch size.")] = 8,
-    calib_images: Annotated[int, typer.Option("--calib-images", help="Images that calibrate the quantizers "
-                                              "before training.")] = 64,
-    distill: Annotated[bool, typer.Option("--distill/--no-distill", help="Distil from the FP32 model on the raw "
-                                          "head outputs (works without labels, any family).")] = True,
-    labels: Annotated[bool, typer.Option("--labels/--no-labels", help="Classifiers: add cross-entropy on the "
-                                         "labels.")] = True,
-    device: Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N.")] = "cpu",
-    max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Cap on steps per epoch.")] = None,
+    lr: LrOpt = 1e-4,
+    batch: BatchOpt = 8,
+    calib_images: CalibImagesOpt = 64,
+    distill: DistillOpt = True,
+    labels: LabelsOpt = True,
+    device: DeviceOpt = "cpu",
+    max_steps: MaxStepsOpt = None,
+    resume: ResumeOpt = False,
     runs: Annotated[int, typer.Option("--runs", help="Timed latency runs in the comparison (0 skips).")] = 20,
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output Q/DQ .onnx (default: "
                                                    "workspace/qat/<model>/<model>_qat_int8.onnx).")] = None,
@@ -384,58 +439,40 @@ def qat(
 ):
     """Route 2: quantization-aware fine-tuning with ModelOpt, exported as Q/DQ ONNX, compared with FP32."""
     from .config import workspace
-    from .data import load_dataset
-    from .evaluate import EvalOptions, evaluate_model
-    from .evaluate.table import comparison_table
-    from .export import export_onnx
-    from .models import ModelAdapter, load_model
-    from .optimize.qat import QATConfig, run_qat
+    from .optimize.qat import run_qat
 
     if mode != "int8":
         raise OrinflowError(f"--mode {mode}: QAT supports int8")
-    if not data:
-        raise OrinflowError("give the training data with --yaml data.yaml (or --data folder/)")
-    if epochs < 1 or batch < 1 or lr <= 0:
-        raise OrinflowError("--epochs and --batch must be >= 1 and --lr > 0")
-    adapter = _load(model, arch, imgsz, mean, std, crop)
-    if not isinstance(adapter, ModelAdapter):
-        raise OrinflowError(f"{model} is ONNX: QAT needs the PyTorch model")
-    train_set = load_dataset(data, split)
+    if epochs < 1:
+        raise OrinflowError("--epochs must be >= 1")
+    adapter, train_set = _training_setup(model, data, split, epochs, batch, lr, arch, imgsz, mean, std, crop, "QAT")
     output = output or workspace() / "qat" / Path(model).stem / f"{Path(model).stem}_qat_int8.onnx"
-    config = QATConfig(epochs=epochs, lr=lr, batch=batch, calib_images=calib_images, distill=distill, labels=labels,
-                       device=device, max_steps=max_steps)
-    fp32 = export_onnx(adapter, output.with_name(output.stem + "_fp32_ref.onnx")).path
+    config = _train_config(epochs, lr, batch, calib_images, distill, labels, device, max_steps, resume)
+    fp32 = _reference_onnx(adapter, output, "_fp32_ref.onnx")
     record = run_qat(adapter, train_set, config, output, say=console.print)
     console.print(f"QAT model [bold]{output}[/bold] in {record['seconds']} s")
     _print_qdq(record["qdq_report"])
-    options = EvalOptions(latency_runs=runs, measure_latency=runs > 0, batch=max(1, batch))
-    evaluation = load_dataset(val_data or data, val_split)
-    records = [evaluate_model(load_model(p), evaluation, val_split, options) for p in (fp32, output)]
-    console.print(comparison_table(records, title="route 2: QAT"))
+    _compare([fp32, output], data, val_data, val_split, batch, runs, "route 2: QAT")
 
 
-# ---------------------------------------------------------------- sparsify (route 3)
 @app.command()
 @cli_errors
 def sparsify(
     model: ModelOpt,
     data: DataOpt = None,
     split: SplitOpt = "train",
-    val_data: Annotated[Optional[str], typer.Option("--val-yaml", help="Separate evaluation dataset YAML "
-                                                    "(default: --yaml).")] = None,
-    val_split: Annotated[str, typer.Option("--val-split", help="Split evaluated before/after.")] = "val",
-    method: Annotated[str, typer.Option("--method", help="2:4 mask: magnitude, or sparsegpt (uses "
-                                        "--calib-images).")] = "magnitude",
+    val_data: ValYamlOpt = None,
+    val_split: ValSplitOpt = "val",
+    method: SparseMethodOpt = "magnitude",
     epochs: Annotated[int, typer.Option("--epochs", help="Sparsity-aware fine-tuning epochs (0: masks only).")] = 1,
-    lr: Annotated[float, typer.Option("--lr", help="AdamW learning rate.")] = 1e-4,
-    batch: Annotated[int, typer.Option("--batch", help="Training batch size.")] = 8,
-    calib_images: Annotated[int, typer.Option("--calib-images", help="Images for SparseGPT.")] = 64,
-    distill: Annotated[bool, typer.Option("--distill/--no-distill", help="Distil from the dense FP32 model.")]
-    = True,
-    labels: Annotated[bool, typer.Option("--labels/--no-labels", help="Classifiers: cross-entropy on labels.")]
-    = True,
-    device: Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N.")] = "cpu",
-    max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Cap on steps per epoch.")] = None,
+    lr: LrOpt = 1e-4,
+    batch: BatchOpt = 8,
+    calib_images: CalibImagesOpt = 64,
+    distill: DistillOpt = True,
+    labels: LabelsOpt = True,
+    device: DeviceOpt = "cpu",
+    max_steps: MaxStepsOpt = None,
+    resume: ResumeOpt = False,
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output 2:4-sparse FP32 .onnx (default: "
                                                    "workspace/sat/<model>/<model>_sparse24.onnx).")] = None,
     arch: ArchOpt = None, imgsz: ImgszOpt = None, mean: MeanOpt = None, std: StdOpt = None, crop: CropOpt = None,
@@ -443,32 +480,64 @@ def sparsify(
 ):
     """Route 3: 2:4 sparsity (ModelOpt) + sparsity-aware fine-tuning; writes a sparse FP32 ONNX for `ptq`."""
     from .config import workspace
-    from .data import load_dataset
-    from .evaluate import EvalOptions, evaluate_model
-    from .evaluate.table import comparison_table
-    from .export import export_onnx
-    from .models import ModelAdapter, load_model
-    from .optimize.qat import QATConfig
     from .optimize.sat import run_sat
     from .optimize.sparsity_check import describe
 
-    if not data:
-        raise OrinflowError("give the training data with --yaml data.yaml (or --data folder/)")
-    if epochs < 0 or batch < 1 or lr <= 0:
-        raise OrinflowError("--epochs must be >= 0, --batch >= 1 and --lr > 0")
-    adapter = _load(model, arch, imgsz, mean, std, crop)
-    if not isinstance(adapter, ModelAdapter):
-        raise OrinflowError(f"{model} is ONNX: sparsify needs the PyTorch model")
+    adapter, train_set = _training_setup(model, data, split, epochs, batch, lr, arch, imgsz, mean, std, crop,
+                                         "sparsify")
     output = output or workspace() / "sat" / Path(model).stem / f"{Path(model).stem}_sparse24.onnx"
-    config = QATConfig(epochs=epochs, lr=lr, batch=batch, calib_images=calib_images, distill=distill, labels=labels,
-                       device=device, max_steps=max_steps)
-    dense = export_onnx(adapter, output.with_name(output.stem + "_dense_ref.onnx")).path
-    record = run_sat(adapter, load_dataset(data, split), method, config, output, say=console.print)
+    config = _train_config(epochs, lr, batch, calib_images, distill, labels, device, max_steps, resume)
+    dense = _reference_onnx(adapter, output, "_dense_ref.onnx")
+    record = run_sat(adapter, train_set, method, config, output, say=console.print)
     console.print(f"sparse model [bold]{output}[/bold]; {describe(record['sparsity'])}")
-    evaluation = load_dataset(val_data or data, val_split)
-    options = EvalOptions(measure_latency=False, batch=max(1, batch))
-    records = [evaluate_model(load_model(p), evaluation, val_split, options) for p in (dense, output)]
-    console.print(comparison_table(records, title="route 3: 2:4 sparsity (then `orinflow ptq -m` the sparse ONNX)"))
+    _compare([dense, output], data, val_data, val_split, batch, 0,
+             "route 3: 2:4 sparsity (then `orinflow ptq -m` the sparse ONNX)")
+
+
+@app.command("sparse-qat")
+@cli_errors
+def sparse_qat(
+    model: ModelOpt,
+    data: DataOpt = None,
+    split: SplitOpt = "train",
+    val_data: ValYamlOpt = None,
+    val_split: ValSplitOpt = "val",
+    method: SparseMethodOpt = "magnitude",
+    sat_epochs: Annotated[int, typer.Option("--sat-epochs", help="Sparsity-aware fine-tuning epochs.")] = 1,
+    qat_epochs: Annotated[int, typer.Option("--qat-epochs", help="QAT epochs, 2:4 masks held.")] = 1,
+    lr: LrOpt = 1e-4,
+    batch: BatchOpt = 8,
+    calib_images: CalibImagesOpt = 64,
+    distill: DistillOpt = True,
+    labels: LabelsOpt = True,
+    device: DeviceOpt = "cpu",
+    max_steps: MaxStepsOpt = None,
+    resume: ResumeOpt = False,
+    runs: Annotated[int, typer.Option("--runs", help="Timed latency runs in the comparison (0 skips).")] = 20,
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output Q/DQ + 2:4 .onnx (default: "
+                                                   "workspace/sparse_qat/<model>/<model>_sparse24_qat_int8.onnx).")]
+    = None,
+    arch: ArchOpt = None, imgsz: ImgszOpt = None, mean: MeanOpt = None, std: StdOpt = None, crop: CropOpt = None,
+    verbose: VerboseOpt = False,
+):
+    """Route 4: SAT then QAT with the 2:4 masks kept, exported as Q/DQ + 2:4 ONNX, compared with FP32."""
+    from .config import workspace
+    from .optimize.sat import run_sparse_qat
+    from .optimize.sparsity_check import describe
+
+    if qat_epochs < 1:
+        raise OrinflowError("--qat-epochs must be >= 1")
+    adapter, train_set = _training_setup(model, data, split, sat_epochs, batch, lr, arch, imgsz, mean, std, crop,
+                                         "sparse-qat")
+    stem = Path(model).stem
+    output = output or workspace() / "sparse_qat" / stem / f"{stem}_sparse24_qat_int8.onnx"
+    sat_config = _train_config(sat_epochs, lr, batch, calib_images, distill, labels, device, max_steps, resume)
+    qat_config = _train_config(qat_epochs, lr, batch, calib_images, distill, labels, device, max_steps, resume)
+    fp32 = _reference_onnx(adapter, output, "_fp32_ref.onnx")
+    record = run_sparse_qat(adapter, train_set, method, sat_config, qat_config, output, say=console.print)
+    console.print(f"sparse INT8 model [bold]{output}[/bold] in {record['seconds']} s; {describe(record['sparsity'])}")
+    _print_qdq(record["qdq_report"])
+    _compare([fp32, output], data, val_data, val_split, batch, runs, "route 4: SAT + QAT")
 
 
 # ---------------------------------------------------------------- inspect
@@ -525,7 +594,7 @@ def demo(
     runs: Annotated[int, typer.Option("--runs", help="Timed latency runs per model.")] = 30,
     verbose: VerboseOpt = False,
 ):
-    """Offline run on the embedded shapes detector: export, PTQ for TensorRT and CPU, a short QAT, compare."""
+    """Offline run on the embedded shapes detector: export, PTQ for TensorRT and CPU, a short QAT, compare, then a Jetson bundle and the report."""
     from .demo.pipeline import run_demo
 
     run_demo(workdir, runs, console)
@@ -551,6 +620,7 @@ evaluate_alias = _alias(evaluate, "evaluate")
 quantize_alias = _alias(quantize, "quantize")
 qat_alias = _alias(qat, "qat")
 sparsify_alias = _alias(sparsify, "sparsify")
+sparse_qat_alias = _alias(sparse_qat, "sparse-qat")
 
 if __name__ == "__main__":
     sys.exit(main())

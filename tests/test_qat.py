@@ -13,6 +13,8 @@ from orinflow.models import load_model
 from orinflow.optimize.qat import QATConfig, distillation_loss, run_qat
 from orinflow.models.processing import HEAD_ANCHOR_FREE, HEAD_OBJECTNESS
 
+TINY_CLASSIFIER = ("from torch import nn\n\ndef build():\n    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), "
+                   "nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))\n")
 QUICK = QATConfig(epochs=1, batch=4, calib_images=8, max_steps=2, lr=1e-5)
 
 
@@ -47,8 +49,7 @@ def test_classifier_qat_with_labels_only(class_tree, tmp_path):
     from torch import nn
 
     module_file = tmp_path / "tiny_cls.py"
-    module_file.write_text("from torch import nn\n\ndef build():\n    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), "
-                           "nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))\n")
+    module_file.write_text(TINY_CLASSIFIER)
     adapter = load_model("", arch=f"{module_file}:build", imgsz=32)
     config = QATConfig(epochs=2, batch=4, calib_images=4, distill=False, labels=True, lr=1e-2)
     record = run_qat(adapter, load_dataset(class_tree), config, tmp_path / "cls.onnx", say=lambda m: 0)
@@ -71,3 +72,37 @@ def test_qat_cli_end_to_end(tiny_shapes, tmp_path):
                                       "--runs", "0", "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert out.exists() and out.with_suffix(".json").exists() and "route 2: QAT" in result.output
+
+
+def test_interrupted_qat_resumes_from_its_checkpoint(class_tree, tmp_path, monkeypatch):
+    """A run stopped after epoch 1 continues at epoch 2 with --resume; other settings are refused."""
+    import orinflow.optimize.qat as qat
+
+    module_file = tmp_path / "tiny_cls.py"
+    module_file.write_text(TINY_CLASSIFIER)
+    adapter = load_model("", arch=f"{module_file}:build", imgsz=32)
+    data = load_dataset(class_tree)
+    config = QATConfig(epochs=2, batch=4, calib_images=4, max_steps=1, distill=False)
+    real_epoch, calls = qat._epoch, []
+
+    def stop_in_second_epoch(*args):
+        calls.append(args[6])
+        if args[6] == 1:
+            raise KeyboardInterrupt
+        return real_epoch(*args)
+
+    monkeypatch.setattr(qat, "_epoch", stop_in_second_epoch)
+    messages = []
+    with pytest.raises(KeyboardInterrupt):
+        run_qat(adapter, data, config, tmp_path / "q.onnx", say=messages.append)
+    checkpoint = tmp_path / "q.qat.pt"
+    assert checkpoint.exists() and not (tmp_path / "q.onnx").exists()
+    assert any("--resume" in m for m in messages)
+    monkeypatch.setattr(qat, "_epoch", real_epoch)
+    resumed = QATConfig(**{**config.__dict__, "resume": True})
+    record = run_qat(adapter, data, resumed, tmp_path / "q.onnx", say=messages.append)
+    assert len(record["losses"]) == 2 and any("resumed" in m and "after epoch 1" in m for m in messages)
+    with pytest.raises(OrinflowError, match="different settings.*lr"):
+        run_qat(adapter, data, QATConfig(**{**resumed.__dict__, "lr": 1.0}), tmp_path / "q.onnx")
+    with pytest.raises(OrinflowError, match="no checkpoint"):
+        run_qat(adapter, data, resumed, tmp_path / "other.onnx")

@@ -1,6 +1,7 @@
 import numpy as np
 import onnx
 import pytest
+import torch
 from onnx import helper, numpy_helper
 from typer.testing import CliRunner
 
@@ -63,3 +64,36 @@ def test_inspect_and_sparsify_cli(tiny_shapes, demo_onnx, tmp_path):
                                  "--epochs", "0", "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert "(100%)" in result.output and out.exists()
+
+
+def test_sparse_qat_keeps_2to4_under_qdq(demo_adapter, tiny_shapes, tmp_path):
+    """Route 4: the masks survive QAT (weights move, zeros stay) and the Q/DQ export is still 2:4."""
+    from orinflow.optimize.masks import hold_masks, sparse_masks
+    from orinflow.optimize.sat import run_sparse_qat, sat_stage
+
+    data = load_dataset(tiny_shapes, "train")
+    config = QATConfig(epochs=1, max_steps=2, batch=4, calib_images=4, lr=1e-3)
+    record = run_sparse_qat(demo_adapter, data, "magnitude", config, config, tmp_path / "sq.onnx", say=lambda m: 0)
+    assert record["route"] == "sparse-qat" and len(record["losses"]) == 1 and len(record["sat_losses"]) == 1
+    assert record["sparsity"]["eligible_layers"] > 0 and record["sparsity"]["eligible_sparse_share"] == 1.0
+    assert record["qdq_report"]["qdq_pairs"] > 0 and record["qdq_report"]["lint"] == []
+    graph = onnx.load(str(tmp_path / "sq.onnx"))
+    assert sparsity_report(graph)["sparse_layers"] == record["sparsity"]["sparse_layers"]
+    # without holding the masks, a QAT step at this learning rate would fill the zeros in
+    sparse, _ = sat_stage(demo_adapter, data, "magnitude", QATConfig(epochs=0), tmp_path / "x.pt")
+    masks = sparse_masks(sparse)
+    weight = dict(sparse.named_modules())[next(iter(masks))].weight
+    with torch.no_grad():
+        weight.add_(1.0)
+    assert not torch.equal(weight != 0, masks[next(iter(masks))])
+    hold_masks(sparse, masks)()
+    assert torch.equal(weight != 0, masks[next(iter(masks))])
+
+
+def test_sparse_qat_cli(tiny_shapes, tmp_path):
+    out = tmp_path / "sq.onnx"
+    result = CliRunner().invoke(app, ["sparse-qat", "-m", str(DEMO_MODEL), "--imgsz", "256", "--yaml",
+                                      str(tiny_shapes), "--sat-epochs", "1", "--qat-epochs", "1", "--max-steps", "1",
+                                      "--batch", "4", "--calib-images", "4", "--runs", "0", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "(100%)" in result.output and "route 4" in result.output and out.exists()

@@ -17,14 +17,15 @@ def main(job: dict) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from .ptq import CalibReader, _quiet, calibration_stride
+    from . import quietly
+    from .ptq import CalibReader, calibration_stride
 
     methods = {"entropy": CalibrationMethod.Entropy, "max": CalibrationMethod.MinMax,
                "percentile": CalibrationMethod.Percentile}
     calib = np.load(job["calib"], mmap_mode="r")
     input_name = onnx.load(job["src"], load_external_data=False).graph.input[0].name
     prepared = Path(job["work"]) / "prepared.onnx"
-    with _quiet():
+    with quietly():
         quant_pre_process(job["src"], str(prepared), skip_symbolic_shape=True)
         quantize_static(
             str(prepared), job["out"], CalibReader(input_name, calib), quant_format=QuantFormat.QDQ,

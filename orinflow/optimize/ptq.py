@@ -8,14 +8,10 @@ Both keep a detector's decode in high precision unless head protection is turned
 """
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import re
 import struct
 import tempfile
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,6 +22,7 @@ from ..errors import OrinflowError
 from ..io import atomic_path, write_json
 from ..models.onnx_model import OnnxModel, read_metadata, write_metadata
 from ..progress import status
+from . import quietly
 from .graph import QDQ_OPS, decode_nodes
 from .report import qdq_report
 from .sparsity_check import sparsity_summary
@@ -125,20 +122,6 @@ def _spec_json(spec: QuantizeSpec) -> str:
     return json.dumps(asdict(spec))
 
 
-@contextlib.contextmanager
-def _quiet():
-    """ModelOpt and ONNX Runtime log generously; keep the CLI's output to orinflow's own lines."""
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-            contextlib.redirect_stderr(io.StringIO()):
-        warnings.simplefilter("ignore")
-        previous = logging.root.manager.disable
-        logging.disable(logging.WARNING)
-        try:
-            yield
-        finally:
-            logging.disable(previous)
-
-
 # ------------------------------------------------------------------ tensorrt target (ModelOpt)
 def _modelopt_quantize(src: Path, calib: np.ndarray, spec: QuantizeSpec, exclude: list[str], out: Path) -> None:
     from . import import_quietly
@@ -151,7 +134,7 @@ def _modelopt_quantize(src: Path, calib: np.ndarray, spec: QuantizeSpec, exclude
     method = {"entropy": "entropy", "max": "max", "percentile": "max"}[spec.method]
     if spec.mode == "int4":
         method = "rtn_dq" if spec.method == "max" else "awq_clip"
-    with tempfile.TemporaryDirectory() as work, _quiet():
+    with tempfile.TemporaryDirectory() as work, quietly():
         cache = _percentile_cache(src, calib, spec.percentile, Path(work)) if spec.method == "percentile" else None
         try:
             modelopt_quantize(

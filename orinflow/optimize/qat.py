@@ -11,12 +11,10 @@ raw head outputs for any family (`distill=True`), which needs no labels.
 from __future__ import annotations
 
 import copy
-import io
 import time
-import warnings
-from contextlib import redirect_stdout
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import onnx
@@ -31,8 +29,9 @@ from ..models.onnx_model import META_FAMILY, META_PROCESSING, META_SOURCE, write
 from ..models.processing import HEAD_ANCHOR_FREE, HEAD_END2END, HEAD_OBJECTNESS
 from ..progress import progress
 from ..runtime import OrtRunner
-from . import import_quietly
+from . import import_quietly, quietly
 from .graph import decode_nodes
+from .masks import hold_masks
 from .report import qdq_report
 
 DFL_PATTERN = "*dfl*"
@@ -50,6 +49,11 @@ class QATConfig:
     device: str = "cpu"
     seed: int = 0
     max_steps: int | None = None  # cap per epoch (quick runs, tests)
+    resume: bool = False  # continue from the checkpoint of an interrupted run
+
+    def fingerprint(self) -> dict:
+        """What must match for a checkpoint to be resumed (the epoch count may grow)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("epochs", "resume", "device")}
 
 
 def _quant_config():
@@ -81,8 +85,7 @@ def insert_quantizers(adapter: ModelAdapter, dataset: Dataset, config: QATConfig
             for images, _ in _batches(dataset, adapter, order, config.batch):
                 model(images.to(config.device))
 
-    with warnings.catch_warnings(), redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
+    with quietly():
         return mtq.quantize(module, _quant_config(), forward_loop)
 
 
@@ -108,8 +111,13 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, head: str | 
 
 
 def train(adapter: ModelAdapter, student: torch.nn.Module, teacher: torch.nn.Module, dataset: Dataset,
-          config: QATConfig, say=print) -> list[float]:
-    """Fine-tune the fake-quantized student; BatchNorm statistics stay frozen (eval mode)."""
+          config: QATConfig, say=print, checkpoint: Path | None = None,
+          after_step: Callable[[], None] | None = None) -> list[float]:
+    """Fine-tune the student; BatchNorm statistics stay frozen (eval mode).
+
+    With `checkpoint`, the state is saved after every epoch; `config.resume` continues from it.
+    `after_step` runs after each optimiser step (route 4 re-applies the 2:4 masks there).
+    """
     teacher = teacher.to(config.device).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
@@ -117,35 +125,79 @@ def train(adapter: ModelAdapter, student: torch.nn.Module, teacher: torch.nn.Mod
     for p in params:  # checkpoints often store frozen weights
         p.requires_grad_(True)
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+    losses = _resume(student, optimizer, config, checkpoint, say)
     rng = np.random.default_rng(config.seed)
-    head, imgsz = adapter.processing.head, adapter.processing.imgsz[0]
-    losses = []
-    for epoch in range(config.epochs):
-        order = rng.permutation(len(dataset))
-        steps = (len(order) + config.batch - 1) // config.batch
-        if config.max_steps:
-            steps = min(steps, config.max_steps)
-            order = order[:steps * config.batch]
-        total = 0.0
-        for images, labels in progress(_batches(dataset, adapter, order, config.batch),
-                                       f"QAT epoch {epoch + 1}/{config.epochs}", total=steps):
-            images = images.to(config.device)
-            out = student(images)
-            if config.distill:
-                with torch.no_grad():
-                    target = teacher(images)
-                loss = distillation_loss(out, target, head, imgsz, config.temperature)
-            else:
-                loss = torch.tensor(0.0, device=config.device)
-            if adapter.task == "classify" and config.labels and labels is not None:
-                loss = loss + F.cross_entropy(out, torch.as_tensor(labels, device=config.device))
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            total += loss.item()
-        losses.append(total / max(steps, 1))
-        say(f"epoch {epoch + 1}/{config.epochs}: mean loss {losses[-1]:.5f}")
+    try:
+        for epoch in range(config.epochs):
+            order = rng.permutation(len(dataset))  # drawn every epoch, so a resumed run sees the same order
+            if epoch >= len(losses):
+                losses.append(_epoch(adapter, student, teacher, dataset, config, order, epoch, optimizer, after_step))
+                say(f"epoch {epoch + 1}/{config.epochs}: mean loss {losses[-1]:.5f}")
+                if checkpoint:
+                    _save_checkpoint(checkpoint, student, optimizer, config, losses)
+    except KeyboardInterrupt:
+        if checkpoint and losses:
+            say(f"interrupted: {len(losses)} epoch(s) saved in {checkpoint}; run again with --resume to continue")
+        raise
     return losses
+
+
+def _epoch(adapter, student, teacher, dataset, config: QATConfig, order, epoch: int, optimizer, after_step) -> float:
+    """One pass over `order`; returns the mean loss."""
+    head, imgsz = adapter.processing.head, adapter.processing.imgsz[0]
+    steps = (len(order) + config.batch - 1) // config.batch
+    if config.max_steps:
+        steps = min(steps, config.max_steps)
+        order = order[:steps * config.batch]
+    total = 0.0
+    for images, labels in progress(_batches(dataset, adapter, order, config.batch),
+                                   f"epoch {epoch + 1}/{config.epochs}", total=steps):
+        images = images.to(config.device)
+        loss = _step_loss(adapter, student, teacher, images, labels, config, head, imgsz)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if after_step:
+            after_step()
+        total += loss.item()
+    return total / max(steps, 1)
+
+
+def _step_loss(adapter, student, teacher, images, labels, config: QATConfig, head, imgsz) -> torch.Tensor:
+    out = student(images)
+    loss = torch.tensor(0.0, device=config.device)
+    if config.distill:
+        with torch.no_grad():
+            target = teacher(images)
+        loss = distillation_loss(out, target, head, imgsz, config.temperature)
+    if adapter.task == "classify" and config.labels and labels is not None:
+        loss = loss + F.cross_entropy(out, torch.as_tensor(labels, device=config.device))
+    return loss
+
+
+def _save_checkpoint(path: Path, student, optimizer, config: QATConfig, losses: list[float]) -> None:
+    with atomic_path(path) as tmp:
+        torch.save({"student": student.state_dict(), "optimizer": optimizer.state_dict(), "losses": losses,
+                    "config": config.fingerprint()}, tmp)
+
+
+def _resume(student, optimizer, config: QATConfig, checkpoint: Path | None, say) -> list[float]:
+    """Losses of the epochs already done: none, unless resuming from a matching checkpoint."""
+    if not config.resume:
+        return []
+    if checkpoint is None or not checkpoint.exists():
+        raise OrinflowError(f"--resume: no checkpoint at {checkpoint} (it is written after each epoch)")
+    try:
+        state = torch.load(checkpoint, map_location=config.device, weights_only=True)
+    except Exception as e:
+        raise OrinflowError(f"--resume: {checkpoint} is not a readable orinflow checkpoint ({type(e).__name__})") from e
+    if state.get("config") != config.fingerprint():
+        changed = sorted(k for k, v in config.fingerprint().items() if state.get("config", {}).get(k) != v)
+        raise OrinflowError(f"--resume: {checkpoint} was written with different settings ({', '.join(changed)})")
+    student.load_state_dict(state["student"])
+    optimizer.load_state_dict(state["optimizer"])
+    say(f"resumed from {checkpoint} after epoch {len(state['losses'])}")
+    return list(state["losses"])
 
 
 def export_qdq(adapter: ModelAdapter, student: torch.nn.Module, probe: np.ndarray, output: Path,
@@ -160,8 +212,7 @@ def export_qdq(adapter: ModelAdapter, student: torch.nn.Module, probe: np.ndarra
     student = student.cpu().eval()
     dummy = torch.zeros(adapter.input_shape)
     with atomic_path(output) as tmp:
-        with warnings.catch_warnings(), redirect_stdout(io.StringIO()), torch.no_grad():
-            warnings.simplefilter("ignore")
+        with quietly(), torch.no_grad():
             torch.onnx.export(student, (dummy,), str(tmp), opset_version=opset, input_names=["images"],
                               output_names=["output0"], dynamo=False)
         model = onnx.load(str(tmp))
@@ -180,18 +231,30 @@ def export_qdq(adapter: ModelAdapter, student: torch.nn.Module, probe: np.ndarra
             "output_max_abs": scale}
 
 
-def run_qat(adapter: ModelAdapter, dataset: Dataset, config: QATConfig, output: Path, say=print) -> dict:
+def checkpoint_path(output: Path, stage: str) -> Path:
+    """Where a training stage of `output` keeps its per-epoch checkpoint (for --resume)."""
+    return output.with_name(f"{output.stem}.{stage}.pt")
+
+
+def check_trainable(adapter: ModelAdapter, config: QATConfig) -> None:
     if adapter.task == "detect" and adapter.processing.head == HEAD_END2END:
-        raise OrinflowError("QAT of NMS-free (end-to-end) heads is not supported yet")
+        raise OrinflowError("fine-tuning NMS-free (end-to-end) heads is not supported yet")
     if not config.distill and (adapter.task != "classify" or not config.labels):
         raise OrinflowError("nothing to train on: detectors need --distill (label losses for detectors are not "
                             "built yet); classifiers need --distill or --labels")
+
+
+def run_qat(adapter: ModelAdapter, dataset: Dataset, config: QATConfig, output: Path, say=print,
+            teacher: torch.nn.Module | None = None, masks: dict | None = None) -> dict:
+    """Route 2 (and the QAT stage of route 4, which passes the dense teacher and the 2:4 masks to hold)."""
+    check_trainable(adapter, config)
     torch.manual_seed(config.seed)
     started = time.perf_counter()
-    teacher = adapter.export_module()  # the FP32 model; the student is a quantized copy
+    teacher = adapter.export_module() if teacher is None else teacher  # FP32; the student is a quantized copy
     student = insert_quantizers(adapter, dataset, config)
     say(f"fake quantizers inserted and calibrated on {min(config.calib_images, len(dataset))} images")
-    losses = train(adapter, student, teacher, dataset, config, say)
+    after_step = hold_masks(student, masks) if masks else None
+    losses = train(adapter, student, teacher, dataset, config, say, checkpoint_path(output, "qat"), after_step)
     probe = adapter.processing.preprocess(read_image(dataset.images[0]))[0][None]
     parity = export_qdq(adapter, student, probe, output)
     exported = onnx.load(str(output))

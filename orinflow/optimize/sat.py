@@ -1,4 +1,4 @@
-"""Route 3, 2:4 structured sparsity with ModelOpt plus sparsity-aware fine-tuning (SAT).
+"""Routes 3 and 4: 2:4 structured sparsity with ModelOpt plus sparsity-aware fine-tuning (SAT), then QAT.
 
 The masks are computed once (magnitude, or SparseGPT on calibration images) and held
 fixed while the model is fine-tuned with the same trainer as QAT (distillation from the
@@ -21,10 +21,12 @@ from ..errors import OrinflowError
 from ..export import export_onnx
 from ..io import write_json
 from ..models import ModelAdapter
-from . import import_quietly
-from .qat import QATConfig, _batches, train
+from . import import_quietly, quietly
+from .masks import sparse_masks
+from .qat import QATConfig, _batches, check_trainable, checkpoint_path, run_qat, train
 from .sparsity_check import sparsity_summary
 
+MODELOPT_STATE = "_modelopt_state"  # where ModelOpt records the modes applied to a model
 METHODS = {"magnitude": "sparse_magnitude", "sparsegpt": "sparsegpt"}
 
 
@@ -39,31 +41,59 @@ def sparsify_module(adapter: ModelAdapter, dataset: Dataset, method: str, config
         order = np.random.default_rng(config.seed).permutation(len(dataset))[:config.calib_images]
         loader = [images.to(config.device) for images, _ in _batches(dataset, adapter, order, config.batch)]
         options = {"config": {"data_loader": loader, "collect_func": lambda batch: batch}}
-    import contextlib
-    import io
-    import warnings
-
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
+    with quietly():
         return mts.sparsify(module, mode=METHODS[method], **options)
+
+
+def sat_stage(adapter: ModelAdapter, dataset: Dataset, method: str, config: QATConfig, checkpoint: Path,
+              say=print) -> tuple[torch.nn.Module, list[float]]:
+    """2:4 masks, then fine-tuning with the masks fixed; returns the plain module with the zeros baked in."""
+    check_trainable(adapter, config)
+    student = sparsify_module(adapter, dataset, method, config)
+    say(f"2:4 masks computed ({method})")
+    teacher = adapter.export_module()
+    losses = train(adapter, student, teacher, dataset, config, say, checkpoint) if config.epochs else []
+    mts = import_quietly("modelopt.torch.sparsity")
+    plain = mts.export(student).cpu().eval()  # masks multiplied into the weights
+    if hasattr(plain, MODELOPT_STATE):  # a plain module again, so route 4 can quantize it afresh
+        delattr(plain, MODELOPT_STATE)
+    return plain.module, losses  # unwrapped from export_module()'s RawOutput
 
 
 def run_sat(adapter: ModelAdapter, dataset: Dataset, method: str, config: QATConfig, output: Path,
             say=print) -> dict:
-    if adapter.task == "detect" and not config.distill:
-        raise OrinflowError("label losses for detectors are not built yet: run detector SAT with --distill")
+    """Route 3: a 2:4-sparse FP32 ONNX (route 1 then quantizes it)."""
     started = time.perf_counter()
-    student = sparsify_module(adapter, dataset, method, config)
-    say(f"2:4 masks computed ({method})")
-    losses = train(adapter, student, adapter.export_module(), dataset, config, say) if config.epochs else []
-    mts = import_quietly("modelopt.torch.sparsity")
-    dense = mts.export(student).cpu().eval()  # masks baked into the weights
-    sparse_adapter = ModelAdapter(adapter.family, adapter.source, dense, adapter.processing, adapter.extra)
-    exported = export_onnx(sparse_adapter, output)
-    report = sparsity_summary(onnx.load(str(output)))
+    sparse, losses = sat_stage(adapter, dataset, method, config, checkpoint_path(output, "sat"), say)
+    exported = export_onnx(_with_module(adapter, sparse), output)
     record = {"command": "sparsify", "route": "sat", "model": str(output), "source": adapter.source,
               "method": method, "config": asdict(config), "losses": losses, "parity": exported.record["parity"],
-              "sparsity": report,
+              "sparsity": sparsity_summary(onnx.load(str(output))),
               "seconds": round(time.perf_counter() - started, 1)}
     write_json(output.with_suffix(".json"), record)
     return record
+
+
+def run_sparse_qat(adapter: ModelAdapter, dataset: Dataset, method: str, sat_config: QATConfig,
+                   qat_config: QATConfig, output: Path, say=print) -> dict:
+    """Route 4: SAT, then QAT of the sparse model with its 2:4 masks re-applied after every step.
+
+    The dense FP32 model stays the teacher in both stages. The export is Q/DQ ONNX whose
+    quantized weights are still 2:4 (symmetric quantization maps zero to zero).
+    """
+    started = time.perf_counter()
+    sparse, sat_losses = sat_stage(adapter, dataset, method, sat_config, checkpoint_path(output, "sat"), say)
+    sparse_adapter = _with_module(adapter, sparse)
+    masks = sparse_masks(sparse_adapter.export_module())  # named as in the copy that QAT trains
+    say(f"SAT done; holding the 2:4 masks of {len(masks)} layers through QAT")
+    record = run_qat(sparse_adapter, dataset, qat_config, output, say, teacher=adapter.export_module(), masks=masks)
+    record.update({"command": "sparse-qat", "route": "sparse-qat", "source": adapter.source, "method": method,
+                   "sat_config": asdict(sat_config), "sat_losses": sat_losses,
+                   "sparsity": sparsity_summary(onnx.load(str(output))),
+                   "seconds": round(time.perf_counter() - started, 1)})
+    write_json(output.with_suffix(".json"), record)
+    return record
+
+
+def _with_module(adapter: ModelAdapter, module: torch.nn.Module) -> ModelAdapter:
+    return ModelAdapter(adapter.family, adapter.source, module, adapter.processing, adapter.extra)
