@@ -172,6 +172,9 @@ def evaluate(
     runs: Annotated[int, typer.Option("--runs", help="Timed latency runs at batch 1 (0 skips latency).")] = 50,
     warmup: Annotated[int, typer.Option("--warmup", help="Untimed warm-up runs.")] = 5,
     threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads (default: all cores).")] = None,
+    runtime: Annotated[str, typer.Option("--runtime", help="auto (PyTorch for .pt, ONNX Runtime CPU for .onnx), "
+                                         "onnxruntime, or tensorrt (ONNX or .engine; needs the tensorrt package "
+                                         "and a GPU).")] = "auto",
     per_class: Annotated[bool, typer.Option("--per-class", help="Print the per-class table (detection).")] = False,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the run record(s) here.")] = None,
     arch: ArchOpt = None, imgsz: ImgszOpt = None, mean: MeanOpt = None, std: StdOpt = None, crop: CropOpt = None,
@@ -192,7 +195,7 @@ def evaluate(
     if batch < 1 or runs < 0:
         raise OrinflowError("--batch must be >= 1 and --runs >= 0")
     options = EvalOptions(conf=conf, iou=iou, max_det=max_det, batch=batch, latency_runs=runs, warmup=warmup,
-                          threads=threads, measure_latency=runs > 0)
+                          threads=threads, measure_latency=runs > 0, runtime=runtime)
     records = []
     for path in paths:
         loaded = _load(path, arch, imgsz, mean, std, crop)
@@ -363,8 +366,9 @@ CalibImagesOpt = Annotated[int, typer.Option("--calib-images", help="Images that
                                              "feed SparseGPT).")]
 DistillOpt = Annotated[bool, typer.Option("--distill/--no-distill", help="Distil from the FP32 model on the raw "
                                           "head outputs (works without labels, any family).")]
-LabelsOpt = Annotated[bool, typer.Option("--labels/--no-labels", help="Classifiers: add cross-entropy on the "
-                                         "labels.")]
+LabelsOpt = Annotated[Optional[bool], typer.Option("--labels/--no-labels", help="Add the family's own label loss "
+                                                   "(cross-entropy; Ultralytics' or YOLOv5's detection loss). Default: "
+                                                   "on for classifiers, off for detectors.", show_default=False)]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N.")]
 MaxStepsOpt = Annotated[Optional[int], typer.Option("--max-steps", help="Cap on steps per epoch.")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from the checkpoint "
@@ -427,7 +431,7 @@ def qat(
     batch: BatchOpt = 8,
     calib_images: CalibImagesOpt = 64,
     distill: DistillOpt = True,
-    labels: LabelsOpt = True,
+    labels: LabelsOpt = None,
     device: DeviceOpt = "cpu",
     max_steps: MaxStepsOpt = None,
     resume: ResumeOpt = False,
@@ -469,7 +473,7 @@ def sparsify(
     batch: BatchOpt = 8,
     calib_images: CalibImagesOpt = 64,
     distill: DistillOpt = True,
-    labels: LabelsOpt = True,
+    labels: LabelsOpt = None,
     device: DeviceOpt = "cpu",
     max_steps: MaxStepsOpt = None,
     resume: ResumeOpt = False,
@@ -506,10 +510,11 @@ def sparse_qat(
     sat_epochs: Annotated[int, typer.Option("--sat-epochs", help="Sparsity-aware fine-tuning epochs.")] = 1,
     qat_epochs: Annotated[int, typer.Option("--qat-epochs", help="QAT epochs, 2:4 masks held.")] = 1,
     lr: LrOpt = 1e-4,
+    qat_lr: Annotated[Optional[float], typer.Option("--qat-lr", help="QAT learning rate (default: --lr).")] = None,
     batch: BatchOpt = 8,
     calib_images: CalibImagesOpt = 64,
     distill: DistillOpt = True,
-    labels: LabelsOpt = True,
+    labels: LabelsOpt = None,
     device: DeviceOpt = "cpu",
     max_steps: MaxStepsOpt = None,
     resume: ResumeOpt = False,
@@ -532,7 +537,9 @@ def sparse_qat(
     stem = Path(model).stem
     output = output or workspace() / "sparse_qat" / stem / f"{stem}_sparse24_qat_int8.onnx"
     sat_config = _train_config(sat_epochs, lr, batch, calib_images, distill, labels, device, max_steps, resume)
-    qat_config = _train_config(qat_epochs, lr, batch, calib_images, distill, labels, device, max_steps, resume)
+    if qat_lr is not None and qat_lr <= 0:
+        raise OrinflowError("--qat-lr must be > 0")
+    qat_config = _train_config(qat_epochs, qat_lr or lr, batch, calib_images, distill, labels, device, max_steps, resume)
     fp32 = _reference_onnx(adapter, output, "_fp32_ref.onnx")
     record = run_sparse_qat(adapter, train_set, method, sat_config, qat_config, output, say=console.print)
     console.print(f"sparse INT8 model [bold]{output}[/bold] in {record['seconds']} s; {describe(record['sparsity'])}")
@@ -583,6 +590,71 @@ def inspect(
         console.print(table)
     if json_out:
         write_json(json_out, record)
+
+
+# ---------------------------------------------------------------- deploy / report
+DYNAMIC_DEFAULT_BATCH = 8
+
+
+@app.command()
+@cli_errors
+def deploy(
+    model: Annotated[str, typer.Option("-m", "--model", help="ONNX model to deploy (FP32/FP16, Q/DQ, 2:4).")],
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Bundle folder (default: "
+                                                   "workspace/deploy/<model>).")] = None,
+    trt: Annotated[str, typer.Option("--trt", help="TensorRT on the device: 10 (JetPack 6, --stronglyTyped for "
+                                     "Q/DQ) or 8 (JetPack 5, --int8 --fp16).")] = "10",
+    fp16: Annotated[bool, typer.Option("--fp16/--no-fp16", help="Floating-point models: build with FP16 kernels "
+                                       "allowed.")] = True,
+    min_batch: Annotated[int, typer.Option("--min-batch", help="Dynamic-batch models: smallest batch.")] = 1,
+    opt_batch: Annotated[Optional[int], typer.Option("--opt-batch", help="Dynamic-batch models: batch TensorRT "
+                                                     f"tunes for (default {DYNAMIC_DEFAULT_BATCH}).")] = None,
+    max_batch: Annotated[Optional[int], typer.Option("--max-batch", help="Dynamic-batch models: largest batch "
+                                                     "(default: --opt-batch).")] = None,
+    workspace_mib: Annotated[Optional[int], typer.Option("--workspace-mib", help="TensorRT builder workspace "
+                                                         "(default: TensorRT's).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing bundle folder.")] = False,
+    verbose: VerboseOpt = False,
+):
+    """Jetson bundle: the ONNX, build_engine.sh (trtexec flags read from the model), bench.sh, infer.py, README."""
+    from .config import workspace
+    from .deploy.bundle import write_bundle
+    from .deploy.traits import model_traits
+    from .deploy.trtexec import BuildOptions
+    from .io import require_file
+
+    path = require_file(model, "model")
+    if path.suffix.lower() != ".onnx":
+        raise OrinflowError(f"{path} is not ONNX: export or quantize it first (orinflow export / quantize)")
+    dynamic = model_traits(path).dynamic_batch
+    default = DYNAMIC_DEFAULT_BATCH if dynamic else 1
+    opt = opt_batch or min(default, max_batch or default)
+    options = BuildOptions(trt=trt, fp16=fp16, min_batch=min_batch, opt_batch=opt, max_batch=max_batch or opt,
+                           workspace_mib=workspace_mib)
+    output = output or workspace() / "deploy" / path.stem
+    record = write_bundle(path, output, options, overwrite)
+    console.print(f"bundle [bold]{output}[/bold]: {len(record['build_engine'])} trtexec arguments")
+    console.print(" ".join(record["build_engine"]), highlight=False, soft_wrap=True)
+
+
+@app.command()
+@cli_errors
+def report(
+    sources: Annotated[Optional[list[Path]], typer.Argument(help="Run records (.json) or folders searched for them "
+                                                            "(default: the workspace).", show_default=False)] = None,
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Report folder (default: "
+                                                   "workspace/report).")] = None,
+    verbose: VerboseOpt = False,
+):
+    """report.md and a self-contained report.html: every evaluated variant side by side, with plots."""
+    from .config import workspace
+    from .report import write_report
+
+    sources = sources or [workspace()]
+    output = output or workspace() / "report"
+    written = write_report(list(sources), output)
+    console.print(f"report of {written['rows']} models: [bold]{written['markdown']}[/bold] and "
+                  f"[bold]{written['html']}[/bold]")
 
 
 # ---------------------------------------------------------------- demo

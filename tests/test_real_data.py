@@ -118,3 +118,11 @@ def test_yolov5_backbone_and_neck_match_ultralytics_implementation():
     with torch.no_grad():
         for a, b in zip(features(original, image), features(reference, image)):
             assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_yolov5n_bundle_infer_matches_evaluate_on_coco8(yolov5n, tmp_path):
+    """The Jetson bundle's infer.py (ONNX Runtime backend) gives evaluate's detections on real COCO images."""
+    from test_deploy import assert_infer_matches_evaluate
+
+    data = shared_path("data", "coco8", "coco8.yaml")
+    assert_infer_matches_evaluate(yolov5n[1].path, data, tmp_path / "bundle", tmp_path)

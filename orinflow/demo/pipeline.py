@@ -6,6 +6,8 @@ from pathlib import Path
 
 from rich.console import Console
 
+from ..deploy.bundle import write_bundle
+from ..deploy.trtexec import BuildOptions
 from ..evaluate import EvalOptions, evaluate_model
 from ..evaluate.table import comparison_table
 from ..io import write_json
@@ -14,6 +16,7 @@ from ..data import load_dataset
 from ..optimize.ptq import QuantizeSpec
 from ..optimize.qat import QATConfig, run_qat
 from ..optimize.route import run_ptq
+from ..report import write_report
 from . import shapes
 
 DEMO_MODEL = Path(__file__).parent / "assets" / "shapes_yolov8p.pt"
@@ -45,5 +48,10 @@ def run_demo(workdir: Path, runs: int, console: Console) -> list[dict]:
     console.print(comparison_table(records, title="demo: shapes val (deltas against PyTorch FP32)"))
     console.print("The tensorrt-target model is built for TensorRT's INT8 kernels: on this CPU it runs through "
                   "ONNX Runtime's reference Q/DQ path, so judge its accuracy here, its speed on the Jetson.")
+    bundle = workdir / "deploy" / Path(route["best"]["tensorrt"]["model"]).stem
+    write_bundle(Path(route["best"]["tensorrt"]["model"]), bundle, BuildOptions(), overwrite=True)
+    console.print(f"Jetson bundle (build_engine.sh, bench.sh, infer.py): {bundle}")
+    written = write_report([workdir / "records"], workdir / "report")
+    console.print(f"report: {written['markdown']} and {written['html']}")
     console.print(f"records in {workdir / 'records'}; total {time.perf_counter() - started:.0f} s")
     return records

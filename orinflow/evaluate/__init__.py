@@ -24,6 +24,7 @@ class EvalOptions:
     warmup: int = 5
     threads: int | None = None
     measure_latency: bool = True
+    runtime: str = "auto"  # auto: PyTorch for .pt, ONNX Runtime for .onnx; or tensorrt
 
 
 def versions() -> dict:
@@ -53,14 +54,15 @@ def size_bytes(model: ModelAdapter | OnnxModel) -> int | None:
 
 
 def evaluate_model(model: ModelAdapter | OnnxModel, data: str | Path | Dataset, split: str = "val",
-                   options: EvalOptions | None = None) -> dict:
+                   options: EvalOptions | None = None, runner=None) -> dict:
+    """One run record; `runner` overrides the runtime chosen from the model and options (the bundle's engine)."""
     options = options or EvalOptions()
     dataset = data if isinstance(data, Dataset) else load_dataset(data, split)
     if dataset.task is None:
         raise OrinflowError(f"{dataset.name} has no labels: evaluation needs a dataset YAML or class subfolders")
     if dataset.task != model.task:
         raise OrinflowError(f"the model is a {model.task} model but {dataset.name} is a {dataset.task} dataset")
-    runner = make_runner(model, options.threads)
+    runner = runner or make_runner(model, options.threads, options.runtime, options.batch)
     if model.task == "detect":
         metrics = evaluate_detection(runner, model.processing, dataset, options.conf, options.iou, options.max_det,
                                      options.batch)
@@ -68,7 +70,8 @@ def evaluate_model(model: ModelAdapter | OnnxModel, data: str | Path | Dataset, 
         metrics = evaluate_classification(runner, model.processing, dataset, max(options.batch, 1))
     record = {
         "model": model_path(model), "runtime": runner.name, "task": model.task, "family": model.family,
-        "data": str(data) if not isinstance(data, Dataset) else dataset.name, "split": split,
+        "data": dataset.name, "split": split,
+        "data_source": str(Path(data).resolve()) if not isinstance(data, Dataset) else None,
         "images": len(dataset), "imgsz": list(model.processing.imgsz), "metrics": metrics,
         "settings": {"conf": options.conf, "iou": options.iou if options.iou is not None else model.processing.nms_iou,
                      "max_det": options.max_det} if model.task == "detect" else {},

@@ -2,25 +2,27 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator
+from pathlib import Path
+from typing import Iterator, Sequence
 
 import numpy as np
 
 from ..data import Dataset, read_image
 from ..errors import OrinflowError
-from ..models.processing import Detections, Processing
+from ..models.processing import Detections, ImageMeta, Processing
 from ..progress import progress
 from ..runtime import Runner
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
 
 
-def batches(dataset: Dataset, processing: Processing, batch_size: int) -> Iterator[tuple[list[int], np.ndarray, list]]:
+def batches(images: Sequence[str | Path], processing: Processing,
+            batch_size: int) -> Iterator[tuple[list[int], np.ndarray, list]]:
     """Preprocessed batches; image decoding runs in threads ahead of inference."""
     def prepare(index: int):
-        return processing.preprocess(read_image(dataset.images[index]))
+        return processing.preprocess(read_image(images[index]))
 
-    indices = list(range(len(dataset)))
+    indices = list(range(len(images)))
     with ThreadPoolExecutor(max_workers=2) as pool:
         for start in range(0, len(indices), batch_size):
             chunk = indices[start:start + batch_size]
@@ -28,19 +30,28 @@ def batches(dataset: Dataset, processing: Processing, batch_size: int) -> Iterat
             yield chunk, np.stack([p[0] for p in prepared]), [p[1] for p in prepared]
 
 
+def predictions(runner: Runner, processing: Processing, images: Sequence[str | Path], batch_size: int = 1,
+                **post) -> Iterator[tuple[int, ImageMeta, object]]:
+    """(image index, its letterbox/resize meta, postprocessed result) for every image: what evaluation scores and `infer.py` prints.
+
+    `post` goes to Processing.postprocess (conf, iou, max_det for detectors).
+    """
+    steps = (len(images) + batch_size - 1) // batch_size
+    for indices, batch, metas in progress(batches(images, processing, batch_size), "inference", total=steps):
+        yield from zip(indices, metas, processing.postprocess(runner.run(batch)[0], metas, **post))
+
+
 def evaluate_detection(runner: Runner, processing: Processing, dataset: Dataset, conf: float = 0.001,
                        iou: float | None = None, max_det: int = 300, batch_size: int = 1) -> dict:
     if dataset.task != "detect":
         raise OrinflowError(f"{dataset.name} has no detection labels (a dataset YAML with YOLO txt labels is needed)")
     stats, target_classes = [], []
-    steps = (len(dataset) + batch_size - 1) // batch_size
-    for indices, batch, metas in progress(batches(dataset, processing, batch_size), "evaluating", total=steps):
-        raw = runner.run(batch)[0]
-        for index, meta, dets in zip(indices, metas, processing.postprocess(raw, metas, conf, iou, max_det)):
-            labels = dataset.labels[index]
-            gt_boxes = _labels_to_xyxy(labels, meta.original_hw)
-            stats.append((match_predictions(dets, gt_boxes, labels[:, 0].astype(int)), dets.scores, dets.classes))
-            target_classes.append(labels[:, 0].astype(int))
+    for index, meta, dets in predictions(runner, processing, dataset.images, batch_size, conf=conf, iou=iou,
+                                         max_det=max_det):
+        labels = dataset.labels[index]
+        gt_boxes = _labels_to_xyxy(labels, meta.original_hw)
+        stats.append((match_predictions(dets, gt_boxes, labels[:, 0].astype(int)), dets.scores, dets.classes))
+        target_classes.append(labels[:, 0].astype(int))
     return detection_metrics(stats, np.concatenate(target_classes) if target_classes else np.zeros(0, int),
                              processing.names or dataset.names)
 
@@ -139,14 +150,14 @@ def evaluate_classification(runner: Runner, processing: Processing, dataset: Dat
     if dataset.task != "classify":
         raise OrinflowError(f"{dataset.name} is not a classification set (one subfolder of images per class)")
     labels = np.asarray(dataset.labels)
-    top5_hits = top1_hits = 0
-    steps = (len(dataset) + batch_size - 1) // batch_size
-    for indices, batch, metas in progress(batches(dataset, processing, batch_size), "evaluating", total=steps):
-        probs = np.stack(processing.postprocess(runner.run(batch)[0], metas))
-        if probs.shape[1] < len(dataset.names):
-            raise OrinflowError(f"the model predicts {probs.shape[1]} classes but the data has {len(dataset.names)}")
-        ranked = np.argsort(-probs, 1)[:, :5]
-        truth = labels[indices]
-        top1_hits += int((ranked[:, 0] == truth).sum())
-        top5_hits += int((ranked == truth[:, None]).any(1).sum())
+    probs = np.zeros((len(dataset), 0), np.float32)
+    for index, _, p in predictions(runner, processing, dataset.images, batch_size):
+        if probs.shape[1] == 0:
+            if len(p) < len(dataset.names):
+                raise OrinflowError(f"the model predicts {len(p)} classes but the data has {len(dataset.names)}")
+            probs = np.zeros((len(dataset), len(p)), np.float32)
+        probs[index] = p
+    ranked = np.argsort(-probs, 1)[:, :5]
+    top1_hits = int((ranked[:, 0] == labels).sum())
+    top5_hits = int((ranked == labels[:, None]).any(1).sum())
     return {"top1": top1_hits / len(dataset), "top5": top5_hits / len(dataset), "images": len(dataset)}

@@ -41,7 +41,8 @@ def run_ptq(model: ModelAdapter | OnnxModel, calib_data: str | Path, calib_split
             say(f"quantized {out.name}: {spec.mode.upper()} FLOP share {quantized['qdq_report']['quantized_flop_share']:.1%}, "
                 f"lint {len(quantized['qdq_report']['lint'])} issue(s)")
             record = evaluate_model(load_model(out), evaluation, eval_split, options)
-            record.update(route="ptq", quantization=quantized["quantization"], qdq_report=quantized["qdq_report"])
+            record.update(route="ptq", quantization=quantized["quantization"], qdq_report=quantized["qdq_report"],
+                          sparsity=quantized["sparsity"])
             records.append(record)
             variants.append(record)
     if not variants:

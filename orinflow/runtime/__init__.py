@@ -9,7 +9,7 @@ import numpy as np
 from ..errors import OrinflowError
 from ..models import ModelAdapter, OnnxModel
 
-RUNTIMES = ("torch", "onnxruntime")
+RUNTIMES = ("auto", "onnxruntime", "tensorrt", "torch")
 
 
 class Runner(Protocol):
@@ -68,7 +68,19 @@ class OrtRunner:
         return self.session.run(None, {self.input_name: batch})
 
 
-def make_runner(model: ModelAdapter | OnnxModel, threads: int | None = None) -> Runner:
+def make_runner(model: ModelAdapter | OnnxModel, threads: int | None = None, runtime: str = "auto",
+                max_batch: int = 1) -> Runner:
+    """PyTorch for a PyTorch model; ONNX Runtime (CPU) or TensorRT for an ONNX file."""
+    if runtime not in RUNTIMES:
+        raise OrinflowError(f"unknown --runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
     if isinstance(model, OnnxModel):
+        if runtime == "torch":
+            raise OrinflowError(f"{model.path} is ONNX: run it with --runtime onnxruntime or tensorrt")
+        if runtime == "tensorrt":
+            from .tensorrt import TrtRunner
+
+            return TrtRunner(model.path, max_batch=max_batch)
         return OrtRunner(model.path, threads)
+    if runtime not in ("auto", "torch"):
+        raise OrinflowError(f"--runtime {runtime} runs ONNX models: export the PyTorch model first (orinflow export)")
     return TorchRunner(model, threads)

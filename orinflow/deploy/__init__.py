@@ -1,0 +1,1 @@
+"""Jetson deployment: trtexec flags read from the model (traits, trtexec), the bundle, and its infer.py."""

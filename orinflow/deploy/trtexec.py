@@ -1,0 +1,76 @@
+"""trtexec command lines chosen from what the model is (see traits.py), not from flags users must remember."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import OrinflowError
+from .traits import ModelTraits
+
+TRT_VERSIONS = ("10", "8")  # TensorRT 10+ (JetPack 6.x) or 8.x (JetPack 5.x)
+
+
+@dataclass
+class BuildOptions:
+    trt: str = "10"
+    fp16: bool = True  # floating-point models: let TensorRT pick FP16 kernels (Orin runs FP16 at twice FP32)
+    min_batch: int = 1
+    opt_batch: int = 1
+    max_batch: int = 1
+    workspace_mib: int | None = None
+
+    def check(self) -> None:
+        if self.trt not in TRT_VERSIONS:
+            raise OrinflowError(f"--trt {self.trt}: choose 10 (TensorRT 10+, JetPack 6) or 8 (JetPack 5)")
+        if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
+            raise OrinflowError("batch sizes must satisfy 1 <= --min-batch <= --opt-batch <= --max-batch")
+
+
+def precision_flags(traits: ModelTraits, options: BuildOptions) -> list[str]:
+    """How TensorRT should honour the model's own precision."""
+    if traits.explicit_quantization:
+        if "fp8" in traits.quant_types or "int4" in traits.quant_types:
+            if options.trt != "10":
+                raise OrinflowError(f"{'/'.join(traits.quant_types).upper()} Q/DQ needs TensorRT 10 (--trt 10)")
+        if options.trt == "10":
+            return ["--stronglyTyped"]  # types come from the Q/DQ graph; implicit INT8 is deprecated in 10.1
+        return ["--int8", "--fp16"]  # TensorRT 8: explicit Q/DQ honoured with INT8 on, FP16 for the rest
+    if traits.fp16_weights:
+        return ["--stronglyTyped"] if options.trt == "10" else ["--fp16"]
+    return ["--fp16"] if options.fp16 else []
+
+
+def shape_flags(traits: ModelTraits, options: BuildOptions) -> list[str]:
+    if not traits.dynamic_batch:
+        if options.max_batch != 1 or options.opt_batch != 1:
+            raise OrinflowError(f"the model has a fixed batch of {traits.input_shape[0]}; export it with "
+                                "--dynamic for other batch sizes")
+        return []
+    chw = "x".join(str(d) for d in traits.chw())
+    name = traits.input_name
+    return [f"--minShapes={name}:{options.min_batch}x{chw}", f"--optShapes={name}:{options.opt_batch}x{chw}",
+            f"--maxShapes={name}:{options.max_batch}x{chw}"]
+
+
+def build_command(traits: ModelTraits, options: BuildOptions, onnx_name: str, engine_name: str) -> list[str]:
+    options.check()
+    command = ["trtexec", f"--onnx={onnx_name}", f"--saveEngine={engine_name}", "--timingCacheFile=timing.cache",
+               *precision_flags(traits, options)]
+    if traits.sparse:
+        command.append("--sparsity=enable")
+    command += shape_flags(traits, options)
+    if options.workspace_mib:
+        command.append(f"--memPoolSize=workspace:{options.workspace_mib}M")
+    command += ["--profilingVerbosity=detailed", "--exportLayerInfo=layers.json", "--exportProfile=profile.json"]
+    return command
+
+
+def bench_commands(traits: ModelTraits, options: BuildOptions, engine_name: str) -> dict[int, list[str]]:
+    """Timing runs of the built engine: batch 1 and, for dynamic models, the optimisation batch."""
+    batches = sorted({1, options.opt_batch}) if traits.dynamic_batch else [traits.input_shape[0]]
+    commands = {}
+    for batch in batches:
+        command = ["trtexec", f"--loadEngine={engine_name}", "--warmUp=500", "--duration=10", "--useSpinWait"]
+        if traits.dynamic_batch:
+            command.append(f"--shapes={traits.input_name}:{batch}x{'x'.join(str(d) for d in traits.chw())}")
+        commands[batch] = command
+    return commands

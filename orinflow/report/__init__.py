@@ -1,0 +1,32 @@
+"""`orinflow report`: run records → report.md and a self-contained report.html with the table and plots."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..io import atomic_path
+from .records import Row, build_rows, pareto_front
+from .render import html_page, markdown, plots, svg_text
+
+__all__ = ["Row", "build_rows", "pareto_front", "write_report"]
+
+
+def write_report(sources: list[Path], output: Path) -> dict:
+    """Write report.md (+ PNG plots) and report.html (plots inline as SVG) into `output`."""
+    from matplotlib import pyplot as plt
+
+    rows = build_rows(sources)
+    figures = plots(rows)
+    names = {title: f"report_{title.replace(' ', '_')}.png" for title in figures}
+    svgs = {}
+    for title, figure in figures.items():
+        with atomic_path(output / names[title]) as tmp:
+            figure.savefig(tmp, format="png")
+        svgs[title] = svg_text(figure)
+        plt.close(figure)
+    labels = [str(s) for s in sources]
+    with atomic_path(output / "report.md") as tmp:
+        tmp.write_text(markdown(rows, names, labels))
+    with atomic_path(output / "report.html") as tmp:
+        tmp.write_text(html_page(rows, svgs, labels))
+    return {"rows": len(rows), "markdown": output / "report.md", "html": output / "report.html",
+            "pareto_front": [r.name for r in pareto_front(rows)]}

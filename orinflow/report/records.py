@@ -1,0 +1,153 @@
+"""Run records (JSON) → report rows: one per evaluated model, joined with what made it."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import OrinflowError
+
+BASELINE_ROUTE = "fp32"
+
+
+@dataclass
+class Row:
+    record: dict  # the evaluation record as written
+    route: str
+    mode: str
+    method: str
+    target: str
+    int8_flop_share: float | None
+    sparse_flop_share: float | None
+    baseline: "Row | None" = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:
+        return Path(self.record["model"]).name
+
+    @property
+    def metric_names(self) -> tuple[str, str]:
+        return ("mAP50", "mAP50-95") if self.record["task"] == "detect" else ("top1", "top5")
+
+    @property
+    def main_metric(self) -> float:
+        return self.record["metrics"][self.metric_names[1] if self.record["task"] == "detect" else "top1"]
+
+    def delta_points(self) -> float | None:
+        return None if self.baseline is None else (self.main_metric - self.baseline.main_metric) * 100
+
+    def latency(self, key: str) -> float | None:
+        entry = self.record.get("latency_ms", {}).get(key)
+        return entry["median"] if isinstance(entry, dict) else None
+
+    def speedup(self, key: str) -> float | None:
+        mine, base = self.latency(key), self.baseline.latency(key) if self.baseline else None
+        if mine is None or base is None or self.baseline.record["runtime"] != self.record["runtime"]:
+            return None
+        return base / mine
+
+
+def find_json(paths: list[Path]) -> list[Path]:
+    files = []
+    for path in paths:
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*.json") if not p.name.startswith("."))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise OrinflowError(f"no such record file or folder: {path}")
+    return files
+
+
+def _walk(node, found: list[dict]) -> None:
+    """Every evaluation record inside a JSON tree (route and benchmark records nest them)."""
+    if isinstance(node, dict):
+        if {"model", "task", "metrics", "runtime"} <= node.keys():
+            found.append(node)
+            return
+        for value in node.values():
+            _walk(value, found)
+    elif isinstance(node, list):
+        for value in node:
+            _walk(value, found)
+
+
+def load_evaluations(paths: list[Path]) -> list[dict]:
+    """Evaluation records, one per (model, runtime, data, split); one with latency wins, then the newest file."""
+    chosen: dict[tuple, dict] = {}
+    for path in sorted(find_json(paths), key=lambda p: p.stat().st_mtime):
+        try:
+            tree = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise OrinflowError(f"{path} is not a JSON run record ({e})") from e
+        found: list[dict] = []
+        _walk(tree, found)
+        for record in found:
+            key = (record["model"], record["runtime"], record.get("data"), record.get("split"))
+            if key not in chosen or "latency_ms" in record or "latency_ms" not in chosen[key]:
+                chosen[key] = record
+    if not chosen:
+        raise OrinflowError(f"no evaluation records in {', '.join(map(str, paths))} (write them with "
+                            "`orinflow evaluate --json`, `orinflow ptq` or the benchmarks)")
+    return list(chosen.values())
+
+
+def _artifact_record(record: dict) -> dict:
+    """What the command that wrote the model recorded beside it (<model>.json), if anything."""
+    sibling = Path(record["model"]).with_suffix(".json")
+    if sibling.suffix == Path(record["model"]).suffix or not sibling.is_file():
+        return {}
+    try:
+        return json.loads(sibling.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+
+
+def make_row(record: dict) -> Row:
+    made = {**_artifact_record(record), **record}
+    quant = made.get("quantization") or {}
+    route = made.get("route") or ("ptq" if quant else BASELINE_ROUTE)
+    qdq, sparsity = made.get("qdq_report") or {}, made.get("sparsity") or {}
+    mode = quant.get("mode") or ("int8" if route in ("qat", "sparse-qat") else "fp32")
+    method = quant.get("method") or {"qat": "qat", "sparse-qat": "qat", "sat": made.get("method", "")}.get(route, "-")
+    target = quant.get("target") or ("tensorrt" if route in ("qat", "sparse-qat") else "-")
+    return Row(record, route, mode, method or "-", target, qdq.get("quantized_flop_share"),
+               sparsity.get("sparse_flop_share"))
+
+
+def link_baselines(rows: list[Row]) -> None:
+    """Each row's FP32 reference: a dense FP32 row on the same data, same runtime first, closest name."""
+    dense = [r for r in rows if r.route == BASELINE_ROUTE]
+    for row in rows:
+        same_data = [b for b in dense if (b.record.get("data"), b.record.get("split"), b.record["task"]) ==
+                     (row.record.get("data"), row.record.get("split"), row.record["task"])]
+        if not same_data:
+            continue
+        row.baseline = max(same_data, key=lambda b: (b.record["runtime"] == row.record["runtime"],
+                                                     _common_prefix(b.name, row.name)))
+
+
+def _common_prefix(a: str, b: str) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def build_rows(paths: list[Path]) -> list[Row]:
+    rows = [make_row(r) for r in load_evaluations(paths)]
+    link_baselines(rows)
+    order = {BASELINE_ROUTE: 0, "ptq": 1, "qat": 2, "sat": 3, "sparse-qat": 4}
+    rows.sort(key=lambda r: (r.record.get("data") or "", order.get(r.route, 9), r.target, r.method, r.name))
+    return rows
+
+
+def pareto_front(rows: list[Row], key: str = "batch1") -> list[Row]:
+    """Rows no other row beats on both latency (lower) and accuracy (higher)."""
+    timed = [r for r in rows if r.latency(key) is not None]
+
+    def dominated(r: Row) -> bool:
+        return any(o.latency(key) <= r.latency(key) and o.main_metric >= r.main_metric and
+                   (o.latency(key) < r.latency(key) or o.main_metric > r.main_metric) for o in timed)
+
+    return sorted((r for r in timed if not dominated(r)), key=lambda r: r.latency(key))
