@@ -59,8 +59,8 @@ def test_classifier_qat_with_labels_only(class_tree, tmp_path):
     assert isinstance(adapter.module[0], nn.Conv2d)
 
 
-def test_detector_without_distillation_is_refused(demo_adapter, tiny_shapes, tmp_path):
-    with pytest.raises(OrinflowError, match="--distill"):
+def test_detector_with_no_loss_at_all_is_refused(demo_adapter, tiny_shapes, tmp_path):
+    with pytest.raises(OrinflowError, match="--distill, --labels"):
         run_qat(demo_adapter, load_dataset(tiny_shapes, "train"), QATConfig(distill=False), tmp_path / "x.onnx")
     assert not any(tmp_path.iterdir())
 
@@ -83,13 +83,12 @@ def test_interrupted_qat_resumes_from_its_checkpoint(class_tree, tmp_path, monke
     adapter = load_model("", arch=f"{module_file}:build", imgsz=32)
     data = load_dataset(class_tree)
     config = QATConfig(epochs=2, batch=4, calib_images=4, max_steps=1, distill=False)
-    real_epoch, calls = qat._epoch, []
+    real_epoch = qat._epoch
 
-    def stop_in_second_epoch(*args):
-        calls.append(args[6])
-        if args[6] == 1:
+    def stop_in_second_epoch(adapter, objective, dataset, config, order, epoch, *rest):
+        if epoch == 1:
             raise KeyboardInterrupt
-        return real_epoch(*args)
+        return real_epoch(adapter, objective, dataset, config, order, epoch, *rest)
 
     monkeypatch.setattr(qat, "_epoch", stop_in_second_epoch)
     messages = []

@@ -65,16 +65,22 @@ class Concat(nn.Module):
 class Detect(nn.Module):
     """Anchor-based head: per level, sigmoid, grid/anchor decode, flatten; output (B, N, 5+nc)."""
 
+    keep_raw = False  # set by the YOLOv5 training loss: keep each level's pre-sigmoid output in self.raw
+
     def forward(self, xs):
-        outputs = []
+        outputs, raw = [], []
         for level in range(self.nl):
             x = self.m[level](xs[level])
             bs, _, ny, nx = x.shape
-            x = x.view(bs, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).sigmoid()
+            x = x.view(bs, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2)
+            raw.append(x)
+            x = x.sigmoid()
             grid, anchor_grid = self._grid(level, nx, ny, x.device)
             xy = (x[..., 0:2] * 2 + grid) * self.stride[level]
             wh = (x[..., 2:4] * 2) ** 2 * anchor_grid
             outputs.append(torch.cat((xy, wh, x[..., 4:]), -1).view(bs, -1, self.no))
+        if self.keep_raw:
+            self.raw = raw
         return torch.cat(outputs, 1)
 
     def _grid(self, level: int, nx: int, ny: int, device):

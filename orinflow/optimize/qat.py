@@ -5,8 +5,9 @@ calibrated on real images, then the model is fine-tuned with the quantizers in t
 The decode of a detector head is plain tensor arithmetic, not a module, so it stays in
 high precision by construction; the DFL projection conv is excluded by name pattern.
 
-Losses: cross-entropy on labels for classifiers; distillation from the FP32 model on the
-raw head outputs for any family (`distill=True`), which needs no labels.
+Losses: distillation from the FP32 model on the raw head outputs for any family
+(`distill=True`), which needs no labels; and the family's own label loss (`labels`):
+cross-entropy for classifiers, Ultralytics' or YOLOv5's detection loss (losses.py).
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from ..progress import progress
 from ..runtime import OrtRunner
 from . import import_quietly, quietly
 from .graph import decode_nodes
+from .losses import detection_label_loss, input_targets
 from .masks import hold_masks
 from .report import qdq_report
 
@@ -45,7 +47,7 @@ class QATConfig:
     calib_images: int = 64
     distill: bool = True
     temperature: float = 2.0
-    labels: bool = True  # classifiers: add cross-entropy on the dataset's labels
+    labels: bool | None = None  # the family's label loss; None: on for classifiers, off for detectors
     device: str = "cpu"
     seed: int = 0
     max_steps: int | None = None  # cap per epoch (quick runs, tests)
@@ -66,11 +68,12 @@ def _quant_config():
 
 
 def _batches(dataset: Dataset, adapter: ModelAdapter, indices: np.ndarray, batch: int):
+    """(images, labels or None, letterbox metas) per batch."""
     for start in range(0, len(indices), batch):
         chunk = indices[start:start + batch]
-        images = np.stack([adapter.processing.preprocess(read_image(dataset.images[i]))[0] for i in chunk])
+        prepared = [adapter.processing.preprocess(read_image(dataset.images[i])) for i in chunk]
         labels = [dataset.labels[i] for i in chunk] if dataset.labels else None
-        yield torch.from_numpy(images), labels
+        yield torch.from_numpy(np.stack([p[0] for p in prepared])), labels, [p[1] for p in prepared]
 
 
 def insert_quantizers(adapter: ModelAdapter, dataset: Dataset, config: QATConfig) -> torch.nn.Module:
@@ -82,7 +85,7 @@ def insert_quantizers(adapter: ModelAdapter, dataset: Dataset, config: QATConfig
 
     def forward_loop(model):
         with torch.no_grad():
-            for images, _ in _batches(dataset, adapter, order, config.batch):
+            for images, _, _ in _batches(dataset, adapter, order, config.batch):
                 model(images.to(config.device))
 
     with quietly():
@@ -125,13 +128,14 @@ def train(adapter: ModelAdapter, student: torch.nn.Module, teacher: torch.nn.Mod
     for p in params:  # checkpoints often store frozen weights
         p.requires_grad_(True)
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+    objective = Objective(adapter, student, teacher, config)
     losses = _resume(student, optimizer, config, checkpoint, say)
     rng = np.random.default_rng(config.seed)
     try:
         for epoch in range(config.epochs):
             order = rng.permutation(len(dataset))  # drawn every epoch, so a resumed run sees the same order
             if epoch >= len(losses):
-                losses.append(_epoch(adapter, student, teacher, dataset, config, order, epoch, optimizer, after_step))
+                losses.append(_epoch(adapter, objective, dataset, config, order, epoch, optimizer, after_step))
                 say(f"epoch {epoch + 1}/{config.epochs}: mean loss {losses[-1]:.5f}")
                 if checkpoint:
                     _save_checkpoint(checkpoint, student, optimizer, config, losses)
@@ -142,18 +146,16 @@ def train(adapter: ModelAdapter, student: torch.nn.Module, teacher: torch.nn.Mod
     return losses
 
 
-def _epoch(adapter, student, teacher, dataset, config: QATConfig, order, epoch: int, optimizer, after_step) -> float:
+def _epoch(adapter, objective, dataset, config: QATConfig, order, epoch: int, optimizer, after_step) -> float:
     """One pass over `order`; returns the mean loss."""
-    head, imgsz = adapter.processing.head, adapter.processing.imgsz[0]
     steps = (len(order) + config.batch - 1) // config.batch
     if config.max_steps:
         steps = min(steps, config.max_steps)
         order = order[:steps * config.batch]
     total = 0.0
-    for images, labels in progress(_batches(dataset, adapter, order, config.batch),
-                                   f"epoch {epoch + 1}/{config.epochs}", total=steps):
-        images = images.to(config.device)
-        loss = _step_loss(adapter, student, teacher, images, labels, config, head, imgsz)
+    for images, labels, metas in progress(_batches(dataset, adapter, order, config.batch),
+                                          f"epoch {epoch + 1}/{config.epochs}", total=steps):
+        loss = objective(images.to(config.device), labels, metas)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -163,16 +165,37 @@ def _epoch(adapter, student, teacher, dataset, config: QATConfig, order, epoch: 
     return total / max(steps, 1)
 
 
-def _step_loss(adapter, student, teacher, images, labels, config: QATConfig, head, imgsz) -> torch.Tensor:
-    out = student(images)
-    loss = torch.tensor(0.0, device=config.device)
-    if config.distill:
-        with torch.no_grad():
-            target = teacher(images)
-        loss = distillation_loss(out, target, head, imgsz, config.temperature)
-    if adapter.task == "classify" and config.labels and labels is not None:
-        loss = loss + F.cross_entropy(out, torch.as_tensor(labels, device=config.device))
-    return loss
+def uses_labels(adapter: ModelAdapter, config: QATConfig) -> bool:
+    return adapter.task == "classify" if config.labels is None else config.labels
+
+
+class Objective:
+    """One step's loss: distillation from the FP32 teacher and/or the family's own label loss."""
+
+    def __init__(self, adapter: ModelAdapter, student: torch.nn.Module, teacher: torch.nn.Module, config: QATConfig):
+        self.adapter, self.student, self.teacher, self.config = adapter, student, teacher, config
+        self.labels = uses_labels(adapter, config)
+        self.detection_loss = None
+        if self.labels and adapter.task == "detect":
+            self.detection_loss = detection_label_loss(adapter.family, student.module)
+
+    def __call__(self, images: torch.Tensor, labels, metas) -> torch.Tensor:
+        outputs = self.student.module(images)  # beneath RawOutput: Ultralytics heads add their training outputs
+        first = outputs[0] if isinstance(outputs, (tuple, list)) else outputs
+        processing = self.adapter.processing
+        loss = torch.zeros((), device=images.device)
+        if self.config.distill:
+            with torch.no_grad():
+                target = self.teacher(images)
+            loss = distillation_loss(first, target, processing.head, processing.imgsz[0], self.config.temperature)
+        if self.labels:
+            if labels is None:
+                raise OrinflowError("the label loss needs a labelled dataset; train with --distill --no-labels")
+            if self.detection_loss is None:
+                loss = loss + F.cross_entropy(first, torch.as_tensor(labels, device=images.device))
+            else:
+                loss = loss + self.detection_loss(outputs, input_targets(labels, metas, processing.imgsz))
+        return loss
 
 
 def _save_checkpoint(path: Path, student, optimizer, config: QATConfig, losses: list[float]) -> None:
@@ -239,9 +262,8 @@ def checkpoint_path(output: Path, stage: str) -> Path:
 def check_trainable(adapter: ModelAdapter, config: QATConfig) -> None:
     if adapter.task == "detect" and adapter.processing.head == HEAD_END2END:
         raise OrinflowError("fine-tuning NMS-free (end-to-end) heads is not supported yet")
-    if not config.distill and (adapter.task != "classify" or not config.labels):
-        raise OrinflowError("nothing to train on: detectors need --distill (label losses for detectors are not "
-                            "built yet); classifiers need --distill or --labels")
+    if not config.distill and not uses_labels(adapter, config):
+        raise OrinflowError("nothing to train on: use --distill, --labels, or both")
 
 
 def run_qat(adapter: ModelAdapter, dataset: Dataset, config: QATConfig, output: Path, say=print,

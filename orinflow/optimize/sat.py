@@ -2,7 +2,7 @@
 
 The masks are computed once (magnitude, or SparseGPT on calibration images) and held
 fixed while the model is fine-tuned with the same trainer as QAT (distillation from the
-FP32 model, or labels for classifiers); the result is exported as an FP32 ONNX whose
+FP32 model and/or the family's label loss); the result is exported as an FP32 ONNX whose
 eligible weights are 2:4 sparse, ready for route 1 (`orinflow ptq`), which keeps zeros zero.
 """
 from __future__ import annotations
@@ -39,7 +39,7 @@ def sparsify_module(adapter: ModelAdapter, dataset: Dataset, method: str, config
     options = {}
     if method == "sparsegpt":
         order = np.random.default_rng(config.seed).permutation(len(dataset))[:config.calib_images]
-        loader = [images.to(config.device) for images, _ in _batches(dataset, adapter, order, config.batch)]
+        loader = [images.to(config.device) for images, _, _ in _batches(dataset, adapter, order, config.batch)]
         options = {"config": {"data_loader": loader, "collect_func": lambda batch: batch}}
     with quietly():
         return mts.sparsify(module, mode=METHODS[method], **options)
