@@ -79,6 +79,13 @@ def test_sparse_qat_keeps_2to4_under_qdq(demo_adapter, tiny_shapes, tmp_path):
     assert record["qdq_report"]["qdq_pairs"] > 0 and record["qdq_report"]["lint"] == []
     graph = onnx.load(str(tmp_path / "sq.onnx"))
     assert sparsity_report(graph)["sparse_layers"] == record["sparsity"]["sparse_layers"]
+    # interrupted during SAT (no QAT checkpoint yet): --resume finishes SAT from its checkpoint, starts QAT afresh
+    (tmp_path / "sq.qat.pt").unlink()
+    messages = []
+    resumed = QATConfig(**{**config.__dict__, "resume": True})
+    again = run_sparse_qat(demo_adapter, data, "magnitude", resumed, resumed, tmp_path / "sq.onnx", say=messages.append)
+    assert again["sat_losses"] == record["sat_losses"] and any("after epoch 1" in m for m in messages)
+    assert again["sparsity"]["eligible_sparse_share"] == 1.0
     # without holding the masks, a QAT step at this learning rate would fill the zeros in
     sparse, _ = sat_stage(demo_adapter, data, "magnitude", QATConfig(epochs=0), tmp_path / "x.pt")
     masks = sparse_masks(sparse)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +83,8 @@ def run_sparse_qat(adapter: ModelAdapter, dataset: Dataset, method: str, sat_con
     """
     started = time.perf_counter()
     sparse, sat_losses = sat_stage(adapter, dataset, method, sat_config, checkpoint_path(output, "sat"), say)
+    if qat_config.resume and not checkpoint_path(output, "qat").exists():  # interrupted during SAT
+        qat_config = replace(qat_config, resume=False)
     sparse_adapter = _with_module(adapter, sparse)
     masks = sparse_masks(sparse_adapter.export_module())  # named as in the copy that QAT trains
     say(f"SAT done; holding the 2:4 masks of {len(masks)} layers through QAT")

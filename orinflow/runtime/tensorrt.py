@@ -47,6 +47,7 @@ class TrtRunner:
         is_input = {n: self.engine.get_tensor_mode(n) == self.trt.TensorIOMode.INPUT for n in names}
         self.input_name = next(n for n in names if is_input[n])
         self.output_names = [n for n in names if not is_input[n]]
+        self.static_batch = self.engine.get_tensor_shape(self.input_name)[0]  # -1 when dynamic
 
     def _cached_build(self, onnx_path: Path, max_batch: int, fp16: bool) -> bytes:
         engine = onnx_path.with_suffix(f".b{max_batch}.engine")
@@ -60,6 +61,12 @@ class TrtRunner:
         return plan
 
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
+        if self.static_batch > 0 and batch.shape[0] != self.static_batch:  # fixed-batch engine: image by image
+            parts = [self._run(batch[i:i + 1]) for i in range(batch.shape[0])]
+            return [np.concatenate(outs) for outs in zip(*parts)]
+        return self._run(batch)
+
+    def _run(self, batch: np.ndarray) -> list[np.ndarray]:
         import torch
 
         images = torch.from_numpy(np.ascontiguousarray(batch)).cuda()
