@@ -369,7 +369,8 @@ DistillOpt = Annotated[bool, typer.Option("--distill/--no-distill", help="Distil
 LabelsOpt = Annotated[Optional[bool], typer.Option("--labels/--no-labels", help="Add the family's own label loss "
                                                    "(cross-entropy; Ultralytics' or YOLOv5's detection loss). Default: "
                                                    "on for classifiers, off for detectors.", show_default=False)]
-DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N. Several GPUs: launch with "
+                                        "`torchrun --nproc_per_node N -m orinflow.cli ...` and --device cuda.")]
 MaxStepsOpt = Annotated[Optional[int], typer.Option("--max-steps", help="Cap on steps per epoch.")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from the checkpoint "
                                          "saved after each epoch (<output>.qat.pt / .sat.pt).")]
@@ -393,8 +394,11 @@ def _training_setup(model, data, split, epochs, batch, lr, arch, imgsz, mean, st
 
 
 def _train_config(epochs, lr, batch, calib_images, distill, labels, device, max_steps, resume):
+    """The training settings; under torchrun this also joins the process group and picks the rank's device."""
+    from .optimize import distributed
     from .optimize.qat import QATConfig
 
+    device = distributed.setup(device)
     return QATConfig(epochs=epochs, lr=lr, batch=batch, calib_images=calib_images, distill=distill, labels=labels,
                      device=device, max_steps=max_steps, resume=resume)
 
@@ -411,10 +415,17 @@ def _compare(models: list[Path], data, val_data, val_split, batch: int, runs: in
     console.print(comparison_table(records, title=title))
 
 
-def _reference_onnx(adapter, output: Path, suffix: str) -> Path:
-    from .export import export_onnx
+def _other_rank(record: dict) -> bool:
+    """True on torchrun ranks other than 0, which train but neither export nor report."""
+    return "rank" in record
 
-    return export_onnx(adapter, output.with_name(output.stem + suffix)).path
+
+def _reference_onnx(adapter, output: Path, suffix: str) -> Path | None:
+    """The FP32 ONNX that the trained model is compared with (rank 0 only under torchrun)."""
+    from .export import export_onnx
+    from .optimize.distributed import is_main
+
+    return export_onnx(adapter, output.with_name(output.stem + suffix)).path if is_main() else None
 
 
 @app.command()
@@ -454,6 +465,8 @@ def qat(
     config = _train_config(epochs, lr, batch, calib_images, distill, labels, device, max_steps, resume)
     fp32 = _reference_onnx(adapter, output, "_fp32_ref.onnx")
     record = run_qat(adapter, train_set, config, output, say=console.print)
+    if _other_rank(record):
+        return
     console.print(f"QAT model [bold]{output}[/bold] in {record['seconds']} s")
     _print_qdq(record["qdq_report"])
     _compare([fp32, output], data, val_data, val_split, batch, runs, "route 2: QAT")
@@ -493,6 +506,8 @@ def sparsify(
     config = _train_config(epochs, lr, batch, calib_images, distill, labels, device, max_steps, resume)
     dense = _reference_onnx(adapter, output, "_dense_ref.onnx")
     record = run_sat(adapter, train_set, method, config, output, say=console.print)
+    if _other_rank(record):
+        return
     console.print(f"sparse model [bold]{output}[/bold]; {describe(record['sparsity'])}")
     _compare([dense, output], data, val_data, val_split, batch, 0,
              "route 3: 2:4 sparsity (then `orinflow ptq -m` the sparse ONNX)")
@@ -542,6 +557,8 @@ def sparse_qat(
     qat_config = _train_config(qat_epochs, qat_lr or lr, batch, calib_images, distill, labels, device, max_steps, resume)
     fp32 = _reference_onnx(adapter, output, "_fp32_ref.onnx")
     record = run_sparse_qat(adapter, train_set, method, sat_config, qat_config, output, say=console.print)
+    if _other_rank(record):
+        return
     console.print(f"sparse INT8 model [bold]{output}[/bold] in {record['seconds']} s; {describe(record['sparsity'])}")
     _print_qdq(record["qdq_report"])
     _compare([fp32, output], data, val_data, val_split, batch, runs, "route 4: SAT + QAT")

@@ -1,3 +1,4 @@
+import json
 import numpy as np
 import onnx
 import pytest
@@ -105,3 +106,22 @@ def test_interrupted_qat_resumes_from_its_checkpoint(class_tree, tmp_path, monke
         run_qat(adapter, data, QATConfig(**{**resumed.__dict__, "lr": 1.0}), tmp_path / "q.onnx")
     with pytest.raises(OrinflowError, match="no checkpoint"):
         run_qat(adapter, data, resumed, tmp_path / "other.onnx")
+
+
+def test_qat_data_parallel_under_torchrun(tiny_shapes, tmp_path):
+    """Two gloo processes on the CPU: each takes half the images, gradients are averaged, rank 0 exports."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp.onnx"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ORINFLOW_QUIET": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+               "orinflow.cli", "qat", "-m", str(DEMO_MODEL), "--imgsz", "256", "--yaml", str(tiny_shapes),
+               "--epochs", "2", "--batch", "2", "--max-steps", "2", "--calib-images", "4", "--runs", "0",
+               "--lr", "1e-4", "-o", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["processes"] == 2 and len(record["losses"]) == 2 and record["qdq_report"]["lint"] == []
+    assert result.stdout.count("route 2: QAT") == 1  # one report, from rank 0

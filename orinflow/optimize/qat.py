@@ -30,7 +30,7 @@ from ..models.onnx_model import META_FAMILY, META_PROCESSING, META_SOURCE, write
 from ..models.processing import HEAD_ANCHOR_FREE, HEAD_END2END, HEAD_OBJECTNESS
 from ..progress import progress
 from ..runtime import OrtRunner
-from . import import_quietly, quietly
+from . import distributed, import_quietly, quietly
 from .graph import decode_nodes
 from .losses import detection_label_loss, input_targets
 from .masks import hold_masks
@@ -48,7 +48,7 @@ class QATConfig:
     distill: bool = True
     temperature: float = 2.0
     labels: bool | None = None  # the family's label loss; None: on for classifiers, off for detectors
-    device: str = "cpu"
+    device: str = "cpu"  # under torchrun: cuda means each rank's own GPU (LOCAL_RANK)
     seed: int = 0
     max_steps: int | None = None  # cap per epoch (quick runs, tests)
     resume: bool = False  # continue from the checkpoint of an interrupted run
@@ -130,6 +130,7 @@ def train(adapter: ModelAdapter, student: torch.nn.Module, teacher: torch.nn.Mod
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
     objective = Objective(adapter, student, teacher, config)
     losses = _resume(student, optimizer, config, checkpoint, say)
+    checkpoint = checkpoint if distributed.is_main() else None  # rank 0 writes, every rank resumes
     rng = np.random.default_rng(config.seed)
     try:
         for epoch in range(config.epochs):
@@ -143,11 +144,13 @@ def train(adapter: ModelAdapter, student: torch.nn.Module, teacher: torch.nn.Mod
         if checkpoint and losses:
             say(f"interrupted: {len(losses)} epoch(s) saved in {checkpoint}; run again with --resume to continue")
         raise
+    distributed.check_in_sync(student)
     return losses
 
 
 def _epoch(adapter, objective, dataset, config: QATConfig, order, epoch: int, optimizer, after_step) -> float:
     """One pass over `order`; returns the mean loss."""
+    order = distributed.shard(order)
     steps = (len(order) + config.batch - 1) // config.batch
     if config.max_steps:
         steps = min(steps, config.max_steps)
@@ -158,11 +161,12 @@ def _epoch(adapter, objective, dataset, config: QATConfig, order, epoch: int, op
         loss = objective(images.to(config.device), labels, metas)
         optimizer.zero_grad()
         loss.backward()
+        distributed.average_gradients(optimizer.param_groups[0]["params"])
         optimizer.step()
         if after_step:
             after_step()
         total += loss.item()
-    return total / max(steps, 1)
+    return distributed.mean_across_ranks(total / max(steps, 1), images.device)
 
 
 def uses_labels(adapter: ModelAdapter, config: QATConfig) -> bool:
@@ -277,12 +281,14 @@ def run_qat(adapter: ModelAdapter, dataset: Dataset, config: QATConfig, output: 
     say(f"fake quantizers inserted and calibrated on {min(config.calib_images, len(dataset))} images")
     after_step = hold_masks(student, masks) if masks else None
     losses = train(adapter, student, teacher, dataset, config, say, checkpoint_path(output, "qat"), after_step)
+    if not distributed.is_main():
+        return {"rank": distributed.rank(), "losses": losses}  # rank 0 exports and records
     probe = adapter.processing.preprocess(read_image(dataset.images[0]))[0][None]
     parity = export_qdq(adapter, student, probe, output)
     exported = onnx.load(str(output))
     decode = set(decode_nodes(exported)) if adapter.task == "detect" else set()
     record = {"command": "qat", "route": "qat", "model": str(output), "source": adapter.source,
-              "config": asdict(config), "losses": losses, "parity": parity,
+              "config": asdict(config), "processes": distributed.world_size(), "losses": losses, "parity": parity,
               "qdq_report": qdq_report(exported, "tensorrt", "int8", decode),
               "seconds": round(time.perf_counter() - started, 1)}
     write_json(output.with_suffix(".json"), record)

@@ -21,7 +21,7 @@ from ..errors import OrinflowError
 from ..export import export_onnx
 from ..io import write_json
 from ..models import ModelAdapter
-from . import import_quietly, quietly
+from . import distributed, import_quietly, quietly
 from .masks import sparse_masks
 from .qat import QATConfig, _batches, check_trainable, checkpoint_path, run_qat, train
 from .sparsity_check import sparsity_summary
@@ -65,6 +65,8 @@ def run_sat(adapter: ModelAdapter, dataset: Dataset, method: str, config: QATCon
     """Route 3: a 2:4-sparse FP32 ONNX (route 1 then quantizes it)."""
     started = time.perf_counter()
     sparse, losses = sat_stage(adapter, dataset, method, config, checkpoint_path(output, "sat"), say)
+    if not distributed.is_main():
+        return {"rank": distributed.rank(), "losses": losses}  # rank 0 exports and records
     exported = export_onnx(_with_module(adapter, sparse), output)
     record = {"command": "sparsify", "route": "sat", "model": str(output), "source": adapter.source,
               "method": method, "config": asdict(config), "losses": losses, "parity": exported.record["parity"],
@@ -89,6 +91,8 @@ def run_sparse_qat(adapter: ModelAdapter, dataset: Dataset, method: str, sat_con
     masks = sparse_masks(sparse_adapter.export_module())  # named as in the copy that QAT trains
     say(f"SAT done; holding the 2:4 masks of {len(masks)} layers through QAT")
     record = run_qat(sparse_adapter, dataset, qat_config, output, say, teacher=adapter.export_module(), masks=masks)
+    if not distributed.is_main():
+        return record
     record.update({"command": "sparse-qat", "route": "sparse-qat", "source": adapter.source, "method": method,
                    "sat_config": asdict(sat_config), "sat_losses": sat_losses,
                    "sparsity": sparsity_summary(onnx.load(str(output))),
