@@ -651,6 +651,9 @@ def deploy(
     output = output or workspace() / "deploy" / path.stem
     record = write_bundle(path, output, options, overwrite)
     console.print(f"bundle [bold]{output}[/bold]: {len(record['build_engine'])} trtexec arguments")
+    if not record["has_processing"]:
+        console.print("[yellow]warning:[/yellow] the model carries no orinflow metadata, so the bundle's infer.py "
+                      "cannot know its pre/post-processing (build_engine.sh and bench.sh work)")
     console.print(" ".join(record["build_engine"]), highlight=False, soft_wrap=True)
 
 

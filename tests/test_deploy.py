@@ -165,3 +165,20 @@ def test_deploy_cli_and_tensorrt_runtime_message(demo_onnx, tiny_shapes, tmp_pat
     result = runner.invoke(app, ["evaluate", "-m", str(demo_onnx), "--yaml", str(tiny_shapes), "--runtime",
                                  "tensorrt"])
     assert result.exit_code == 2 and "tensorrt" in result.output and "does not import" in result.output
+
+
+def test_foreign_onnx_gets_scripts_and_a_warning(tmp_path):
+    from onnx import helper, numpy_helper
+
+    weight = np.ones((8, 16, 3, 3), np.float32)
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", 16, 8, 8])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], "g", [x], [y],
+                              [numpy_helper.from_array(weight, "w")])
+    path = tmp_path / "foreign.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    result = CliRunner().invoke(app, ["deploy", "-m", str(path), "-o", str(tmp_path / "b"), "--max-batch", "4"])
+    assert result.exit_code == 0, result.output
+    assert "no orinflow metadata" in result.output
+    args = script_args(tmp_path / "b" / "build_engine.sh")
+    assert "--optShapes=x:4x16x8x8" in args and "--maxShapes=x:4x16x8x8" in args and "--fp16" in args
