@@ -71,9 +71,10 @@ def model_traits(path: str | Path) -> ModelTraits:
 def _quant_types(model: onnx.ModelProto) -> list[str]:
     """Quantized types in the graph, from the zero points / outputs of its Q/DQ nodes."""
     types = {t.name: t.data_type for t in model.graph.initializer}
-    for node in model.graph.node:
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].t.name == "":
-            types[node.output[0]] = node.attribute[0].t.data_type
+    for node in model.graph.node:  # zero points may also come from Constant nodes
+        value = next((a.t for a in node.attribute if a.name == "value"), None) if node.op_type == "Constant" else None
+        if value is not None:
+            types[node.output[0]] = value.data_type
     found = set()
     for node in model.graph.node:
         if node.op_type not in QDQ_OPS:
