@@ -49,3 +49,13 @@ def test_duplicate_is_false_positive():
 
 def test_average_precision_of_half_recall():
     assert average_precision(np.array([0.5]), np.array([1.0])) == pytest.approx(0.75, abs=0.01)
+
+
+def test_each_label_keeps_its_most_confident_match_not_its_best_iou():
+    """YOLOv5/Ultralytics rule: a confident box slightly off beats a low-score box that fits better."""
+    gt = np.array([[0, 0, 100, 100]], np.float32)
+    dets = Detections(np.array([[0, 0, 100, 80], [0, 0, 100, 99]], np.float32), np.array([0.9, 0.1]),
+                      np.array([0, 0]))
+    correct = match_predictions(dets, gt, np.array([0]))
+    assert correct[0, 0] and not correct[1, 0]  # at IoU 0.5 the 0.9 box (IoU 0.80) is the true positive
+    assert not correct[0, -1] and correct[1, -1]  # at IoU 0.95 only the 0.1 box (IoU 0.99) qualifies

@@ -36,12 +36,11 @@ def test_yolov5n_pytorch_and_onnx_agree(yolov5n_scores, name):
     assert torch_map > YOLOV5N_REFERENCE[name] - 0.03  # a broken model or evaluator reads far lower
 
 
-@pytest.mark.xfail(strict=True, reason="orinflow reads about 0.016-0.024 below yolov5 val.py's mAP50-95 "
-                                       "(0.335 vs 0.351, 0.264 vs 0.288); cause not yet found, see docs/accuracy.md")
 @pytest.mark.parametrize("name", list(YOLOV5N_REFERENCE))
 def test_yolov5n_matches_reference_within_0_01(yolov5n_scores, name):
-    torch_map, onnx_map = yolov5n_scores[name]
-    assert abs(torch_map - YOLOV5N_REFERENCE[name]) <= 0.01
+    """yolov5's val.py figures (rectangular batches); orinflow's square letterbox lands within 0.01."""
+    for score in yolov5n_scores[name]:
+        assert abs(score - YOLOV5N_REFERENCE[name]) <= 0.01
     assert abs(onnx_map - YOLOV5N_REFERENCE[name]) <= 0.01
 
 
