@@ -41,7 +41,6 @@ def test_yolov5n_matches_reference_within_0_01(yolov5n_scores, name):
     """yolov5's val.py figures (rectangular batches); orinflow's square letterbox lands within 0.01."""
     for score in yolov5n_scores[name]:
         assert abs(score - YOLOV5N_REFERENCE[name]) <= 0.01
-    assert abs(onnx_map - YOLOV5N_REFERENCE[name]) <= 0.01
 
 
 def test_resnet20_cifar10_top1_pytorch_and_onnx(tmp_path):
