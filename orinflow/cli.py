@@ -643,15 +643,15 @@ def deploy(
     path = require_file(model, "model")
     if path.suffix.lower() != ".onnx":
         raise OrinflowError(f"{path} is not ONNX: export or quantize it first (orinflow export / quantize)")
-    dynamic = model_traits(path).dynamic_batch
-    default = DYNAMIC_DEFAULT_BATCH if dynamic else 1
+    traits = model_traits(path)
+    default = DYNAMIC_DEFAULT_BATCH if traits.dynamic_batch else 1
     opt = opt_batch or min(default, max_batch or default)
     options = BuildOptions(trt=trt, fp16=fp16, min_batch=min_batch, opt_batch=opt, max_batch=max_batch or opt,
                            workspace_mib=workspace_mib)
     output = output or workspace() / "deploy" / path.stem
-    record = write_bundle(path, output, options, overwrite)
+    record = write_bundle(path, output, options, overwrite, traits)
     console.print(f"bundle [bold]{output}[/bold]: {len(record['build_engine'])} trtexec arguments")
-    if not record["has_processing"]:
+    if not traits.has_processing:
         console.print("[yellow]warning:[/yellow] the model carries no orinflow metadata, so the bundle's infer.py "
                       "cannot know its pre/post-processing (build_engine.sh and bench.sh work)")
     console.print(" ".join(record["build_engine"]), highlight=False, soft_wrap=True)

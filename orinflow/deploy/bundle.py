@@ -6,12 +6,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import onnx
-
 from .. import __version__
 from ..errors import OrinflowError
 from ..io import write_json
-from ..models.onnx_model import META_PROCESSING, read_metadata
 from .traits import ModelTraits, model_traits
 from .trtexec import BuildOptions, bench_commands, build_command
 
@@ -34,10 +31,11 @@ sys.exit(main())
 '''
 
 
-def write_bundle(model: Path, output: Path, options: BuildOptions, overwrite: bool = False) -> dict:
+def write_bundle(model: Path, output: Path, options: BuildOptions, overwrite: bool = False,
+                 traits: ModelTraits | None = None) -> dict:
     """Write the bundle to `output` (built in a temporary folder and renamed, so never half-written)."""
     model, output = Path(model), Path(output)
-    traits = model_traits(model)
+    traits = traits or model_traits(model)
     options.check()
     build = build_command(traits, options, "model.onnx", ENGINE)
     bench = bench_commands(traits, options, ENGINE)
@@ -58,7 +56,7 @@ def write_bundle(model: Path, output: Path, options: BuildOptions, overwrite: bo
         (staging / "README.md").write_text(bundle_readme(model.name, traits, options, build, bench))
         record = {"command": "deploy", "model": str(model), "bundle": str(output), "traits": traits.to_dict(),
                   "options": vars(options), "build_engine": build, "bench": {str(b): c for b, c in bench.items()},
-                  "orinflow": __version__, "has_processing": META_PROCESSING in read_metadata(onnx.load(str(model)))}
+                  "orinflow": __version__}
         write_json(staging / "deploy.json", record)
         if output.exists():
             shutil.rmtree(output)

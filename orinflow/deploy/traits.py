@@ -7,6 +7,7 @@ from pathlib import Path
 import onnx
 
 from ..errors import OrinflowError
+from ..models.onnx_model import META_PROCESSING, read_metadata
 from ..optimize.graph import QDQ_OPS
 from ..optimize.sparsity_check import sparsity_summary
 
@@ -26,6 +27,7 @@ class ModelTraits:
     sparse_2to4_layers: int
     eligible_layers: int
     sparse_flop_share: float
+    has_processing: bool  # orinflow's pre/post-processing metadata, which infer.py needs
 
     @property
     def dynamic_batch(self) -> bool:
@@ -65,7 +67,8 @@ def model_traits(path: str | Path) -> ModelTraits:
         quant_types=_quant_types(model),
         fp16_weights=any(t.data_type == onnx.TensorProto.FLOAT16 for t in graph.initializer),
         sparse_2to4_layers=summary["sparse_layers"], eligible_layers=summary["eligible_layers"],
-        sparse_flop_share=summary["sparse_flop_share"])
+        sparse_flop_share=summary["sparse_flop_share"],
+        has_processing=META_PROCESSING in read_metadata(model))
 
 
 def _quant_types(model: onnx.ModelProto) -> list[str]:

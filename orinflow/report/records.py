@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -124,14 +125,7 @@ def link_baselines(rows: list[Row]) -> None:
         if not same_data:
             continue
         row.baseline = max(same_data, key=lambda b: (b.record["runtime"] == row.record["runtime"],
-                                                     _common_prefix(b.name, row.name)))
-
-
-def _common_prefix(a: str, b: str) -> int:
-    n = 0
-    while n < min(len(a), len(b)) and a[n] == b[n]:
-        n += 1
-    return n
+                                                     len(os.path.commonprefix([b.name, row.name]))))
 
 
 def build_rows(paths: list[Path]) -> list[Row]:
