@@ -47,10 +47,13 @@ def test_yolov5_loss_trains_raw_outputs_toward_the_target():
     assert int(p[a, gy, gx, 5:].argmax()) == 3 and p[a, gy, gx, 4] > 0.5
 
 
-def _label_loss(adapter, data_yaml, shift: float) -> float:
+def _label_loss(adapter, data_yaml, shift: float, flip_all: bool = False) -> float:
     dataset = load_dataset(data_yaml, "val")
     student = copy.deepcopy(adapter.export_module()).eval()
-    objective = Objective(adapter, student, adapter.export_module(), QATConfig(distill=False, labels=True))
+    objective = Objective(adapter, student, adapter.export_module(),
+                          QATConfig(distill=False, labels=True, flip=flip_all))
+    if flip_all:
+        objective.rng = SimpleNamespace(random=lambda n: np.zeros(n))  # every image mirrored
     images, labels, metas = next(_batches(dataset, adapter, np.arange(min(4, len(dataset))), 4))
     labels = [lb + np.array([0, shift, shift, 0, 0], np.float32) for lb in labels]
     with torch.no_grad():
@@ -60,6 +63,13 @@ def _label_loss(adapter, data_yaml, shift: float) -> float:
 def test_ultralytics_label_loss_prefers_true_labels(demo_adapter, tiny_shapes):
     true_loss, shifted = _label_loss(demo_adapter, tiny_shapes, 0.0), _label_loss(demo_adapter, tiny_shapes, 0.15)
     assert np.isfinite(true_loss) and true_loss < 0.5 * shifted
+
+
+def test_flipped_images_get_mirrored_labels(demo_adapter, tiny_shapes):
+    """Mirroring the batch must mirror its boxes too: the loss then stays as low as unflipped."""
+    plain, flipped = _label_loss(demo_adapter, tiny_shapes, 0.0), _label_loss(demo_adapter, tiny_shapes, 0.0, True)
+    shifted = _label_loss(demo_adapter, tiny_shapes, 0.15)
+    assert flipped < 0.5 * shifted and abs(flipped - plain) < 0.5 * plain
 
 
 def test_detector_qat_with_labels_only(demo_adapter, tiny_shapes, tmp_path):

@@ -8,6 +8,7 @@ Both keep a detector's decode in high precision unless head protection is turned
 """
 from __future__ import annotations
 
+import json
 import re
 import struct
 import tempfile
@@ -23,6 +24,7 @@ from ..io import atomic_path, write_json
 from ..models.onnx_model import OnnxModel, read_metadata, write_metadata
 from ..progress import status
 from . import quietly
+from .cpu_layout import ALIGNED_METADATA
 from .graph import QDQ_OPS, decode_nodes
 from .report import qdq_report
 from .sparsity_check import sparsity_summary
@@ -93,12 +95,14 @@ def quantize_onnx(source: OnnxModel, calib: np.ndarray, spec: QuantizeSpec, outp
     engine = "ModelOpt" if spec.target == "tensorrt" else "ONNX Runtime"
     with atomic_path(output) as tmp:
         with status(f"{engine}: calibrating {len(calib)} images and quantizing ({spec.mode}, {spec.method})"):
+            aligned_convs: dict[str, dict] = {}
             if spec.target == "tensorrt":
                 _modelopt_quantize(source.path, calib, spec, exclude, tmp)
             else:
-                _ort_quantize(source.path, calib, spec, exclude, tmp)
+                aligned_convs = _ort_quantize(source.path, calib, spec, exclude, tmp)
         quantized = onnx.load(str(tmp))
-        write_metadata(quantized, read_metadata(model) | {"orinflow.quantization": _spec_json(spec)})
+        extra = {ALIGNED_METADATA: json.dumps(aligned_convs)} if aligned_convs else {}
+        write_metadata(quantized, read_metadata(model) | {"orinflow.quantization": _spec_json(spec)} | extra)
         onnx.save(quantized, str(tmp))
         report = qdq_report(quantized, spec.target, spec.mode, set(exclude) if source.task == "detect" else set())
         if report["quantized_compute_nodes"] == 0:
@@ -109,6 +113,7 @@ def quantize_onnx(source: OnnxModel, calib: np.ndarray, spec: QuantizeSpec, outp
         "command": "quantize", "model": str(output), "source": str(source.path), "task": source.task,
         "quantization": asdict(spec), "calibration_images": int(len(calib)), "excluded_nodes": exclude,
         "qdq_report": report, "sparsity": sparsity_summary(onnx.load(str(output))),
+        "channel_aligned_convs": aligned_convs,
         "seconds": round(time.perf_counter() - started, 1),
         "size_bytes": Path(output).stat().st_size,
     }
@@ -117,8 +122,6 @@ def quantize_onnx(source: OnnxModel, calib: np.ndarray, spec: QuantizeSpec, outp
 
 
 def _spec_json(spec: QuantizeSpec) -> str:
-    import json
-
     return json.dumps(asdict(spec))
 
 
@@ -282,9 +285,11 @@ def calibration_stride(count: int, limit: int = CALIB_CHUNK) -> int:
 
 
 # ------------------------------------------------------------------ cpu target (ONNX Runtime)
-def _ort_quantize(src: Path, calib: np.ndarray, spec: QuantizeSpec, exclude: list[str], out: Path) -> None:
-    """Runs in a fresh interpreter: importing ModelOpt patches ONNX Runtime's calibrators in place."""
-    import json
+def _ort_quantize(src: Path, calib: np.ndarray, spec: QuantizeSpec, exclude: list[str], out: Path) -> dict[str, dict]:
+    """Runs in a fresh interpreter: importing ModelOpt patches ONNX Runtime's calibrators in place.
+
+    Returns the convs whose channels were re-laid out for ONNX Runtime's fast kernels (cpu_layout.py).
+    """
     import subprocess
     import sys
 
@@ -295,6 +300,7 @@ def _ort_quantize(src: Path, calib: np.ndarray, spec: QuantizeSpec, exclude: lis
                "exclude": exclude, "out": str(out), "work": work, "chunk": CALIB_CHUNK}
         done = subprocess.run([sys.executable, "-m", "orinflow.optimize.ort_worker", json.dumps(job)],
                               capture_output=True, text=True)
-    if done.returncode != 0:
-        lines = [ln for ln in (done.stderr or done.stdout).strip().splitlines() if ln.strip()]
-        raise OrinflowError(f"ONNX Runtime quantization failed: {lines[-1] if lines else done.returncode}")
+        if done.returncode != 0:
+            lines = [ln for ln in (done.stderr or done.stdout).strip().splitlines() if ln.strip()]
+            raise OrinflowError(f"ONNX Runtime quantization failed: {lines[-1] if lines else done.returncode}")
+        return json.loads((Path(work) / "layout.json").read_text())["aligned_convs"]

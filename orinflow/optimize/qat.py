@@ -52,6 +52,7 @@ class QATConfig:
     seed: int = 0
     max_steps: int | None = None  # cap per epoch (quick runs, tests)
     resume: bool = False  # continue from the checkpoint of an interrupted run
+    flip: bool = False  # mirror a random half of each batch (teacher, student and labels alike)
 
     def fingerprint(self) -> dict:
         """What must match for a checkpoint to be resumed (the epoch count may grow)."""
@@ -183,7 +184,13 @@ class Objective:
         if self.labels and adapter.task == "detect":
             self.detection_loss = detection_label_loss(adapter.family, student.module)
 
+        self.rng = np.random.default_rng(config.seed + 1)
+
     def __call__(self, images: torch.Tensor, labels, metas) -> torch.Tensor:
+        flipped = self.rng.random(len(images)) < 0.5 if self.config.flip else np.zeros(len(images), bool)
+        if flipped.any():
+            images = images.clone()
+            images[torch.from_numpy(flipped)] = images[torch.from_numpy(flipped)].flip(-1)
         outputs = self.student.module(images)  # beneath RawOutput: Ultralytics heads add their training outputs
         first = outputs[0] if isinstance(outputs, (tuple, list)) else outputs
         processing = self.adapter.processing
@@ -198,7 +205,11 @@ class Objective:
             if self.detection_loss is None:
                 loss = loss + F.cross_entropy(first, torch.as_tensor(labels, device=images.device))
             else:
-                loss = loss + self.detection_loss(outputs, input_targets(labels, metas, processing.imgsz))
+                targets = input_targets(labels, metas, processing.imgsz)
+                mirrored = torch.from_numpy(flipped)[targets[:, 0].long()] if len(targets) else None
+                if mirrored is not None and mirrored.any():
+                    targets[mirrored, 2] = 1 - targets[mirrored, 2]  # x centre, normalised to the input
+                loss = loss + self.detection_loss(outputs, targets)
         return loss
 
 

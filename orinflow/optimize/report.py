@@ -87,7 +87,7 @@ def qdq_report(model: onnx.ModelProto, target: str, mode: str, decode: set[str])
     return report
 
 
-DATA_MOVEMENT = {"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity"}
+DATA_MOVEMENT = {"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Slice"}
 
 
 def _op(index: GraphIndex, name: str) -> str:

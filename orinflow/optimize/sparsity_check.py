@@ -7,10 +7,13 @@ multiple of 16, output channels a multiple of 8.
 """
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from .cpu_layout import ALIGNED_METADATA
 from .graph import LEARNED_COMPUTE, GraphIndex
 from .report import ComputeNode, output_shapes
 
@@ -45,8 +48,16 @@ def is_2to4(weights: np.ndarray) -> bool:
     return bool(((groups != 0).sum(-1) <= 2).all())
 
 
+def true_output_channels(model: onnx.ModelProto) -> dict[str, int]:
+    """Convs the cpu target padded with zero filters (cpu_layout.py), with their real filter count."""
+    raw = next((p.value for p in model.metadata_props if p.key == ALIGNED_METADATA), "{}")
+    return {name: info["output_channels"] for name, info in json.loads(raw).items()}
+
+
 def sparsity_report(model: onnx.ModelProto) -> dict:
+    """Per-layer 2:4 status; zero filters added for ONNX Runtime's kernels are left out, as TensorRT sees none."""
     index = GraphIndex(model)
+    real_outputs = true_output_channels(model)
     compute = [n for n in index.nodes if n.op_type in LEARNED_COMPUTE]
     shapes = output_shapes(model, [n.output[0] for n in compute])
     layers, total, sparse_flops = [], 0, 0
@@ -54,6 +65,8 @@ def sparsity_report(model: onnx.ModelProto) -> dict:
         flops = ComputeNode(index, node).flops(shapes)
         total += flops
         weight = weight_array(index, node)
+        if weight is not None and node.name in real_outputs:
+            weight = weight[:real_outputs[node.name]]
         arranged = as_reduction_last(node, weight) if weight is not None else None
         eligible = arranged is not None and arranged.shape[-1] % 16 == 0 and arranged.shape[0] % 8 == 0
         sparse = eligible and is_2to4(arranged)
