@@ -372,6 +372,8 @@ LabelsOpt = Annotated[Optional[bool], typer.Option("--labels/--no-labels", help=
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N. Several GPUs: launch with "
                                         "`torchrun --nproc_per_node N -m orinflow.cli ...` and --device cuda.")]
 MaxStepsOpt = Annotated[Optional[int], typer.Option("--max-steps", help="Cap on steps per epoch.")]
+FlipOpt = Annotated[bool, typer.Option("--flip/--no-flip", help="Mirror a random half of each batch (teacher, "
+                                       "student and labels alike).")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from the checkpoint "
                                          "saved after each epoch (<output>.qat.pt / .sat.pt).")]
 SparseMethodOpt = Annotated[str, typer.Option("--method", help="2:4 mask: magnitude, or sparsegpt (uses "
@@ -393,14 +395,14 @@ def _training_setup(model, data, split, epochs, batch, lr, arch, imgsz, mean, st
     return adapter, load_dataset(data, split)
 
 
-def _train_config(epochs, lr, batch, calib_images, distill, labels, device, max_steps, resume):
+def _train_config(epochs, lr, batch, calib_images, distill, labels, device, max_steps, resume, flip):
     """The training settings; under torchrun this also joins the process group and picks the rank's device."""
     from .optimize import distributed
     from .optimize.qat import QATConfig
 
     device = distributed.setup(device)
     return QATConfig(epochs=epochs, lr=lr, batch=batch, calib_images=calib_images, distill=distill, labels=labels,
-                     device=device, max_steps=max_steps, resume=resume)
+                     device=device, max_steps=max_steps, resume=resume, flip=flip)
 
 
 def _compare(models: list[Path], data, val_data, val_split, batch: int, runs: int, title: str) -> None:
@@ -445,6 +447,7 @@ def qat(
     labels: LabelsOpt = None,
     device: DeviceOpt = "cpu",
     max_steps: MaxStepsOpt = None,
+    flip: FlipOpt = False,
     resume: ResumeOpt = False,
     runs: Annotated[int, typer.Option("--runs", help="Timed latency runs in the comparison (0 skips).")] = 20,
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output Q/DQ .onnx (default: "
@@ -462,7 +465,7 @@ def qat(
         raise OrinflowError("--epochs must be >= 1")
     adapter, train_set = _training_setup(model, data, split, epochs, batch, lr, arch, imgsz, mean, std, crop, "QAT")
     output = output or workspace() / "qat" / Path(model).stem / f"{Path(model).stem}_qat_int8.onnx"
-    config = _train_config(epochs, lr, batch, calib_images, distill, labels, device, max_steps, resume)
+    config = _train_config(epochs, lr, batch, calib_images, distill, labels, device, max_steps, resume, flip)
     fp32 = _reference_onnx(adapter, output, "_fp32_ref.onnx")
     record = run_qat(adapter, train_set, config, output, say=console.print)
     if _other_rank(record):
@@ -489,6 +492,7 @@ def sparsify(
     labels: LabelsOpt = None,
     device: DeviceOpt = "cpu",
     max_steps: MaxStepsOpt = None,
+    flip: FlipOpt = False,
     resume: ResumeOpt = False,
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output 2:4-sparse FP32 .onnx (default: "
                                                    "workspace/sat/<model>/<model>_sparse24.onnx).")] = None,
@@ -503,7 +507,7 @@ def sparsify(
     adapter, train_set = _training_setup(model, data, split, epochs, batch, lr, arch, imgsz, mean, std, crop,
                                          "sparsify")
     output = output or workspace() / "sat" / Path(model).stem / f"{Path(model).stem}_sparse24.onnx"
-    config = _train_config(epochs, lr, batch, calib_images, distill, labels, device, max_steps, resume)
+    config = _train_config(epochs, lr, batch, calib_images, distill, labels, device, max_steps, resume, flip)
     dense = _reference_onnx(adapter, output, "_dense_ref.onnx")
     record = run_sat(adapter, train_set, method, config, output, say=console.print)
     if _other_rank(record):
@@ -532,6 +536,7 @@ def sparse_qat(
     labels: LabelsOpt = None,
     device: DeviceOpt = "cpu",
     max_steps: MaxStepsOpt = None,
+    flip: FlipOpt = False,
     resume: ResumeOpt = False,
     runs: Annotated[int, typer.Option("--runs", help="Timed latency runs in the comparison (0 skips).")] = 20,
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output Q/DQ + 2:4 .onnx (default: "
@@ -551,10 +556,11 @@ def sparse_qat(
                                          "sparse-qat")
     stem = Path(model).stem
     output = output or workspace() / "sparse_qat" / stem / f"{stem}_sparse24_qat_int8.onnx"
-    sat_config = _train_config(sat_epochs, lr, batch, calib_images, distill, labels, device, max_steps, resume)
+    sat_config = _train_config(sat_epochs, lr, batch, calib_images, distill, labels, device, max_steps, resume, flip)
     if qat_lr is not None and qat_lr <= 0:
         raise OrinflowError("--qat-lr must be > 0")
-    qat_config = _train_config(qat_epochs, qat_lr or lr, batch, calib_images, distill, labels, device, max_steps, resume)
+    qat_config = _train_config(qat_epochs, qat_lr or lr, batch, calib_images, distill, labels, device, max_steps,
+                               resume, flip)
     fp32 = _reference_onnx(adapter, output, "_fp32_ref.onnx")
     record = run_sparse_qat(adapter, train_set, method, sat_config, qat_config, output, say=console.print)
     if _other_rank(record):
