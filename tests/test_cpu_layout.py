@@ -108,6 +108,7 @@ def test_cpu_target_pads_the_detect_convs_and_keeps_outputs(demo_quantized, tmp_
     assert aligned and all(info["output_channels"] % 4 or info["output_channels"] < 16 for info in aligned.values())
     model = onnx.load(record["model"])
     assert {p.key for p in model.metadata_props} >= {"orinflow.channel_aligned"}
+    assert load_model(record["model"]).num_params() == fp32.num_params()  # zero filters are not parameters
     # The re-layout is exact in FP32: the padded graph's detections equal the export's.
     reference = _run(onnx.load(str(fp32.path)), calib[:1])[0]
     padded = onnx.load(str(fp32.path))

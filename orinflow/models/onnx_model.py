@@ -8,6 +8,7 @@ from pathlib import Path
 import onnx
 
 from ..errors import OrinflowError
+from ..optimize.cpu_layout import true_output_channels
 from .processing import Processing, UsesProcessing
 
 META_PROCESSING = "orinflow.processing"
@@ -25,7 +26,8 @@ class OnnxModel(UsesProcessing):
 
     def num_params(self) -> int:
         """Weights and biases of the layers that learn (Conv, Gemm, MatMul, norms), not graph constants."""
-        graph = onnx.load(str(self.path), load_external_data=False).graph
+        model = onnx.load(str(self.path), load_external_data=False)
+        graph = model.graph
         qdq = {n.output[0]: n.input[0] for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")}
 
         def stored(name: str) -> str:  # through Q/DQ to the weights as stored (float or quantized)
@@ -34,7 +36,15 @@ class OnnxModel(UsesProcessing):
             return name
 
         learned = {stored(name) for node in graph.node if node.op_type in LEARNED_OPS for name in node.input[1:]}
-        return sum(_numel(t.dims) for t in graph.initializer if t.name in learned)
+        dims = {t.name: list(t.dims) for t in graph.initializer}
+        total = sum(_numel(d) for name, d in dims.items() if name in learned)
+        padded = true_output_channels(model)
+        for node in graph.node:  # zero filters the cpu target added for ONNX Runtime's kernels are not parameters
+            real = padded.get(node.name) if node.op_type == "Conv" else None
+            for name in node.input[1:3] if real is not None else ():
+                shape = dims.get(stored(name), [real])
+                total -= (shape[0] - real) * _numel(shape[1:])
+        return total
 
 
 def _numel(dims) -> int:

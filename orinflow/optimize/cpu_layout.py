@@ -14,6 +14,8 @@ Both rewrites below leave every output value as it was:
 """
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
@@ -21,6 +23,12 @@ from onnx import helper, numpy_helper
 CHANNEL_ALIGN = 4
 MIN_OUTPUT_CHANNELS = 16
 ALIGNED_METADATA = "orinflow.channel_aligned"  # JSON {conv: {"space_to_depth", "output_channels"}}
+
+
+def true_output_channels(model: onnx.ModelProto) -> dict[str, int]:
+    """Convs padded with zero filters here (from the model's metadata), with their real filter count."""
+    raw = next((p.value for p in model.metadata_props if p.key == ALIGNED_METADATA), "{}")
+    return {name: info["output_channels"] for name, info in json.loads(raw).items()}
 
 
 def _aligned(count: int, minimum: int = 1) -> int:

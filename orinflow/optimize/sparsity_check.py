@@ -7,13 +7,11 @@ multiple of 16, output channels a multiple of 8.
 """
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .cpu_layout import ALIGNED_METADATA
+from .cpu_layout import true_output_channels
 from .graph import LEARNED_COMPUTE, GraphIndex
 from .report import ComputeNode, output_shapes
 
@@ -46,12 +44,6 @@ def is_2to4(weights: np.ndarray) -> bool:
     """At most two non-zeros in every group of four along the last axis."""
     groups = weights.reshape(-1, weights.shape[-1] // 4, 4)
     return bool(((groups != 0).sum(-1) <= 2).all())
-
-
-def true_output_channels(model: onnx.ModelProto) -> dict[str, int]:
-    """Convs the cpu target padded with zero filters (cpu_layout.py), with their real filter count."""
-    raw = next((p.value for p in model.metadata_props if p.key == ALIGNED_METADATA), "{}")
-    return {name: info["output_channels"] for name, info in json.loads(raw).items()}
 
 
 def sparsity_report(model: onnx.ModelProto) -> dict:
