@@ -23,7 +23,7 @@ def _conv(name, x, y, out_ch, in_ch, k, stride=1, pad=0, bias=True, **attrs):
     return node, inits
 
 
-def _stem_and_head_model(side=32):
+def _stem_and_head_model(side=32, batch=1):
     """A YOLOv5-like stem (3 channels, 6x6 stride 2), a 3x3/2 conv it cannot fold, a head with 10 filters."""
     stem, a = _conv("stem", "images", "s", 16, 3, 6, 2, 2)
     act = [helper.make_node("Sigmoid", ["s"], ["sg"], name="sig"), helper.make_node("Mul", ["s", "sg"], ["a"], name="mul")]
@@ -32,7 +32,7 @@ def _stem_and_head_model(side=32):
     head, d = _conv("head", "d", "h", 10, 8, 1, bias=False)
     graph = helper.make_graph(
         [stem, *act, side_conv, dilated, head], "g",
-        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, side, side])],
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [batch, 3, side, side])],
         [helper.make_tensor_value_info("h", TensorProto.FLOAT, list("nchw")),
          helper.make_tensor_value_info("o", TensorProto.FLOAT, list("nchw"))], a + b + c + d)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -66,6 +66,7 @@ def test_alignment_keeps_every_output_and_reaches_the_kernel_layout():
 
 def test_space_to_depth_needs_a_divisible_input():
     assert align_conv_channels(_stem_and_head_model(side=30))["stem"]["space_to_depth"] == 2
+    assert align_conv_channels(_stem_and_head_model(batch="N"))["stem"]["space_to_depth"] == 2  # dynamic batch
     odd = _stem_and_head_model(side=31)  # folding 6x6/2 needs H and W divisible by 2
     changed = align_conv_channels(odd)
     assert "stem" not in changed and "head" in changed

@@ -86,14 +86,10 @@ def _replace_initializer(graph, initializers, old: str, array: np.ndarray, new: 
 
 
 def _static_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
-    """Tensor name -> dims, for the tensors whose dims shape inference fixes completely."""
+    """Tensor name -> dims from shape inference, 0 where a dim is symbolic (a dynamic batch)."""
     graph = onnx.shape_inference.infer_shapes(model).graph
-    shapes = {}
-    for info in list(graph.input) + list(graph.value_info):
-        dims = info.type.tensor_type.shape.dim
-        if dims and all(d.HasField("dim_value") for d in dims):
-            shapes[info.name] = tuple(d.dim_value for d in dims)
-    return shapes
+    return {info.name: tuple(d.dim_value if d.HasField("dim_value") else 0 for d in info.type.tensor_type.shape.dim)
+            for info in list(graph.input) + list(graph.value_info)}
 
 
 def _space_to_depth_block(node: onnx.NodeProto, shape: tuple[int, ...], input_hw: tuple[int, ...]) -> int:
