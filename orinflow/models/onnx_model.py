@@ -38,12 +38,11 @@ class OnnxModel(UsesProcessing):
         learned = {stored(name) for node in graph.node if node.op_type in LEARNED_OPS for name in node.input[1:]}
         dims = {t.name: list(t.dims) for t in graph.initializer}
         total = sum(_numel(d) for name, d in dims.items() if name in learned)
-        padded = true_output_channels(model)
-        for node in graph.node:  # zero filters the cpu target added for ONNX Runtime's kernels are not parameters
-            real = padded.get(node.name) if node.op_type == "Conv" else None
-            for name in node.input[1:3] if real is not None else ():
-                shape = dims.get(stored(name), [real])
-                total -= (shape[0] - real) * _numel(shape[1:])
+        padded = true_output_channels(model)  # zero filters the cpu target added are not parameters
+        for node in (n for n in graph.node if n.name in padded):
+            for name in node.input[1:3]:  # weight, bias
+                shape = dims.get(stored(name), [padded[node.name]])
+                total -= (shape[0] - padded[node.name]) * _numel(shape[1:])
         return total
 
 

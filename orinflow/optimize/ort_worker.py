@@ -18,19 +18,15 @@ def main(job: dict) -> None:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from . import quietly
-    from .cpu_layout import align_conv_channels, quantize_before_space_to_depth
     from .ptq import CalibReader, calibration_stride
 
     methods = {"entropy": CalibrationMethod.Entropy, "max": CalibrationMethod.MinMax,
                "percentile": CalibrationMethod.Percentile}
     calib = np.load(job["calib"], mmap_mode="r")
-    model = onnx.load(job["src"])
-    input_name = model.graph.input[0].name
-    aligned_convs = align_conv_channels(model, skip=set(job["exclude"]))
-    aligned, prepared = Path(job["work"]) / "aligned.onnx", Path(job["work"]) / "prepared.onnx"
-    onnx.save(model, str(aligned))
+    input_name = onnx.load(job["src"], load_external_data=False).graph.input[0].name
+    prepared = Path(job["work"]) / "prepared.onnx"
     with quietly():
-        quant_pre_process(str(aligned), str(prepared), skip_symbolic_shape=True)
+        quant_pre_process(job["src"], str(prepared), skip_symbolic_shape=True)
         quantize_static(
             str(prepared), job["out"], CalibReader(input_name, calib), quant_format=QuantFormat.QDQ,
             # U8 activations with S8 weights: the pairing ORT's x86 kernels fuse (S8S8 runs slower than FP32).
@@ -40,10 +36,6 @@ def main(job: dict) -> None:
                            "CalibPercentile": job["percentile"], "WeightSymmetric": True,
                            "ActivationSymmetric": False},
         )
-    quantized = onnx.load(job["out"])
-    if quantize_before_space_to_depth(quantized):
-        onnx.save(quantized, job["out"])
-    (Path(job["work"]) / "layout.json").write_text(json.dumps({"aligned_convs": aligned_convs}))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from ..io import atomic_path, write_json
 from ..models.onnx_model import OnnxModel, read_metadata, write_metadata
 from ..progress import status
 from . import quietly
-from .cpu_layout import ALIGNED_METADATA
+from .cpu_layout import ALIGNED_METADATA, align_conv_channels, quantize_before_space_to_depth
 from .graph import QDQ_OPS, decode_nodes
 from .report import qdq_report
 from .sparsity_check import sparsity_summary
@@ -101,6 +101,8 @@ def quantize_onnx(source: OnnxModel, calib: np.ndarray, spec: QuantizeSpec, outp
             else:
                 aligned_convs = _ort_quantize(source.path, calib, spec, exclude, tmp)
         quantized = onnx.load(str(tmp))
+        if spec.target == "cpu":
+            quantize_before_space_to_depth(quantized)
         extra = {ALIGNED_METADATA: json.dumps(aligned_convs)} if aligned_convs else {}
         write_metadata(quantized, read_metadata(model) | {"orinflow.quantization": _spec_json(spec)} | extra)
         onnx.save(quantized, str(tmp))
@@ -286,21 +288,24 @@ def calibration_stride(count: int, limit: int = CALIB_CHUNK) -> int:
 
 # ------------------------------------------------------------------ cpu target (ONNX Runtime)
 def _ort_quantize(src: Path, calib: np.ndarray, spec: QuantizeSpec, exclude: list[str], out: Path) -> dict[str, dict]:
-    """Runs in a fresh interpreter: importing ModelOpt patches ONNX Runtime's calibrators in place.
-
-    Returns the convs whose channels were re-laid out for ONNX Runtime's fast kernels (cpu_layout.py).
+    """Re-lays the convs for ONNX Runtime's fast kernels (cpu_layout.py) and returns them; the
+    quantization runs in a fresh interpreter, as importing ModelOpt patches ONNX Runtime's calibrators.
     """
     import subprocess
     import sys
 
     with tempfile.TemporaryDirectory() as work:
+        model = onnx.load(str(src))
+        aligned_convs = align_conv_channels(model, skip=set(exclude))
+        aligned = Path(work) / "aligned.onnx"
+        onnx.save(model, str(aligned))
         calib_path = Path(work) / "calib.npy"
         np.save(calib_path, np.asarray(calib, np.float32))
-        job = {"src": str(src), "calib": str(calib_path), "method": spec.method, "percentile": spec.percentile,
+        job = {"src": str(aligned), "calib": str(calib_path), "method": spec.method, "percentile": spec.percentile,
                "exclude": exclude, "out": str(out), "work": work, "chunk": CALIB_CHUNK}
         done = subprocess.run([sys.executable, "-m", "orinflow.optimize.ort_worker", json.dumps(job)],
                               capture_output=True, text=True)
-        if done.returncode != 0:
-            lines = [ln for ln in (done.stderr or done.stdout).strip().splitlines() if ln.strip()]
-            raise OrinflowError(f"ONNX Runtime quantization failed: {lines[-1] if lines else done.returncode}")
-        return json.loads((Path(work) / "layout.json").read_text())["aligned_convs"]
+    if done.returncode != 0:
+        lines = [ln for ln in (done.stderr or done.stdout).strip().splitlines() if ln.strip()]
+        raise OrinflowError(f"ONNX Runtime quantization failed: {lines[-1] if lines else done.returncode}")
+    return aligned_convs

@@ -187,10 +187,11 @@ class Objective:
         self.rng = np.random.default_rng(config.seed + 1)
 
     def __call__(self, images: torch.Tensor, labels, metas) -> torch.Tensor:
-        flipped = self.rng.random(len(images)) < 0.5 if self.config.flip else np.zeros(len(images), bool)
+        flipped = torch.from_numpy(self.rng.random(len(images)) < 0.5 if self.config.flip
+                                   else np.zeros(len(images), bool))
         if flipped.any():
             images = images.clone()
-            images[torch.from_numpy(flipped)] = images[torch.from_numpy(flipped)].flip(-1)
+            images[flipped] = images[flipped].flip(-1)
         outputs = self.student.module(images)  # beneath RawOutput: Ultralytics heads add their training outputs
         first = outputs[0] if isinstance(outputs, (tuple, list)) else outputs
         processing = self.adapter.processing
@@ -206,9 +207,8 @@ class Objective:
                 loss = loss + F.cross_entropy(first, torch.as_tensor(labels, device=images.device))
             else:
                 targets = input_targets(labels, metas, processing.imgsz)
-                mirrored = torch.from_numpy(flipped)[targets[:, 0].long()] if len(targets) else None
-                if mirrored is not None and mirrored.any():
-                    targets[mirrored, 2] = 1 - targets[mirrored, 2]  # x centre, normalised to the input
+                mirrored = flipped[targets[:, 0].long()]
+                targets[mirrored, 2] = 1 - targets[mirrored, 2]  # x centre, normalised to the input
                 loss = loss + self.detection_loss(outputs, targets)
         return loss
 
