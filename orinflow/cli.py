@@ -253,6 +253,50 @@ def _print_qdq(report: dict) -> None:
             console.print(f"  [yellow]{problem}[/yellow]", highlight=False)
 
 
+# ---- accuracy budget and sensitivity (optimize/sensitivity.py)
+MaxDropOpt = Annotated[Optional[float], typer.Option("--max-drop", help="Accuracy budget: fall back the most harmful "
+                                                     "quantization groups until the main metric (mAP50-95 or top-1) "
+                                                     "on --select-yaml drops at most this many points.")]
+MaxFallbackOpt = Annotated[float, typer.Option("--max-fallback", help="Share of conv FLOPs allowed to leave INT8 "
+                                               "under --max-drop.")]
+MaxStepsOpt2 = Annotated[int, typer.Option("--max-steps", help="Fallback trials under --max-drop (each measures "
+                                           "the selection metric).")]
+SelectYamlOpt = Annotated[Optional[str], typer.Option("--select-yaml", help="Labelled selection data (never the "
+                                                      "data you claim figures on).")]
+SelectSplitOpt = Annotated[str, typer.Option("--select-split", help="Split of --select-yaml.")]
+SelectImagesOpt = Annotated[int, typer.Option("--select-images", help="Selection images drawn (seeded) for every "
+                                              "accuracy measurement (0: all).")]
+
+
+def _budget(max_drop, max_fallback, max_steps, select_yaml, select_split, select_images, threads=None):
+    """(BudgetSpec, selection Dataset, SensitivityOptions), or None without --max-drop; checked before any work."""
+    from .data import load_dataset
+    from .optimize.sensitivity import BudgetSpec, SensitivityOptions, selection_subset
+
+    if max_drop is None:
+        return None
+    budget = BudgetSpec(max_drop=max_drop, max_fallback=max_fallback, max_steps=max_steps)
+    budget.validate()
+    if not select_yaml:
+        raise OrinflowError("--max-drop needs labelled selection data: --select-yaml data.yaml (not your claim data)")
+    options = SensitivityOptions(select_images=select_images, threads=threads)
+    options.validate()
+    select = load_dataset(select_yaml, select_split)
+    selection_subset(select, 0, 0)  # refuses unlabelled data in one line
+    return budget, select, options
+
+
+def _print_budget(budget: dict) -> None:
+    verdict = "[green]met[/green]" if budget["met"] else "[red]not met[/red]"
+    console.print(f"budget {budget['max_drop']:.2f} points {verdict}: {budget['metric']} on {budget['select_data']} "
+                  f"FP32 {budget['fp32']:.4f}, full INT8 {budget['full_int8']:.4f}, final {budget['final']:.4f} "
+                  f"({-budget['drop_points']:+.2f} points), {len(budget['fallback'])} group(s) in "
+                  f"{budget['fallback_precision']}, INT8 FLOP share {budget['int8_flop_share']:.1%}")
+    if not budget["met"]:
+        console.print(f"[yellow]the budget is not met within --max-fallback {budget['max_fallback']:.0%} and "
+                      f"--max-steps {budget['max_steps']}; the best model reached is written[/yellow]")
+
+
 @app.command()
 @cli_errors
 def quantize(
@@ -270,11 +314,20 @@ def quantize(
     exclude: ExcludeOpt = None,
     head_protect: HeadOpt = True,
     high_precision: HighPrecisionOpt = "fp32",
+    max_drop: MaxDropOpt = None,
+    max_fallback: MaxFallbackOpt = 0.10,
+    max_steps: MaxStepsOpt2 = 12,
+    select_yaml: SelectYamlOpt = None,
+    select_split: SelectSplitOpt = "val",
+    select_images: SelectImagesOpt = 300,
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output .onnx (default: "
                                                    "workspace/models/onnx/<target>/<name>_<mode>_<method>.onnx).")] = None,
     verbose: VerboseOpt = False,
 ):
-    """Post-training quantization of an FP32 ONNX into Q/DQ ONNX (INT8, FP8 or INT4), with a Q/DQ report."""
+    """Post-training quantization of an FP32 ONNX into Q/DQ ONNX (INT8, FP8 or INT4), with a Q/DQ report.
+
+    With --max-drop, groups that cost accuracy fall back to high precision until the budget holds on --select-yaml.
+    """
     from .config import workspace
     from .data import load_dataset
     from .data.calibration import build_calibration, load_calibration
@@ -284,6 +337,7 @@ def quantize(
     from .optimize.sparsity_check import describe
 
     spec = _quant_spec(mode, method, target, percentile, exclude, head_protect, high_precision)
+    budget = _budget(max_drop, max_fallback, max_steps, select_yaml, select_split, select_images)
     source = _load(model, None, None, None, None, None)
     if not isinstance(source, OnnxModel):
         raise OrinflowError(f"{model} is not ONNX: export it first (`orinflow export`) or run `orinflow ptq`")
@@ -294,11 +348,71 @@ def quantize(
     else:
         raise OrinflowError("give calibration data: --calib calib.npy, or --yaml data.yaml to build it")
     output = output or workspace() / "models" / "onnx" / target / quantized_name(Path(model).stem, spec)
-    record = quantize_onnx(source, array, spec, output)
+    if budget:
+        from .optimize.sensitivity import fit_budget
+
+        record = fit_budget(source, array, spec, budget[1], budget[0], output, budget[2], say=console.print)
+    else:
+        record = quantize_onnx(source, array, spec, output)
     console.print(f"quantized [bold]{output}[/bold] ({mode}, {method}, {target}) from {len(array)} calibration "
                   f"images in {record['seconds']} s")
     _print_qdq(record["qdq_report"])
+    if budget:
+        _print_budget(record["budget"])
     console.print(describe(record["sparsity"]))
+
+
+# ---------------------------------------------------------------- sensitivity
+@app.command()
+@cli_errors
+def sensitivity(
+    model: Annotated[str, typer.Option("-m", "--model", help="FP32 ONNX exported by `orinflow export`.")],
+    calib: Annotated[Path, typer.Option("--calib", help="Calibration .npy from `orinflow calibrate`.")],
+    data: Annotated[Optional[str], typer.Option("--yaml", "--data", help="Labelled selection data (never the data "
+                                                "you claim figures on).")] = None,
+    split: Annotated[str, typer.Option("--split", help="Split of the selection data.")] = "val",
+    method: Annotated[str, typer.Option("--method", help="Activation calibration: entropy, max or "
+                                        "percentile.")] = "max",
+    target: TargetOpt = "tensorrt",
+    percentile: PercentileOpt = 99.999,
+    head_protect: HeadOpt = True,
+    select_images: SelectImagesOpt = 300,
+    sqnr_images: Annotated[int, typer.Option("--sqnr-images", help="Calibration images for the output-error "
+                                             "(SQNR) views.")] = 16,
+    top: Annotated[int, typer.Option("--top", help="Worst groups whose selection metric is measured.")] = 4,
+    threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads (default: all).")] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Measure again even when a cached result exists.")]
+    = False,
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Folder for sensitivity.json and "
+                                                   "sensitivity.png (default: workspace/sensitivity/<model>_<method>"
+                                                   "_<target>).")] = None,
+    verbose: VerboseOpt = False,
+):
+    """Rank quantization groups by the accuracy they cost: each alone, each kept in float, and the selection metric."""
+    from .data import load_dataset
+    from .data.calibration import load_calibration
+    from .models import OnnxModel
+    from .config import workspace
+    from .optimize.sensitivity import SensitivityOptions, measure_sensitivity, selection_subset
+    from .report.sensitivity import table, write_sensitivity
+
+    spec = _quant_spec("int8", method, target, percentile, None, head_protect, "fp32")
+    options = SensitivityOptions(sqnr_images=sqnr_images, select_images=select_images, top=top, threads=threads)
+    options.validate()
+    if not data:
+        raise OrinflowError("give labelled selection data with --yaml data.yaml (not the data you claim figures on)")
+    select = load_dataset(data, split)
+    selection_subset(select, 0, 0)
+    source = _load(model, None, None, None, None, None)
+    if not isinstance(source, OnnxModel):
+        raise OrinflowError(f"{model} is not ONNX: export it first (`orinflow export`)")
+    array = load_calibration(calib, source.processing)
+    folder = output or workspace() / "sensitivity" / f"{Path(model).stem}_{method}_{target}"
+    record = measure_sensitivity(source, array, spec, select, options, say=console.print, use_cache=not no_cache)
+    written = write_sensitivity(record, folder)
+    console.print(table(record))
+    console.print(f"measured in {record['seconds']} s (peak memory {record['peak_memory_mb']:.0f} MB)"
+                  f"{', read from cache' if record['cached'] else ''}; record {written['json']}, plot {written['plot']}")
 
 
 # ---------------------------------------------------------------- ptq (route 1)

@@ -51,6 +51,15 @@ class ComputeNode:
         self.weight_shape = list(tensor.dims) if tensor is not None else None
 
     @property
+    def output_channels(self) -> int | None:
+        """Output channels of the weight: axis 1 of a ConvTranspose (Cin, Cout/groups, ...), else axis 0."""
+        if not self.weight_shape:
+            return None
+        if self.node.op_type == "ConvTranspose":
+            return self.weight_shape[1] if len(self.weight_shape) > 1 else None
+        return self.weight_shape[0]
+
+    @property
     def quantized(self) -> bool:
         return self.input_dq is not None and self.weight_dq is not None
 
@@ -118,9 +127,10 @@ def tensorrt_lint(index: GraphIndex, compute: list[ComputeNode]) -> list[str]:
         if (c.input_dq is None) != (c.weight_dq is None):
             which = "input" if c.input_dq is None else "weight"
             problems.append(f"{name}: {which} has no Q/DQ pair while the other side is quantized")
-        if c.weight_dq is not None and c.weight_shape and c.weight_shape[0] > 1:
+        channels = c.output_channels
+        if c.weight_dq is not None and channels and channels > 1:
             scale = _initializer_array(index, c.weight_dq.input[1])
-            if scale is not None and scale.size != c.weight_shape[0]:
+            if scale is not None and scale.size != channels:
                 problems.append(f"{name}: weight scale is per-tensor, not per output channel")
     for node in index.nodes:
         if node.op_type != "Concat":

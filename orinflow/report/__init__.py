@@ -3,8 +3,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import OrinflowError
 from ..io import atomic_path
-from .records import Row, build_rows, pareto_front
+from . import sensitivity
+from .records import Row, build_rows, find_json, pareto_front
 from .render import html_page, markdown, plots, svg_text
 
 __all__ = ["Row", "build_rows", "pareto_front", "write_report"]
@@ -14,8 +16,14 @@ def write_report(sources: list[Path], output: Path) -> dict:
     """Write report.md (+ PNG plots) and report.html (plots inline as SVG) into `output`."""
     from matplotlib import pyplot as plt
 
-    rows = build_rows(sources)
-    figures = plots(rows)
+    studies = sensitivity.find_sensitivity(find_json(sources))
+    try:
+        rows = build_rows(sources)
+    except OrinflowError:
+        if not studies:
+            raise
+        rows = []  # a report of sensitivity studies alone
+    figures = plots(rows) if rows else {}
     names = {title: f"report_{title.replace(' ', '_')}.png" for title in figures}
     svgs = {}
     for title, figure in figures.items():
@@ -25,8 +33,8 @@ def write_report(sources: list[Path], output: Path) -> dict:
         plt.close(figure)
     labels = [str(s) for s in sources]
     with atomic_path(output / "report.md") as tmp:
-        tmp.write_text(markdown(rows, names, labels))
+        tmp.write_text(markdown(rows, names, labels, [sensitivity.markdown(s) for s in studies]))
     with atomic_path(output / "report.html") as tmp:
-        tmp.write_text(html_page(rows, svgs, labels))
-    return {"rows": len(rows), "markdown": output / "report.md", "html": output / "report.html",
+        tmp.write_text(html_page(rows, svgs, labels, [sensitivity.html_section(s) for s in studies]))
+    return {"rows": len(rows), "sensitivity": len(studies), "markdown": output / "report.md", "html": output / "report.html",
             "pareto_front": [r.name for r in pareto_front(rows)]}

@@ -21,6 +21,7 @@ class Row:
     int8_flop_share: float | None
     sparse_flop_share: float | None
     baseline: "Row | None" = field(default=None, repr=False)
+    budget: dict | None = None  # the accuracy budget the model was quantized under (--max-drop)
 
     @property
     def name(self) -> str:
@@ -113,7 +114,7 @@ def make_row(record: dict) -> Row:
     method = quant.get("method") or {"qat": "qat", "sparse-qat": "qat", "sat": made.get("method", "")}.get(route, "-")
     target = quant.get("target") or ("tensorrt" if route in ("qat", "sparse-qat") else "-")
     return Row(record, route, mode, method or "-", target, qdq.get("quantized_flop_share"),
-               sparsity.get("sparse_flop_share"))
+               sparsity.get("sparse_flop_share"), budget=made.get("budget"))
 
 
 def link_baselines(rows: list[Row]) -> None:

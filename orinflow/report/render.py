@@ -46,12 +46,32 @@ def _share(value: float | None) -> str:
     return "-" if value is None else f"{value:.1%}"
 
 
-def markdown(rows: list[Row], plots: dict[str, str], sources: list[str]) -> str:
+def budget_lines(rows: list[Row]) -> list[str]:
+    """One line per model quantized under an accuracy budget: what it cost and where."""
+    lines = []
+    for row in rows:
+        b = row.budget
+        if not b:
+            continue
+        groups = ", ".join(b["fallback"]) or "none"
+        lines.append(f"{row.name}: budget {b['max_drop']:.2f} points {'met' if b['met'] else 'NOT met'} on "
+                     f"{b['select_data']} ({b['metric']} FP32 {b['fp32']:.4f}, full INT8 {b['full_int8']:.4f}, "
+                     f"budgeted {b['final']:.4f}); INT8 FLOP share {b['int8_flop_share']:.1%}; in "
+                     f"{b['fallback_precision']}: {groups}")
+    return lines
+
+
+def markdown(rows: list[Row], plots: dict[str, str], sources: list[str], sections: list[str] = ()) -> str:
     header, body = table(rows)
-    lines = ["# orinflow report", "", f"{len(rows)} evaluated models from {', '.join(sources)}.", "",
-             "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(cells) + " |" for cells in body]
-    lines += ["", _notes(rows), ""]
+    lines = ["# orinflow report", "", f"{len(rows)} evaluated models from {', '.join(sources)}.", ""]
+    if rows:
+        lines += ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+        lines += ["| " + " | ".join(cells) + " |" for cells in body]
+        lines += ["", _notes(rows), ""]
+    budgets = budget_lines(rows)
+    if budgets:
+        lines += ["## Accuracy budgets", ""] + [f"- {line}" for line in budgets] + [""]
+    lines += list(sections)
     lines += [f"![{title}]({name})" for title, name in plots.items()]
     return "\n".join(lines) + "\n"
 
@@ -63,7 +83,7 @@ def _notes(rows: list[Row]) -> str:
             f"Pareto front (batch-1 latency vs accuracy): {front or 'no latency recorded'}.")
 
 
-def html_page(rows: list[Row], svgs: dict[str, str], sources: list[str]) -> str:
+def html_page(rows: list[Row], svgs: dict[str, str], sources: list[str], sections: list[str] = ()) -> str:
     header, body = table(rows)
     front = {id(r) for r in pareto_front(rows)}
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
@@ -93,6 +113,7 @@ svg {{ max-width: 640px; height: auto; }}
 {chr(10).join(trs)}
 </tbody></table>
 <p>{html.escape(_notes(rows))}</p>
+{_budget_html(rows)}{"".join(sections)}
 {figures}
 </body></html>
 """
@@ -149,3 +170,10 @@ def svg_text(figure) -> str:
     figure.savefig(buffer, format="svg")
     text = buffer.getvalue()
     return text[text.index("<svg"):]  # drop the XML prolog and doctype: inline in HTML
+
+
+def _budget_html(rows: list[Row]) -> str:
+    lines = budget_lines(rows)
+    if not lines:
+        return ""
+    return "<h2>Accuracy budgets</h2><ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>\n"

@@ -1,0 +1,277 @@
+"""Quantization groups, layer sensitivity and the accuracy budget, on the embedded detector and a classifier."""
+import json
+
+import numpy as np
+import onnx
+import pytest
+from typer.testing import CliRunner
+
+from orinflow.cli import app
+from orinflow.data import Dataset, load_dataset
+from orinflow.data.calibration import build_calibration
+from orinflow.errors import OrinflowError
+from orinflow.models import load_model
+from orinflow.optimize.graph import GraphIndex
+from orinflow.optimize.groups import dequantize_groups, quantization_groups
+from orinflow.optimize.ptq import QuantizeSpec, quantize_onnx
+from orinflow.optimize.report import ComputeNode, qdq_report
+from orinflow.optimize.sensitivity import (BudgetSpec, HeadProbe, SensitivityOptions, fit_budget, head_tensors,
+                                           measure_sensitivity, sqnr_db)
+
+runner = CliRunner()
+FAST = SensitivityOptions(sqnr_images=2, select_images=0, top=2)
+
+
+@pytest.fixture(scope="module")
+def fp32(demo_onnx):
+    return load_model(demo_onnx)
+
+
+@pytest.fixture(scope="module")
+def calib(fp32, tiny_shapes):
+    return build_calibration(fp32.processing, load_dataset(tiny_shapes, "train"), 8)
+
+
+@pytest.fixture(scope="module")
+def select(tiny_shapes):
+    return load_dataset(tiny_shapes, "train")
+
+
+@pytest.fixture(scope="module", params=["tensorrt", "cpu"])
+def quantized(request, fp32, calib, tmp_path_factory):
+    out = tmp_path_factory.mktemp("q") / f"{request.param}.onnx"
+    quantize_onnx(fp32, calib, QuantizeSpec(method="max", target=request.param), out)
+    return request.param, onnx.load(str(out))
+
+
+@pytest.fixture
+def private_workspace(tmp_path, monkeypatch):
+    monkeypatch.setenv("ORINFLOW_WORKSPACE", str(tmp_path / "ws"))
+    return tmp_path / "ws"
+
+
+def test_every_quantized_conv_is_in_exactly_one_group(quantized):
+    _, model = quantized
+    groups = quantization_groups(model)
+    index = GraphIndex(model)
+    quantized_convs = {n.name for n in index.nodes if n.op_type == "Conv" and ComputeNode(index, n).quantized}
+    members = [c for g in groups for c in g.compute]
+    assert sorted(members) == sorted(quantized_convs) and len(members) == len(set(members))
+    dqs = [q.dq for g in groups for q in g.quantizers]
+    assert len(dqs) == len(set(dqs)) == sum(n.op_type == "DequantizeLinear" for n in index.nodes)
+
+
+def test_dequantizing_every_group_gives_back_fp32(quantized, fp32, calib):
+    target, model = quantized
+    reference_model = onnx.load(str(fp32.path))
+    probe = HeadProbe(np.asarray(calib[:2]), head_tensors(reference_model, "detect"), None)
+    reference = probe.outputs(reference_model)
+    restored = probe.outputs(dequantize_groups(model, quantization_groups(model)))
+    int8 = probe.outputs(model)
+    # tensorrt: the float weights are still behind their Q; cpu: stored int8 weights come back dequantized
+    limit = 1e-4 if target == "tensorrt" else 0.05
+    assert all(float(np.abs(a - b).max()) <= limit * max(1.0, float(np.abs(a).max()))
+               for a, b in zip(reference, restored))
+    assert sqnr_db(reference, restored) > sqnr_db(reference, int8) + 10
+
+
+def test_taking_out_one_group_keeps_tensorrt_fusions(quantized):
+    target, model = quantized
+    if target != "tensorrt":
+        pytest.skip("the TensorRT lint applies to the tensorrt target")
+    groups = quantization_groups(model)
+    for group in groups:
+        cut = dequantize_groups(model, [group])
+        onnx.checker.check_model(cut)
+        report = qdq_report(cut, "tensorrt", "int8", set())
+        assert report["lint"] == [], (group.name, report["lint"])
+        assert not set(group.compute) & {c for g in groups if g is not group for c in g.compute}
+        assert set(group.compute) <= set(report["high_precision_compute_nodes"])
+
+
+def test_sqnr():
+    ref = [np.ones((2, 3)), np.full((4,), 2.0)]
+    assert sqnr_db(ref, ref) == 99.0
+    noisy = [r + 0.1 * np.sign(r) for r in ref]
+    assert 15 < sqnr_db(ref, noisy) < 25
+
+
+def test_sensitivity_ranks_groups_and_caches(fp32, calib, select, private_workspace):
+    record = measure_sensitivity(fp32, calib, QuantizeSpec(method="max"), select, FAST, say=lambda m: None)
+    gains = [g["gain_db"] for g in record["groups"]]
+    assert gains == sorted(gains, reverse=True) and len(gains) >= 10
+    assert record["lint"] == [] and not record["cached"]
+    measured = [g for g in record["groups"] if "all_but_mAP50-95" in g]
+    assert len(measured) == 2 and measured == record["groups"][:2]
+    assert abs(sum(g["flop_share"] for g in record["groups"]) - 1) < 1e-6
+    again = measure_sensitivity(fp32, calib, QuantizeSpec(method="max"), select, FAST, say=lambda m: None)
+    assert again["cached"] and again["groups"] == record["groups"]
+    other = measure_sensitivity(fp32, calib[:4], QuantizeSpec(method="max"), select, FAST, say=lambda m: None)
+    assert not other["cached"]  # a different calibration set is a different measurement
+
+
+def test_budget_falls_back_groups_and_writes_the_model(fp32, calib, select, tmp_path, private_workspace):
+    out = tmp_path / "budget.onnx"
+    record = fit_budget(fp32, calib, QuantizeSpec(method="max"), select,
+                        BudgetSpec(max_drop=0.0, max_fallback=1.0, max_steps=3), out, FAST, say=lambda m: None)
+    budget = record["budget"]
+    assert out.is_file() and json.loads(out.with_suffix(".json").read_text())["budget"] == budget
+    assert 1 <= len(budget["steps"]) <= 3
+    assert budget["final"] >= budget["full_int8"]
+    assert budget["met"] == (budget["drop_points"] <= 0.0 + 1e-9)
+    kept = [s["group"] for s in budget["steps"] if s["kept"]]
+    assert kept == budget["fallback"]
+    model = onnx.load(str(out))
+    assert set(budget["fallback_compute"]) <= set(record["qdq_report"]["high_precision_compute_nodes"])
+    assert record["qdq_report"]["lint"] == []
+    assert json.loads({p.key: p.value for p in model.metadata_props}["orinflow.fallback"]) == kept
+
+
+def test_budget_within_a_zero_cap_reports_not_met_and_still_writes(fp32, calib, select, tmp_path,
+                                                                    private_workspace):
+    out = tmp_path / "capped.onnx"
+    record = fit_budget(fp32, calib, QuantizeSpec(method="max"), select,
+                        BudgetSpec(max_drop=-0.0, max_fallback=0.0, max_steps=2), out, FAST, say=lambda m: None)
+    budget = record["budget"]
+    assert out.is_file() and budget["int8_flop_share"] == pytest.approx(budget["full_int8_flop_share"])
+    flopped = [s for s in budget["steps"] if s["reason"] == "over --max-fallback"]
+    assert budget["fallback"] == [] or all(s["flop_share"] == 0 for s in budget["steps"] if s["kept"])
+    if budget["drop_points"] > 0:
+        assert not budget["met"] and flopped
+
+
+def test_budget_refuses_bad_input(fp32, calib, select, tmp_path):
+    with pytest.raises(OrinflowError, match="--max-drop"):
+        BudgetSpec(max_drop=-0.5).validate()
+    with pytest.raises(OrinflowError, match="--max-fallback"):
+        BudgetSpec(max_drop=0.3, max_fallback=1.5).validate()
+    unlabelled = Dataset("folder", select.images)
+    with pytest.raises(OrinflowError, match="no labels"):
+        fit_budget(fp32, calib, QuantizeSpec(), unlabelled, BudgetSpec(0.3), tmp_path / "x.onnx", FAST)
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_cli_sensitivity_and_budget(fp32, calib, tiny_shapes, tmp_path, private_workspace):
+    calib_path = tmp_path / "calib.npy"
+    np.save(calib_path, calib)
+    yaml = tiny_shapes
+    result = runner.invoke(app, ["sensitivity", "-m", str(fp32.path), "--calib", str(calib_path), "--yaml", str(yaml),
+                                 "--split", "train", "--sqnr-images", "2", "--top", "1", "-o", str(tmp_path / "s")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "s" / "sensitivity.png").stat().st_size > 1000
+    assert "sensitivity of" in result.output
+    record = json.loads((tmp_path / "s" / "sensitivity.json").read_text())
+    assert record["select_images"] == len(load_dataset(yaml, "train"))
+
+    out = tmp_path / "b.onnx"
+    result = runner.invoke(app, ["quantize", "-m", str(fp32.path), "--calib", str(calib_path), "--method", "max",
+                                 "--max-drop", "5", "--select-yaml", str(yaml), "--select-split", "train",
+                                 "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "budget 5.00 points" in result.output and out.is_file()
+
+    for args, message in ((["--max-drop", "-1", "--select-yaml", str(yaml)], "--max-drop must be >= 0"),
+                          (["--max-drop", "0.3"], "--select-yaml"),
+                          (["--max-drop", "0.3", "--select-yaml", str(yaml), "--max-fallback", "2"], "--max-fallback")):
+        bad = tmp_path / "bad.onnx"
+        result = runner.invoke(app, ["quantize", "-m", str(fp32.path), "--calib", str(calib_path), "-o", str(bad),
+                                     *args])
+        assert result.exit_code == 2 and message in result.output, result.output
+        assert not bad.exists()
+
+
+def test_report_has_sensitivity_and_budget_sections(fp32, calib, select, tmp_path, private_workspace):
+    from orinflow.evaluate import EvalOptions, evaluate_model
+    from orinflow.io import write_json
+    from orinflow.report import write_report
+    from orinflow.report.sensitivity import write_sensitivity
+
+    study = measure_sensitivity(fp32, calib, QuantizeSpec(method="max"), select, FAST, say=lambda m: None)
+    write_sensitivity(study, tmp_path / "records" / "sens")
+    out = tmp_path / "b.onnx"
+    fit_budget(fp32, calib, QuantizeSpec(method="max"), select, BudgetSpec(max_drop=50.0), out, FAST,
+               say=lambda m: None)
+    for model in (fp32.path, out):
+        write_json(tmp_path / "records" / f"eval_{model.stem}.json",
+                   evaluate_model(load_model(model), select, "train", EvalOptions(measure_latency=False)))
+    written = write_report([tmp_path / "records"], tmp_path / "report")
+    text = written["markdown"].read_text()
+    assert "## Accuracy budgets" in text and "b.onnx: budget 50.00 points met" in text
+    assert "sensitivity of" in text and study["groups"][0]["name"] in text
+    assert study["groups"][0]["name"] in written["html"].read_text()
+
+
+CONV_TRANSPOSE_HEAD = """
+nc: 3
+backbone:
+  - [-1, 1, Conv, [16, 3, 2]]
+  - [-1, 1, Conv, [32, 3, 2]]
+  - [-1, 1, C2f, [32, True]]
+  - [-1, 1, Conv, [64, 3, 2]]
+  - [-1, 1, C2f, [64, True]]
+  - [-1, 1, Conv, [64, 3, 2]]
+  - [-1, 1, SPPF, [64, 5]]
+head:
+  - [-1, 1, ConvTranspose, [64, 2, 2]]
+  - [[-1, 4], 1, Concat, [1]]
+  - [-1, 1, C2f, [64]]
+  - [-1, 1, ConvTranspose, [32, 2, 2]]
+  - [[-1, 2], 1, Concat, [1]]
+  - [-1, 1, C2f, [32]]
+  - [[12, 9, 6], 1, Detect, [nc]]
+"""
+
+
+def _graph_properties_hold(fp32_model, quantized_path, calib, task):
+    """Lint 0 on the full model and on every single-group fallback; all groups out gives FP32 back."""
+    model = onnx.load(str(quantized_path))
+    report = qdq_report(model, "tensorrt", "int8", set())
+    assert report["lint"] == [], report["lint"]
+    groups = quantization_groups(model)
+    assert groups and sum(len(g.compute) for g in groups) == report["quantized_compute_nodes"]
+    for group in groups:
+        assert qdq_report(dequantize_groups(model, [group]), "tensorrt", "int8", set())["lint"] == [], group.name
+    reference = onnx.load(str(fp32_model.path))
+    probe = HeadProbe(np.asarray(calib[:1]), head_tensors(reference, task), None)
+    restored = probe.outputs(dequantize_groups(model, groups))
+    assert sqnr_db(probe.outputs(reference), restored) > 80
+
+
+@pytest.mark.parametrize("family", ["yolov8n.yaml", "yolo11n.yaml", "yolo26n.yaml", "convtranspose"])
+def test_groups_on_ultralytics_families_built_from_yaml(family, tmp_path, tiny_shapes):
+    from orinflow.export import export_onnx
+
+    if family == "convtranspose":  # a ConvTranspose upsampler: per-channel weight scales on axis 1
+        (tmp_path / "ct.yaml").write_text(CONV_TRANSPOSE_HEAD)
+        family = str(tmp_path / "ct.yaml")
+    adapter = load_model(family, imgsz=128)
+    fp32 = load_model(export_onnx(adapter, tmp_path / "m.onnx").path)
+    calib = build_calibration(fp32.processing, load_dataset(tiny_shapes, "train"), 4)
+    out = tmp_path / "q.onnx"
+    quantize_onnx(fp32, calib, QuantizeSpec(method="max"), out)
+    _graph_properties_hold(fp32, out, calib, "detect")
+    model = onnx.load(str(out))
+    index = GraphIndex(model)
+    for node in (n for n in index.nodes if n.op_type == "ConvTranspose"):
+        compute = ComputeNode(index, node)
+        assert compute.quantized
+        from onnx import numpy_helper
+
+        scale = numpy_helper.to_array(index.initializers[compute.weight_dq.input[1]])
+        assert scale.size == compute.output_channels > 1
+
+
+def test_sensitivity_on_a_classifier_with_hard_swish_and_squeeze_excite(tmp_path, class_tree, private_workspace):
+    from orinflow.export import export_onnx
+
+    adapter = load_model(None, arch="mobilenet_v3_small", imgsz=64)
+    fp32 = load_model(export_onnx(adapter, tmp_path / "mnv3.onnx").path)
+    select = load_dataset(class_tree)
+    calib = build_calibration(fp32.processing, select, 8)
+    out = tmp_path / "q.onnx"
+    quantize_onnx(fp32, calib, QuantizeSpec(method="max"), out)
+    _graph_properties_hold(fp32, out, calib, "classify")
+    record = measure_sensitivity(fp32, calib, QuantizeSpec(method="max"), select,
+                                 SensitivityOptions(sqnr_images=2, select_images=0, top=1), say=lambda m: None)
+    assert record["metric"] == "top1" and record["head_tensors"] == [o.name for o in onnx.load(out).graph.output]
+    assert "all_but_top1" in record["groups"][0]
