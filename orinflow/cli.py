@@ -439,6 +439,12 @@ def ptq(
     batch: Annotated[int, typer.Option("--batch", help="Evaluation batch and second latency figure.")] = 1,
     runs: Annotated[int, typer.Option("--runs", help="Timed latency runs (0 skips latency).")] = 30,
     threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads (default: all).")] = None,
+    max_drop: MaxDropOpt = None,
+    max_fallback: MaxFallbackOpt = 0.10,
+    max_steps: MaxStepsOpt2 = 12,
+    select_yaml: SelectYamlOpt = None,
+    select_split: SelectSplitOpt = "val",
+    select_images: SelectImagesOpt = 300,
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Folder for the models and records "
                                                    "(default: workspace/ptq/<model>).")] = None,
     arch: ArchOpt = None, imgsz: ImgszOpt = None, mean: MeanOpt = None, std: StdOpt = None, crop: CropOpt = None,
@@ -458,12 +464,17 @@ def ptq(
         _quant_spec(mode, m, "tensorrt", percentile, exclude, head_protect, high_precision)
     for t in target_list:
         _quant_spec(mode, "entropy", t, percentile, exclude, head_protect, high_precision)
+    budget = _budget(max_drop, max_fallback, max_steps, select_yaml, select_split, select_images, threads)
     loaded = _load(model, arch, imgsz, mean, std, crop)
     workdir = output or workspace() / "ptq" / Path(model).stem
     options = EvalOptions(batch=batch, latency_runs=runs, threads=threads, measure_latency=runs > 0)
     route = run_ptq(loaded, data, split, val_data or data, val_split, workdir, method_list, target_list, spec,
-                    num_images, options, say=console.print)
+                    num_images, options, say=console.print, budget=budget)
     console.print(comparison_table([route["fp32"], *route["variants"]], title="route 1: PTQ"))
+    for variant in route["variants"]:
+        if "budget" in variant:
+            console.print(f"{Path(variant['model']).name}:", end=" ")
+            _print_budget(variant["budget"])
     for target, best in route["best"].items():
         console.print(f"best for {target}: {best['method']} ({best['metric']} {-best['drop'] * 100:+.2f} points "
                       "against FP32)")

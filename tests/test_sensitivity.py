@@ -6,6 +6,7 @@ import onnx
 import pytest
 from typer.testing import CliRunner
 
+from conftest import DEMO_MODEL
 from orinflow.cli import app
 from orinflow.data import Dataset, load_dataset
 from orinflow.data.calibration import build_calibration
@@ -275,3 +276,16 @@ def test_sensitivity_on_a_classifier_with_hard_swish_and_squeeze_excite(tmp_path
                                  SensitivityOptions(sqnr_images=2, select_images=0, top=1), say=lambda m: None)
     assert record["metric"] == "top1" and record["head_tensors"] == [o.name for o in onnx.load(out).graph.output]
     assert "all_but_top1" in record["groups"][0]
+
+
+def test_ptq_route_under_a_budget(tiny_shapes, tmp_path, private_workspace):
+    result = runner.invoke(app, ["ptq", "-m", str(DEMO_MODEL), "--imgsz", "256", "--yaml", str(tiny_shapes),
+                                 "--split", "train", "--val-split", "val", "-n", "4", "--method", "max",
+                                 "--target", "tensorrt", "--runs", "0", "--max-drop", "50",
+                                 "--select-yaml", str(tiny_shapes), "--select-split", "train",
+                                 "-o", str(tmp_path / "ptq")])
+    assert result.exit_code == 0, result.output
+    route = json.loads((tmp_path / "ptq" / "ptq_record.json").read_text())
+    budget = route["variants"][0]["budget"]
+    assert budget["met"] and budget["select_data"].startswith("shapes:train") and budget["max_drop"] == 50
+    assert "budget 50.00 points" in result.output

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from ..data import load_dataset
+from ..data import Dataset, load_dataset
 from ..data.calibration import build_calibration, save_calibration
 from ..errors import OrinflowError
 from ..evaluate import EvalOptions, evaluate_model, headline
@@ -12,6 +12,9 @@ from ..export import export_onnx
 from ..io import write_json
 from ..models import ModelAdapter, OnnxModel, load_model
 from .ptq import QuantizeSpec, quantize_onnx
+from .sensitivity import BudgetSpec, SensitivityOptions, fit_budget
+
+Budget = tuple[BudgetSpec, Dataset, SensitivityOptions]
 
 
 def quantized_name(stem: str, spec: QuantizeSpec) -> str:
@@ -20,8 +23,12 @@ def quantized_name(stem: str, spec: QuantizeSpec) -> str:
 
 def run_ptq(model: ModelAdapter | OnnxModel, calib_data: str | Path, calib_split: str, eval_data: str | Path,
             eval_split: str, workdir: Path, methods: list[str], targets: list[str], base: QuantizeSpec,
-            num_images: int, options: EvalOptions, say=print) -> dict:
-    """Returns the route record: FP32 and every quantized variant evaluated on the same data."""
+            num_images: int, options: EvalOptions, say=print, budget: Budget | None = None) -> dict:
+    """Returns the route record: FP32 and every quantized variant evaluated on the same data.
+
+    With `budget` (BudgetSpec, selection Dataset, SensitivityOptions), every variant is quantized
+    under that accuracy budget (sensitivity.fit_budget), selected on the selection data only.
+    """
     if isinstance(model, OnnxModel):
         fp32 = model
     else:
@@ -37,12 +44,18 @@ def run_ptq(model: ModelAdapter | OnnxModel, calib_data: str | Path, calib_split
         for method in methods:
             spec = replace(base, method=method, target=target)
             out = workdir / quantized_name(Path(fp32.path).stem.removesuffix("_fp32"), spec)
-            quantized = quantize_onnx(fp32, calib, spec, out)
+            if budget:
+                quantized = fit_budget(fp32, calib, spec, budget[1], budget[0], out, budget[2],
+                                       say=lambda m: say(f"  {m.strip()}"))
+            else:
+                quantized = quantize_onnx(fp32, calib, spec, out)
             say(f"quantized {out.name}: {spec.mode.upper()} FLOP share {quantized['qdq_report']['quantized_flop_share']:.1%}, "
                 f"lint {len(quantized['qdq_report']['lint'])} issue(s)")
             record = evaluate_model(load_model(out), evaluation, eval_split, options)
             record.update(route="ptq", quantization=quantized["quantization"], qdq_report=quantized["qdq_report"],
                           sparsity=quantized["sparsity"])
+            if budget:
+                record["budget"] = quantized["budget"]
             records.append(record)
             variants.append(record)
     if not variants:
