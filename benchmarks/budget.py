@@ -1,4 +1,5 @@
-"""Accuracy budget benchmark: full INT8 against budgeted INT8 (--max-drop), selected on one split, claimed on another.
+"""Accuracy budget benchmark: full INT8 per calibration method against budgeted INT8 (--max-drop), selected on
+one split, claimed on another.
 
     python benchmarks/budget.py                   # embedded demo detector; select on 'train', claim on 'val'
     python benchmarks/budget.py -m ../shared/weights/yolov5n.pt \
@@ -8,6 +9,8 @@
 Calibration and every selection step read --yaml:--split only; the claim figures come from
 --val-yaml:--val-split, which no step selects on. Printed per model: the claim metric, its drop,
 the INT8 share of conv FLOPs, and ONNX Runtime CPU latency as a ratio to FP32 timed in the same run.
+Every method of --methods is quantized in full; the budget runs on the last one (default: max, then
+search, the per-quantizer calibration choice).
 (QAT figures come from benchmarks/qat.py.)
 """
 from __future__ import annotations
@@ -45,7 +48,8 @@ def main() -> int:
     parser.add_argument("--val-yaml", help="claim dataset YAML (default: --yaml)")
     parser.add_argument("--val-split", default="val")
     parser.add_argument("-n", "--num-images", type=int, default=128)
-    parser.add_argument("--method", default="max")
+    parser.add_argument("--methods", "--method", default="max,search",
+                        help="comma-separated; each quantized in full, the budget on the last")
     parser.add_argument("--target", default="tensorrt")
     parser.add_argument("--max-drop", type=float, default=0.3)
     parser.add_argument("--max-fallback", type=float, default=0.10)
@@ -66,15 +70,16 @@ def main() -> int:
         args.yaml = args.yaml or str(shapes.generate(workdir / "shapes"))
     model = load_model(args.model, imgsz=args.imgsz)
     options = EvalOptions(measure_latency=False, batch=8, threads=args.threads)
-    spec = QuantizeSpec(method=args.method, target=args.target)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    spec = QuantizeSpec(method=methods[-1], target=args.target)
     common = (args.yaml, args.split, args.val_yaml or args.yaml, args.val_split)
-    full = run_ptq(model, *common, workdir / "full", [args.method], [args.target], spec, args.num_images, options,
+    full = run_ptq(model, *common, workdir / "full", methods, [args.target], spec, args.num_images, options,
                    say=lambda m: None)
     budget = (BudgetSpec(args.max_drop, args.max_fallback, args.max_steps), load_dataset(args.yaml, args.split),
               SensitivityOptions(select_images=args.select_images, threads=args.threads))
-    budgeted = run_ptq(load_model(full["fp32"]["model"]), *common, workdir / "budget", [args.method], [args.target],
+    budgeted = run_ptq(load_model(full["fp32"]["model"]), *common, workdir / "budget", [methods[-1]], [args.target],
                        spec, args.num_images, options, say=lambda m: None, budget=budget)
-    records = [full["fp32"], full["variants"][0], budgeted["variants"][0]]
+    records = [full["fp32"], *full["variants"], budgeted["variants"][0]]
     for record in records:  # the two quantized files share a name: label each by its folder
         record["label"] = f"{Path(record['model']).parent.name}_{Path(record['model']).name}"
     runners = {r["label"]: OrtRunner(r["model"], args.threads) for r in records}
@@ -86,7 +91,7 @@ def main() -> int:
     print(f"selection ({b['select_data']}, {b['select_images']} images): FP32 {b['fp32']:.4f}, full INT8 "
           f"{b['full_int8']:.4f}, budgeted {b['final']:.4f} (drop {b['drop_points']:.2f} points, budget "
           f"{b['max_drop']:.2f} {'met' if b['met'] else 'NOT met'}); INT8 FLOP share full "
-          f"{full['variants'][0]['qdq_report']['quantized_flop_share']:.1%}, budgeted {b['int8_flop_share']:.1%}; "
+          f"{full['variants'][-1]['qdq_report']['quantized_flop_share']:.1%}, budgeted {b['int8_flop_share']:.1%}; "
           f"fallback: {', '.join(b['fallback']) or 'none'}")
     if args.json:
         write_json(args.json, {"full": full, "budgeted": budgeted, "latency": latency, "threads": args.threads})

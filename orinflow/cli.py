@@ -307,8 +307,9 @@ def quantize(
     num_images: Annotated[int, typer.Option("--num-images", "-n", help="Images when building the set from "
                                             "--yaml.")] = 512,
     mode: ModeOpt = "int8",
-    method: Annotated[str, typer.Option("--method", help="Activation calibration: entropy, max or "
-                                        "percentile.")] = "entropy",
+    method: Annotated[str, typer.Option("--method", help="Activation calibration: entropy, max, percentile, or "
+                                        "search (per quantizer, whichever serves the head outputs best; tensorrt "
+                                        "int8).")] = "entropy",
     percentile: PercentileOpt = 99.999,
     target: TargetOpt = "tensorrt",
     exclude: ExcludeOpt = None,
@@ -353,7 +354,7 @@ def quantize(
 
         record = fit_budget(source, array, spec, budget[1], budget[0], output, budget[2], say=console.print)
     else:
-        record = quantize_onnx(source, array, spec, output)
+        record = quantize_onnx(source, array, spec, output, say=console.print)
     console.print(f"quantized [bold]{output}[/bold] ({mode}, {method}, {target}) from {len(array)} calibration "
                   f"images in {record['seconds']} s")
     _print_qdq(record["qdq_report"])
@@ -371,8 +372,8 @@ def sensitivity(
     data: Annotated[Optional[str], typer.Option("--yaml", "--data", help="Labelled selection data (never the data "
                                                 "you claim figures on).")] = None,
     split: Annotated[str, typer.Option("--split", help="Split of the selection data.")] = "val",
-    method: Annotated[str, typer.Option("--method", help="Activation calibration: entropy, max or "
-                                        "percentile.")] = "max",
+    method: Annotated[str, typer.Option("--method", help="Activation calibration: entropy, max, percentile or "
+                                        "search.")] = "max",
     target: TargetOpt = "tensorrt",
     percentile: PercentileOpt = 99.999,
     head_protect: HeadOpt = True,

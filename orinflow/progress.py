@@ -11,10 +11,18 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColum
 T = TypeVar("T")
 
 
+def _quiet() -> bool:
+    """No bars for logs and pipes: rich would leave a blank line there for every finished bar."""
+    from rich.console import Console
+
+    console = Console()
+    return bool(os.environ.get("ORINFLOW_QUIET")) or not (console.is_terminal or console.is_jupyter)
+
+
 def progress(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
     items = list(items) if total is None and not hasattr(items, "__len__") else items
     total = total if total is not None else len(items)
-    if os.environ.get("ORINFLOW_QUIET"):
+    if _quiet():
         yield from items
         return
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -29,7 +37,7 @@ def progress(items: Iterable[T], description: str, total: int | None = None) -> 
 @contextlib.contextmanager
 def status(message: str) -> Iterator[None]:
     """A spinner with elapsed time for work that reports no steps (e.g. a library call)."""
-    if os.environ.get("ORINFLOW_QUIET"):
+    if _quiet():
         yield
         return
     columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())

@@ -51,6 +51,23 @@ def demo_onnx(tmp_path_factory, demo_adapter) -> Path:
     return export_onnx(demo_adapter, tmp_path_factory.mktemp("onnx") / "shapes.onnx").path
 
 
+@pytest.fixture(scope="session")
+def fp32(demo_onnx):
+    """The embedded detector's FP32 ONNX, loaded."""
+    from orinflow.models import load_model
+
+    return load_model(demo_onnx)
+
+
+@pytest.fixture(scope="session")
+def calib(fp32, tiny_shapes):
+    """Eight calibration images for the embedded detector."""
+    from orinflow.data import load_dataset
+    from orinflow.data.calibration import build_calibration
+
+    return build_calibration(fp32.processing, load_dataset(tiny_shapes, "train"), 8)
+
+
 @pytest.fixture
 def class_tree(tmp_path) -> Path:
     """Three classes of solid-colour 32x32 images."""

@@ -7,8 +7,6 @@ import pytest
 from typer.testing import CliRunner
 
 from orinflow.cli import app
-from orinflow.data import load_dataset
-from orinflow.data.calibration import build_calibration
 from orinflow.errors import OrinflowError
 from orinflow.evaluate import EvalOptions, evaluate_model
 from orinflow.models import load_model
@@ -17,16 +15,6 @@ from orinflow.optimize.ptq import QuantizeSpec, calibration_stride, quantize_onn
 from orinflow.optimize.report import DATA_MOVEMENT
 
 NO_LATENCY = EvalOptions(measure_latency=False, batch=4)
-
-
-@pytest.fixture(scope="module")
-def fp32(demo_onnx):
-    return load_model(demo_onnx)
-
-
-@pytest.fixture(scope="module")
-def calib(fp32, tiny_shapes):
-    return build_calibration(fp32.processing, load_dataset(tiny_shapes, "train"), 8)
 
 
 @pytest.fixture(scope="module")

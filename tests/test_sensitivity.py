@@ -24,16 +24,6 @@ FAST = SensitivityOptions(sqnr_images=2, select_images=0, top=2)
 
 
 @pytest.fixture(scope="module")
-def fp32(demo_onnx):
-    return load_model(demo_onnx)
-
-
-@pytest.fixture(scope="module")
-def calib(fp32, tiny_shapes):
-    return build_calibration(fp32.processing, load_dataset(tiny_shapes, "train"), 8)
-
-
-@pytest.fixture(scope="module")
 def select(tiny_shapes):
     return load_dataset(tiny_shapes, "train")
 

@@ -41,7 +41,7 @@ class Group:
                 "quantized_tensors": [q.tensor for q in self.quantizers if not q.is_weight]}
 
 
-class _UnionFind:
+class UnionFind:
     def __init__(self):
         self.parent: dict[str, str] = {}
 
@@ -75,7 +75,7 @@ def quantization_groups(model: onnx.ModelProto) -> list[Group]:
     index = GraphIndex(model)
     by_dq = {qz.dq: qz for qz in quantizers(index)}
     dq_nodes = {n.name: n for n in index.nodes if n.name in by_dq}
-    ties = _UnionFind()
+    ties = UnionFind()
     for name in by_dq:
         ties.find(name)
     for node in index.nodes:

@@ -30,7 +30,7 @@ from .report import qdq_report
 from .sparsity_check import sparsity_summary
 
 MODES = ("int8", "fp8", "int4")
-METHODS = ("entropy", "max", "percentile")
+METHODS = ("entropy", "max", "percentile", "search")
 TARGETS = ("tensorrt", "cpu")
 HIGH_PRECISION = ("fp32", "fp16")
 CALIB_CHUNK = 16  # images per calibration pass: bounds the activations held in memory
@@ -57,6 +57,9 @@ class QuantizeSpec:
         if self.target == "cpu" and self.mode != "int8":
             raise OrinflowError(f"--mode {self.mode} cannot run on ONNX Runtime's CPU provider (no {self.mode} "
                                 "kernels); use --target tensorrt and run it on a GPU that has them")
+        if self.method == "search" and (self.target != "tensorrt" or self.mode != "int8"):
+            raise OrinflowError("--method search chooses INT8 activation scales per quantizer for --target tensorrt "
+                                "--mode int8 only")
         if self.mode == "int4" and self.method == "percentile":
             raise OrinflowError("--mode int4 is weight-only: calibrate with --method max or entropy")
         if not 90 < self.percentile < 100:
@@ -81,8 +84,11 @@ def excluded_nodes(model: onnx.ModelProto, spec: QuantizeSpec, task: str) -> lis
     return names
 
 
-def quantize_onnx(source: OnnxModel, calib: np.ndarray, spec: QuantizeSpec, output: Path) -> dict:
-    """Quantize `source` with `calib` (already checked against its input) into `output`; return the record."""
+def quantize_onnx(source: OnnxModel, calib: np.ndarray, spec: QuantizeSpec, output: Path, say=print) -> dict:
+    """Quantize `source` with `calib` (already checked against its input) into `output`; return the record.
+
+    `say` receives progress lines (only --method search prints one).
+    """
     spec.validate()
     if len(calib) == 0:
         raise OrinflowError("the calibration set is empty")
@@ -101,6 +107,9 @@ def quantize_onnx(source: OnnxModel, calib: np.ndarray, spec: QuantizeSpec, outp
             else:
                 aligned_convs = _ort_quantize(source.path, calib, spec, exclude, tmp)
         quantized = onnx.load(str(tmp))
+        search = _search_scales(source, calib, spec, exclude, quantized, say) if spec.method == "search" else None
+        if search:
+            quantized = search[0]
         if spec.target == "cpu":
             quantize_before_space_to_depth(quantized)
         extra = {ALIGNED_METADATA: json.dumps(aligned_convs)} if aligned_convs else {}
@@ -116,11 +125,26 @@ def quantize_onnx(source: OnnxModel, calib: np.ndarray, spec: QuantizeSpec, outp
         "quantization": asdict(spec), "calibration_images": int(len(calib)), "excluded_nodes": exclude,
         "qdq_report": report, "sparsity": sparsity_summary(onnx.load(str(output))),
         "channel_aligned_convs": aligned_convs,
+        **({"scale_search": search[1]} if search else {}),
         "seconds": round(time.perf_counter() - started, 1),
         "size_bytes": Path(output).stat().st_size,
     }
     write_json(Path(output).with_suffix(".json"), record)
     return record
+
+
+def _search_scales(source: OnnxModel, calib: np.ndarray, spec: QuantizeSpec, exclude: list[str],
+                   quantized: onnx.ModelProto, say) -> tuple[onnx.ModelProto, dict]:
+    """--method search: ModelOpt's entropy scales join the candidates of the max-calibrated model."""
+    from dataclasses import replace
+
+    from .scale_search import search_quantized
+
+    with tempfile.TemporaryDirectory() as work:
+        entropy = Path(work) / "entropy.onnx"
+        with status(f"ModelOpt: entropy calibration of {len(calib)} images (candidate scales)"):
+            _modelopt_quantize(source.path, calib, replace(spec, method="entropy"), exclude, entropy)
+        return search_quantized(source.path, source.task, calib, quantized, onnx.load(str(entropy)), say=say)
 
 
 def _spec_json(spec: QuantizeSpec) -> str:
@@ -136,7 +160,7 @@ def _modelopt_quantize(src: Path, calib: np.ndarray, spec: QuantizeSpec, exclude
     except ImportError as e:
         raise OrinflowError(f"NVIDIA ModelOpt's ONNX quantization is not importable ({e})") from e
     input_name = onnx.load(str(src), load_external_data=False).graph.input[0].name
-    method = {"entropy": "entropy", "max": "max", "percentile": "max"}[spec.method]
+    method = {"entropy": "entropy", "max": "max", "percentile": "max", "search": "max"}[spec.method]
     if spec.mode == "int4":
         method = "rtn_dq" if spec.method == "max" else "awq_clip"
     with tempfile.TemporaryDirectory() as work, quietly():
@@ -215,17 +239,31 @@ def _percentile_cache(src: Path, calib: np.ndarray, percentile: float, work: Pat
 
 
 def percentile_amax(src: Path, calib: np.ndarray, percentile: float, bins: int = 2048) -> dict[str, float]:
-    """Per-tensor percentile of |activation| over the calibration set, for the inputs of quantizable ops.
+    """Per-tensor percentile of |activation| over the calibration set, for the inputs of quantizable ops."""
+    return {t: amax_at_percentile(amax, hist, percentile)
+            for t, (amax, hist) in activation_histograms(src, calib, bins=bins).items() if hist.sum()}
 
-    Two streaming passes (max, then a histogram up to it), image by image, so memory stays
-    bounded however large the calibration set is.
+
+def amax_at_percentile(amax: float, hist: np.ndarray, percentile: float) -> float:
+    """The |x| below which `percentile` % of a histogram over [0, amax] lies (a bin's upper edge)."""
+    edge = int(np.searchsorted(np.cumsum(hist), hist.sum() * percentile / 100.0))
+    return amax * min(edge + 1, len(hist)) / len(hist)
+
+
+def activation_histograms(src: Path, calib: np.ndarray, tensors: list[str] | None = None,
+                          bins: int = 2048) -> dict[str, tuple[float, np.ndarray]]:
+    """max |x| and a histogram of |x| over [0, max] for each tensor (default: inputs of quantizable ops).
+
+    Two streaming passes (max, then the histogram), image by image, so memory stays bounded
+    however large the calibration set is.
     """
     import onnxruntime as ort
 
     model = onnx.load(str(src))
     index_inputs = {t.name for t in model.graph.initializer}
-    tensors = sorted({i for n in model.graph.node if n.op_type in QUANTIZABLE_INPUT_OPS for i in n.input
-                      if i and i not in index_inputs})
+    if tensors is None:
+        tensors = sorted({i for n in model.graph.node if n.op_type in QUANTIZABLE_INPUT_OPS for i in n.input
+                          if i and i not in index_inputs})
     graph_outputs = {o.name for o in model.graph.output}
     model.graph.output.extend(onnx.ValueInfoProto(name=t) for t in tensors if t not in graph_outputs)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -244,14 +282,7 @@ def percentile_amax(src: Path, calib: np.ndarray, percentile: float, bins: int =
         for t, value in outputs.items():
             if amax[t] > 0:
                 hist[t] += np.histogram(np.abs(value), bins=bins, range=(0.0, amax[t]))[0]
-    result = {}
-    for t in tensors:
-        total = hist[t].sum()
-        if total == 0:
-            continue
-        edge = int(np.searchsorted(np.cumsum(hist[t]), total * percentile / 100.0))
-        result[t] = amax[t] * min(edge + 1, bins) / bins
-    return result
+    return {t: (amax[t], hist[t]) for t in tensors}
 
 
 class CalibReader:

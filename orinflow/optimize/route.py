@@ -29,6 +29,9 @@ def run_ptq(model: ModelAdapter | OnnxModel, calib_data: str | Path, calib_split
     With `budget` (BudgetSpec, selection Dataset, SensitivityOptions), every variant is quantized
     under that accuracy budget (sensitivity.fit_budget), selected on the selection data only.
     """
+    for target in targets:  # refuse a bad combination (such as search on cpu) before any work
+        for method in methods:
+            replace(base, method=method, target=target).validate()
     if isinstance(model, OnnxModel):
         fp32 = model
     else:
@@ -48,7 +51,7 @@ def run_ptq(model: ModelAdapter | OnnxModel, calib_data: str | Path, calib_split
                 quantized = fit_budget(fp32, calib, spec, budget[1], budget[0], out, budget[2],
                                        say=lambda m: say(f"  {m.strip()}"))
             else:
-                quantized = quantize_onnx(fp32, calib, spec, out)
+                quantized = quantize_onnx(fp32, calib, spec, out, say=lambda m: say(f"  {m.strip()}"))
             say(f"quantized {out.name}: {spec.mode.upper()} FLOP share {quantized['qdq_report']['quantized_flop_share']:.1%}, "
                 f"lint {len(quantized['qdq_report']['lint'])} issue(s)")
             record = evaluate_model(load_model(out), evaluation, eval_split, options)

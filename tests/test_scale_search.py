@@ -1,0 +1,123 @@
+"""--method search: per-quantizer calibration choice, measured on the embedded detector."""
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+from typer.testing import CliRunner
+
+from orinflow.cli import app
+from orinflow.data.calibration import save_calibration
+from orinflow.errors import OrinflowError
+from orinflow.optimize.graph import GraphIndex
+from orinflow.optimize.probes import HeadProbe, head_tensors, sqnr_db
+from orinflow.optimize.ptq import QuantizeSpec, quantize_onnx
+from orinflow.optimize.scale_search import SEARCH_IMAGES, apply_scales, mse_clip, scale_units
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def max_model(fp32, calib, tmp_path_factory):
+    out = tmp_path_factory.mktemp("max") / "max.onnx"
+    quantize_onnx(fp32, calib, QuantizeSpec(method="max"), out)
+    return onnx.load(str(out))
+
+
+@pytest.fixture(scope="module")
+def searched(fp32, calib, tmp_path_factory):
+    out = tmp_path_factory.mktemp("search") / "search.onnx"
+    record = quantize_onnx(fp32, calib, QuantizeSpec(method="search"), out, say=lambda m: None)
+    return record, onnx.load(str(out))
+
+
+def _expected_error(samples: np.ndarray, clip: float) -> float:
+    step = clip / 127
+    return float(np.mean((np.clip(np.round(samples / step), -127, 127) * step - samples) ** 2))
+
+
+def test_mse_clip_cuts_outliers_and_keeps_a_uniform_range():
+    rng = np.random.default_rng(0)
+    uniform = rng.uniform(0, 4, 200_000)
+    hist = np.histogram(uniform, 2048, (0, uniform.max()))[0]
+    assert mse_clip(uniform.max(), hist) > 0.95 * uniform.max()
+    heavy = np.concatenate([np.abs(rng.laplace(0, 1, 200_000)), [200.0]])
+    hist = np.histogram(heavy, 2048, (0, heavy.max()))[0]
+    clip = mse_clip(heavy.max(), hist)
+    grid = np.linspace(2, 200, 100)
+    simulated = [_expected_error(heavy, c) for c in grid]
+    assert clip < 0.75 * heavy.max()
+    assert _expected_error(heavy, clip) <= 1.05 * min(simulated)  # the histogram's optimum is the sampled one
+
+
+def test_units_cover_every_activation_quantizer_once_and_tie_concat_inputs(max_model):
+    units = scale_units(max_model)
+    index = GraphIndex(max_model)
+    activation_qs = {n.name for n in index.nodes if n.op_type == "QuantizeLinear"
+                     and n.input[0] not in index.initializers}
+    members = [name for u in units for name in u.nodes if name in activation_qs]
+    assert sorted(members) == sorted(activation_qs)
+    unit_of = {name: k for k, u in enumerate(units) for name in u.nodes}
+    tied = 0
+    for node in index.nodes:
+        if node.op_type == "Concat":
+            feeding = {unit_of[p.name] for t in node.input if (p := index.producer.get(t)) is not None
+                       and p.name in unit_of}
+            assert len(feeding) <= 1, node.name
+            tied += len(feeding)
+    assert tied, "the embedded detector has quantized concat inputs"
+
+
+def test_search_raises_head_sqnr_and_writes_what_it_measured(searched, max_model, fp32, calib):
+    record, model = searched
+    search = record["scale_search"]
+    assert search["sqnr_db"] >= search["sqnr_db_max"] and search["trials"] > 0
+    assert sum(search["chosen"].values()) == len(search["units"])
+    reference = onnx.load(str(fp32.path))
+    probe = HeadProbe(np.asarray(calib[:SEARCH_IMAGES]), head_tensors(reference, "detect"), None)
+    truth = probe.outputs(reference)
+    # the written model scores what the search measured, and max calibration what it started from
+    assert sqnr_db(truth, probe.outputs(model)) == pytest.approx(search["sqnr_db"], abs=1e-3)
+    assert sqnr_db(truth, probe.outputs(max_model)) == pytest.approx(search["sqnr_db_max"], abs=1e-3)
+    assert record["qdq_report"]["lint"] == []
+    chosen = {tuple(u["tensors"]): u["scale"] for u in search["units"]}
+    for unit in scale_units(model):  # every scale is one of its unit's candidates, shared by its Q and DQ
+        assert unit.scale == pytest.approx(chosen[tuple(unit.tensors)], rel=1e-6)
+    assert all(u["method"] == "max" or u["scale"] != u["max_scale"] for u in search["units"])
+
+
+def test_apply_scales_touches_only_the_changed_units(max_model):
+    units = scale_units(max_model)
+    scales = [u.scale for u in units]
+    scales[0] *= 0.5
+    changed = scale_units(apply_scales(max_model, units, scales))
+    assert changed[0].scale == pytest.approx(units[0].scale * 0.5)
+    assert [u.scale for u in changed[1:]] == [u.scale for u in units[1:]]
+    weights = {t.name: numpy_helper.to_array(t) for t in max_model.graph.initializer}
+    after = {t.name: numpy_helper.to_array(t) for t in apply_scales(max_model, units, scales).graph.initializer}
+    assert all(np.array_equal(after[k], v) for k, v in weights.items() if k in after)
+
+
+def test_search_is_for_tensorrt_int8_only(fp32, calib, tmp_path):
+    for spec in (QuantizeSpec(method="search", target="cpu"), QuantizeSpec(method="search", mode="fp8")):
+        with pytest.raises(OrinflowError, match="--method search"):
+            quantize_onnx(fp32, calib, spec, tmp_path / "x.onnx")
+        assert not (tmp_path / "x.onnx").exists()
+
+
+def test_quantize_cli_method_search(demo_onnx, calib, tmp_path):
+    save_calibration(calib, tmp_path / "calib.npy")
+    out = tmp_path / "searched.onnx"
+    result = runner.invoke(app, ["quantize", "-m", str(demo_onnx), "--calib", str(tmp_path / "calib.npy"),
+                                 "--method", "search", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "scale search: head SQNR" in result.output and out.is_file()
+
+
+def test_ptq_refuses_search_on_cpu_before_any_work(fp32, tiny_shapes, tmp_path):
+    from orinflow.evaluate import EvalOptions
+    from orinflow.optimize.route import run_ptq
+
+    with pytest.raises(OrinflowError, match="--method search"):
+        run_ptq(fp32, tiny_shapes, "train", tiny_shapes, "val", tmp_path / "ptq", ["max", "search"],
+                ["tensorrt", "cpu"], QuantizeSpec(), 4, EvalOptions(measure_latency=False), say=lambda m: None)
+    assert not (tmp_path / "ptq").exists()
