@@ -10,7 +10,7 @@ from orinflow.data.calibration import save_calibration
 from orinflow.errors import OrinflowError
 from orinflow.optimize.graph import GraphIndex
 from orinflow.optimize.probes import HeadProbe, head_tensors, sqnr_db
-from orinflow.optimize.ptq import QuantizeSpec, quantize_onnx
+from orinflow.optimize.ptq import QuantizeSpec, align_concat_scales, quantize_onnx
 from orinflow.optimize.scale_search import SEARCH_IMAGES, apply_scales, mse_clip, scale_units
 
 runner = CliRunner()
@@ -47,6 +47,21 @@ def test_mse_clip_cuts_outliers_and_keeps_a_uniform_range():
     simulated = [_expected_error(heavy, c) for c in grid]
     assert clip < 0.75 * heavy.max()
     assert _expected_error(heavy, clip) <= 1.05 * min(simulated)  # the histogram's optimum is the sampled one
+
+
+def test_concat_alignment_leaves_no_unused_scales(max_model):
+    model = onnx.ModelProto()
+    model.CopyFrom(max_model)
+    unit = next(u for u in scale_units(model) if len(u.tensors) > 1)  # the inputs of one concat
+    nodes = {n.name: n for n in model.graph.node}
+    q = next(nodes[n] for n in unit.nodes if nodes[n].op_type == "QuantizeLinear")
+    dq = next(n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == q.output[0])
+    model.graph.initializer.append(numpy_helper.from_array(np.asarray(unit.scale * 3, np.float32), "odd_scale"))
+    q.input[1] = dq.input[1] = "odd_scale"
+    assert align_concat_scales(model) == 1
+    read = {name for node in model.graph.node for name in node.input}
+    assert [t.name for t in model.graph.initializer if t.name not in read] == []
+    assert all(u.scale == pytest.approx(unit.scale * 3) for u in scale_units(model) if set(u.tensors) == set(unit.tensors))
 
 
 def test_units_cover_every_activation_quantizer_once_and_tie_concat_inputs(max_model):

@@ -34,6 +34,15 @@ class GraphIndex:
         return node
 
 
+def drop_unused_initializers(model: onnx.ModelProto) -> None:
+    """Remove initializers no node or output reads (ONNX Runtime warns about each one)."""
+    used = ({name for node in model.graph.node for name in node.input} | {o.name for o in model.graph.output}
+            | {i.name for i in model.graph.input})  # an initializer listed as an input stays (old IR)
+    kept = [t for t in model.graph.initializer if t.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+
+
 def is_dfl_conv(index: GraphIndex, node: onnx.NodeProto) -> bool:
     """The Distribution Focal Loss projection: a fixed 1x1 conv that reads a Softmax."""
     source = index.upstream(node.input[0], skip=QDQ_OPS | {"Reshape", "Transpose"})

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from .graph import LEARNED_COMPUTE, GraphIndex
+from .graph import LEARNED_COMPUTE, GraphIndex, drop_unused_initializers
 from .report import ComputeNode, output_shapes
 
 
@@ -146,7 +146,7 @@ def dequantize_groups(model: onnx.ModelProto, groups: list[Group]) -> onnx.Model
                                               name=f"{output.name}_float"))
     del result.graph.node[:]
     result.graph.node.extend(kept)
-    _drop_unused_initializers(result)
+    drop_unused_initializers(result)
     return result
 
 
@@ -165,10 +165,3 @@ def _float_weight(model: onnx.ModelProto, index: GraphIndex, dq: onnx.NodeProto,
     name = f"{dq.input[0]}_float"
     model.graph.initializer.append(numpy_helper.from_array(value, name))
     return name
-
-
-def _drop_unused_initializers(model: onnx.ModelProto) -> None:
-    used = {name for node in model.graph.node for name in node.input} | {o.name for o in model.graph.output}
-    kept = [t for t in model.graph.initializer if t.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept)

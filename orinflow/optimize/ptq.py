@@ -25,7 +25,7 @@ from ..models.onnx_model import OnnxModel, read_metadata, write_metadata
 from ..progress import status
 from . import quietly
 from .cpu_layout import ALIGNED_METADATA, align_conv_channels, quantize_before_space_to_depth
-from .graph import QDQ_OPS, decode_nodes
+from .graph import QDQ_OPS, decode_nodes, drop_unused_initializers
 from .report import qdq_report
 from .sparsity_check import sparsity_summary
 
@@ -212,6 +212,8 @@ def align_concat_scales(model: onnx.ModelProto) -> int:
                 if holder is not None and holder.op_type in QDQ_OPS:
                     _set_scale(model, index, holder, target)
         changed += 1
+    if changed:
+        drop_unused_initializers(model)  # the scales the alignment replaced
     return changed
 
 

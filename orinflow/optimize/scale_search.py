@@ -24,7 +24,7 @@ from onnx import numpy_helper
 
 from ..errors import OrinflowError
 from ..progress import progress
-from .graph import GraphIndex
+from .graph import GraphIndex, drop_unused_initializers
 from .groups import UnionFind, quantizers
 from .probes import HeadProbe, sqnr_db
 
@@ -146,10 +146,7 @@ def apply_scales(model: onnx.ModelProto, units: list[ScaleUnit], scales: list[fl
             np.asarray(scale, dtype=numpy_helper.to_array(old).dtype), name))
         for node_name in unit.nodes:
             nodes[node_name].input[1] = name
-    used = {i for n in result.graph.node for i in n.input}
-    kept = [t for t in result.graph.initializer if t.name in used]
-    del result.graph.initializer[:]
-    result.graph.initializer.extend(kept)
+    drop_unused_initializers(result)
     return result
 
 
