@@ -26,7 +26,7 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("ORINFLOW_QUIET", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
-from ptq import print_table  # noqa: E402
+from ptq import add_model_and_data, default_to_demo, print_table  # noqa: E402
 
 from orinflow.data import load_dataset  # noqa: E402
 from orinflow.evaluate import EvalOptions  # noqa: E402
@@ -41,13 +41,7 @@ from orinflow.runtime import OrtRunner  # noqa: E402
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-m", "--model", help="model (default: the embedded demo detector)")
-    parser.add_argument("--imgsz", type=int, default=None)
-    parser.add_argument("--yaml", help="calibration and selection dataset YAML (default: generated shapes)")
-    parser.add_argument("--split", default="train")
-    parser.add_argument("--val-yaml", help="claim dataset YAML (default: --yaml)")
-    parser.add_argument("--val-split", default="val")
-    parser.add_argument("-n", "--num-images", type=int, default=128)
+    add_model_and_data(parser, "calibration and selection", "claim")
     parser.add_argument("--methods", "--method", default="max,search",
                         help="comma-separated; each quantized in full, the budget on the last")
     parser.add_argument("--target", default="tensorrt")
@@ -62,12 +56,7 @@ def main() -> int:
     args.batch = 1
 
     workdir = Path(tempfile.mkdtemp(prefix="orinflow-bench-budget-"))
-    if args.model is None:
-        from orinflow.demo import shapes
-        from orinflow.demo.pipeline import DEMO_MODEL
-
-        args.model, args.imgsz = str(DEMO_MODEL), shapes.IMAGE_SIZE
-        args.yaml = args.yaml or str(shapes.generate(workdir / "shapes"))
+    default_to_demo(args, workdir)
     model = load_model(args.model, imgsz=args.imgsz)
     options = EvalOptions(measure_latency=False, batch=8, threads=args.threads)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]

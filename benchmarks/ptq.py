@@ -28,15 +28,30 @@ from orinflow.optimize.route import run_ptq  # noqa: E402
 from orinflow.runtime import OrtRunner  # noqa: E402
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_model_and_data(parser: argparse.ArgumentParser, calib_role: str, val_role: str) -> None:
+    """The model and data options every route benchmark takes."""
     parser.add_argument("-m", "--model", help="model (default: the embedded demo detector)")
     parser.add_argument("--imgsz", type=int, default=None)
-    parser.add_argument("--yaml", help="calibration dataset YAML (default: generated shapes)")
+    parser.add_argument("--yaml", help=f"{calib_role} dataset YAML (default: generated shapes)")
     parser.add_argument("--split", default="train")
-    parser.add_argument("--val-yaml", help="evaluation dataset YAML (default: --yaml)")
+    parser.add_argument("--val-yaml", help=f"{val_role} dataset YAML (default: --yaml)")
     parser.add_argument("--val-split", default="val")
     parser.add_argument("-n", "--num-images", type=int, default=128)
+
+
+def default_to_demo(args: argparse.Namespace, workdir: Path) -> None:
+    """No --model: the embedded demo detector on its generated shapes."""
+    if args.model is None:
+        from orinflow.demo import shapes
+        from orinflow.demo.pipeline import DEMO_MODEL
+
+        args.model, args.imgsz = str(DEMO_MODEL), shapes.IMAGE_SIZE
+        args.yaml = args.yaml or str(shapes.generate(workdir / "shapes"))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_and_data(parser, "calibration", "evaluation")
     parser.add_argument("--methods", default="entropy,max,percentile")
     parser.add_argument("--targets", default="tensorrt,cpu")
     parser.add_argument("--threads", type=int, default=2)
@@ -47,12 +62,7 @@ def main() -> int:
     args = parser.parse_args()
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="orinflow-bench-ptq-"))
-    if args.model is None:
-        from orinflow.demo import shapes
-        from orinflow.demo.pipeline import DEMO_MODEL
-
-        args.model, args.imgsz = str(DEMO_MODEL), shapes.IMAGE_SIZE
-        args.yaml = args.yaml or str(shapes.generate(workdir / "shapes"))
+    default_to_demo(args, workdir)
     if args.yaml is None:
         parser.error("--yaml is required with --model")
     model = load_model(args.model, imgsz=args.imgsz)

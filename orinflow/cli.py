@@ -455,16 +455,13 @@ def ptq(
     from .config import workspace
     from .evaluate import EvalOptions
     from .evaluate.table import comparison_table
-    from .optimize.route import run_ptq
+    from .optimize.route import check_variants, run_ptq
 
     if not data:
         raise OrinflowError("give the data with --yaml data.yaml (calibration split and evaluation split)")
     spec = _quant_spec(mode, "entropy", "tensorrt", percentile, exclude, head_protect, high_precision)
     method_list, target_list = _split_list([methods]), _split_list([targets])
-    for m in method_list:
-        _quant_spec(mode, m, "tensorrt", percentile, exclude, head_protect, high_precision)
-    for t in target_list:
-        _quant_spec(mode, "entropy", t, percentile, exclude, head_protect, high_precision)
+    check_variants(spec, method_list, target_list)
     budget = _budget(max_drop, max_fallback, max_steps, select_yaml, select_split, select_images, threads)
     loaded = _load(model, arch, imgsz, mean, std, crop)
     workdir = output or workspace() / "ptq" / Path(model).stem

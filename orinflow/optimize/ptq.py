@@ -13,7 +13,7 @@ import re
 import struct
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -136,8 +136,6 @@ def quantize_onnx(source: OnnxModel, calib: np.ndarray, spec: QuantizeSpec, outp
 def _search_scales(source: OnnxModel, calib: np.ndarray, spec: QuantizeSpec, exclude: list[str],
                    quantized: onnx.ModelProto, say) -> tuple[onnx.ModelProto, dict]:
     """--method search: ModelOpt's entropy scales join the candidates of the max-calibrated model."""
-    from dataclasses import replace
-
     from .scale_search import search_quantized
 
     with tempfile.TemporaryDirectory() as work:

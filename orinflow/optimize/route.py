@@ -21,6 +21,13 @@ def quantized_name(stem: str, spec: QuantizeSpec) -> str:
     return f"{stem}_{spec.mode}_{spec.method}_{spec.target}.onnx"
 
 
+def check_variants(base: QuantizeSpec, methods: list[str], targets: list[str]) -> None:
+    """Refuse any bad method x target pair (such as search on cpu) before work starts."""
+    for target in targets:
+        for method in methods:
+            replace(base, method=method, target=target).validate()
+
+
 def run_ptq(model: ModelAdapter | OnnxModel, calib_data: str | Path, calib_split: str, eval_data: str | Path,
             eval_split: str, workdir: Path, methods: list[str], targets: list[str], base: QuantizeSpec,
             num_images: int, options: EvalOptions, say=print, budget: Budget | None = None) -> dict:
@@ -29,9 +36,11 @@ def run_ptq(model: ModelAdapter | OnnxModel, calib_data: str | Path, calib_split
     With `budget` (BudgetSpec, selection Dataset, SensitivityOptions), every variant is quantized
     under that accuracy budget (sensitivity.fit_budget), selected on the selection data only.
     """
-    for target in targets:  # refuse a bad combination (such as search on cpu) before any work
-        for method in methods:
-            replace(base, method=method, target=target).validate()
+    check_variants(base, methods, targets)
+
+    def indented(message: str) -> None:
+        say(f"  {message.strip()}")
+
     if isinstance(model, OnnxModel):
         fp32 = model
     else:
@@ -48,10 +57,9 @@ def run_ptq(model: ModelAdapter | OnnxModel, calib_data: str | Path, calib_split
             spec = replace(base, method=method, target=target)
             out = workdir / quantized_name(Path(fp32.path).stem.removesuffix("_fp32"), spec)
             if budget:
-                quantized = fit_budget(fp32, calib, spec, budget[1], budget[0], out, budget[2],
-                                       say=lambda m: say(f"  {m.strip()}"))
+                quantized = fit_budget(fp32, calib, spec, budget[1], budget[0], out, budget[2], say=indented)
             else:
-                quantized = quantize_onnx(fp32, calib, spec, out, say=lambda m: say(f"  {m.strip()}"))
+                quantized = quantize_onnx(fp32, calib, spec, out, say=indented)
             say(f"quantized {out.name}: {spec.mode.upper()} FLOP share {quantized['qdq_report']['quantized_flop_share']:.1%}, "
                 f"lint {len(quantized['qdq_report']['lint'])} issue(s)")
             record = evaluate_model(load_model(out), evaluation, eval_split, options)

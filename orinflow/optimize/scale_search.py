@@ -26,7 +26,8 @@ from ..errors import OrinflowError
 from ..progress import progress
 from .graph import GraphIndex, drop_unused_initializers
 from .groups import UnionFind, quantizers
-from .probes import HeadProbe, sqnr_db
+from .probes import HeadProbe, head_tensors, sqnr_db
+from .ptq import activation_histograms, amax_at_percentile
 
 PERCENTILES = (99.9, 99.99, 99.999)
 SEARCH_IMAGES = 16  # calibration images whose head outputs score every trial
@@ -93,8 +94,6 @@ def mse_clip(amax: float, hist: np.ndarray, levels: int = 127) -> float:
 def add_candidates(units: list[ScaleUnit], histograms: dict[str, tuple[float, np.ndarray]],
                    entropy: dict[str, float]) -> None:
     """Candidate scales per unit, each method's range mapped onto the unit's calibrated max scale."""
-    from .ptq import amax_at_percentile
-
     for unit in units:
         if not all(t in histograms and histograms[t][0] > 0 for t in unit.tensors):
             continue
@@ -190,9 +189,6 @@ def search_scales(fp32: onnx.ModelProto, quantized: onnx.ModelProto, units: list
 def search_quantized(src: Path, task: str, calib: np.ndarray, quantized: onnx.ModelProto,
                      entropy: onnx.ModelProto, threads: int | None = None, say=print) -> tuple[onnx.ModelProto, dict]:
     """The whole --method search on a max-calibrated model: candidates, then the search."""
-    from .probes import head_tensors
-    from .ptq import activation_histograms
-
     fp32 = onnx.load(str(src))
     units = scale_units(quantized)
     if not units:
