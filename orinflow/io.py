@@ -1,14 +1,33 @@
-"""Atomic file writes and JSON run records: a failed command never leaves half a file."""
+"""Files in and out: atomic writes, private copies for libraries, output checks and JSON run records.
+
+The guarantees (docs/reliability.md):
+- an output appears whole or not at all (written beside the target, then renamed), with the
+  permissions an ordinary `open()` gives under the user's umask;
+- a library never receives the path of a user's file, only a private copy in a private folder;
+- an output never lands on an input, on a file of the wrong kind, or on another command's record;
+- an interrupted command removes what it had half-written (`remove_unfinished`).
+"""
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from .errors import OrinflowError
+
+# Temporary files and folders of this process that are not finished: an interrupt removes them.
+_unfinished: set[Path] = set()
+
+
+def umask_mode(mode: int = 0o666) -> int:
+    """`mode` under the process umask: what a plain open() (0o666) or mkdir() (0o777) would give."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mode & ~mask
 
 
 @contextlib.contextmanager
@@ -19,21 +38,166 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise OrinflowError(f"cannot create output folder {target.parent}: {e.strerror}") from e
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=target.suffix + ".part", dir=target.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=target.suffix + ".part", dir=target.parent)
+    except OSError as e:
+        raise OrinflowError(f"cannot write in {target.parent}: {e.strerror}") from e
     os.close(fd)
     tmp_path = Path(tmp)
+    _unfinished.add(tmp_path)
     try:
         yield tmp_path
+        # mkstemp creates 0600 files and libraries may recreate the file: give it the umask's mode
+        os.chmod(tmp_path, umask_mode())
         os.replace(tmp_path, target)
     finally:
+        _unfinished.discard(tmp_path)
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def private_folder(prefix: str = "orinflow-") -> Iterator[Path]:
+    """A private temporary folder, always removed (also on an interrupt)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    _unfinished.add(path)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+        _unfinished.discard(path)
+
+
+def private_copy(source: str | os.PathLike, folder: Path) -> Path:
+    """Copy a user's file (an ONNX also with its external-data files) into `folder` for a library to use.
+
+    Libraries such as ModelOpt write beside, or over, the path they are given.
+    """
+    source = Path(source)
+    copy = Path(folder) / source.name
+    shutil.copyfile(source, copy)
+    if source.suffix.lower() == ".onnx":
+        for location in _external_data(source):
+            if (source.parent / location).is_file() and not Path(location).is_absolute():
+                (copy.parent / location).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source.parent / location, copy.parent / location)
+    return copy
+
+
+def _external_data(path: Path) -> set[str]:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return {entry.value for tensor in model.graph.initializer for entry in tensor.external_data
+            if entry.key == "location"}
+
+
+def remove_unfinished() -> None:
+    """Remove every temporary file and folder this process has not finished (interrupt handler)."""
+    for path in list(_unfinished):
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                path.unlink()
+    _unfinished.clear()
+
+
+# ------------------------------------------------------------------ output checks
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        return path.resolve().is_relative_to(folder.resolve())
+    except OSError:
+        return False
+
+
+def check_output(path: str | os.PathLike, suffixes: tuple[str, ...], inputs: Iterable = (), flag: str = "-o",
+                 command: str | None = None) -> Path:
+    """Refuse, before any work, an output file of the wrong kind, one that is an input, or a folder.
+
+    `command` also checks its run record (`record_path`): it must not be an input or another command's record.
+    """
+    path = Path(path)
+    if path.suffix.lower() not in suffixes:
+        raise OrinflowError(f"{flag} {path} must end in {' or '.join(suffixes)}")
+    if path.is_dir():
+        raise OrinflowError(f"{flag} {path} is a folder; give a file name ending in {' or '.join(suffixes)}")
+    targets = [path] + ([record_path(path)] if command else [])
+    for source in _paths(inputs):
+        for target in targets:
+            if _same_file(target, source):
+                raise OrinflowError(f"{flag} {path} would overwrite the input {source}" +
+                                    ("" if target == path else f" (with its record {target})"))
+    if command:
+        check_record_slot(record_path(path), command, path)
+    return path
+
+
+def check_output_folder(path: str | os.PathLike, inputs: Iterable = (), flag: str = "-o",
+                        replaced: bool = False) -> Path:
+    """An output folder must not be a file; when it is `replaced` whole, it must hold no input."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OrinflowError(f"{flag} {path} is a file; give a folder")
+    for source in _paths(inputs):
+        if _same_file(path, source) or (replaced and _inside(source, path)):
+            raise OrinflowError(f"{flag} {path} would replace the input {source}")
+    return path
+
+
+def _paths(values: Iterable) -> list[Path]:
+    return [Path(v) for v in values if v is not None and str(v) != ""]
+
+
+# ------------------------------------------------------------------ run records
+def record_path(output: str | os.PathLike) -> Path:
+    """The run record beside an output: <model>.json for an ONNX model, <file>.<suffix>.json otherwise.
+
+    A model's record keeps the plain stem (what `orinflow report` reads beside a model); every other
+    output keeps its suffix in the record's name, so `x.npy` and `x.onnx` never share `x.json`.
+    """
+    output = Path(output)
+    if output.suffix.lower() == ".onnx":
+        return output.with_suffix(".json")
+    return output.with_name(output.name + ".json")
+
+
+def _read_record(path: Path) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def check_record_slot(path: Path, command: str, output: str | os.PathLike) -> None:
+    """A record never replaces the record of another command's output (a model's record goes with the model)."""
+    existing = _read_record(path) if Path(path).is_file() else {}
+    owner, described = existing.get("command"), existing.get("output") or existing.get("model")
+    if isinstance(owner, str) and owner != command and not (described and _same_file(Path(described), Path(output))):
+        raise OrinflowError(f"{path} is the record of `orinflow {owner}` for {described}; writing the {command} record "
+                            "there would replace it: choose another output name")
 
 
 def write_json(target: str | os.PathLike, data: dict) -> Path:
     with atomic_path(target) as tmp:
         tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
     return Path(target)
+
+
+def write_record(output: str | os.PathLike, record: dict) -> Path:
+    """The run record of `output` (`record_path`), refusing to replace another command's record."""
+    path = record_path(output)
+    if "command" in record:
+        check_record_slot(path, record["command"], output)
+    return write_json(path, record)
 
 
 def _json_default(obj):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
@@ -20,6 +19,7 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 import yaml  # noqa: E402
 
 from orinflow.demo import shapes  # noqa: E402
+from orinflow.io import private_folder  # noqa: E402
 
 PICO_SCALE = [0.33, 0.125, 1024]  # depth, width, max channels
 
@@ -38,19 +38,19 @@ def model_yaml(path: Path) -> Path:
 def train(out: Path, device: str, epochs: int, batch: int, workers: int, hours: float | None = None) -> Path:
     from ultralytics import YOLO
 
-    work = Path(tempfile.mkdtemp(prefix="orinflow-demo-train-"))
-    data_yaml = shapes.generate(work / "shapes")
-    model = YOLO(str(model_yaml(work / "shapes-yolov8p.yaml")))
-    model.train(
-        data=str(data_yaml), epochs=epochs, imgsz=shapes.IMAGE_SIZE, batch=batch, device=device,
-        workers=workers, time=hours, seed=0, deterministic=True, amp=False, plots=False,
-        project=str(work / "runs"), name="train", exist_ok=True, verbose=False,
-    )
-    best = work / "runs" / "train" / "weights" / "best.pt"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy(best, out)
-    metrics = YOLO(str(out)).val(data=str(data_yaml), imgsz=shapes.IMAGE_SIZE, batch=32, device=device, plots=False)
-    print(f"held-out val: mAP50 {metrics.box.map50:.3f}  mAP50-95 {metrics.box.map:.3f}")
+    with private_folder("orinflow-demo-train-") as work:
+        data_yaml = shapes.generate(work / "shapes")
+        model = YOLO(str(model_yaml(work / "shapes-yolov8p.yaml")))
+        model.train(
+            data=str(data_yaml), epochs=epochs, imgsz=shapes.IMAGE_SIZE, batch=batch, device=device,
+            workers=workers, time=hours, seed=0, deterministic=True, amp=False, plots=False,
+            project=str(work / "runs"), name="train", exist_ok=True, verbose=False,
+        )
+        best = work / "runs" / "train" / "weights" / "best.pt"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(best, out)
+        metrics = YOLO(str(out)).val(data=str(data_yaml), imgsz=shapes.IMAGE_SIZE, batch=32, device=device, plots=False)
+        print(f"held-out val: mAP50 {metrics.box.map50:.3f}  mAP50-95 {metrics.box.map:.3f}")
     return out
 
 

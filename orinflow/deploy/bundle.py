@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import OrinflowError
-from ..io import write_json
+from ..io import umask_mode, write_json
 from .traits import ModelTraits, model_traits
 from .trtexec import BuildOptions, bench_commands, build_command
 
@@ -51,7 +51,7 @@ def write_bundle(model: Path, output: Path, options: BuildOptions, overwrite: bo
         _script(staging / "bench.sh", "Time the engine with trtexec (run build_engine.sh first).",
                 list(bench.values()))
         (staging / "infer.py").write_text(LAUNCHER.format(version=__version__))
-        (staging / "infer.py").chmod(0o755)
+        (staging / "infer.py").chmod(umask_mode(0o777))
         _copy_package(staging / "orinflow")
         (staging / "README.md").write_text(bundle_readme(model.name, traits, options, build, bench))
         record = {"command": "deploy", "model": str(model), "bundle": str(output), "traits": traits.to_dict(),
@@ -71,7 +71,7 @@ def _script(path: Path, comment: str, commands: list[list[str]]) -> None:
     for command in commands:
         lines.append(" \\\n    ".join(['"$TRTEXEC"'] + [shlex.quote(arg) for arg in command[1:]]))
     path.write_text("\n".join(lines) + "\n")
-    path.chmod(0o755)
+    path.chmod(umask_mode(0o777))
 
 
 def _copy_package(target: Path) -> None:

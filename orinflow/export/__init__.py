@@ -15,7 +15,7 @@ import torch
 from .. import __version__
 from ..config import DEFAULT_OPSET, raw_onnx_dir
 from ..errors import OrinflowError
-from ..io import atomic_path, write_json
+from ..io import atomic_path, check_output, write_record
 from ..models import ModelAdapter
 from ..models.onnx_model import META_FAMILY, META_PROCESSING, META_SOURCE, write_metadata
 from ..runtime import OrtRunner, TorchRunner
@@ -43,10 +43,7 @@ def export_onnx(adapter: ModelAdapter, output: Path | None = None, opset: int = 
                 half: bool = False, simplify: bool = True, parity_image: np.ndarray | None = None) -> ExportResult:
     """Export `adapter` to ONNX at `output` (atomically) and verify it against PyTorch."""
     output = Path(output) if output else default_output(adapter, dynamic, half)
-    if output.suffix.lower() != ".onnx":
-        raise OrinflowError(f"output must end in .onnx: {output}")
-    if Path(adapter.source).resolve() == output.resolve():
-        raise OrinflowError("refusing to overwrite the source model")
+    check_output(output, (".onnx",), [adapter.source], command="export")
     started = time.perf_counter()
     with atomic_path(output) as tmp:
         _torch_export(adapter, tmp, opset, dynamic)
@@ -66,7 +63,7 @@ def export_onnx(adapter: ModelAdapter, output: Path | None = None, opset: int = 
         "half": half, "simplified": simplify, "parity": parity, "params": adapter.num_params(),
         "size_bytes": output.stat().st_size, "seconds": round(time.perf_counter() - started, 2),
     }
-    write_json(output.with_suffix(".json"), record)
+    write_record(output, record)
     return ExportResult(output, record)
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import re
 import struct
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -20,7 +19,7 @@ import numpy as np
 import onnx
 
 from ..errors import OrinflowError
-from ..io import atomic_path, write_json
+from ..io import atomic_path, check_output, private_copy, private_folder, write_record
 from ..models.onnx_model import OnnxModel, read_metadata, write_metadata
 from ..progress import status
 from . import quietly
@@ -94,8 +93,7 @@ def quantize_onnx(source: OnnxModel, calib: np.ndarray, spec: QuantizeSpec, outp
         raise OrinflowError("the calibration set is empty")
     model = onnx.load(str(source.path))
     check_not_quantized(model, source.path)
-    if Path(output).resolve() == Path(source.path).resolve():
-        raise OrinflowError("refusing to overwrite the source model")
+    check_output(output, (".onnx",), [source.path], command="quantize")
     exclude = excluded_nodes(model, spec, source.task)
     started = time.perf_counter()
     engine = "ModelOpt" if spec.target == "tensorrt" else "ONNX Runtime"
@@ -129,7 +127,7 @@ def quantize_onnx(source: OnnxModel, calib: np.ndarray, spec: QuantizeSpec, outp
         "seconds": round(time.perf_counter() - started, 1),
         "size_bytes": Path(output).stat().st_size,
     }
-    write_json(Path(output).with_suffix(".json"), record)
+    write_record(Path(output), record)
     return record
 
 
@@ -138,8 +136,8 @@ def _search_scales(source: OnnxModel, calib: np.ndarray, spec: QuantizeSpec, exc
     """--method search: ModelOpt's entropy scales join the candidates of the max-calibrated model."""
     from .scale_search import search_quantized
 
-    with tempfile.TemporaryDirectory() as work:
-        entropy = Path(work) / "entropy.onnx"
+    with private_folder() as work:
+        entropy = work / "entropy.onnx"
         with status(f"ModelOpt: entropy calibration of {len(calib)} images (candidate scales)"):
             _modelopt_quantize(source.path, calib, replace(spec, method="entropy"), exclude, entropy)
         return search_quantized(source.path, source.task, calib, quantized, onnx.load(str(entropy)), say=say)
@@ -157,28 +155,32 @@ def _modelopt_quantize(src: Path, calib: np.ndarray, spec: QuantizeSpec, exclude
         modelopt_quantize = import_quietly("modelopt.onnx.quantization").quantize
     except ImportError as e:
         raise OrinflowError(f"NVIDIA ModelOpt's ONNX quantization is not importable ({e})") from e
-    input_name = onnx.load(str(src), load_external_data=False).graph.input[0].name
     method = {"entropy": "entropy", "max": "max", "percentile": "max", "search": "max"}[spec.method]
     if spec.mode == "int4":
         method = "rtn_dq" if spec.method == "max" else "awq_clip"
-    with tempfile.TemporaryDirectory() as work, quietly():
-        cache = _percentile_cache(src, calib, spec.percentile, Path(work)) if spec.method == "percentile" else None
+    # ModelOpt saves its shape-inferred model over the path it is given, and its intermediate models
+    # beside its output: it only ever sees a private copy and writes into the private folder.
+    with private_folder() as work:
+        src, quantized = private_copy(src, work), work / "quantized.onnx"
+        input_name = onnx.load(str(src), load_external_data=False).graph.input[0].name
+        cache = _percentile_cache(src, calib, spec.percentile, work) if spec.method == "percentile" else None
         try:
-            modelopt_quantize(
-                str(src), quantize_mode=spec.mode, calibration_data={input_name: np.asarray(calib)},
-                calibration_method=method, calibration_cache_path=str(cache) if cache else None,
-                calibration_eps=["cpu"], nodes_to_exclude=[f"^{re.escape(n)}$" for n in exclude] or None,
-                high_precision_dtype=spec.high_precision, output_path=str(out), log_level="ERROR",
-            )
+            with quietly():
+                modelopt_quantize(
+                    str(src), quantize_mode=spec.mode, calibration_data={input_name: np.asarray(calib)},
+                    calibration_method=method, calibration_cache_path=str(cache) if cache else None,
+                    calibration_eps=["cpu"], nodes_to_exclude=[f"^{re.escape(n)}$" for n in exclude] or None,
+                    high_precision_dtype=spec.high_precision, output_path=str(quantized), log_level="ERROR",
+                )
         except Exception as e:
             raise OrinflowError(f"ModelOpt {spec.mode} quantization failed: {type(e).__name__}: "
                                 f"{str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}") from e
-    if not out.exists() or out.stat().st_size == 0:
-        raise OrinflowError(f"ModelOpt wrote no model for --mode {spec.mode}")
+        if not quantized.exists() or quantized.stat().st_size == 0:
+            raise OrinflowError(f"ModelOpt wrote no model for --mode {spec.mode}")
+        model = onnx.load(str(quantized))
     if spec.mode == "int8":
-        model = onnx.load(str(out))
         align_concat_scales(model)
-        onnx.save(model, str(out))
+    onnx.save(model, str(out))
 
 
 def align_concat_scales(model: onnx.ModelProto) -> int:
@@ -325,15 +327,15 @@ def _ort_quantize(src: Path, calib: np.ndarray, spec: QuantizeSpec, exclude: lis
     import subprocess
     import sys
 
-    with tempfile.TemporaryDirectory() as work:
+    with private_folder() as work:
         model = onnx.load(str(src))
         aligned_convs = align_conv_channels(model, skip=set(exclude))
-        aligned = Path(work) / "aligned.onnx"
+        aligned = work / "aligned.onnx"
         onnx.save(model, str(aligned))
-        calib_path = Path(work) / "calib.npy"
+        calib_path = work / "calib.npy"
         np.save(calib_path, np.asarray(calib, np.float32))
         job = {"src": str(aligned), "calib": str(calib_path), "method": spec.method, "percentile": spec.percentile,
-               "exclude": exclude, "out": str(out), "work": work, "chunk": CALIB_CHUNK}
+               "exclude": exclude, "out": str(out), "work": str(work), "chunk": CALIB_CHUNK}
         done = subprocess.run([sys.executable, "-m", "orinflow.optimize.ort_worker", json.dumps(job)],
                               capture_output=True, text=True)
     if done.returncode != 0:

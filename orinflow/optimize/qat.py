@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from ..data import Dataset, read_image
 from ..errors import OrinflowError
-from ..io import atomic_path, write_json
+from ..io import atomic_path, check_output, write_record
 from ..models import ModelAdapter
 from ..models.onnx_model import META_FAMILY, META_PROCESSING, META_SOURCE, write_metadata
 from ..models.processing import HEAD_ANCHOR_FREE, HEAD_END2END, HEAD_OBJECTNESS
@@ -53,6 +53,15 @@ class QATConfig:
     max_steps: int | None = None  # cap per epoch (quick runs, tests)
     resume: bool = False  # continue from the checkpoint of an interrupted run
     flip: bool = False  # mirror a random half of each batch (teacher, student and labels alike)
+
+    def validate(self) -> None:
+        if self.epochs < 0 or self.batch < 1 or self.lr <= 0:
+            raise OrinflowError(f"epochs must be >= 0, --batch >= 1 and --lr > 0 (got {self.epochs}, {self.batch}, "
+                                f"{self.lr})")
+        if self.calib_images < 1:
+            raise OrinflowError(f"--calib-images must be >= 1, got {self.calib_images}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise OrinflowError(f"--max-steps must be >= 1, got {self.max_steps}")
 
     def fingerprint(self) -> dict:
         """What must match for a checkpoint to be resumed (the epoch count may grow)."""
@@ -274,7 +283,12 @@ def checkpoint_path(output: Path, stage: str) -> Path:
     return output.with_name(f"{output.stem}.{stage}.pt")
 
 
-def check_trainable(adapter: ModelAdapter, config: QATConfig) -> None:
+def check_trainable(adapter: ModelAdapter, config: QATConfig, dataset: Dataset | None = None) -> None:
+    """What training would refuse, said before anything is written."""
+    config.validate()
+    if dataset is not None and uses_labels(adapter, config) and dataset.task != adapter.task:
+        raise OrinflowError(f"the label loss needs {adapter.task} labels, which {dataset.name} does not have; train "
+                            "with --distill --no-labels")
     if adapter.task == "detect" and adapter.processing.head == HEAD_END2END:
         raise OrinflowError("fine-tuning NMS-free (end-to-end) heads is not supported yet")
     if not config.distill and not uses_labels(adapter, config):
@@ -284,7 +298,8 @@ def check_trainable(adapter: ModelAdapter, config: QATConfig) -> None:
 def run_qat(adapter: ModelAdapter, dataset: Dataset, config: QATConfig, output: Path, say=print,
             teacher: torch.nn.Module | None = None, masks: dict | None = None) -> dict:
     """Route 2 (and the QAT stage of route 4, which passes the dense teacher and the 2:4 masks to hold)."""
-    check_trainable(adapter, config)
+    check_output(output, (".onnx",), [adapter.source], command="qat")
+    check_trainable(adapter, config, dataset)
     torch.manual_seed(config.seed)
     started = time.perf_counter()
     teacher = adapter.export_module() if teacher is None else teacher  # FP32; the student is a quantized copy
@@ -302,5 +317,5 @@ def run_qat(adapter: ModelAdapter, dataset: Dataset, config: QATConfig, output: 
               "config": asdict(config), "processes": distributed.world_size(), "losses": losses, "parity": parity,
               "qdq_report": qdq_report(exported, "tensorrt", "int8", decode),
               "seconds": round(time.perf_counter() - started, 1)}
-    write_json(output.with_suffix(".json"), record)
+    write_record(output, record)
     return record

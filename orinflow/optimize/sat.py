@@ -19,7 +19,7 @@ import torch
 from ..data import Dataset
 from ..errors import OrinflowError
 from ..export import export_onnx
-from ..io import write_json
+from ..io import write_record
 from ..models import ModelAdapter
 from . import distributed, import_quietly, quietly
 from .masks import sparse_masks
@@ -30,10 +30,14 @@ MODELOPT_STATE = "_modelopt_state"  # where ModelOpt records the modes applied t
 METHODS = {"magnitude": "sparse_magnitude", "sparsegpt": "sparsegpt"}
 
 
-def sparsify_module(adapter: ModelAdapter, dataset: Dataset, method: str, config: QATConfig) -> torch.nn.Module:
-    """A copy of the model with 2:4 masks on the layers ModelOpt (ASP rules) can sparsify."""
+def check_method(method: str) -> None:
     if method not in METHODS:
         raise OrinflowError(f"unknown --method {method!r}; choose one of {', '.join(METHODS)}")
+
+
+def sparsify_module(adapter: ModelAdapter, dataset: Dataset, method: str, config: QATConfig) -> torch.nn.Module:
+    """A copy of the model with 2:4 masks on the layers ModelOpt (ASP rules) can sparsify."""
+    check_method(method)
     mts = import_quietly("modelopt.torch.sparsity")
     module = copy.deepcopy(adapter.export_module()).to(config.device).eval()
     options = {}
@@ -72,7 +76,7 @@ def run_sat(adapter: ModelAdapter, dataset: Dataset, method: str, config: QATCon
               "method": method, "config": asdict(config), "losses": losses, "parity": exported.record["parity"],
               "sparsity": sparsity_summary(onnx.load(str(output))),
               "seconds": round(time.perf_counter() - started, 1)}
-    write_json(output.with_suffix(".json"), record)
+    write_record(output, record)
     return record
 
 
@@ -97,7 +101,7 @@ def run_sparse_qat(adapter: ModelAdapter, dataset: Dataset, method: str, sat_con
                    "sat_config": asdict(sat_config), "sat_losses": sat_losses,
                    "sparsity": sparsity_summary(onnx.load(str(output))),
                    "seconds": round(time.perf_counter() - started, 1)})
-    write_json(output.with_suffix(".json"), record)
+    write_record(output, record)
     return record
 
 

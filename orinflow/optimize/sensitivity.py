@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import resource
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ import onnx
 from ..config import workspace
 from ..data import Dataset
 from ..errors import OrinflowError
-from ..io import atomic_path, write_json
+from ..io import atomic_path, check_output, private_folder, write_json, write_record
 from ..models.onnx_model import OnnxModel, read_metadata, write_metadata
 from ..progress import progress
 from .groups import Group, dequantize_groups, quantization_groups
@@ -157,9 +156,9 @@ def measure_sensitivity(source: OnnxModel, calib: np.ndarray, spec: QuantizeSpec
         say(f"sensitivity: read from cache {cached}")
         return record
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="orinflow-sens-") as work:
-        full, quant_record = quantized or quantize_full(source, calib, spec, Path(work), say)
-        record = _measure(source, calib, full, subset, options, Path(work), say)
+    with private_folder("orinflow-sens-") as work:
+        full, quant_record = quantized or quantize_full(source, calib, spec, work, say)
+        record = _measure(source, calib, full, subset, options, work, say)
     record.update(key=key, cached=False, model=str(source.path), quantization=asdict(spec),
                   calibration_images=int(len(calib)), lint=quant_record["qdq_report"]["lint"],
                   seconds=round(time.perf_counter() - started, 1), peak_memory_mb=peak_memory_mb())
@@ -217,17 +216,16 @@ def fit_budget(source: OnnxModel, calib: np.ndarray, spec: QuantizeSpec, select:
     """
     budget.validate()
     options = options or SensitivityOptions()
-    if Path(output).resolve() == Path(source.path).resolve():
-        raise OrinflowError("refusing to overwrite the source model")
+    check_output(output, (".onnx",), [source.path], command="quantize")
     subset = selection_subset(select, options.select_images, options.seed)
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="orinflow-budget-") as work:
-        full, quant_record = quantize_full(source, calib, spec, Path(work), say)
+    with private_folder("orinflow-budget-") as work:
+        full, quant_record = quantize_full(source, calib, spec, work, say)
         ranking = measure_sensitivity(source, calib, spec, select, options, say=say,
                                       quantized=(full, quant_record))
         groups = {g.name: g for g in quantization_groups(full)}
         total_flops = sum(g.flops for g in groups.values()) or 1
-        metrics = MetricProbe(subset, source.task, Path(work), options.threads)
+        metrics = MetricProbe(subset, source.task, work, options.threads)
         reference = ranking["fp32"][ranking["metric"]]
         current = ranking["full_int8"][ranking["metric"]]
         steps, kept = _greedy(ranking, groups, total_flops, budget, reference, current, full, metrics, say)
@@ -257,7 +255,7 @@ def fit_budget(source: OnnxModel, calib: np.ndarray, spec: QuantizeSpec, select:
         "seconds": round(time.perf_counter() - started, 1),  # the sensitivity run included (or read from cache)
         "size_bytes": Path(output).stat().st_size,
     }
-    write_json(Path(output).with_suffix(".json"), record)
+    write_record(Path(output), record)
     return record
 
 

@@ -2,7 +2,8 @@
 
 An ONNX model is built into an engine with the flags `orinflow deploy` would write (the
 model's own precision: strongly typed for Q/DQ, FP16 otherwise; 2:4 sparse weights enabled
-when present) and cached beside it; a `.engine`/`.plan` file is loaded as it is. Buffers are
+when present) and cached in workspace/cache/engines under the model's content hash (never beside
+the user's model, where it could meet a file of theirs); a `.engine`/`.plan` file is loaded as it is. Buffers are
 torch CUDA tensors, so no pycuda is needed.
 """
 from __future__ import annotations
@@ -50,8 +51,14 @@ class TrtRunner:
         self.static_batch = self.engine.get_tensor_shape(self.input_name)[0]  # -1 when dynamic
 
     def _cached_build(self, onnx_path: Path, max_batch: int, fp16: bool) -> bytes:
-        engine = onnx_path.with_suffix(f".b{max_batch}.engine")
-        if engine.exists() and engine.stat().st_mtime >= onnx_path.stat().st_mtime:
+        import hashlib
+
+        from ..config import workspace
+
+        key = hashlib.sha1(onnx_path.read_bytes()).hexdigest()[:16]
+        engine = (workspace() / "cache" / "engines" /
+                  f"{onnx_path.stem}_{key}_b{max_batch}{'_fp16' if fp16 else ''}_trt{self.trt.__version__}.engine")
+        if engine.is_file():
             return engine.read_bytes()
         plan = build_engine(self.trt, self.logger, onnx_path, max_batch, fp16)
         from ..io import atomic_path
