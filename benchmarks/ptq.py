@@ -73,7 +73,7 @@ def main() -> int:
     runners = {Path(r["model"]).name: OrtRunner(r["model"], args.threads) for r in records}
     shape = (3, *load_model(route["fp32"]["model"]).processing.imgsz)
     latency = {b: interleaved_latency(runners, (b, *shape), args.rounds if b == 1 else max(5, args.rounds // b))
-               for b in sorted({1, args.batch})}
+               for b in batch_sizes(runners, args.batch)}
     print_table(records, latency, args)
     for record in records:  # the side-by-side figures replace none: the route measured no latency
         name = Path(record["model"]).name
@@ -82,6 +82,16 @@ def main() -> int:
     if args.json:
         write_json(args.json, {"route": route, "threads": args.threads, "rounds": args.rounds})
     return 0
+
+
+def batch_sizes(runners: dict, batch: int) -> list[int]:
+    """1, and `batch` only when every graph takes it: a static-batch graph would run it image by image."""
+    static = [name for name, runner in runners.items() if isinstance(runner.static_batch, int)]
+    if batch > 1 and static:
+        print(f"batch {batch} not timed: {len(static)} graph(s) have a static batch of 1, so a 'batch {batch}' "
+              f"figure would be {batch} batch-1 runs")
+        return [1]
+    return sorted({1, batch})
 
 
 def print_table(records: list[dict], latency: dict[int, dict], args) -> None:

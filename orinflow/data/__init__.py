@@ -71,12 +71,20 @@ def _from_yaml(path: Path, split: str) -> Dataset:
         images += _images_of(root / entry, path)
     if not images:
         raise OrinflowError(f"{path}: split '{split}' holds no images")
-    names = cfg.get("names", {})
-    names = dict(enumerate(names)) if isinstance(names, list) else {int(k): v for k, v in names.items()}
+    names = _class_names(cfg.get("names") or {}, path)
     if (root / entries[0]).is_dir() and _is_class_tree(root / entries[0]):
         return _from_folder(root / entries[0])
-    labels = [_read_labels(_label_path(p), p) for p in images]
+    labels = [_read_labels(_label_path(p), p, names) for p in images]
     return Dataset(f"{path.stem}:{split}", images, "detect", labels, names)
+
+
+def _class_names(names, path: Path) -> dict[int, str]:
+    if isinstance(names, list):
+        return dict(enumerate(names))
+    try:
+        return {int(k): v for k, v in dict(names).items()}
+    except (TypeError, ValueError):
+        raise OrinflowError(f"{path}: 'names' must be a list or a mapping of class id to name") from None
 
 
 def _images_of(target: Path, yaml_path: Path) -> list[Path]:
@@ -98,17 +106,39 @@ def _label_path(image: Path) -> Path:
     return Path(*parts).with_suffix(".txt")
 
 
-def _read_labels(path: Path, image: Path) -> np.ndarray:
+def _read_labels(path: Path, image: Path, names: dict[int, str]) -> np.ndarray:
+    """(n, 5) class, cx, cy, w, h from a YOLO txt file; polygon rows (segment labels) become their box."""
     if not path.exists():
         return np.zeros((0, 5), np.float32)  # no label file: an image with no objects
-    try:
-        rows = [list(map(float, ln.split()[:5])) for ln in path.read_text().splitlines() if ln.strip()]
-        labels = np.asarray(rows, np.float32).reshape(-1, 5)
-    except ValueError as e:
-        raise OrinflowError(f"bad label file {path} (for {image.name}): {e}") from e
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            rows.append(_label_row(line, path, number, names))
+    labels = np.asarray(rows, np.float32).reshape(-1, 5)
     if len(labels) and ((labels[:, 1:] < -0.01).any() or (labels[:, 1:] > 1.01).any()):
         raise OrinflowError(f"bad label file {path}: coordinates must be normalised to 0..1")
     return labels
+
+
+def _label_row(line: str, path: Path, number: int, names: dict[int, str]) -> list[float]:
+    fields = line.split()
+    try:
+        values = [float(v) for v in fields]
+    except ValueError:
+        raise OrinflowError(f"bad label file {path}, line {number}: not numbers: {line.strip()[:60]!r}") from None
+    if len(values) != 5 and (len(values) < 7 or len(values) % 2 == 0):
+        raise OrinflowError(f"bad label file {path}, line {number}: {len(values)} columns; a YOLO label is "
+                            "'class cx cy w h' (5 columns) or 'class x1 y1 x2 y2 ...' (a polygon)")
+    cls = values[0]
+    if cls != int(cls) or cls < 0 or (names and int(cls) not in names):
+        known = f"0..{max(names)}" if names else "whole numbers >= 0"
+        raise OrinflowError(f"bad label file {path}, line {number}: class id {fields[0]} is not one of the "
+                            f"dataset's classes ({known})")
+    if len(values) == 5:
+        return values
+    xs, ys = values[1::2], values[2::2]  # a polygon: its bounding box
+    x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
+    return [cls, (x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0]
 
 
 def _is_class_tree(folder: Path) -> bool:

@@ -51,4 +51,21 @@ def load_calibration(path: Path, processing: Processing) -> np.ndarray:
                             f"(N, {', '.join(map(str, expected))}); rebuild it with `orinflow calibrate -m <model>`")
     if array.shape[0] == 0:
         raise OrinflowError(f"calibration set {path} is empty")
-    return np.asarray(array, dtype=np.float32)
+    if not np.issubdtype(array.dtype, np.floating):
+        raise OrinflowError(f"calibration set {path} holds {array.dtype} values, not the model's float input "
+                            "(raw pixels?); rebuild it with `orinflow calibrate -m <model>`")
+    values = np.asarray(array, dtype=np.float32)
+    check_input_range(values, processing, f"calibration set {path}")
+    return values
+
+
+def check_input_range(values: np.ndarray, processing: Processing, what: str, tolerance: float = 0.02) -> None:
+    """Refuse (N,3,H,W) inputs outside what the model's preprocessing produces (wrong scale or normalisation)."""
+    if not np.isfinite(values).all():
+        raise OrinflowError(f"{what} holds NaN or infinite values")
+    low, high = processing.input_range()
+    margin = tolerance * (high - low)
+    seen_low, seen_high = values.min(axis=(0, 2, 3)), values.max(axis=(0, 2, 3))
+    if (seen_low < low - margin).any() or (seen_high > high + margin).any():
+        raise OrinflowError(f"{what} spans {seen_low.min():.3g}..{seen_high.max():.3g}, outside the model's input "
+                            f"range {low.min():.3g}..{high.max():.3g}; rebuild it with `orinflow calibrate -m <model>`")

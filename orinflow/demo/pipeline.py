@@ -54,6 +54,9 @@ def run_demo(workdir: Path, runs: int, console: Console) -> list[dict]:
     for record in records:
         write_json(workdir / "records" / f"eval_{Path(record['model']).stem}.json", record)
     console.print(comparison_table(records, title="demo: shapes val (deltas against PyTorch FP32)"))
+    if any("static batch" in note for r in records for note in r.get("notes", [])):
+        console.print("The exported graphs have a static batch of 1: their batch-8 latency is left out (it would be "
+                      "8 batch-1 runs); export with --dynamic to time real batches.")
     console.print("The tensorrt-target model is built for TensorRT's INT8 kernels: on this CPU it runs through "
                   "ONNX Runtime's reference Q/DQ path, so judge its accuracy here, its speed on the Jetson.")
     bundle = workdir / "deploy" / Path(route["best"]["tensorrt"]["model"]).stem

@@ -25,6 +25,26 @@ class EvalOptions:
     threads: int | None = None
     measure_latency: bool = True
     runtime: str = "auto"  # auto: PyTorch for .pt, ONNX Runtime for .onnx; or tensorrt
+    skip_bad_images: bool = False  # leave unreadable images out (named in the record) instead of stopping
+
+    def validate(self) -> None:
+        """Refuse settings that would quietly produce wrong numbers."""
+        from ..runtime import RUNTIMES
+
+        if not 0 < self.conf < 1:
+            raise OrinflowError(f"--conf must be between 0 and 1 (exclusive), got {self.conf}")
+        if self.iou is not None and not 0 < self.iou < 1:
+            raise OrinflowError(f"--iou must be between 0 and 1 (exclusive), got {self.iou}")
+        if self.max_det < 1:
+            raise OrinflowError(f"--max-det must be >= 1, got {self.max_det}")
+        if self.batch < 1:
+            raise OrinflowError(f"--batch must be >= 1, got {self.batch}")
+        if self.latency_runs < 0 or self.warmup < 0:
+            raise OrinflowError(f"--runs and --warmup must be >= 0, got {self.latency_runs} and {self.warmup}")
+        if self.threads is not None and self.threads < 1:
+            raise OrinflowError(f"--threads must be >= 1 (leave it out for all cores), got {self.threads}")
+        if self.runtime not in RUNTIMES:
+            raise OrinflowError(f"unknown --runtime {self.runtime!r}; choose one of {', '.join(RUNTIMES)}")
 
 
 def versions() -> dict:
@@ -57,28 +77,44 @@ def evaluate_model(model: ModelAdapter | OnnxModel, data: str | Path | Dataset, 
                    options: EvalOptions | None = None, runner=None) -> dict:
     """One run record; `runner` overrides the runtime chosen from the model and options (the bundle's engine)."""
     options = options or EvalOptions()
+    options.validate()
     dataset = data if isinstance(data, Dataset) else load_dataset(data, split)
     if dataset.task is None:
         raise OrinflowError(f"{dataset.name} has no labels: evaluation needs a dataset YAML or class subfolders")
     if dataset.task != model.task:
         raise OrinflowError(f"the model is a {model.task} model but {dataset.name} is a {dataset.task} dataset")
     runner = runner or make_runner(model, options.threads, options.runtime, options.batch)
+    skipped: list[str] | None = [] if options.skip_bad_images else None
     if model.task == "detect":
         metrics = evaluate_detection(runner, model.processing, dataset, options.conf, options.iou, options.max_det,
-                                     options.batch)
+                                     options.batch, skipped)
     else:
-        metrics = evaluate_classification(runner, model.processing, dataset, max(options.batch, 1))
+        metrics = evaluate_classification(runner, model.processing, dataset, options.batch, skipped)
+    notes, latency_batch = [], options.batch
+    static = getattr(runner, "static_batch", None)
+    if options.batch > 1 and isinstance(static, int) and static != options.batch:
+        # ONNX Runtime runs such a graph image by image: a "batch N" figure would be N batch-1 runs
+        latency_batch = 1
+        notes.append(f"{model_path(model)} has a static batch of {static}: --batch {options.batch} ran image by "
+                     f"image and no batch-{options.batch} latency was measured (export with --dynamic)")
+    if skipped:
+        notes.append(f"{len(skipped)} unreadable image(s) skipped: {', '.join(skipped[:5])}"
+                     f"{' ...' if len(skipped) > 5 else ''}")
     record = {
         "model": model_path(model), "runtime": runner.name, "task": model.task, "family": model.family,
         "data": dataset.name, "split": split,
         "data_source": str(Path(data).resolve()) if not isinstance(data, Dataset) else None,
-        "images": len(dataset), "imgsz": list(model.processing.imgsz), "metrics": metrics,
+        "images": len(dataset) - len(skipped or []), "imgsz": list(model.processing.imgsz), "metrics": metrics,
         "settings": {"conf": options.conf, "iou": options.iou if options.iou is not None else model.processing.nms_iou,
                      "max_det": options.max_det} if model.task == "detect" else {},
         "params": model.num_params(), "size_bytes": size_bytes(model), "versions": versions(),
     }
+    if skipped is not None:
+        record["skipped_images"] = skipped
+    if notes:
+        record["notes"] = notes
     if options.measure_latency:
-        record["latency_ms"] = latency_profile(runner, (3, *model.processing.imgsz), options.batch,
+        record["latency_ms"] = latency_profile(runner, (3, *model.processing.imgsz), latency_batch,
                                                options.latency_runs, options.warmup)
     return record
 

@@ -16,42 +16,59 @@ from ..runtime import Runner
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
 
 
-def batches(images: Sequence[str | Path], processing: Processing,
-            batch_size: int) -> Iterator[tuple[list[int], np.ndarray, list]]:
-    """Preprocessed batches; image decoding runs in threads ahead of inference."""
+def batches(images: Sequence[str | Path], processing: Processing, batch_size: int,
+            skipped: list[str] | None = None) -> Iterator[tuple[list[int], np.ndarray, list]]:
+    """Preprocessed batches; image decoding runs in threads ahead of inference.
+
+    With a `skipped` list, an unreadable image is appended to it and left out instead of stopping the run.
+    """
     def prepare(index: int):
-        return processing.preprocess(read_image(images[index]))
+        try:
+            return processing.preprocess(read_image(images[index]))
+        except OrinflowError:
+            if skipped is None:
+                raise
+            return None
 
     indices = list(range(len(images)))
     with ThreadPoolExecutor(max_workers=2) as pool:
         for start in range(0, len(indices), batch_size):
             chunk = indices[start:start + batch_size]
-            prepared = list(pool.map(prepare, chunk))
-            yield chunk, np.stack([p[0] for p in prepared]), [p[1] for p in prepared]
+            prepared = dict(zip(chunk, pool.map(prepare, chunk)))
+            if skipped is not None:
+                skipped += [str(images[i]) for i in chunk if prepared[i] is None]
+            kept = [i for i in chunk if prepared[i] is not None]
+            if kept:
+                yield kept, np.stack([prepared[i][0] for i in kept]), [prepared[i][1] for i in kept]
 
 
 def predictions(runner: Runner, processing: Processing, images: Sequence[str | Path], batch_size: int = 1,
-                **post) -> Iterator[tuple[int, ImageMeta, object]]:
+                skipped: list[str] | None = None, **post) -> Iterator[tuple[int, ImageMeta, object]]:
     """(image index, its letterbox/resize meta, postprocessed result) for every image: what evaluation scores and `infer.py` prints.
 
-    `post` goes to Processing.postprocess (conf, iou, max_det for detectors).
+    `skipped` (a list) skips unreadable images and collects their paths; `post` goes to
+    Processing.postprocess (conf, iou, max_det for detectors).
     """
     steps = (len(images) + batch_size - 1) // batch_size
-    for indices, batch, metas in progress(batches(images, processing, batch_size), "inference", total=steps):
+    for indices, batch, metas in progress(batches(images, processing, batch_size, skipped), "inference", total=steps):
         yield from zip(indices, metas, processing.postprocess(runner.run(batch)[0], metas, **post))
 
 
 def evaluate_detection(runner: Runner, processing: Processing, dataset: Dataset, conf: float = 0.001,
-                       iou: float | None = None, max_det: int = 300, batch_size: int = 1) -> dict:
+                       iou: float | None = None, max_det: int = 300, batch_size: int = 1,
+                       skipped: list[str] | None = None) -> dict:
+    """mAP of `dataset`; images listed in `skipped` (when given) are left out with their labels."""
     if dataset.task != "detect":
         raise OrinflowError(f"{dataset.name} has no detection labels (a dataset YAML with YOLO txt labels is needed)")
     stats, target_classes = [], []
-    for index, meta, dets in predictions(runner, processing, dataset.images, batch_size, conf=conf, iou=iou,
+    for index, meta, dets in predictions(runner, processing, dataset.images, batch_size, skipped, conf=conf, iou=iou,
                                          max_det=max_det):
         labels = dataset.labels[index]
         gt_boxes = _labels_to_xyxy(labels, meta.original_hw)
         stats.append((match_predictions(dets, gt_boxes, labels[:, 0].astype(int)), dets.scores, dets.classes))
         target_classes.append(labels[:, 0].astype(int))
+    if not stats:
+        raise OrinflowError(f"no image of {dataset.name} could be read")
     return detection_metrics(stats, np.concatenate(target_classes) if target_classes else np.zeros(0, int),
                              processing.names or dataset.names)
 
@@ -149,18 +166,23 @@ def detection_metrics(stats: list, target_classes: np.ndarray, names: dict[int, 
             "instances": int(len(target_classes)), "per_class": per_class}
 
 
-def evaluate_classification(runner: Runner, processing: Processing, dataset: Dataset, batch_size: int = 32) -> dict:
+def evaluate_classification(runner: Runner, processing: Processing, dataset: Dataset, batch_size: int = 32,
+                            skipped: list[str] | None = None) -> dict:
     if dataset.task != "classify":
         raise OrinflowError(f"{dataset.name} is not a classification set (one subfolder of images per class)")
     labels = np.asarray(dataset.labels)
     probs = np.zeros((len(dataset), 0), np.float32)
-    for index, _, p in predictions(runner, processing, dataset.images, batch_size):
+    seen = np.zeros(len(dataset), bool)
+    for index, _, p in predictions(runner, processing, dataset.images, batch_size, skipped):
         if probs.shape[1] == 0:
             if len(p) < len(dataset.names):
                 raise OrinflowError(f"the model predicts {len(p)} classes but the data has {len(dataset.names)}")
             probs = np.zeros((len(dataset), len(p)), np.float32)
-        probs[index] = p
-    ranked = np.argsort(-probs, 1)[:, :5]
-    top1_hits = int((ranked[:, 0] == labels).sum())
-    top5_hits = int((ranked == labels[:, None]).any(1).sum())
-    return {"top1": top1_hits / len(dataset), "top5": top5_hits / len(dataset), "images": len(dataset)}
+        probs[index], seen[index] = p, True
+    if not seen.any():
+        raise OrinflowError(f"no image of {dataset.name} could be read")
+    ranked = np.argsort(-probs[seen], 1)[:, :5]
+    top1_hits = int((ranked[:, 0] == labels[seen]).sum())
+    top5_hits = int((ranked == labels[seen][:, None]).any(1).sum())
+    count = int(seen.sum())
+    return {"top1": top1_hits / count, "top5": top5_hits / count, "images": count}

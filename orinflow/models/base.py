@@ -48,13 +48,22 @@ class RawOutput(nn.Module):
 
 
 def pickle_globals(path: Path) -> set[str]:
-    """Module names a torch zip checkpoint references, read without running it."""
+    """Module names a torch zip checkpoint references, read without running it.
+
+    An empty set for files that are not zip checkpoints (legacy torch pickles, other formats);
+    a clear error for a zip checkpoint that is truncated or damaged.
+    """
+    with open(path, "rb") as f:
+        if f.read(4) != b"PK\x03\x04":
+            return set()
     try:
         with zipfile.ZipFile(path) as archive:
             name = next((n for n in archive.namelist() if n.endswith("data.pkl")), None)
-            data = archive.read(name) if name else b""
-    except (zipfile.BadZipFile, OSError):
-        return set()
+            if name is None:
+                raise OrinflowError(f"{path} is a zip archive but not a PyTorch checkpoint (it holds no data.pkl)")
+            data = archive.read(name)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        raise OrinflowError(f"{path} is a truncated or damaged PyTorch checkpoint ({_first_line(e)})") from e
     import pickletools
 
     modules, strings = set(), []
@@ -66,8 +75,9 @@ def pickle_globals(path: Path) -> set[str]:
                 modules.add(strings[-2])
             if isinstance(arg, str):
                 strings.append(arg)
-    except Exception:  # a corrupt pickle: the real load will say so
-        pass
+    except Exception as e:  # noqa: BLE001 - any parse failure means a damaged file
+        raise OrinflowError(f"{path} is a damaged PyTorch checkpoint (its pickle does not parse: "
+                            f"{_first_line(e)})") from e
     return modules
 
 

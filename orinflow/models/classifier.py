@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import re
 from pathlib import Path
 
 import torch
@@ -72,6 +73,33 @@ def extract_state_dict(obj, path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
+SIZE_MISMATCH = re.compile(r"size mismatch for (\S+): copying a param with shape torch\.Size\((\[.*?\])\) from "
+                           r"checkpoint, the shape in current model is torch\.Size\((\[.*?\])\)")
+
+
+def state_dict_mismatch(error: RuntimeError, shown: int = 3) -> str:
+    """torch's load_state_dict error (a header, then a line per problem) as one line, keys counted."""
+    problems, sizes = [], []
+    for line in str(error).splitlines()[1:]:
+        line = " ".join(line.split())
+        if (size := SIZE_MISMATCH.search(line)) is not None:
+            sizes.append(f"{size[1]} {size[2]} in the file, {size[3]} in the model")
+            continue
+        head, _, rest = line.partition(": ")
+        keys = re.findall(r'"([^"]+)"', rest)
+        if keys:
+            problems.append(f"{head}: {len(keys)} ({', '.join(keys[:shown])}{_more(keys, shown)})")
+        elif line:
+            problems.append(line[:200])
+    if sizes:
+        problems.append(f"size mismatch: {len(sizes)} ({'; '.join(sizes[:shown])}{_more(sizes, shown)})")
+    return "; ".join(problems) or " ".join(str(error).split())[:300]
+
+
+def _more(items: list, shown: int) -> str:
+    return f" and {len(items) - shown} more" if len(items) > shown else ""
+
+
 def load_classifier(path: Path | None, arch: str | None, imgsz: int | None = None, mean=None, std=None,
                     crop_fraction: float | None = None) -> ModelAdapter:
     if arch is None:
@@ -83,7 +111,7 @@ def load_classifier(path: Path | None, arch: str | None, imgsz: int | None = Non
         try:
             model.load_state_dict(state)
         except RuntimeError as e:
-            raise OrinflowError(f"{path} does not fit --arch {arch}: {str(e).splitlines()[0]}") from e
+            raise OrinflowError(f"{path} does not fit --arch {arch}: {state_dict_mismatch(e)}") from e
     size = imgsz or DEFAULT_CLS_IMGSZ
     fraction = crop_fraction if crop_fraction is not None else (IMAGENET_CROP_FRACTION if size >= 128 else 1.0)
     if not 0 < fraction <= 1:

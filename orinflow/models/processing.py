@@ -72,6 +72,13 @@ class Processing:
             return letterbox(image_bgr, self.imgsz)
         return classify_transform(image_bgr, self.imgsz, self.crop_fraction, self.mean, self.std)
 
+    def input_range(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel (low, high) of what `preprocess` can produce: 0..1 pixels, normalised for classifiers."""
+        if self.task == "detect":
+            return np.zeros(3, np.float32), np.ones(3, np.float32)
+        mean, std = np.asarray(self.mean, np.float32), np.asarray(self.std, np.float32)
+        return (0 - mean) / std, (1 - mean) / std
+
     # ---- postprocessing ----
     def postprocess(self, raw: np.ndarray | torch.Tensor, metas: list[ImageMeta], conf: float = 0.001,
                     iou: float | None = None, max_det: int = 300) -> list:

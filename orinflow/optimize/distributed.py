@@ -7,6 +7,7 @@ torchrun (WORLD_SIZE unset or 1) every function here is a no-op.
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 import torch
@@ -27,13 +28,26 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def check_device(device: str) -> None:
+    """Refuse a device this machine does not have, before anything is loaded or written."""
+    match = re.fullmatch(r"cuda(?::(\d+))?", device)
+    if device == "cpu":
+        return
+    if match is None:
+        raise OrinflowError(f"--device {device!r}: use cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise OrinflowError(f"--device {device}: torch sees no CUDA GPU on this machine; use --device cpu")
+    index = int(match.group(1) or 0)
+    if index >= torch.cuda.device_count():
+        raise OrinflowError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+
+
 def setup(device: str) -> str:
     """Join the process group when launched by torchrun; returns this rank's device."""
+    check_device(device)
     if world_size() <= 1:
         return device
     if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise OrinflowError("--device cuda under torchrun, but torch sees no CUDA device")
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
         torch.cuda.set_device(device)
     if not dist.is_initialized():
