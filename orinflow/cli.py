@@ -11,6 +11,7 @@ from typing import Annotated, Callable, Optional
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from .config import DEFAULT_OPSET, calib_dir
 from .errors import OrinflowError
@@ -56,8 +57,17 @@ def _floats(text: str | None, flag: str) -> tuple[float, ...] | None:
     return values
 
 
+def _one_line(error: Exception, verbose: bool) -> str:
+    """An OrinflowError's whole message on one line; another exception's type and first line, with a hint."""
+    if isinstance(error, OrinflowError):
+        return " ".join(str(error).split()) or type(error).__name__
+    first = (str(error).strip().splitlines() or [""])[0]
+    return f"{type(error).__name__}: {first}" + ("" if verbose else " (run with --verbose for the traceback)")
+
+
 def cli_errors(func: Callable) -> Callable:
-    """One clear line and exit code 2 for any failure; the traceback only with --verbose."""
+    """One clear line and exit code 2 for any failure; the traceback only with --verbose; exit 130 on Ctrl-C
+    (orinflow/entry.py)."""
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         verbose = kwargs.get("verbose", False)
@@ -65,16 +75,16 @@ def cli_errors(func: Callable) -> Callable:
             return func(*args, **kwargs)
         except typer.Exit:
             raise
-        except KeyboardInterrupt:
-            err_console.print("[red]interrupted[/red]")
+        except KeyboardInterrupt:  # in-process use; the console scripts exit from their signal handler
+            from .io import remove_unfinished
+
+            remove_unfinished()
+            err_console.print("interrupted", highlight=False)
             raise typer.Exit(130)
         except Exception as e:  # noqa: BLE001 - every failure becomes one line
             if verbose:
                 err_console.print(traceback.format_exc(), markup=False, highlight=False)
-            message = str(e) if isinstance(e, OrinflowError) else f"{type(e).__name__}: {e}"
-            hint = "" if verbose else " (run with --verbose for the traceback)"
-            err_console.print(f"[red]error:[/red] {message.strip().splitlines()[0] if message.strip() else type(e).__name__}"
-                              f"{hint if not isinstance(e, OrinflowError) else ''}", highlight=False, soft_wrap=True)
+            err_console.print(Text.assemble(("error:", "red"), " ", _one_line(e, verbose)), soft_wrap=True)
             raise typer.Exit(2)
     return wrapper
 
@@ -107,7 +117,10 @@ def export(
     """Export a PyTorch model to ONNX, simplify it, and check PyTorch vs ONNX Runtime parity on a real image."""
     from .data import read_image
     from .export import export_onnx
+    from .io import check_output
 
+    if output is not None:
+        check_output(output, (".onnx",), [model, image], command="export")
     adapter = _load(model, arch, imgsz, mean, std, crop)
     if not hasattr(adapter, "module"):
         raise OrinflowError(f"{model} is already ONNX; export takes a PyTorch model")
@@ -138,18 +151,22 @@ def calibrate(
     """Build a calibration set (N,3,H,W float32 .npy) with exactly the model's preprocessing."""
     from .data import load_dataset
     from .data.calibration import build_calibration, save_calibration
-    from .io import write_json
+    from .io import check_output, write_record
 
     if not data:
         raise OrinflowError("give the images with --yaml data.yaml (and --split) or --data folder/")
-    adapter = _load(model, arch, imgsz, mean, std, crop)
+    if num_images <= 0:
+        raise OrinflowError("--num-images must be positive")
     dataset = load_dataset(data, split)
+    count = min(num_images, len(dataset))
+    output = output or calib_dir() / f"{Path(model).stem}_{Path(data).stem}_{split}_{count}.npy"
+    check_output(output, (".npy",), [model, data], command="calibrate")
+    adapter = _load(model, arch, imgsz, mean, std, crop)
     array = build_calibration(adapter.processing, dataset, num_images, seed)
-    output = output or calib_dir() / f"{Path(model).stem}_{Path(data).stem}_{split}_{len(array)}.npy"
     save_calibration(array, output)
-    write_json(output.with_suffix(".json"), {"command": "calibrate", "model": str(model), "data": str(data),
-                                             "split": split, "images": len(array), "seed": seed,
-                                             "shape": list(array.shape), "processing": adapter.processing.to_json()})
+    write_record(output, {"command": "calibrate", "output": str(output), "model": str(model), "data": str(data),
+                          "split": split, "images": len(array), "seed": seed, "shape": list(array.shape),
+                          "processing": adapter.processing.to_json()})
     console.print(f"calibration set [bold]{output}[/bold]: {array.shape[0]} images, shape {tuple(array.shape)}")
 
 
@@ -176,6 +193,9 @@ def evaluate(
                                          "onnxruntime, or tensorrt (ONNX or .engine; needs the tensorrt package "
                                          "and a GPU).")] = "auto",
     per_class: Annotated[bool, typer.Option("--per-class", help="Print the per-class table (detection).")] = False,
+    skip_bad_images: Annotated[bool, typer.Option("--skip-bad-images", help="Leave out images that cannot be "
+                                                  "read (each is named, counted and recorded) instead of "
+                                                  "stopping.")] = False,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the run record(s) here.")] = None,
     arch: ArchOpt = None, imgsz: ImgszOpt = None, mean: MeanOpt = None, std: StdOpt = None, crop: CropOpt = None,
     verbose: VerboseOpt = False,
@@ -183,7 +203,7 @@ def evaluate(
     """Accuracy (mAP50/mAP50-95 or top-1/top-5), latency, size: one model or a side-by-side comparison."""
     from .evaluate import EvalOptions, evaluate_model
     from .evaluate.table import comparison_table, per_class_table
-    from .io import write_json
+    from .io import check_output, check_record_slot, write_json
 
     paths = ([model] if model else []) + _split_list(compare or []) + list(more or [])
     if more and not compare:
@@ -192,22 +212,33 @@ def evaluate(
         raise OrinflowError("give a model with -m, or several with --compare A B ...")
     if not data:
         raise OrinflowError("give the evaluation data with --yaml data.yaml or --data folder/")
-    if batch < 1 or runs < 0:
-        raise OrinflowError("--batch must be >= 1 and --runs >= 0")
     options = EvalOptions(conf=conf, iou=iou, max_det=max_det, batch=batch, latency_runs=runs, warmup=warmup,
-                          threads=threads, measure_latency=runs > 0, runtime=runtime)
+                          threads=threads, measure_latency=runs > 0, runtime=runtime,
+                          skip_bad_images=skip_bad_images)
+    options.validate()
+    if json_out is not None:
+        check_output(json_out, (".json",), [*paths, data], flag="--json")
+        check_record_slot(json_out, "evaluate", json_out)
     records = []
     for path in paths:
         loaded = _load(path, arch, imgsz, mean, std, crop)
         console.print(f"evaluating [bold]{path}[/bold] ...")
         records.append(evaluate_model(loaded, data, split, options))
     console.print(comparison_table(records))
+    _print_notes(records)
     if per_class and records[0]["task"] == "detect":
         for record in records:
             console.print(per_class_table(record))
     if json_out:
         write_json(json_out, records[0] if len(records) == 1 else {"compare": records})
         console.print(f"run record: {json_out}")
+
+
+def _print_notes(records: list[dict]) -> None:
+    """What an evaluation record says about itself (skipped images, a batch it could not run)."""
+    for record in records:
+        for note in record.get("notes", []):
+            console.print(f"[yellow]note:[/yellow] {note}", highlight=False, soft_wrap=True)
 
 
 def _split_list(values: list[str]) -> list[str]:
@@ -332,23 +363,25 @@ def quantize(
     from .config import workspace
     from .data import load_dataset
     from .data.calibration import build_calibration, load_calibration
+    from .io import check_output
     from .models import OnnxModel
     from .optimize.ptq import quantize_onnx
     from .optimize.route import quantized_name
     from .optimize.sparsity_check import describe
 
     spec = _quant_spec(mode, method, target, percentile, exclude, head_protect, high_precision)
+    if calib is None and not data:
+        raise OrinflowError("give calibration data: --calib calib.npy, or --yaml data.yaml to build it")
+    output = output or workspace() / "models" / "onnx" / target / quantized_name(Path(model).stem, spec)
+    check_output(output, (".onnx",), [model, calib, data, select_yaml], command="quantize")
     budget = _budget(max_drop, max_fallback, max_steps, select_yaml, select_split, select_images)
     source = _load(model, None, None, None, None, None)
     if not isinstance(source, OnnxModel):
         raise OrinflowError(f"{model} is not ONNX: export it first (`orinflow export`) or run `orinflow ptq`")
     if calib is not None:
         array = load_calibration(calib, source.processing)
-    elif data:
-        array = build_calibration(source.processing, load_dataset(data, split), num_images)
     else:
-        raise OrinflowError("give calibration data: --calib calib.npy, or --yaml data.yaml to build it")
-    output = output or workspace() / "models" / "onnx" / target / quantized_name(Path(model).stem, spec)
+        array = build_calibration(source.processing, load_dataset(data, split), num_images)
     if budget:
         from .optimize.sensitivity import fit_budget
 
@@ -392,6 +425,7 @@ def sensitivity(
     """Rank quantization groups by the accuracy they cost: each alone, each kept in float, and the selection metric."""
     from .data import load_dataset
     from .data.calibration import load_calibration
+    from .io import check_output_folder
     from .models import OnnxModel
     from .config import workspace
     from .optimize.sensitivity import SensitivityOptions, measure_sensitivity, selection_subset
@@ -402,13 +436,14 @@ def sensitivity(
     options.validate()
     if not data:
         raise OrinflowError("give labelled selection data with --yaml data.yaml (not the data you claim figures on)")
+    folder = check_output_folder(output or workspace() / "sensitivity" / f"{Path(model).stem}_{method}_{target}",
+                                 [model, calib, data])
     select = load_dataset(data, split)
     selection_subset(select, 0, 0)
     source = _load(model, None, None, None, None, None)
     if not isinstance(source, OnnxModel):
         raise OrinflowError(f"{model} is not ONNX: export it first (`orinflow export`)")
     array = load_calibration(calib, source.processing)
-    folder = output or workspace() / "sensitivity" / f"{Path(model).stem}_{method}_{target}"
     record = measure_sensitivity(source, array, spec, select, options, say=console.print, use_cache=not no_cache)
     written = write_sensitivity(record, folder)
     console.print(table(record))
@@ -455,6 +490,7 @@ def ptq(
     from .config import workspace
     from .evaluate import EvalOptions
     from .evaluate.table import comparison_table
+    from .io import check_output_folder
     from .optimize.route import check_variants, run_ptq
 
     if not data:
@@ -462,13 +498,16 @@ def ptq(
     spec = _quant_spec(mode, "entropy", "tensorrt", percentile, exclude, head_protect, high_precision)
     method_list, target_list = _split_list([methods]), _split_list([targets])
     check_variants(spec, method_list, target_list)
+    options = EvalOptions(batch=batch, latency_runs=runs, threads=threads, measure_latency=runs > 0)
+    options.validate()
+    workdir = check_output_folder(output or workspace() / "ptq" / Path(model).stem,
+                                  [model, data, val_data, select_yaml])
     budget = _budget(max_drop, max_fallback, max_steps, select_yaml, select_split, select_images, threads)
     loaded = _load(model, arch, imgsz, mean, std, crop)
-    workdir = output or workspace() / "ptq" / Path(model).stem
-    options = EvalOptions(batch=batch, latency_runs=runs, threads=threads, measure_latency=runs > 0)
     route = run_ptq(loaded, data, split, val_data or data, val_split, workdir, method_list, target_list, spec,
                     num_images, options, say=console.print, budget=budget)
     console.print(comparison_table([route["fp32"], *route["variants"]], title="route 1: PTQ"))
+    _print_notes([route["fp32"], *route["variants"]])
     for variant in route["variants"]:
         if "budget" in variant:
             console.print(f"{Path(variant['model']).name}:", end=" ")
@@ -503,15 +542,41 @@ SparseMethodOpt = Annotated[str, typer.Option("--method", help="2:4 mask: magnit
                                               "--calib-images).")]
 
 
-def _training_setup(model, data, split, epochs, batch, lr, arch, imgsz, mean, std, crop, what: str):
+def _training_output(output: Path, reference_suffix: str, inputs: list, command: str, resume: bool,
+                     stages: tuple[str, ...]) -> Path:
+    """The trained model's path and its FP32 reference's, checked before any work; --resume needs a checkpoint."""
+    from .io import check_output
+    from .optimize.qat import checkpoint_path
+
+    check_output(output, (".onnx",), inputs, command=command)
+    check_output(output.with_name(output.stem + reference_suffix), (".onnx",), inputs, command="export")
+    if resume and not any(checkpoint_path(output, stage).exists() for stage in stages):
+        raise OrinflowError(f"--resume: no checkpoint at {checkpoint_path(output, stages[-1])} (it is written after "
+                            "each epoch)")
+    return output
+
+
+def _ready_to_train(adapter, config, train_set, method: str | None = None) -> None:
+    """What the training functions would refuse, refused before the FP32 reference is written."""
+    from .optimize.qat import check_trainable
+    from .optimize.sat import check_method
+
+    check_trainable(adapter, config, train_set)
+    if method is not None:
+        check_method(method)
+
+
+def _training_setup(model, data, split, epochs, batch, lr, device, arch, imgsz, mean, std, crop, what: str):
     """Checks shared by the training commands; returns the PyTorch adapter and the training set."""
     from .data import load_dataset
     from .models import ModelAdapter
+    from .optimize.distributed import check_device
 
     if not data:
         raise OrinflowError("give the training data with --yaml data.yaml (or --data folder/)")
     if epochs < 0 or batch < 1 or lr <= 0:
         raise OrinflowError("epochs must be >= 0, --batch >= 1 and --lr > 0")
+    check_device(device)
     adapter = _load(model, arch, imgsz, mean, std, crop)
     if not isinstance(adapter, ModelAdapter):
         raise OrinflowError(f"{model} is ONNX: {what} needs the PyTorch model")
@@ -523,9 +588,11 @@ def _train_config(epochs, lr, batch, calib_images, distill, labels, device, max_
     from .optimize import distributed
     from .optimize.qat import QATConfig
 
-    device = distributed.setup(device)
-    return QATConfig(epochs=epochs, lr=lr, batch=batch, calib_images=calib_images, distill=distill, labels=labels,
-                     device=device, max_steps=max_steps, resume=resume, flip=flip)
+    config = QATConfig(epochs=epochs, lr=lr, batch=batch, calib_images=calib_images, distill=distill, labels=labels,
+                       device=device, max_steps=max_steps, resume=resume, flip=flip)
+    config.validate()
+    config.device = distributed.setup(device)
+    return config
 
 
 def _compare(models: list[Path], data, val_data, val_split, batch: int, runs: int, title: str) -> None:
@@ -538,6 +605,7 @@ def _compare(models: list[Path], data, val_data, val_split, batch: int, runs: in
     evaluation = load_dataset(val_data or data, val_split)
     records = [evaluate_model(load_model(p), evaluation, val_split, options) for p in models]
     console.print(comparison_table(records, title=title))
+    _print_notes(records)
 
 
 def _other_rank(record: dict) -> bool:
@@ -586,9 +654,12 @@ def qat(
         raise OrinflowError(f"--mode {mode}: QAT supports int8")
     if epochs < 1:
         raise OrinflowError("--epochs must be >= 1")
-    adapter, train_set = _training_setup(model, data, split, epochs, batch, lr, arch, imgsz, mean, std, crop, "QAT")
-    output = output or workspace() / "qat" / Path(model).stem / f"{Path(model).stem}_qat_int8.onnx"
+    output = _training_output(output or workspace() / "qat" / Path(model).stem / f"{Path(model).stem}_qat_int8.onnx",
+                              "_fp32_ref.onnx", [model, data, val_data], "qat", resume, ("qat",))
+    adapter, train_set = _training_setup(model, data, split, epochs, batch, lr, device, arch, imgsz, mean, std, crop,
+                                         "QAT")
     config = _train_config(epochs, lr, batch, calib_images, distill, labels, device, max_steps, resume, flip)
+    _ready_to_train(adapter, config, train_set)
     fp32 = _reference_onnx(adapter, output, "_fp32_ref.onnx")
     record = run_qat(adapter, train_set, config, output, say=console.print)
     if _other_rank(record):
@@ -627,10 +698,12 @@ def sparsify(
     from .optimize.sat import run_sat
     from .optimize.sparsity_check import describe
 
-    adapter, train_set = _training_setup(model, data, split, epochs, batch, lr, arch, imgsz, mean, std, crop,
+    output = _training_output(output or workspace() / "sat" / Path(model).stem / f"{Path(model).stem}_sparse24.onnx",
+                              "_dense_ref.onnx", [model, data, val_data], "sparsify", resume, ("sat",))
+    adapter, train_set = _training_setup(model, data, split, epochs, batch, lr, device, arch, imgsz, mean, std, crop,
                                          "sparsify")
-    output = output or workspace() / "sat" / Path(model).stem / f"{Path(model).stem}_sparse24.onnx"
     config = _train_config(epochs, lr, batch, calib_images, distill, labels, device, max_steps, resume, flip)
+    _ready_to_train(adapter, config, train_set, method)
     dense = _reference_onnx(adapter, output, "_dense_ref.onnx")
     record = run_sat(adapter, train_set, method, config, output, say=console.print)
     if _other_rank(record):
@@ -675,15 +748,17 @@ def sparse_qat(
 
     if qat_epochs < 1:
         raise OrinflowError("--qat-epochs must be >= 1")
-    adapter, train_set = _training_setup(model, data, split, sat_epochs, batch, lr, arch, imgsz, mean, std, crop,
-                                         "sparse-qat")
     stem = Path(model).stem
-    output = output or workspace() / "sparse_qat" / stem / f"{stem}_sparse24_qat_int8.onnx"
+    output = _training_output(output or workspace() / "sparse_qat" / stem / f"{stem}_sparse24_qat_int8.onnx",
+                              "_fp32_ref.onnx", [model, data, val_data], "sparse-qat", resume, ("sat", "qat"))
+    adapter, train_set = _training_setup(model, data, split, sat_epochs, batch, lr, device, arch, imgsz, mean, std,
+                                         crop, "sparse-qat")
     sat_config = _train_config(sat_epochs, lr, batch, calib_images, distill, labels, device, max_steps, resume, flip)
     if qat_lr is not None and qat_lr <= 0:
         raise OrinflowError("--qat-lr must be > 0")
     qat_config = _train_config(qat_epochs, qat_lr or lr, batch, calib_images, distill, labels, device, max_steps,
                                resume, flip)
+    _ready_to_train(adapter, sat_config, train_set, method)
     fp32 = _reference_onnx(adapter, output, "_fp32_ref.onnx")
     record = run_sparse_qat(adapter, train_set, method, sat_config, qat_config, output, say=console.print)
     if _other_rank(record):
@@ -708,17 +783,20 @@ def inspect(
     import onnx
     from rich.table import Table
 
-    from .io import require_file, write_json
+    from .io import check_output, check_record_slot, require_file, write_json
     from .optimize.graph import QDQ_OPS, decode_nodes
     from .optimize.report import qdq_report
     from .optimize.sparsity_check import describe, sparsity_report
 
     path = require_file(model, "model")
+    if json_out is not None:
+        check_output(json_out, (".json",), [path], flag="--json")
+        check_record_slot(json_out, "inspect", json_out)
     try:
         graph = onnx.load(str(path))
     except Exception as e:
         raise OrinflowError(f"{path} is not a readable ONNX model ({type(e).__name__})") from e
-    record: dict = {"model": str(path)}
+    record: dict = {"command": "inspect", "output": str(json_out), "model": str(path)}
     if any(n.op_type in QDQ_OPS for n in graph.graph.node):
         record["qdq_report"] = qdq_report(graph, target, "int8", set(decode_nodes(graph)))
         _print_qdq(record["qdq_report"])
@@ -767,17 +845,17 @@ def deploy(
     from .deploy.bundle import write_bundle
     from .deploy.traits import model_traits
     from .deploy.trtexec import BuildOptions
-    from .io import require_file
+    from .io import check_output_folder, require_file
 
     path = require_file(model, "model")
     if path.suffix.lower() != ".onnx":
         raise OrinflowError(f"{path} is not ONNX: export or quantize it first (orinflow export / quantize)")
+    output = check_output_folder(output or workspace() / "deploy" / path.stem, [path], replaced=True)
     traits = model_traits(path)
     default = DYNAMIC_DEFAULT_BATCH if traits.dynamic_batch else 1
     opt = opt_batch or min(default, max_batch or default)
     options = BuildOptions(trt=trt, fp16=fp16, min_batch=min_batch, opt_batch=opt, max_batch=max_batch or opt,
                            workspace_mib=workspace_mib)
-    output = output or workspace() / "deploy" / path.stem
     record = write_bundle(path, output, options, overwrite, traits)
     console.print(f"bundle [bold]{output}[/bold]: {len(record['build_engine'])} trtexec arguments")
     if not traits.has_processing:
@@ -797,10 +875,11 @@ def report(
 ):
     """report.md and a self-contained report.html: every evaluated variant side by side, with plots."""
     from .config import workspace
+    from .io import check_output_folder
     from .report import write_report
 
     sources = sources or [workspace()]
-    output = output or workspace() / "report"
+    output = check_output_folder(output or workspace() / "report", sources)
     written = write_report(list(sources), output)
     console.print(f"report of {written['rows']} models: [bold]{written['markdown']}[/bold] and "
                   f"[bold]{written['html']}[/bold]")
@@ -843,5 +922,8 @@ qat_alias = _alias(qat, "qat")
 sparsify_alias = _alias(sparsify, "sparsify")
 sparse_qat_alias = _alias(sparse_qat, "sparse-qat")
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # python -m orinflow.cli (torchrun)
+    from .entry import install
+
+    install()
     sys.exit(main())

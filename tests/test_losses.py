@@ -95,5 +95,5 @@ def test_label_loss_needs_labels(demo_adapter, tmp_path):
     from orinflow.errors import OrinflowError
 
     config = QATConfig(epochs=1, batch=2, calib_images=2, max_steps=1, distill=False, labels=True)
-    with pytest.raises(OrinflowError, match="labelled dataset"):
+    with pytest.raises(OrinflowError, match="label loss needs detect labels"):
         run_qat(demo_adapter, load_dataset(tmp_path / "imgs"), config, tmp_path / "q.onnx", say=lambda m: 0)

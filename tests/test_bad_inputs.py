@@ -1,0 +1,210 @@
+"""Bad input across every command: exit code 2, one line that names the file or flag, nothing written or changed.
+
+Each case runs the real command in-process on the embedded detector and real files. Before and after
+it, every file under the inputs folder, the output folder and the working folder is checksummed with
+its permission bits: a case passes only when nothing appeared, vanished or changed.
+"""
+import hashlib
+import json
+import os
+import shutil
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import DEMO_MODEL
+from orinflow.cli import app
+from tests_helpers import resnet20_state
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, demo_onnx, calib) -> Path:
+    """A user's folder: models, calibration arrays, datasets, and damaged versions of each."""
+    from orinflow.demo import shapes
+
+    root = tmp_path_factory.mktemp("inputs")
+    shutil.copy(DEMO_MODEL, root / "demo.pt")
+    shutil.copy(demo_onnx, root / "m.onnx")
+    shutil.copy(demo_onnx.with_suffix(".json"), root / "m.json")
+    np.save(root / "c.npy", calib[:4])
+    np.save(root / "c_uint8.npy", (calib[:4] * 255).astype(np.uint8))
+    np.save(root / "c_255.npy", calib[:4] * 255)
+    np.save(root / "c_nan.npy", np.full_like(calib[:2], np.nan))
+    np.save(root / "c_shape.npy", calib[:2, :, :128, :128])
+    data = DEMO_MODEL.read_bytes()
+    (root / "truncated.pt").write_bytes(data[:len(data) // 2])
+    (root / "damaged.onnx").write_bytes(os.urandom(4096))
+    torch.save(resnet20_state(), root / "weights.pt")
+    (root / "notes.txt").write_text("not a record\n")
+    yaml_path = shapes.generate(root / "data", {"train": (4, 0), "val": (3, 1)})
+    _bad_dataset(yaml_path, root / "bad_class", lambda lines: ["7 0.5 0.5 0.2 0.2"] + lines)
+    _bad_dataset(yaml_path, root / "bad_columns", lambda lines: ["0 0.5 0.5"] + lines)
+    _bad_dataset(yaml_path, root / "bad_image", None)
+    (root / "empty").mkdir()
+    return root
+
+
+def _bad_dataset(yaml_path: Path, target: Path, edit) -> Path:
+    """A copy of the shapes dataset with its first val label file edited, or its first val image damaged."""
+    import yaml
+
+    shutil.copytree(yaml_path.parent, target)
+    config = yaml.safe_load((target / yaml_path.name).read_text())
+    config["path"] = str(target)
+    (target / yaml_path.name).write_text(yaml.safe_dump(config))
+    if edit is None:
+        image = sorted((target / "images" / "val").iterdir())[0]
+        image.write_bytes(b"not an image" * 10)
+    else:
+        label = sorted((target / "labels" / "val").iterdir())[0]
+        label.write_text("\n".join(edit(label.read_text().splitlines())) + "\n")
+    return target
+
+
+def snapshot(*folders: Path) -> dict[str, tuple[str, int]]:
+    """Every file under the folders: its checksum and permission bits."""
+    found = {}
+    for folder in folders:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                found[str(path)] = (hashlib.sha1(path.read_bytes()).hexdigest(), stat.S_IMODE(path.stat().st_mode))
+            else:
+                found[str(path)] = ("folder", 0)
+    return found
+
+
+D = "{inputs}/data/shapes.yaml"  # the good dataset
+CASES = [
+    # ---- export
+    ("export-missing-model", "export -m {inputs}/missing.pt", "missing.pt"),
+    ("export-truncated-checkpoint", "export -m {inputs}/truncated.pt", "truncated or damaged"),
+    ("export-output-suffix", "export -m {inputs}/demo.pt -o {out}/x.json", "-o"),
+    ("export-output-folder", "export -m {inputs}/demo.pt -o {out}", "-o"),
+    ("export-onnx-input", "export -m {inputs}/m.onnx", "already ONNX"),
+    ("export-imgsz-stride", "export -m {inputs}/demo.pt --imgsz 250", "--imgsz"),
+    ("export-state-dict-no-arch", "export -m {inputs}/weights.pt", "--arch"),
+    ("export-arch-mismatch", "export -m {inputs}/weights.pt --arch resnet18", "Missing key(s)"),
+    ("export-missing-image", "export -m {inputs}/demo.pt --image {inputs}/none.jpg -o {out}/x.onnx", "none.jpg"),
+    ("export-bad-mean", "export -m {inputs}/weights.pt --arch {arch} --mean 1,2", "--mean"),
+    # ---- calibrate
+    ("calibrate-no-data", "calibrate -m {inputs}/m.onnx", "--yaml"),
+    ("calibrate-output-suffix", "calibrate -m {inputs}/m.onnx --yaml " + D + " -o {out}/c.txt", "-o"),
+    ("calibrate-num-images", "calibrate -m {inputs}/m.onnx --yaml " + D + " --num-images 0", "--num-images"),
+    ("calibrate-missing-split", "calibrate -m {inputs}/m.onnx --yaml " + D + " --split test", "'test'"),
+    ("calibrate-missing-data", "calibrate -m {inputs}/m.onnx --yaml {inputs}/nodata.yaml", "nodata.yaml"),
+    ("calibrate-output-is-model", "calibrate -m {inputs}/m.onnx --yaml " + D + " -o {inputs}/m.onnx", "-o"),
+    # ---- quantize
+    ("quantize-no-calib", "quantize -m {inputs}/m.onnx", "--calib"),
+    ("quantize-output-suffix", "quantize -m {inputs}/m.onnx --calib {inputs}/c.npy -o {out}/q.json", "-o"),
+    ("quantize-output-is-input", "quantize -m {inputs}/m.onnx --calib {inputs}/c.npy -o {inputs}/m.onnx",
+     "overwrite the input"),
+    ("quantize-calib-uint8", "quantize -m {inputs}/m.onnx --calib {inputs}/c_uint8.npy -o {out}/q.onnx", "uint8"),
+    ("quantize-calib-range", "quantize -m {inputs}/m.onnx --calib {inputs}/c_255.npy -o {out}/q.onnx",
+     "input range"),
+    ("quantize-calib-nan", "quantize -m {inputs}/m.onnx --calib {inputs}/c_nan.npy -o {out}/q.onnx", "NaN"),
+    ("quantize-calib-shape", "quantize -m {inputs}/m.onnx --calib {inputs}/c_shape.npy -o {out}/q.onnx", "shape"),
+    ("quantize-mode", "quantize -m {inputs}/m.onnx --calib {inputs}/c.npy --mode fp4", "--mode"),
+    ("quantize-search-cpu", "quantize -m {inputs}/m.onnx --calib {inputs}/c.npy --method search --target cpu",
+     "--method search"),
+    ("quantize-percentile", "quantize -m {inputs}/m.onnx --calib {inputs}/c.npy --percentile 50", "--percentile"),
+    ("quantize-exclude-regex", "quantize -m {inputs}/m.onnx --calib {inputs}/c.npy --exclude (", "--exclude"),
+    ("quantize-negative-budget", "quantize -m {inputs}/m.onnx --calib {inputs}/c.npy --max-drop -1", "--max-drop"),
+    ("quantize-budget-no-select", "quantize -m {inputs}/m.onnx --calib {inputs}/c.npy --max-drop 0.3",
+     "--select-yaml"),
+    ("quantize-pytorch-model", "quantize -m {inputs}/demo.pt --calib {inputs}/c.npy -o {out}/q.onnx", "not ONNX"),
+    ("quantize-damaged-onnx", "quantize -m {inputs}/damaged.onnx --calib {inputs}/c.npy -o {out}/q.onnx",
+     "damaged.onnx"),
+    ("quantize-onto-another-record", "quantize -m {inputs}/m.onnx --calib {inputs}/c.npy -o {out}/taken.onnx",
+     "record of `orinflow calibrate`"),
+    # ---- ptq
+    ("ptq-no-data", "ptq -m {inputs}/demo.pt", "--yaml"),
+    ("ptq-method", "ptq -m {inputs}/demo.pt --yaml " + D + " --methods foo", "--method"),
+    ("ptq-target", "ptq -m {inputs}/demo.pt --yaml " + D + " --targets gpu", "--target"),
+    ("ptq-output-file", "ptq -m {inputs}/demo.pt --yaml " + D + " -o {inputs}/m.onnx", "is a file"),
+    ("ptq-threads", "ptq -m {inputs}/demo.pt --yaml " + D + " --threads -1", "--threads"),
+    # ---- evaluate
+    ("evaluate-json-onto-model", "evaluate -m {inputs}/m.onnx --yaml " + D + " --json {inputs}/m.onnx", "--json"),
+    ("evaluate-json-onto-record", "evaluate -m {inputs}/m.onnx --yaml " + D + " --json {inputs}/m.json",
+     "record of `orinflow export`"),
+    ("evaluate-conf-zero", "evaluate -m {inputs}/m.onnx --yaml " + D + " --conf 0", "--conf"),
+    ("evaluate-conf-above-one", "evaluate -m {inputs}/m.onnx --yaml " + D + " --conf 1.5", "--conf"),
+    ("evaluate-iou-zero", "evaluate -m {inputs}/m.onnx --yaml " + D + " --iou 0", "--iou"),
+    ("evaluate-iou-above-one", "evaluate -m {inputs}/m.onnx --yaml " + D + " --iou 1.2", "--iou"),
+    ("evaluate-max-det", "evaluate -m {inputs}/m.onnx --yaml " + D + " --max-det 0", "--max-det"),
+    ("evaluate-threads", "evaluate -m {inputs}/m.onnx --yaml " + D + " --threads -2", "--threads"),
+    ("evaluate-batch", "evaluate -m {inputs}/m.onnx --yaml " + D + " --batch 0", "--batch"),
+    ("evaluate-runtime", "evaluate -m {inputs}/m.onnx --yaml " + D + " --runtime foo", "--runtime"),
+    ("evaluate-label-class", "evaluate -m {inputs}/m.onnx --yaml {inputs}/bad_class/shapes.yaml --runs 0",
+     "class id 7"),
+    ("evaluate-label-columns", "evaluate -m {inputs}/m.onnx --yaml {inputs}/bad_columns/shapes.yaml --runs 0",
+     "3 columns"),
+    ("evaluate-bad-image", "evaluate -m {inputs}/m.onnx --yaml {inputs}/bad_image/shapes.yaml --runs 0",
+     "cannot read image"),
+    ("evaluate-unlabelled", "evaluate -m {inputs}/m.onnx --yaml {inputs}/data/images/val --runs 0", "no labels"),
+    ("evaluate-no-model", "evaluate --yaml " + D, "-m"),
+    # ---- qat / sparsify / sparse-qat
+    ("qat-onnx-model", "qat -m {inputs}/m.onnx --yaml " + D, "PyTorch model"),
+    ("qat-epochs", "qat -m {inputs}/demo.pt --yaml " + D + " --epochs 0", "--epochs"),
+    ("qat-mode", "qat -m {inputs}/demo.pt --yaml " + D + " --mode fp8", "--mode"),
+    ("qat-output-suffix", "qat -m {inputs}/demo.pt --yaml " + D + " -o {out}/q.pt", "-o"),
+    ("qat-lr", "qat -m {inputs}/demo.pt --yaml " + D + " --lr 0 -o {out}/q.onnx", "--lr"),
+    ("qat-resume-nothing", "qat -m {inputs}/demo.pt --yaml " + D + " --resume -o {out}/q.onnx", "--resume"),
+    ("qat-device-bad", "qat -m {inputs}/demo.pt --yaml " + D + " --device gpu0 -o {out}/q.onnx", "--device"),
+    ("qat-nothing-to-train", "qat -m {inputs}/demo.pt --yaml " + D + " --no-distill -o {out}/q.onnx",
+     "nothing to train on"),
+    ("qat-labels-unlabelled", "qat -m {inputs}/demo.pt --yaml {inputs}/data/images/train --labels -o {out}/q.onnx",
+     "label loss"),
+    ("sparsify-method", "sparsify -m {inputs}/demo.pt --yaml " + D + " --method foo -o {out}/s.onnx", "--method"),
+    ("sparsify-no-data", "sparsify -m {inputs}/demo.pt", "--yaml"),
+    ("sparse-qat-epochs", "sparse-qat -m {inputs}/demo.pt --yaml " + D + " --qat-epochs 0", "--qat-epochs"),
+    ("sparse-qat-calib-images", "sparse-qat -m {inputs}/demo.pt --yaml " + D + " --calib-images 0 -o {out}/s.onnx",
+     "--calib-images"),
+    # ---- deploy
+    ("deploy-pytorch-model", "deploy -m {inputs}/demo.pt", "not ONNX"),
+    ("deploy-trt", "deploy -m {inputs}/m.onnx --trt 9 -o {out}/b", "--trt"),
+    ("deploy-overwrite-input-folder", "deploy -m {inputs}/m.onnx -o {inputs} --overwrite", "replace the input"),
+    ("deploy-output-file", "deploy -m {inputs}/m.onnx -o {inputs}/c.npy", "is a file"),
+    ("deploy-missing-model", "deploy -m {inputs}/none.onnx", "none.onnx"),
+    # ---- report / inspect / sensitivity
+    ("report-missing-record", "report {inputs}/none.json -o {out}/r", "none.json"),
+    ("report-not-json", "report {inputs}/c.npy -o {out}/r", "c.npy"),
+    ("report-output-file", "report {inputs}/m.json -o {inputs}/m.onnx", "is a file"),
+    ("report-no-records", "report {inputs}/empty -o {out}/r", "no evaluation records"),
+    ("inspect-json-onto-model", "inspect -m {inputs}/m.onnx --json {inputs}/m.onnx", "--json"),
+    ("sensitivity-output-file", "sensitivity -m {inputs}/m.onnx --calib {inputs}/c.npy --yaml " + D +
+     " -o {inputs}/m.onnx", "is a file"),
+]
+
+
+@pytest.mark.parametrize("name, line, expected", CASES, ids=[c[0] for c in CASES])
+def test_bad_input(name, line, expected, inputs, tmp_path, monkeypatch):
+    from tests_helpers import ASSETS
+
+    out = tmp_path / "out"
+    out.mkdir()
+    if name == "quantize-onto-another-record":  # an older calibrate record sits where this model's record goes
+        (out / "taken.json").write_text(json.dumps({"command": "calibrate", "output": str(out / "taken.npy")}))
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("ORINFLOW_WORKSPACE", str(work / "workspace"))
+    args = line.format(inputs=inputs, out=out, arch=f"{ASSETS / 'resnet_cifar.py'}:resnet20").split()
+    before = snapshot(inputs, out, work)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, f"{name}: exit {result.exit_code}\n{result.output}"
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, f"{name}: stderr is not one line:\n{result.stderr}"
+    assert lines[0].startswith("error:") and expected in lines[0], f"{name}: {lines[0]}"
+    assert snapshot(inputs, out, work) == before, f"{name}: files changed"
+
+
+def test_the_matrix_covers_every_command():
+    commands = {c[1].split()[0] for c in CASES}
+    assert len(CASES) >= 40
+    assert commands >= {"export", "calibrate", "quantize", "ptq", "evaluate", "qat", "sparsify", "deploy", "report"}
