@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from .config import DEFAULT_OPSET, calib_dir
+from .config import DEFAULT_OPSET, DYNAMIC_DEFAULT_BATCH
 from .errors import OrinflowError
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
@@ -43,18 +43,9 @@ DataOpt = Annotated[Optional[str], typer.Option("--yaml", "--data", help="Datase
                                                 "class-per-subfolder tree, or image folder.")]
 SplitOpt = Annotated[str, typer.Option("--split", help="Split of the dataset YAML to read.")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show full tracebacks on errors.")]
-
-
-def _floats(text: str | None, flag: str) -> tuple[float, ...] | None:
-    if text is None:
-        return None
-    try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise OrinflowError(f"{flag} must be three comma-separated numbers, got {text!r}") from None
-    if len(values) != 3:
-        raise OrinflowError(f"{flag} must be three comma-separated numbers, got {text!r}")
-    return values
+ModulesOpt = Annotated[Optional[list[Path]], typer.Option("--modules", help="Python file (repeatable) defining "
+                                                          "classes the checkpoint pickles, such as a fork's "
+                                                          "ultralytics.nn.modules.block.MyBlock.")]
 
 
 def _one_line(error: Exception, verbose: bool) -> str:
@@ -89,12 +80,10 @@ def cli_errors(func: Callable) -> Callable:
     return wrapper
 
 
-def _load(model: str, arch, imgsz, mean, std, crop):
-    from .models import load_model
+def _load(model: str, arch, imgsz, mean, std, crop, modules=None):
+    from .api import load
 
-    return load_model(model, arch=arch, imgsz=imgsz, mean=_floats(mean, "--mean"), std=_floats(std, "--std"),
-                      crop_fraction=crop)
-
+    return load(model, arch=arch, imgsz=imgsz, mean=mean, std=std, crop=crop, modules=modules)
 
 # ---------------------------------------------------------------- export
 @app.command()
@@ -111,25 +100,17 @@ def export(
                                                   "image from the embedded demo recipe).")] = None,
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output .onnx (default: "
                                                    "workspace/models/onnx/raw/<name>_<imgsz>.onnx).")] = None,
-    mean: MeanOpt = None, std: StdOpt = None, crop: CropOpt = None,
+    mean: MeanOpt = None, std: StdOpt = None, crop: CropOpt = None, modules: ModulesOpt = None,
     verbose: VerboseOpt = False,
 ):
     """Export a PyTorch model to ONNX, simplify it, and check PyTorch vs ONNX Runtime parity on a real image."""
-    from .data import read_image
-    from .export import export_onnx
-    from .io import check_output
+    from . import api
 
-    if output is not None:
-        check_output(output, (".onnx",), [model, image], command="export")
-    adapter = _load(model, arch, imgsz, mean, std, crop)
-    if not hasattr(adapter, "module"):
-        raise OrinflowError(f"{model} is already ONNX; export takes a PyTorch model")
-    parity_image = read_image(image) if image else None
-    result = export_onnx(adapter, output, opset=opset, dynamic=dynamic, half=half, simplify=simplify,
-                         parity_image=parity_image)
-    parity = result.record["parity"]
-    console.print(f"exported [bold]{result.path}[/bold] ({result.record['size_bytes'] / 1e6:.2f} MB, opset {opset}, "
-                  f"{'dynamic' if dynamic else 'static'} batch) in {result.record['seconds']} s")
+    record = api.export(model, output=output, opset=opset, dynamic=dynamic, half=half, simplify=simplify,
+                        image=image, arch=arch, imgsz=imgsz, mean=mean, std=std, crop=crop, modules=modules)
+    parity = record["parity"]
+    console.print(f"exported [bold]{record['model']}[/bold] ({record['size_bytes'] / 1e6:.2f} MB, opset {opset}, "
+                  f"{'dynamic' if dynamic else 'static'} batch) in {record['seconds']} s")
     console.print(f"parity PyTorch vs ONNX Runtime: max |diff| = {parity['max_abs_diff']:.3g} "
                   f"(output range ±{parity['output_max_abs']:.3g}, limit {parity['limit']:.3g})")
 
@@ -146,28 +127,18 @@ def calibrate(
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output .npy (default: "
                                                    "workspace/calib/<model>_<data>.npy).")] = None,
     arch: ArchOpt = None, imgsz: ImgszOpt = None, mean: MeanOpt = None, std: StdOpt = None, crop: CropOpt = None,
+    modules: ModulesOpt = None,
     verbose: VerboseOpt = False,
 ):
     """Build a calibration set (N,3,H,W float32 .npy) with exactly the model's preprocessing."""
-    from .data import load_dataset
-    from .data.calibration import build_calibration, save_calibration
-    from .io import check_output, write_record
+    from . import api
 
     if not data:
         raise OrinflowError("give the images with --yaml data.yaml (and --split) or --data folder/")
-    if num_images <= 0:
-        raise OrinflowError("--num-images must be positive")
-    dataset = load_dataset(data, split)
-    count = min(num_images, len(dataset))
-    output = output or calib_dir() / f"{Path(model).stem}_{Path(data).stem}_{split}_{count}.npy"
-    check_output(output, (".npy",), [model, data], command="calibrate")
-    adapter = _load(model, arch, imgsz, mean, std, crop)
-    array = build_calibration(adapter.processing, dataset, num_images, seed)
-    save_calibration(array, output)
-    write_record(output, {"command": "calibrate", "output": str(output), "model": str(model), "data": str(data),
-                          "split": split, "images": len(array), "seed": seed, "shape": list(array.shape),
-                          "processing": adapter.processing.to_json()})
-    console.print(f"calibration set [bold]{output}[/bold]: {array.shape[0]} images, shape {tuple(array.shape)}")
+    record = api.calibrate(model, data, split=split, num_images=num_images, seed=seed, output=output, arch=arch,
+                           imgsz=imgsz, mean=mean, std=std, crop=crop, modules=modules)
+    console.print(f"calibration set [bold]{record['output']}[/bold]: {record['images']} images, shape "
+                  f"{tuple(record['shape'])}")
 
 
 # ---------------------------------------------------------------- evaluate
@@ -198,12 +169,12 @@ def evaluate(
                                                   "stopping.")] = False,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the run record(s) here.")] = None,
     arch: ArchOpt = None, imgsz: ImgszOpt = None, mean: MeanOpt = None, std: StdOpt = None, crop: CropOpt = None,
+    modules: ModulesOpt = None,
     verbose: VerboseOpt = False,
 ):
     """Accuracy (mAP50/mAP50-95 or top-1/top-5), latency, size: one model or a side-by-side comparison."""
-    from .evaluate import EvalOptions, evaluate_model
+    from . import api
     from .evaluate.table import comparison_table, per_class_table
-    from .io import check_output, check_record_slot, write_json
 
     paths = ([model] if model else []) + _split_list(compare or []) + list(more or [])
     if more and not compare:
@@ -212,25 +183,16 @@ def evaluate(
         raise OrinflowError("give a model with -m, or several with --compare A B ...")
     if not data:
         raise OrinflowError("give the evaluation data with --yaml data.yaml or --data folder/")
-    options = EvalOptions(conf=conf, iou=iou, max_det=max_det, batch=batch, latency_runs=runs, warmup=warmup,
-                          threads=threads, measure_latency=runs > 0, runtime=runtime,
-                          skip_bad_images=skip_bad_images)
-    options.validate()
-    if json_out is not None:
-        check_output(json_out, (".json",), [*paths, data], flag="--json")
-        check_record_slot(json_out, "evaluate", json_out)
-    records = []
-    for path in paths:
-        loaded = _load(path, arch, imgsz, mean, std, crop)
-        console.print(f"evaluating [bold]{path}[/bold] ...")
-        records.append(evaluate_model(loaded, data, split, options))
+    records = api.compare(paths, data, split=split, conf=conf, iou=iou, max_det=max_det, batch=batch, runs=runs,
+                          warmup=warmup, threads=threads, runtime=runtime, skip_bad_images=skip_bad_images,
+                          json=json_out, arch=arch, imgsz=imgsz, mean=mean, std=std, crop=crop, modules=modules,
+                          say=console.print)
     console.print(comparison_table(records))
     _print_notes(records)
     if per_class and records[0]["task"] == "detect":
         for record in records:
             console.print(per_class_table(record))
     if json_out:
-        write_json(json_out, records[0] if len(records) == 1 else {"compare": records})
         console.print(f"run record: {json_out}")
 
 
@@ -299,24 +261,6 @@ SelectImagesOpt = Annotated[int, typer.Option("--select-images", help="Selection
                                               "accuracy measurement (0: all).")]
 
 
-def _budget(max_drop, max_fallback, max_steps, select_yaml, select_split, select_images, threads=None):
-    """(BudgetSpec, selection Dataset, SensitivityOptions), or None without --max-drop; checked before any work."""
-    from .data import load_dataset
-    from .optimize.sensitivity import BudgetSpec, SensitivityOptions, selection_subset
-
-    if max_drop is None:
-        return None
-    budget = BudgetSpec(max_drop=max_drop, max_fallback=max_fallback, max_steps=max_steps)
-    budget.validate()
-    if not select_yaml:
-        raise OrinflowError("--max-drop needs labelled selection data: --select-yaml data.yaml (not your claim data)")
-    options = SensitivityOptions(select_images=select_images, threads=threads)
-    options.validate()
-    select = load_dataset(select_yaml, select_split)
-    selection_subset(select, 0, 0)  # refuses unlabelled data in one line
-    return budget, select, options
-
-
 def _print_budget(budget: dict) -> None:
     verdict = "[green]met[/green]" if budget["met"] else "[red]not met[/red]"
     console.print(f"budget {budget['max_drop']:.2f} points {verdict}: {budget['metric']} on {budget['select_data']} "
@@ -360,38 +304,18 @@ def quantize(
 
     With --max-drop, groups that cost accuracy fall back to high precision until the budget holds on --select-yaml.
     """
-    from .config import workspace
-    from .data import load_dataset
-    from .data.calibration import build_calibration, load_calibration
-    from .io import check_output
-    from .models import OnnxModel
-    from .optimize.ptq import quantize_onnx
-    from .optimize.route import quantized_name
+    from . import api
     from .optimize.sparsity_check import describe
 
-    spec = _quant_spec(mode, method, target, percentile, exclude, head_protect, high_precision)
-    if calib is None and not data:
-        raise OrinflowError("give calibration data: --calib calib.npy, or --yaml data.yaml to build it")
-    output = output or workspace() / "models" / "onnx" / target / quantized_name(Path(model).stem, spec)
-    check_output(output, (".onnx",), [model, calib, data, select_yaml], command="quantize")
-    budget = _budget(max_drop, max_fallback, max_steps, select_yaml, select_split, select_images)
-    source = _load(model, None, None, None, None, None)
-    if not isinstance(source, OnnxModel):
-        raise OrinflowError(f"{model} is not ONNX: export it first (`orinflow export`) or run `orinflow ptq`")
-    if calib is not None:
-        array = load_calibration(calib, source.processing)
-    else:
-        array = build_calibration(source.processing, load_dataset(data, split), num_images)
-    if budget:
-        from .optimize.sensitivity import fit_budget
-
-        record = fit_budget(source, array, spec, budget[1], budget[0], output, budget[2], say=console.print)
-    else:
-        record = quantize_onnx(source, array, spec, output, say=console.print)
-    console.print(f"quantized [bold]{output}[/bold] ({mode}, {method}, {target}) from {len(array)} calibration "
-                  f"images in {record['seconds']} s")
+    record = api.quantize(model, calib=calib, data=data, split=split, num_images=num_images, mode=mode, method=method,
+                          percentile=percentile, target=target, exclude=exclude, head_protect=head_protect,
+                          high_precision=high_precision, max_drop=max_drop, max_fallback=max_fallback,
+                          max_steps=max_steps, select_yaml=select_yaml, select_split=select_split,
+                          select_images=select_images, output=output, say=console.print)
+    console.print(f"quantized [bold]{record['model']}[/bold] ({mode}, {method}, {target}) from "
+                  f"{record['calibration_images']} calibration images in {record['seconds']} s")
     _print_qdq(record["qdq_report"])
-    if budget:
+    if "budget" in record:
         _print_budget(record["budget"])
     console.print(describe(record["sparsity"]))
 
@@ -484,12 +408,14 @@ def ptq(
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Folder for the models and records "
                                                    "(default: workspace/ptq/<model>).")] = None,
     arch: ArchOpt = None, imgsz: ImgszOpt = None, mean: MeanOpt = None, std: StdOpt = None, crop: CropOpt = None,
+    modules: ModulesOpt = None,
     verbose: VerboseOpt = False,
 ):
     """Route 1 in one command: export, calibrate, quantize per method and target, evaluate, compare."""
     from .config import workspace
     from .evaluate import EvalOptions
     from .evaluate.table import comparison_table
+    from . import api
     from .io import check_output_folder
     from .optimize.route import check_variants, run_ptq
 
@@ -502,8 +428,8 @@ def ptq(
     options.validate()
     workdir = check_output_folder(output or workspace() / "ptq" / Path(model).stem,
                                   [model, data, val_data, select_yaml])
-    budget = _budget(max_drop, max_fallback, max_steps, select_yaml, select_split, select_images, threads)
-    loaded = _load(model, arch, imgsz, mean, std, crop)
+    budget = api._budget(max_drop, max_fallback, max_steps, select_yaml, select_split, select_images, threads)
+    loaded = _load(model, arch, imgsz, mean, std, crop, modules)
     route = run_ptq(loaded, data, split, val_data or data, val_split, workdir, method_list, target_list, spec,
                     num_images, options, say=console.print, budget=budget)
     console.print(comparison_table([route["fp32"], *route["variants"]], title="route 1: PTQ"))
@@ -566,7 +492,7 @@ def _ready_to_train(adapter, config, train_set, method: str | None = None) -> No
         check_method(method)
 
 
-def _training_setup(model, data, split, epochs, batch, lr, device, arch, imgsz, mean, std, crop, what: str):
+def _training_setup(model, data, split, epochs, batch, lr, device, arch, imgsz, mean, std, crop, modules, what: str):
     """Checks shared by the training commands; returns the PyTorch adapter and the training set."""
     from .data import load_dataset
     from .models import ModelAdapter
@@ -577,7 +503,7 @@ def _training_setup(model, data, split, epochs, batch, lr, device, arch, imgsz, 
     if epochs < 0 or batch < 1 or lr <= 0:
         raise OrinflowError("epochs must be >= 0, --batch >= 1 and --lr > 0")
     check_device(device)
-    adapter = _load(model, arch, imgsz, mean, std, crop)
+    adapter = _load(model, arch, imgsz, mean, std, crop, modules)
     if not isinstance(adapter, ModelAdapter):
         raise OrinflowError(f"{model} is ONNX: {what} needs the PyTorch model")
     return adapter, load_dataset(data, split)
@@ -644,6 +570,7 @@ def qat(
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output Q/DQ .onnx (default: "
                                                    "workspace/qat/<model>/<model>_qat_int8.onnx).")] = None,
     arch: ArchOpt = None, imgsz: ImgszOpt = None, mean: MeanOpt = None, std: StdOpt = None, crop: CropOpt = None,
+    modules: ModulesOpt = None,
     verbose: VerboseOpt = False,
 ):
     """Route 2: quantization-aware fine-tuning with ModelOpt, exported as Q/DQ ONNX, compared with FP32."""
@@ -657,7 +584,7 @@ def qat(
     output = _training_output(output or workspace() / "qat" / Path(model).stem / f"{Path(model).stem}_qat_int8.onnx",
                               "_fp32_ref.onnx", [model, data, val_data], "qat", resume, ("qat",))
     adapter, train_set = _training_setup(model, data, split, epochs, batch, lr, device, arch, imgsz, mean, std, crop,
-                                         "QAT")
+                                         modules, "QAT")
     config = _train_config(epochs, lr, batch, calib_images, distill, labels, device, max_steps, resume, flip)
     _ready_to_train(adapter, config, train_set)
     fp32 = _reference_onnx(adapter, output, "_fp32_ref.onnx")
@@ -691,6 +618,7 @@ def sparsify(
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output 2:4-sparse FP32 .onnx (default: "
                                                    "workspace/sat/<model>/<model>_sparse24.onnx).")] = None,
     arch: ArchOpt = None, imgsz: ImgszOpt = None, mean: MeanOpt = None, std: StdOpt = None, crop: CropOpt = None,
+    modules: ModulesOpt = None,
     verbose: VerboseOpt = False,
 ):
     """Route 3: 2:4 sparsity (ModelOpt) + sparsity-aware fine-tuning; writes a sparse FP32 ONNX for `ptq`."""
@@ -701,7 +629,7 @@ def sparsify(
     output = _training_output(output or workspace() / "sat" / Path(model).stem / f"{Path(model).stem}_sparse24.onnx",
                               "_dense_ref.onnx", [model, data, val_data], "sparsify", resume, ("sat",))
     adapter, train_set = _training_setup(model, data, split, epochs, batch, lr, device, arch, imgsz, mean, std, crop,
-                                         "sparsify")
+                                         modules, "sparsify")
     config = _train_config(epochs, lr, batch, calib_images, distill, labels, device, max_steps, resume, flip)
     _ready_to_train(adapter, config, train_set, method)
     dense = _reference_onnx(adapter, output, "_dense_ref.onnx")
@@ -739,6 +667,7 @@ def sparse_qat(
                                                    "workspace/sparse_qat/<model>/<model>_sparse24_qat_int8.onnx).")]
     = None,
     arch: ArchOpt = None, imgsz: ImgszOpt = None, mean: MeanOpt = None, std: StdOpt = None, crop: CropOpt = None,
+    modules: ModulesOpt = None,
     verbose: VerboseOpt = False,
 ):
     """Route 4: SAT then QAT with the 2:4 masks kept, exported as Q/DQ + 2:4 ONNX, compared with FP32."""
@@ -752,7 +681,7 @@ def sparse_qat(
     output = _training_output(output or workspace() / "sparse_qat" / stem / f"{stem}_sparse24_qat_int8.onnx",
                               "_fp32_ref.onnx", [model, data, val_data], "sparse-qat", resume, ("sat", "qat"))
     adapter, train_set = _training_setup(model, data, split, sat_epochs, batch, lr, device, arch, imgsz, mean, std,
-                                         crop, "sparse-qat")
+                                         crop, modules, "sparse-qat")
     sat_config = _train_config(sat_epochs, lr, batch, calib_images, distill, labels, device, max_steps, resume, flip)
     if qat_lr is not None and qat_lr <= 0:
         raise OrinflowError("--qat-lr must be > 0")
@@ -817,9 +746,6 @@ def inspect(
 
 
 # ---------------------------------------------------------------- deploy / report
-DYNAMIC_DEFAULT_BATCH = 8
-
-
 @app.command()
 @cli_errors
 def deploy(
@@ -841,24 +767,12 @@ def deploy(
     verbose: VerboseOpt = False,
 ):
     """Jetson bundle: the ONNX, build_engine.sh (trtexec flags read from the model), bench.sh, infer.py, README."""
-    from .config import workspace
-    from .deploy.bundle import write_bundle
-    from .deploy.traits import model_traits
-    from .deploy.trtexec import BuildOptions
-    from .io import check_output_folder, require_file
+    from . import api
 
-    path = require_file(model, "model")
-    if path.suffix.lower() != ".onnx":
-        raise OrinflowError(f"{path} is not ONNX: export or quantize it first (orinflow export / quantize)")
-    output = check_output_folder(output or workspace() / "deploy" / path.stem, [path], replaced=True)
-    traits = model_traits(path)
-    default = DYNAMIC_DEFAULT_BATCH if traits.dynamic_batch else 1
-    opt = opt_batch or min(default, max_batch or default)
-    options = BuildOptions(trt=trt, fp16=fp16, min_batch=min_batch, opt_batch=opt, max_batch=max_batch or opt,
-                           workspace_mib=workspace_mib)
-    record = write_bundle(path, output, options, overwrite, traits)
-    console.print(f"bundle [bold]{output}[/bold]: {len(record['build_engine'])} trtexec arguments")
-    if not traits.has_processing:
+    record = api.deploy(model, output=output, trt=trt, fp16=fp16, min_batch=min_batch, opt_batch=opt_batch,
+                        max_batch=max_batch, workspace_mib=workspace_mib, overwrite=overwrite)
+    console.print(f"bundle [bold]{record['bundle']}[/bold]: {len(record['build_engine'])} trtexec arguments")
+    if not record["traits"]["has_processing"]:
         console.print("[yellow]warning:[/yellow] the model carries no orinflow metadata, so the bundle's infer.py "
                       "cannot know its pre/post-processing (build_engine.sh and bench.sh work)")
     console.print(" ".join(record["build_engine"]), highlight=False, soft_wrap=True)
@@ -874,13 +788,9 @@ def report(
     verbose: VerboseOpt = False,
 ):
     """report.md and a self-contained report.html: every evaluated variant side by side, with plots."""
-    from .config import workspace
-    from .io import check_output_folder
-    from .report import write_report
+    from . import api
 
-    sources = sources or [workspace()]
-    output = check_output_folder(output or workspace() / "report", sources)
-    written = write_report(list(sources), output)
+    written = api.report(sources, output=output)
     console.print(f"report of {written['rows']} models: [bold]{written['markdown']}[/bold] and "
                   f"[bold]{written['html']}[/bold]")
 

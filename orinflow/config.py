@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 DEFAULT_OPSET = 17
+DYNAMIC_DEFAULT_BATCH = 8  # the batch a dynamic-batch model's engine is tuned for, unless told
 DEFAULT_DET_IMGSZ = 640
 DEFAULT_CLS_IMGSZ = 224
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

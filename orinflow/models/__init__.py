@@ -6,6 +6,7 @@ from pathlib import Path
 from ..errors import OrinflowError
 from ..io import require_file
 from .base import ModelAdapter, pickle_globals
+from .custom import HANDLED_BY_ADAPTERS, import_modules, resolve_classes
 from .onnx_model import OnnxModel, load_onnx
 from .processing import Processing
 
@@ -14,8 +15,12 @@ __all__ = ["ModelAdapter", "OnnxModel", "Processing", "load_model", "detect_fami
 ULTRALYTICS_YAML_HINT = "an Ultralytics model YAML such as yolo26n.yaml"
 
 
-def detect_family(path: Path, arch: str | None) -> str:
-    """Which adapter fits: from the suffix, then from the classes the pickle names (without running it)."""
+def detect_family(path: Path, arch: str | None, provided: dict | None = None) -> str:
+    """Which adapter fits: from the suffix, then from the classes the pickle names (without running it).
+
+    A checkpoint whose classes come from `provided` (--modules) and that subclasses an Ultralytics
+    model is an Ultralytics checkpoint too.
+    """
     suffix = path.suffix.lower()
     if suffix == ".onnx":
         return "onnx"
@@ -26,7 +31,7 @@ def detect_family(path: Path, arch: str | None) -> str:
     modules = pickle_globals(path)
     if any(m.startswith("models.") for m in modules):
         return "yolov5"
-    if any(m.startswith("ultralytics") for m in modules):
+    if any(m.startswith("ultralytics") for m in modules) or _ultralytics_model(provided):
         return "ultralytics"
     if modules and modules <= {"torch", "torch._utils", "collections", "__builtin__", "builtins", "numpy",
                                "numpy.core.multiarray", "numpy._core.multiarray", "_codecs"}:
@@ -35,9 +40,18 @@ def detect_family(path: Path, arch: str | None) -> str:
                         f"{ULTRALYTICS_YAML_HINT}, an orinflow ONNX, or weights with --arch)")
 
 
+def _ultralytics_model(provided: dict | None) -> bool:
+    return any(getattr(c, "__module__", "").startswith("ultralytics") for cls in (provided or {}).values()
+               for c in getattr(cls, "__mro__", ())[1:])
+
+
 def load_model(model: str | Path, arch: str | None = None, imgsz: int | None = None, mean=None, std=None,
-               crop_fraction: float | None = None) -> ModelAdapter | OnnxModel:
-    """Load any supported model file. `arch` alone (no file) builds an untrained torchvision/user model."""
+               crop_fraction: float | None = None, modules: list[str | Path] | None = None) -> ModelAdapter | OnnxModel:
+    """Load any supported model file. `arch` alone (no file) builds an untrained torchvision/user model.
+
+    `modules`: Python files (or package.module names) defining classes the checkpoint pickles
+    (a fork's or the user's own blocks); see models/custom.py.
+    """
     if model is None or str(model) == "":
         if arch is None:
             raise OrinflowError("give a model file with -m, or an architecture with --arch")
@@ -48,13 +62,16 @@ def load_model(model: str | Path, arch: str | None = None, imgsz: int | None = N
     is_builtin_yaml = path.suffix.lower() in (".yaml", ".yml") and not path.exists() and path.parent == Path(".")
     if not is_builtin_yaml:  # Ultralytics ships its architecture YAMLs inside the package
         require_file(path, "model")
-    family = detect_family(path, arch)
+    provided = import_modules(modules or [])
+    family = detect_family(path, arch, provided)
     if family == "onnx":
         return load_onnx(path)
+    if path.suffix.lower() not in (".yaml", ".yml"):  # a checkpoint: every class it pickles must resolve
+        resolve_classes(path, provided, skip=HANDLED_BY_ADAPTERS if family == "yolov5" else ())
     if family == "yolov5":
         from .yolov5 import load_yolov5
 
-        return load_yolov5(path, imgsz)
+        return load_yolov5(path, imgsz, provided)
     if family == "ultralytics":
         from .ultralytics import load_ultralytics
 

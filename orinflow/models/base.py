@@ -48,7 +48,12 @@ class RawOutput(nn.Module):
 
 
 def pickle_globals(path: Path) -> set[str]:
-    """Module names a torch zip checkpoint references, read without running it.
+    """Module names a torch zip checkpoint references, read without running it."""
+    return {module for module, _ in pickle_classes(path)}
+
+
+def pickle_classes(path: Path) -> set[tuple[str, str]]:
+    """(module, name) of every global a torch zip checkpoint references, read without running it.
 
     An empty set for files that are not zip checkpoints (legacy torch pickles, other formats);
     a clear error for a zip checkpoint that is truncated or damaged.
@@ -66,19 +71,24 @@ def pickle_globals(path: Path) -> set[str]:
         raise OrinflowError(f"{path} is a truncated or damaged PyTorch checkpoint ({_first_line(e)})") from e
     import pickletools
 
-    modules, strings = set(), []
-    try:
+    found, pushed, memo = set(), [None, None], {}
+    try:  # STACK_GLOBAL takes the two strings pushed before it, literally or from the memo
         for op, arg, _ in pickletools.genops(data):
             if op.name == "GLOBAL":
-                modules.add(arg.split(" ")[0])
-            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
-                modules.add(strings[-2])
-            if isinstance(arg, str):
-                strings.append(arg)
+                found.add(tuple(arg.split(" ", 1)))
+            elif op.name == "STACK_GLOBAL":
+                found.add((pushed[-2], pushed[-1]))
+            elif op.name in ("MEMOIZE", "BINPUT", "LONG_BINPUT", "PUT"):
+                memo[len(memo) if op.name == "MEMOIZE" else arg] = pushed[-1]
+                continue
+            if op.name in ("BINGET", "LONG_BINGET", "GET"):
+                pushed.append(memo.get(arg))
+            else:
+                pushed.append(arg if isinstance(arg, str) and ("UNICODE" in op.name or "STRING" in op.name) else None)
     except Exception as e:  # noqa: BLE001 - any parse failure means a damaged file
         raise OrinflowError(f"{path} is a damaged PyTorch checkpoint (its pickle does not parse: "
                             f"{_first_line(e)})") from e
-    return modules
+    return found
 
 
 def torch_load(path: Path, unpickler: type[pickle.Unpickler] | None = None):

@@ -29,7 +29,7 @@ def build_arch(arch: str) -> nn.Module:
             raise OrinflowError(f"unknown torchvision architecture {arch!r}; give file.py:func or package.module:func "
                                 "for your own model") from None
     target, func_name = arch.rsplit(":", 1)
-    module = _import_target(target)
+    module = import_target(target)
     factory = getattr(module, func_name, None)
     if not callable(factory):
         raise OrinflowError(f"{target} has no callable {func_name!r}")
@@ -42,11 +42,12 @@ def build_arch(arch: str) -> nn.Module:
     return model
 
 
-def _import_target(target: str):
+def import_target(target: str):
+    """A `file.py` (imported under a private name) or an importable `package.module`."""
     if target.endswith(".py"):
         path = Path(target)
         if not path.is_file():
-            raise OrinflowError(f"architecture file not found: {path}")
+            raise OrinflowError(f"Python file not found: {path}")
         spec = importlib.util.spec_from_file_location(f"orinflow_user_arch_{path.stem}", path)
         module = importlib.util.module_from_spec(spec)
         try:

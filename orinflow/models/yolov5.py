@@ -15,14 +15,17 @@ YOLOV5_NMS_IOU = 0.6  # yolov5 val.py default
 
 
 class YOLOv5Unpickler(pickle.Unpickler):
-    """Resolves the yolov5 repository's classes to orinflow's own definitions."""
+    """Resolves the yolov5 repository's classes to orinflow's own definitions (or the user's, --modules)."""
+
+    provided: dict[str, type] = {}
 
     def find_class(self, module, name):
         if module in YOLOV5_MODULES:
-            try:
-                return yolov5_modules.PICKLE_CLASSES[(module, name)]
-            except KeyError:
-                raise OrinflowError(f"YOLOv5 checkpoint uses {module}.{name}, which orinflow does not support yet") from None
+            found = yolov5_modules.PICKLE_CLASSES.get((module, name)) or self.provided.get(name)
+            if found is None:
+                raise OrinflowError(f"YOLOv5 checkpoint uses {module}.{name}, which orinflow does not support yet; "
+                                    "give its definition with --modules file.py")
+            return found
         if module.startswith("utils."):  # training-time helpers pickled into some checkpoints
             return _Placeholder
         return super().find_class(module, name)
@@ -38,8 +41,9 @@ class _Placeholder:
         pass
 
 
-def load_yolov5(path: Path, imgsz: int | None = None) -> ModelAdapter:
-    ckpt = torch_load(path, YOLOv5Unpickler)
+def load_yolov5(path: Path, imgsz: int | None = None, provided: dict[str, type] | None = None) -> ModelAdapter:
+    unpickler = type("YOLOv5UserUnpickler", (YOLOv5Unpickler,), {"provided": dict(provided or {})})
+    ckpt = torch_load(path, unpickler)
     model = (ckpt.get("ema") or ckpt.get("model")) if isinstance(ckpt, dict) else ckpt
     if model is None or not isinstance(model, yolov5_modules.Model):
         raise OrinflowError(f"{path} has no YOLOv5 model inside (expected a 'model' or 'ema' entry)")
