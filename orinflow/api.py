@@ -155,21 +155,30 @@ def _budget(max_drop, max_fallback, max_steps, select_yaml, select_split, select
     return budget, select, options
 
 
-def evaluate(model: PathLike, data: PathLike, *, split: str = "val", conf: float = 0.001, iou: float | None = None,
-             max_det: int = 300, batch: int = 1, runs: int = 50, warmup: int = 5, threads: int | None = None,
-             runtime: str = "auto", skip_bad_images: bool = False, json: PathLike | None = None,
-             arch: str | None = None, imgsz: int | None = None, mean=None, std=None, crop: float | None = None,
-             modules: Sequence[PathLike] | None = None, say: Say = print) -> dict:
+def evaluate(model: PathLike, data: PathLike | None = None, *, split: str = "val", conf: float = 0.001,
+             iou: float | None = None, max_det: int = 300, batch: int = 1, runs: int = 50, warmup: int = 5,
+             threads: int | None = None,
+             runtime: str = "auto", skip_bad_images: bool = False, metric: str = "yolov5",
+             save_json: PathLike | None = None, coco_json: PathLike | None = None, images: PathLike | None = None,
+             json: PathLike | None = None, arch: str | None = None, imgsz: int | None = None, mean=None, std=None,
+             crop: float | None = None, modules: Sequence[PathLike] | None = None, say: Say = print) -> dict:
     """Accuracy (mAP50 and mAP50-95, or top-1 and top-5), latency (`runs` timed runs; 0 skips) and size of one
-    model on `data`/`split`; `json` also writes the record there."""
+    model on `data`/`split`; `json` also writes the record there.
+
+    metric "coco" adds the COCO evaluation's AP, AP50, AP75, APs, APm, APl and AR (faster-coco-eval) under
+    the record's metrics["coco"]; `save_json` then writes the detections in COCO result format.
+    `coco_json` and `images` (a COCO instances JSON and its image folder) replace `data`.
+    """
     return compare([model], data, split=split, conf=conf, iou=iou, max_det=max_det, batch=batch, runs=runs,
-                   warmup=warmup, threads=threads, runtime=runtime, skip_bad_images=skip_bad_images, json=json,
-                   arch=arch, imgsz=imgsz, mean=mean, std=std, crop=crop, modules=modules, say=say)[0]
+                   warmup=warmup, threads=threads, runtime=runtime, skip_bad_images=skip_bad_images, metric=metric,
+                   save_json=save_json, coco_json=coco_json, images=images, json=json, arch=arch, imgsz=imgsz,
+                   mean=mean, std=std, crop=crop, modules=modules, say=say)[0]
 
 
-def compare(models: Sequence[PathLike], data: PathLike, *, split: str = "val", conf: float = 0.001,
+def compare(models: Sequence[PathLike], data: PathLike | None = None, *, split: str = "val", conf: float = 0.001,
             iou: float | None = None, max_det: int = 300, batch: int = 1, runs: int = 50, warmup: int = 5,
-            threads: int | None = None, runtime: str = "auto", skip_bad_images: bool = False,
+            threads: int | None = None, runtime: str = "auto", skip_bad_images: bool = False, metric: str = "yolov5",
+            save_json: PathLike | None = None, coco_json: PathLike | None = None, images: PathLike | None = None,
             json: PathLike | None = None, arch: str | None = None, imgsz: int | None = None, mean=None, std=None,
             crop: float | None = None, modules: Sequence[PathLike] | None = None, say: Say = print) -> list[dict]:
     """`evaluate` for several models on the same data and settings (the first is the baseline of a table).
@@ -181,21 +190,41 @@ def compare(models: Sequence[PathLike], data: PathLike, *, split: str = "val", c
 
     if not models:
         raise OrinflowError("give a model with -m, or several with --compare A B ...")
+    dataset = _evaluation_data(data, coco_json, images)
     options = EvalOptions(conf=conf, iou=iou, max_det=max_det, batch=batch, latency_runs=runs, warmup=warmup,
                           threads=threads, measure_latency=runs > 0, runtime=runtime,
-                          skip_bad_images=skip_bad_images)
+                          skip_bad_images=skip_bad_images, metric=metric, save_json=save_json)
     options.validate()
+    if save_json is not None:
+        if len(models) > 1:
+            raise OrinflowError("--save-json writes one model's detections: evaluate one model with -m")
+        check_output(save_json, (".json",), [*models, data, coco_json, json], flag="--save-json")
     if json is not None:
-        check_output(json, (".json",), [*models, data], flag="--json")
+        check_output(json, (".json",), [*models, data, coco_json], flag="--json")
         check_record_slot(Path(json), "evaluate", json)
     records = []
     for path in models:
         loaded = load(path, arch=arch, imgsz=imgsz, mean=mean, std=std, crop=crop, modules=modules)
         say(f"evaluating {path} ...")
-        records.append(evaluate_model(loaded, data, split, options))
+        records.append(evaluate_model(loaded, dataset, split, options))
     if json is not None:
         write_json(json, records[0] if len(records) == 1 else {"compare": records})
     return records
+
+
+def _evaluation_data(data, coco_json, images):
+    """The evaluation Dataset: a dataset YAML or folder, or a COCO JSON with its image folder."""
+    from .data import load_coco_json
+
+    if coco_json is not None:
+        if data is not None:
+            raise OrinflowError("give the evaluation data once: --yaml data.yaml, or --coco-json with --images")
+        if images is None:
+            raise OrinflowError("--coco-json needs --images, the folder its file names are in")
+        return load_coco_json(coco_json, images)
+    if not data:
+        raise OrinflowError("give the evaluation data with --yaml data.yaml or --data folder/ (or --coco-json)")
+    return data
 
 
 def deploy(model: PathLike, *, output: PathLike | None = None, trt: str = "10", fp16: bool = True,

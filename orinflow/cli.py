@@ -167,6 +167,14 @@ def evaluate(
     skip_bad_images: Annotated[bool, typer.Option("--skip-bad-images", help="Leave out images that cannot be "
                                                   "read (each is named, counted and recorded) instead of "
                                                   "stopping.")] = False,
+    metric: Annotated[str, typer.Option("--metric", help="yolov5: YOLOv5/Ultralytics-style mAP (val.py's); coco: "
+                                        "also the COCO evaluation's AP/AP50/AP75/APs/APm/APl/AR (faster-coco-eval)."
+                                        )] = "yolov5",
+    save_json: Annotated[Optional[Path], typer.Option("--save-json", help="With --metric coco: write the "
+                                                      "detections in COCO result format here.")] = None,
+    coco_json: Annotated[Optional[Path], typer.Option("--coco-json", help="A COCO instances JSON as the evaluation "
+                                                      "data (with --images), instead of --yaml.")] = None,
+    images: Annotated[Optional[Path], typer.Option("--images", help="The folder of --coco-json's images.")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the run record(s) here.")] = None,
     arch: ArchOpt = None, imgsz: ImgszOpt = None, mean: MeanOpt = None, std: StdOpt = None, crop: CropOpt = None,
     modules: ModulesOpt = None,
@@ -174,20 +182,21 @@ def evaluate(
 ):
     """Accuracy (mAP50/mAP50-95 or top-1/top-5), latency, size: one model or a side-by-side comparison."""
     from . import api
-    from .evaluate.table import comparison_table, per_class_table
+    from .evaluate.table import coco_table, comparison_table, per_class_table
 
     paths = ([model] if model else []) + _split_list(compare or []) + list(more or [])
     if more and not compare:
         raise OrinflowError(f"unexpected argument {more[0]!r}; compare models with --compare A B ...")
     if not paths:
         raise OrinflowError("give a model with -m, or several with --compare A B ...")
-    if not data:
-        raise OrinflowError("give the evaluation data with --yaml data.yaml or --data folder/")
     records = api.compare(paths, data, split=split, conf=conf, iou=iou, max_det=max_det, batch=batch, runs=runs,
                           warmup=warmup, threads=threads, runtime=runtime, skip_bad_images=skip_bad_images,
-                          json=json_out, arch=arch, imgsz=imgsz, mean=mean, std=std, crop=crop, modules=modules,
+                          metric=metric, save_json=save_json, coco_json=coco_json, images=images, json=json_out,
+                          arch=arch, imgsz=imgsz, mean=mean, std=std, crop=crop, modules=modules,
                           say=console.print)
     console.print(comparison_table(records))
+    if metric == "coco":
+        console.print(coco_table(records))
     _print_notes(records)
     if per_class and records[0]["task"] == "detect":
         for record in records:

@@ -148,6 +148,13 @@ CASES = [
      "cannot read image"),
     ("evaluate-unlabelled", "evaluate -m {inputs}/m.onnx --yaml {inputs}/data/images/val --runs 0", "no labels"),
     ("evaluate-no-model", "evaluate --yaml " + D, "-m"),
+    ("evaluate-metric", "evaluate -m {inputs}/m.onnx --yaml " + D + " --metric map", "--metric"),
+    ("evaluate-save-json-without-coco", "evaluate -m {inputs}/m.onnx --yaml " + D + " --save-json {out}/d.json",
+     "--metric coco"),
+    ("evaluate-save-json-onto-model", "evaluate -m {inputs}/m.onnx --yaml " + D +
+     " --metric coco --save-json {inputs}/m.onnx", "--save-json"),
+    ("evaluate-modules-broken", "evaluate -m {inputs}/demo.pt --yaml " + D + " --modules {inputs}/notes.txt",
+     "notes.txt"),
     # ---- qat / sparsify / sparse-qat
     ("qat-onnx-model", "qat -m {inputs}/m.onnx --yaml " + D, "PyTorch model"),
     ("qat-epochs", "qat -m {inputs}/demo.pt --yaml " + D + " --epochs 0", "--epochs"),

@@ -10,8 +10,13 @@ from ..data import Dataset, load_dataset
 from ..errors import OrinflowError
 from ..models import ModelAdapter, OnnxModel
 from ..runtime import make_runner
+from ..io import write_json
 from .accuracy import evaluate_classification, evaluate_detection
+from .coco import CocoCollector, coco_metrics
 from .latency import latency_profile
+
+
+METRICS = ("yolov5", "coco")
 
 
 @dataclass
@@ -26,6 +31,8 @@ class EvalOptions:
     measure_latency: bool = True
     runtime: str = "auto"  # auto: PyTorch for .pt, ONNX Runtime for .onnx; or tensorrt
     skip_bad_images: bool = False  # leave unreadable images out (named in the record) instead of stopping
+    metric: str = "yolov5"  # yolov5: YOLOv5/Ultralytics-style mAP; coco: also the COCO evaluation's AP/AR table
+    save_json: str | Path | None = None  # detections in COCO result format (with metric coco)
 
     def validate(self) -> None:
         """Refuse settings that would quietly produce wrong numbers."""
@@ -43,6 +50,10 @@ class EvalOptions:
             raise OrinflowError(f"--runs and --warmup must be >= 0, got {self.latency_runs} and {self.warmup}")
         if self.threads is not None and self.threads < 1:
             raise OrinflowError(f"--threads must be >= 1 (leave it out for all cores), got {self.threads}")
+        if self.metric not in METRICS:
+            raise OrinflowError(f"unknown --metric {self.metric!r}; choose one of {', '.join(METRICS)}")
+        if self.save_json is not None and self.metric != "coco":
+            raise OrinflowError("--save-json writes COCO-format detections: use it with --metric coco")
         if self.runtime not in RUNTIMES:
             raise OrinflowError(f"unknown --runtime {self.runtime!r}; choose one of {', '.join(RUNTIMES)}")
 
@@ -81,13 +92,21 @@ def evaluate_model(model: ModelAdapter | OnnxModel, data: str | Path | Dataset, 
     dataset = data if isinstance(data, Dataset) else load_dataset(data, split)
     if dataset.task is None:
         raise OrinflowError(f"{dataset.name} has no labels: evaluation needs a dataset YAML or class subfolders")
+    if options.metric == "coco" and model.task != "detect":
+        raise OrinflowError("--metric coco scores detectors; a classifier's metric is top-1/top-5")
     if dataset.task != model.task:
         raise OrinflowError(f"the model is a {model.task} model but {dataset.name} is a {dataset.task} dataset")
     runner = runner or make_runner(model, options.threads, options.runtime, options.batch)
     skipped: list[str] | None = [] if options.skip_bad_images else None
     if model.task == "detect":
+        names = model.processing.names or dataset.names
+        coco = CocoCollector(names, dataset.coco) if options.metric == "coco" else None
         metrics = evaluate_detection(runner, model.processing, dataset, options.conf, options.iou, options.max_det,
-                                     options.batch, skipped)
+                                     options.batch, skipped, coco)
+        if coco is not None:
+            metrics["coco"] = coco_metrics(coco.ground_truth(), coco.results)
+            if options.save_json is not None:
+                write_json(options.save_json, coco.results)
     else:
         metrics = evaluate_classification(runner, model.processing, dataset, options.batch, skipped)
     notes, latency_batch = [], options.batch

@@ -56,8 +56,11 @@ def predictions(runner: Runner, processing: Processing, images: Sequence[str | P
 
 def evaluate_detection(runner: Runner, processing: Processing, dataset: Dataset, conf: float = 0.001,
                        iou: float | None = None, max_det: int = 300, batch_size: int = 1,
-                       skipped: list[str] | None = None) -> dict:
-    """mAP of `dataset`; images listed in `skipped` (when given) are left out with their labels."""
+                       skipped: list[str] | None = None, coco=None) -> dict:
+    """mAP of `dataset`; images listed in `skipped` (when given) are left out with their labels.
+
+    `coco` (a CocoCollector) also receives every image's ground truth and detections.
+    """
     if dataset.task != "detect":
         raise OrinflowError(f"{dataset.name} has no detection labels (a dataset YAML with YOLO txt labels is needed)")
     stats, target_classes = [], []
@@ -66,6 +69,8 @@ def evaluate_detection(runner: Runner, processing: Processing, dataset: Dataset,
         labels = dataset.labels[index]
         gt_boxes = _labels_to_xyxy(labels, meta.original_hw)
         stats.append((match_predictions(dets, gt_boxes, labels[:, 0].astype(int)), dets.scores, dets.classes))
+        if coco is not None:
+            coco.add(index, Path(dataset.images[index]), meta.original_hw, gt_boxes, labels[:, 0].astype(int), dets)
         target_classes.append(labels[:, 0].astype(int))
     if not stats:
         raise OrinflowError(f"no image of {dataset.name} could be read")

@@ -52,3 +52,19 @@ def per_class_table(record: dict) -> Table:
     for name, values in record["metrics"]["per_class"].items():
         table.add_row(name, str(values["instances"]), f"{values['mAP50']:.4f}", f"{values['mAP50-95']:.4f}")
     return table
+
+
+COCO_COLUMNS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")
+
+
+def coco_table(records: list[dict]) -> Table:
+    """The COCO evaluation's table (--metric coco), beside the YOLOv5-style mAP50-95 of the same detections."""
+    table = Table(title=f"COCO evaluation ({records[0]['metrics']['coco']['library']})")
+    table.add_column("model", no_wrap=True)
+    for column in (*COCO_COLUMNS, "mAP50-95 (YOLOv5-style)"):
+        table.add_column(column, justify="right")
+    for record in records:
+        coco = record["metrics"]["coco"]
+        table.add_row(Path(record["model"]).name, *(f"{coco[c]:.4f}" for c in COCO_COLUMNS),
+                      f"{record['metrics']['mAP50-95']:.4f}")
+    return table

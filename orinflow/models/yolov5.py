@@ -10,7 +10,7 @@ from . import yolov5_modules
 from .base import ModelAdapter, fuse_conv_bn, torch_load
 from .processing import HEAD_OBJECTNESS, Processing
 
-YOLOV5_MODULES = ("models.yolo", "models.common")
+YOLOV5_MODULES = ("models.yolo", "models.common", "models.experimental")
 YOLOV5_NMS_IOU = 0.6  # yolov5 val.py default
 
 

@@ -1,0 +1,103 @@
+"""--metric coco: the COCO evaluation (faster-coco-eval), checked against pycocotools and against hand-made cases."""
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from orinflow.cli import app
+from orinflow.evaluate.coco import COCO_KEYS, CocoCollector, coco_metrics
+from orinflow.models.processing import Detections
+
+runner = CliRunner()
+
+
+def _one_image(pred_box, gt_box=(10.0, 20.0, 60.0, 100.0)):
+    """One 200x200 image (its file name is its COCO id), one ground-truth box and one detection, xyxy pixels."""
+    from pathlib import Path
+
+    collector = CocoCollector({0: "thing"})
+    dets = Detections(np.asarray([pred_box], np.float32), np.asarray([0.9], np.float32), np.asarray([0]))
+    collector.add(0, Path("000000000139.jpg"), (200, 200), np.asarray([gt_box]), np.asarray([0]), dets)
+    return collector
+
+
+@pytest.mark.parametrize("library", ["faster-coco-eval", "pycocotools"])
+def test_boxes_reach_the_library_in_coco_form(library):
+    exact = _one_image((10.0, 20.0, 60.0, 100.0))
+    assert coco_metrics(exact.ground_truth(), exact.results, library)["AP"] == pytest.approx(1.0)
+    assert exact.results[0]["image_id"] == 139 and exact.results[0]["bbox"] == [10.0, 20.0, 50.0, 80.0]
+    # IoU 0.6 (shifted 10 px of 50 across): a true positive at thresholds 0.50, 0.55 and 0.60 only
+    shifted = _one_image((20.0, 20.0, 70.0, 100.0))
+    iou = 40 * 80 / (60 * 80)
+    expected = sum(iou >= t for t in np.linspace(0.5, 0.95, 10)) / 10
+    assert coco_metrics(shifted.ground_truth(), shifted.results, library)["AP"] == pytest.approx(expected)
+
+
+def test_cli_metric_coco_agrees_with_pycocotools_and_saves_results(demo_onnx, tiny_shapes, tmp_path):
+    result = runner.invoke(app, ["evaluate", "-m", str(demo_onnx), "--yaml", str(tiny_shapes), "--runs", "0",
+                                 "--metric", "coco", "--save-json", str(tmp_path / "dets.json"),
+                                 "--json", str(tmp_path / "record.json")])
+    assert result.exit_code == 0, result.output
+    assert "COCO evaluation" in result.output
+    record = json.loads((tmp_path / "record.json").read_text())
+    coco = record["metrics"]["coco"]
+    assert coco["library"] == "faster-coco-eval" and set(COCO_KEYS) <= set(coco)
+    detections = json.loads((tmp_path / "dets.json").read_text())
+    assert detections and all(set(d) == {"image_id", "category_id", "score", "bbox"} for d in detections)
+    assert abs(coco["AP"] - record["metrics"]["mAP50-95"]) < 0.05
+
+
+def test_both_libraries_agree_on_the_demo_detector(fp32, tiny_shapes):
+    from orinflow.data import load_dataset
+    from orinflow.evaluate.accuracy import evaluate_detection
+    from orinflow.runtime import OrtRunner
+
+    collector = CocoCollector(fp32.processing.names)
+    evaluate_detection(OrtRunner(fp32.path), fp32.processing, load_dataset(tiny_shapes, "val"), coco=collector)
+    fast = coco_metrics(collector.ground_truth(), collector.results, "faster-coco-eval")
+    reference = coco_metrics(collector.ground_truth(), collector.results, "pycocotools")
+    assert all(abs(fast[k] - reference[k]) <= 1e-4 for k in COCO_KEYS), (fast, reference)
+
+
+def _coco_twin(tiny_shapes, tmp_path):
+    """The val split of the shapes data as a COCO instances JSON (sparse category ids 1, 3, 7, as COCO's are)."""
+    import cv2
+
+    from orinflow.data import load_dataset
+
+    dataset = load_dataset(tiny_shapes, "val")
+    ids = {0: 1, 1: 3, 2: 7}
+    images, annotations = [], []
+    for number, (path, labels) in enumerate(zip(dataset.images, dataset.labels), 1):
+        h, w = cv2.imread(str(path)).shape[:2]
+        images.append({"id": 1000 + number, "file_name": path.name, "width": w, "height": h})
+        for cls, cx, cy, bw, bh in labels.tolist():
+            box = [(cx - bw / 2) * w, (cy - bh / 2) * h, bw * w, bh * h]
+            annotations.append({"id": len(annotations) + 1, "image_id": 1000 + number, "category_id": ids[int(cls)],
+                                "bbox": box, "area": box[2] * box[3], "iscrowd": 0})
+    categories = [{"id": ids[c], "name": dataset.names.get(c, str(c))} for c in sorted(ids)]
+    path = tmp_path / "instances.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    return path, dataset.images[0].parent
+
+
+def test_a_coco_json_scores_as_its_yolo_label_twin(demo_onnx, tiny_shapes, tmp_path):
+    import orinflow
+
+    annotations, folder = _coco_twin(tiny_shapes, tmp_path)
+    twin = orinflow.evaluate(demo_onnx, tiny_shapes, runs=0, metric="coco", say=lambda m: None)["metrics"]
+    mine = orinflow.evaluate(demo_onnx, coco_json=annotations, images=folder, runs=0, metric="coco",
+                             save_json=tmp_path / "dets.json", say=lambda m: None)["metrics"]
+    assert abs(mine["mAP50-95"] - twin["mAP50-95"]) <= 1e-4 and abs(mine["mAP50"] - twin["mAP50"]) <= 1e-4
+    assert all(abs(mine["coco"][k] - twin["coco"][k]) <= 1e-4 for k in COCO_KEYS)
+    detections = json.loads((tmp_path / "dets.json").read_text())
+    assert {d["category_id"] for d in detections} <= {1, 3, 7} and min(d["image_id"] for d in detections) > 1000
+
+
+def test_a_coco_json_whose_images_are_missing_is_refused(tiny_shapes, demo_onnx, tmp_path):
+    annotations, _ = _coco_twin(tiny_shapes, tmp_path)
+    (tmp_path / "empty").mkdir()
+    result = runner.invoke(app, ["evaluate", "-m", str(demo_onnx), "--coco-json", str(annotations), "--images",
+                                 str(tmp_path / "empty"), "--runs", "0"])
+    assert result.exit_code == 2 and "none of the" in result.stderr and result.stderr.count("\n") == 1
