@@ -46,6 +46,10 @@ def test_cli_metric_coco_agrees_with_pycocotools_and_saves_results(demo_onnx, ti
     detections = json.loads((tmp_path / "dets.json").read_text())
     assert detections and all(set(d) == {"image_id", "category_id", "score", "bbox"} for d in detections)
     assert abs(coco["AP"] - record["metrics"]["mAP50-95"]) < 0.05
+    from orinflow.report import write_report
+
+    report = write_report([tmp_path / "record.json"], tmp_path / "report")["markdown"].read_text()
+    assert "COCO AP" in report and f"{coco['AP']:.4f}" in report
 
 
 def test_both_libraries_agree_on_the_demo_detector(fp32, tiny_shapes):

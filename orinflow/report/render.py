@@ -21,7 +21,9 @@ def table(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
     tasks = {r.record["task"] for r in rows}
     metrics = rows[0].metric_names if len(tasks) == 1 else ("metric 1", "metric 2")
     keys = latency_keys(rows)
-    header = ["model", "route", "mode", "method", "target", "runtime", "data", *metrics, "Δ vs FP32 (pts)"]
+    coco = any("coco" in r.record["metrics"] for r in rows)  # evaluated with --metric coco
+    header = ["model", "route", "mode", "method", "target", "runtime", "data", *metrics, *(["COCO AP"] if coco else []),
+              "Δ vs FP32 (pts)"]
     for key in keys:
         header += [f"{key} ms", f"speed-up {key}"]
     header += ["size MB", "INT8 FLOP share", "2:4 FLOP share"]
@@ -31,6 +33,7 @@ def table(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
         delta = row.delta_points()
         cells = [row.name, row.route, row.mode, row.method, row.target, row.record["runtime"],
                  Path(str(row.record.get("data", "-"))).name, *(f"{v:.4f}" for v in values),
+                 *([_coco_ap(row.record)] if coco else []),
                  "baseline" if row.baseline is row else ("-" if delta is None else f"{delta:+.2f}")]
         for key in keys:
             latency, speedup = row.latency(key), row.speedup(key)
@@ -40,6 +43,11 @@ def table(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
                   _share(row.sparse_flop_share)]
         body.append(cells)
     return header, body
+
+
+def _coco_ap(record: dict) -> str:
+    coco = record["metrics"].get("coco")
+    return "-" if coco is None else f"{coco['AP']:.4f}"
 
 
 def _share(value: float | None) -> str:
