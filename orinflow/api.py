@@ -47,6 +47,22 @@ def load(model: PathLike | None, *, arch: str | None = None, imgsz: int | None =
                       crop_fraction=crop, modules=list(modules or []))
 
 
+def adopt(model: PathLike, *, head: str | None = None, names: str | None = None, imgsz: int | None = None,
+          output: PathLike | None = None) -> dict:
+    """Make an ONNX detector from another exporter (Ultralytics, the yolov5 repository, an end-to-end graph)
+    usable by every command: writes a copy (default workspace/models/onnx/adopted/<name>.onnx) that carries
+    orinflow's pre/post-processing metadata.
+
+    head: yolov8 (batch, 4+nc, anchors), yolov5 (batch, anchors, 5+nc) or end2end (batch, boxes, 6); default:
+    read from the output's shape. names: a dataset YAML or 'a,b,c' (default: the exporter's metadata).
+    imgsz: only for inputs without a fixed size.
+    """
+    from .models.adopt import adopt_onnx
+
+    output = Path(output) if output else workspace() / "models" / "onnx" / "adopted" / Path(model).name
+    return adopt_onnx(model, output, head=head, names=names, imgsz=imgsz)
+
+
 def export(model: PathLike, *, output: PathLike | None = None, opset: int = DEFAULT_OPSET, dynamic: bool = False,
            half: bool = False, simplify: bool = True, image: PathLike | None = None, arch: str | None = None,
            imgsz: int | None = None, mean=None, std=None, crop: float | None = None,

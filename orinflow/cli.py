@@ -115,6 +115,32 @@ def export(
                   f"(output range ±{parity['output_max_abs']:.3g}, limit {parity['limit']:.3g})")
 
 
+# ---------------------------------------------------------------- adopt
+@app.command()
+@cli_errors
+def adopt(
+    model: Annotated[str, typer.Option("-m", "--model", help="ONNX detector from another exporter (Ultralytics, "
+                                       "the yolov5 repository, an end-to-end graph with NMS).")],
+    head: Annotated[Optional[str], typer.Option("--head", help="Output layout: yolov8 (batch, 4+nc, anchors), yolov5 "
+                                                "(batch, anchors, 5+nc) or end2end (batch, boxes, 6). Default: "
+                                                "read from the output's shape.")] = None,
+    names: Annotated[Optional[str], typer.Option("--names", help="Class names: a dataset YAML or 'a,b,c' (default: "
+                                                 "the exporter's metadata, else numbers).")] = None,
+    imgsz: Annotated[Optional[int], typer.Option("--imgsz", help="Input size, only for inputs without a fixed "
+                                                 "size.")] = None,
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output .onnx (default: "
+                                                   "workspace/models/onnx/adopted/<name>.onnx).")] = None,
+    verbose: VerboseOpt = False,
+):
+    """Give an ONNX detector from elsewhere orinflow's pre/post-processing, so every command takes it."""
+    from . import api
+
+    record = api.adopt(model, head=head, names=names, imgsz=imgsz, output=output)
+    how = "given" if record["head_given"] else f"read from its output {record['output_shape']}"
+    console.print(f"adopted [bold]{record['model']}[/bold]: head {record['head']} ({how}), "
+                  f"{record['classes']} classes, input {record['imgsz'][0]}x{record['imgsz'][1]}, letterbox RGB 0..1")
+
+
 # ---------------------------------------------------------------- calibrate
 @app.command()
 @cli_errors

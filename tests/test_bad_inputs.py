@@ -92,6 +92,10 @@ CASES = [
     ("export-arch-mismatch", "export -m {inputs}/weights.pt --arch resnet18", "Missing key(s)"),
     ("export-missing-image", "export -m {inputs}/demo.pt --image {inputs}/none.jpg -o {out}/x.onnx", "none.jpg"),
     ("export-bad-mean", "export -m {inputs}/weights.pt --arch {arch} --mean 1,2", "--mean"),
+    # ---- adopt
+    ("adopt-pytorch-model", "adopt -m {inputs}/demo.pt -o {out}/a.onnx", "not ONNX"),
+    ("adopt-orinflow-model", "adopt -m {inputs}/m.onnx --head yolox -o {out}/a.onnx", "already carries"),
+    ("adopt-output-is-input", "adopt -m {inputs}/m.onnx -o {inputs}/m.onnx", "overwrite the input"),
     # ---- calibrate
     ("calibrate-no-data", "calibrate -m {inputs}/m.onnx", "--yaml"),
     ("calibrate-output-suffix", "calibrate -m {inputs}/m.onnx --yaml " + D + " -o {out}/c.txt", "-o"),

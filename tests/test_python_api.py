@@ -21,7 +21,7 @@ def test_the_documented_example_runs_as_written(tmp_path, monkeypatch, capsys):
     assert len(scores) == 2 and all(0.5 < s <= 1 for s in scores)  # the demo detector scores ~0.98
 
 
-@pytest.mark.parametrize("name, command", [("export", "export"), ("calibrate", "calibrate"),
+@pytest.mark.parametrize("name, command", [("adopt", "adopt"), ("export", "export"), ("calibrate", "calibrate"),
                                            ("quantize", "quantize"), ("evaluate", "evaluate"),
                                            ("deploy", "deploy"), ("report", "report")])
 def test_api_and_cli_share_names_and_defaults(name, command):

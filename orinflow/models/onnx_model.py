@@ -71,8 +71,8 @@ def load_onnx(path: Path) -> OnnxModel:
         raise OrinflowError(f"{path} is not a readable ONNX model ({type(e).__name__})") from e
     meta = read_metadata(model)
     if META_PROCESSING not in meta:
-        raise OrinflowError(f"{path} carries no orinflow metadata (pre/post-processing unknown); "
-                            "export it with `orinflow export` from the PyTorch model")
+        raise OrinflowError(f"{path} carries no orinflow metadata (pre/post-processing unknown); give it that "
+                            "with `orinflow adopt -m model.onnx`, or export the PyTorch model with `orinflow export`")
     try:
         processing = Processing.from_json(meta[META_PROCESSING])
     except (json.JSONDecodeError, TypeError, KeyError) as e:
