@@ -127,18 +127,16 @@ def quantize(model: PathLike, *, calib: PathLike | None = None, data: PathLike |
     from .data.calibration import build_calibration, load_calibration
     from .io import check_output
     from .models import OnnxModel
-    from .optimize.ptq import QuantizeSpec, quantize_onnx
+    from .optimize.ptq import quantize_onnx
     from .optimize.route import quantized_name
 
-    spec = QuantizeSpec(mode=mode, method=method, target=target, percentile=percentile, exclude=list(exclude or []),
-                        head_protect=head_protect, high_precision=high_precision)
-    spec.validate()
+    spec = quantize_spec(mode, method, target, percentile, exclude, head_protect, high_precision)
     if calib is None and not data:
         raise OrinflowError("give calibration data: --calib calib.npy, or --yaml data.yaml to build it")
     output = Path(output) if output else workspace() / "models" / "onnx" / target / quantized_name(Path(model).stem,
                                                                                                     spec)
     check_output(output, (".onnx",), [model, calib, data, select_yaml], command="quantize")
-    budget = _budget(max_drop, max_fallback, max_steps, select_yaml, select_split, select_images)
+    budget = budget_inputs(max_drop, max_fallback, max_steps, select_yaml, select_split, select_images)
     source = load(model)
     if not isinstance(source, OnnxModel):
         raise OrinflowError(f"{model} is not ONNX: export it first (`orinflow export`) or run `orinflow ptq`")
@@ -153,7 +151,18 @@ def quantize(model: PathLike, *, calib: PathLike | None = None, data: PathLike |
     return fit_budget(source, array, spec, budget[1], budget[0], output, budget[2], say=say)
 
 
-def _budget(max_drop, max_fallback, max_steps, select_yaml, select_split, select_images, threads=None):
+def quantize_spec(mode: str, method: str, target: str, percentile: float, exclude: Sequence[str] | None,
+                  head_protect: bool, high_precision: str):
+    """The checked QuantizeSpec of the quantization flags (shared by quantize, ptq and sensitivity)."""
+    from .optimize.ptq import QuantizeSpec
+
+    spec = QuantizeSpec(mode=mode, method=method, target=target, percentile=percentile, exclude=list(exclude or []),
+                        head_protect=head_protect, high_precision=high_precision)
+    spec.validate()
+    return spec
+
+
+def budget_inputs(max_drop, max_fallback, max_steps, select_yaml, select_split, select_images, threads=None):
     """(BudgetSpec, selection Dataset, SensitivityOptions), or None without max_drop; checked before any work."""
     from .data import load_dataset
     from .optimize.sensitivity import BudgetSpec, SensitivityOptions, selection_subset

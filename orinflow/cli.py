@@ -259,15 +259,6 @@ HighPrecisionOpt = Annotated[str, typer.Option("--high-precision", help="Dtype o
                                                "(tensorrt target): fp16 for Jetson, fp32 to evaluate on CPU.")]
 
 
-def _quant_spec(mode, method, target, percentile, exclude, head_protect, high_precision):
-    from .optimize.ptq import QuantizeSpec
-
-    spec = QuantizeSpec(mode=mode, method=method, target=target, percentile=percentile, exclude=list(exclude or []),
-                        head_protect=head_protect, high_precision=high_precision)
-    spec.validate()
-    return spec
-
-
 def _print_qdq(report: dict) -> None:
     console.print(f"Q/DQ: {report['quantized_compute_nodes']}/{report['compute_nodes']} conv/GEMM nodes quantized, "
                   f"{report['mode'].upper()} FLOP share {report['quantized_flop_share']:.1%} of {report['compute_gflops']:.2f} "
@@ -382,6 +373,7 @@ def sensitivity(
     verbose: VerboseOpt = False,
 ):
     """Rank quantization groups by the accuracy they cost: each alone, each kept in float, and the selection metric."""
+    from . import api
     from .data import load_dataset
     from .data.calibration import load_calibration
     from .io import check_output_folder
@@ -390,7 +382,7 @@ def sensitivity(
     from .optimize.sensitivity import SensitivityOptions, measure_sensitivity, selection_subset
     from .report.sensitivity import table, write_sensitivity
 
-    spec = _quant_spec("int8", method, target, percentile, None, head_protect, "fp32")
+    spec = api.quantize_spec("int8", method, target, percentile, None, head_protect, "fp32")
     options = SensitivityOptions(sqnr_images=sqnr_images, select_images=select_images, top=top, threads=threads)
     options.validate()
     if not data:
@@ -456,14 +448,14 @@ def ptq(
 
     if not data:
         raise OrinflowError("give the data with --yaml data.yaml (calibration split and evaluation split)")
-    spec = _quant_spec(mode, "entropy", "tensorrt", percentile, exclude, head_protect, high_precision)
+    spec = api.quantize_spec(mode, "entropy", "tensorrt", percentile, exclude, head_protect, high_precision)
     method_list, target_list = _split_list([methods]), _split_list([targets])
     check_variants(spec, method_list, target_list)
     options = EvalOptions(batch=batch, latency_runs=runs, threads=threads, measure_latency=runs > 0)
     options.validate()
     workdir = check_output_folder(output or workspace() / "ptq" / Path(model).stem,
                                   [model, data, val_data, select_yaml])
-    budget = api._budget(max_drop, max_fallback, max_steps, select_yaml, select_split, select_images, threads)
+    budget = api.budget_inputs(max_drop, max_fallback, max_steps, select_yaml, select_split, select_images, threads)
     loaded = _load(model, arch, imgsz, mean, std, crop, modules)
     route = run_ptq(loaded, data, split, val_data or data, val_split, workdir, method_list, target_list, spec,
                     num_images, options, say=console.print, budget=budget)

@@ -107,10 +107,11 @@ def test_a_user_package_path_is_registered(tmp_path):
     for name in ("userpkg", "userpkg.nets", "userpkg.nets.heads"):
         del sys.modules[name]
 
-    from orinflow.models.base import torch_load
+    from orinflow.models.base import pickle_classes, torch_load
     from orinflow.models.custom import import_modules, resolve_classes
 
+    classes = pickle_classes(tmp_path / "head.pt")
     with pytest.raises(OrinflowError, match="userpkg.nets.heads.Head"):
-        resolve_classes(tmp_path / "head.pt", {})
-    resolve_classes(tmp_path / "head.pt", import_modules([tmp_path / "mine.py"]))
+        resolve_classes(tmp_path / "head.pt", classes, {})
+    resolve_classes(tmp_path / "head.pt", classes, import_modules([tmp_path / "mine.py"]))
     assert type(torch_load(tmp_path / "head.pt")["model"]).__name__ == "Head"

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from ..errors import OrinflowError
 from ..io import require_file
-from .base import ModelAdapter, pickle_globals
+from .base import ModelAdapter, pickle_classes
 from .custom import HANDLED_BY_ADAPTERS, import_modules, resolve_classes
 from .onnx_model import OnnxModel, load_onnx
 from .processing import Processing
@@ -15,11 +15,12 @@ __all__ = ["ModelAdapter", "OnnxModel", "Processing", "load_model", "detect_fami
 ULTRALYTICS_YAML_HINT = "an Ultralytics model YAML such as yolo26n.yaml"
 
 
-def detect_family(path: Path, arch: str | None, provided: dict | None = None) -> str:
+def detect_family(path: Path, arch: str | None, provided: dict | None = None,
+                  classes: set[tuple[str, str]] | None = None) -> str:
     """Which adapter fits: from the suffix, then from the classes the pickle names (without running it).
 
     A checkpoint whose classes come from `provided` (--modules) and that subclasses an Ultralytics
-    model is an Ultralytics checkpoint too.
+    model is an Ultralytics checkpoint too. `classes`: the checkpoint's `pickle_classes`, when already read.
     """
     suffix = path.suffix.lower()
     if suffix == ".onnx":
@@ -28,7 +29,7 @@ def detect_family(path: Path, arch: str | None, provided: dict | None = None) ->
         return "ultralytics"
     if arch:
         return "classifier"
-    modules = pickle_globals(path)
+    modules = {module for module, _ in (pickle_classes(path) if classes is None else classes)}
     if any(m.startswith("models.") for m in modules):
         return "yolov5"
     if any(m.startswith("ultralytics") for m in modules) or _ultralytics_model(provided):
@@ -63,11 +64,13 @@ def load_model(model: str | Path, arch: str | None = None, imgsz: int | None = N
     if not is_builtin_yaml:  # Ultralytics ships its architecture YAMLs inside the package
         require_file(path, "model")
     provided = import_modules(modules or [])
-    family = detect_family(path, arch, provided)
-    if family == "onnx":
+    if path.suffix.lower() == ".onnx":
         return load_onnx(path)
-    if path.suffix.lower() not in (".yaml", ".yml"):  # a checkpoint: every class it pickles must resolve
-        resolve_classes(path, provided, skip=HANDLED_BY_ADAPTERS if family == "yolov5" else ())
+    is_checkpoint = path.suffix.lower() not in (".yaml", ".yml")
+    classes = pickle_classes(path) if is_checkpoint else set()  # read once, without running the pickle
+    family = detect_family(path, arch, provided, classes)
+    if is_checkpoint:  # every class it pickles must resolve
+        resolve_classes(path, classes, provided, skip=HANDLED_BY_ADAPTERS if family == "yolov5" else ())
     if family == "yolov5":
         from .yolov5 import load_yolov5
 

@@ -47,11 +47,6 @@ class RawOutput(nn.Module):
         return y[0] if isinstance(y, (tuple, list)) else y
 
 
-def pickle_globals(path: Path) -> set[str]:
-    """Module names a torch zip checkpoint references, read without running it."""
-    return {module for module, _ in pickle_classes(path)}
-
-
 def pickle_classes(path: Path) -> set[tuple[str, str]]:
     """(module, name) of every global a torch zip checkpoint references, read without running it.
 

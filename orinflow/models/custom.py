@@ -18,7 +18,6 @@ import warnings
 from pathlib import Path
 
 from ..errors import OrinflowError
-from .base import pickle_classes
 
 HANDLED_BY_ADAPTERS = ("models.", "utils.")  # the YOLOv5 adapter maps the yolov5 repository's own paths
 
@@ -35,9 +34,11 @@ def import_modules(files: list[str | Path]) -> dict[str, type]:
     return classes
 
 
-def resolve_classes(path: Path, provided: dict[str, type], skip: tuple[str, ...] = ()) -> None:
-    """Make every class `path` pickles resolvable, from the installed code or from `provided`."""
-    for module_name, name in sorted(pickle_classes(path), key=str):
+def resolve_classes(path: Path, classes: set[tuple[str, str]], provided: dict[str, type],
+                    skip: tuple[str, ...] = ()) -> None:
+    """Make every class that `path` pickles (`classes`, from `pickle_classes`) resolvable, from the installed
+    code or from `provided`."""
+    for module_name, name in sorted(classes, key=str):
         if module_name is None or name is None or module_name.startswith(skip):
             continue
         module_name, name = _python3_name(module_name, name)

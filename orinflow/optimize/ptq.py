@@ -101,10 +101,10 @@ def quantize_onnx(source: OnnxModel, calib: np.ndarray, spec: QuantizeSpec, outp
         with status(f"{engine}: calibrating {len(calib)} images and quantizing ({spec.mode}, {spec.method})"):
             aligned_convs: dict[str, dict] = {}
             if spec.target == "tensorrt":
-                _modelopt_quantize(source.path, calib, spec, exclude, tmp)
+                quantized = _modelopt_quantize(source.path, calib, spec, exclude)
             else:
                 aligned_convs = _ort_quantize(source.path, calib, spec, exclude, tmp)
-        quantized = onnx.load(str(tmp))
+                quantized = onnx.load(str(tmp))
         search = _search_scales(source, calib, spec, exclude, quantized, say) if spec.method == "search" else None
         if search:
             quantized = search[0]
@@ -136,11 +136,9 @@ def _search_scales(source: OnnxModel, calib: np.ndarray, spec: QuantizeSpec, exc
     """--method search: ModelOpt's entropy scales join the candidates of the max-calibrated model."""
     from .scale_search import search_quantized
 
-    with private_folder() as work:
-        entropy = work / "entropy.onnx"
-        with status(f"ModelOpt: entropy calibration of {len(calib)} images (candidate scales)"):
-            _modelopt_quantize(source.path, calib, replace(spec, method="entropy"), exclude, entropy)
-        return search_quantized(source.path, source.task, calib, quantized, onnx.load(str(entropy)), say=say)
+    with status(f"ModelOpt: entropy calibration of {len(calib)} images (candidate scales)"):
+        entropy = _modelopt_quantize(source.path, calib, replace(spec, method="entropy"), exclude)
+    return search_quantized(source.path, source.task, calib, quantized, entropy, say=say)
 
 
 def _spec_json(spec: QuantizeSpec) -> str:
@@ -148,7 +146,8 @@ def _spec_json(spec: QuantizeSpec) -> str:
 
 
 # ------------------------------------------------------------------ tensorrt target (ModelOpt)
-def _modelopt_quantize(src: Path, calib: np.ndarray, spec: QuantizeSpec, exclude: list[str], out: Path) -> None:
+def _modelopt_quantize(src: Path, calib: np.ndarray, spec: QuantizeSpec, exclude: list[str]) -> onnx.ModelProto:
+    """ModelOpt's Q/DQ model of `src` (INT8: with its concat scales aligned)."""
     from . import import_quietly
 
     try:
@@ -180,7 +179,7 @@ def _modelopt_quantize(src: Path, calib: np.ndarray, spec: QuantizeSpec, exclude
         model = onnx.load(str(quantized))
     if spec.mode == "int8":
         align_concat_scales(model)
-    onnx.save(model, str(out))
+    return model
 
 
 def align_concat_scales(model: onnx.ModelProto) -> int:
