@@ -1,14 +1,16 @@
 """orinflow: vision models to fast, accurate INT8 ONNX for TensorRT on Jetson Orin.
 
 The Python API (docs/python.md) is one function per command, with the CLI's names and defaults:
-`orinflow.load`, `adopt`, `export`, `calibrate`, `quantize`, `evaluate`, `compare`, `deploy`, `report`.
+`orinflow.load`, `adopt`, `export`, `calibrate`, `quantize`, `ptq`, `sensitivity`, `evaluate`, `compare`,
+`qat`, `sparsify`, `sparse_qat`, `inspect`, `deploy`, `report`.
 They live in orinflow/api.py and are imported on first use, so `import orinflow` stays light.
 """
 import sys as _sys
 import types as _types
 
 __version__ = "0.1.0"
-API = ("load", "adopt", "export", "calibrate", "quantize", "evaluate", "compare", "deploy", "report")
+API = ("load", "adopt", "export", "calibrate", "quantize", "ptq", "sensitivity", "evaluate", "compare", "qat",
+       "sparsify", "sparse_qat", "inspect", "deploy", "report")
 __all__ = list(API)
 
 

@@ -17,56 +17,79 @@ PathLike = str | Path
 Say = Callable[[str], object]
 
 
-def _triple(value: str | Sequence[float] | None, flag: str) -> tuple[float, float, float] | None:
-    """'r,g,b' (the CLI's form) or three numbers."""
+def _triple(value: str | float | Sequence[float] | None, flag: str) -> tuple[float, float, float] | None:
+    """'r,g,b' (the CLI's form; each may be a fraction such as 1/255), one value for all three, or three numbers."""
     if value is None:
         return None
+    items = value.split(",") if isinstance(value, str) else (list(value) if isinstance(value, (list, tuple)) else
+                                                              [value])
     try:
-        values = tuple(float(v) for v in (value.split(",") if isinstance(value, str) else value))
-    except (TypeError, ValueError):
-        raise OrinflowError(f"{flag} must be three comma-separated numbers, got {value!r}") from None
-    if len(values) != 3:
-        raise OrinflowError(f"{flag} must be three comma-separated numbers, got {value!r}")
+        values = tuple(_number(v) for v in items)
+    except (TypeError, ValueError, ZeroDivisionError):
+        raise OrinflowError(f"{flag} must be three comma-separated numbers (or one), got {value!r}") from None
+    values = values * 3 if len(values) == 1 else values
+    if len(values) != 3 or not all(v == v and abs(v) != float("inf") for v in values):
+        raise OrinflowError(f"{flag} must be three comma-separated numbers (or one), got {value!r}")
+    if flag == "--std" and min(values) <= 0:
+        raise OrinflowError(f"--std must be positive, got {value!r}")
     return values
+
+
+def _number(text) -> float:
+    if isinstance(text, str) and "/" in text:
+        numerator, denominator = text.split("/", 1)
+        return float(numerator) / float(denominator)
+    return float(text)
 
 
 def load(model: PathLike | None, *, arch: str | None = None, imgsz: int | None = None,
          mean: str | Sequence[float] | None = None, std: str | Sequence[float] | None = None,
-         crop: float | None = None, modules: Sequence[PathLike] | None = None):
+         crop: float | None = None, modules: Sequence[PathLike] | None = None, head: str | None = None,
+         names: str | None = None):
     """Load any model orinflow takes: an Ultralytics/YOLOv5 .pt, an Ultralytics model YAML, an orinflow
-    ONNX, or a classifier's weights with `arch` (torchvision name, file.py:func or package.module:func).
+    ONNX, or weights with `arch` (a classifier: torchvision name, file.py:func or package.module:func;
+    a detector of your own: file.py:func with `head`).
 
     imgsz: input size (default 640 detectors, 224 classifiers; ONNX keeps its own).
-    mean, std, crop: classifier normalisation and centre crop (ImageNet defaults).
+    mean, std: input = (pixel/255 - mean) / std per channel ('r,g,b', fractions such as 1/255 allowed);
+    default ImageNet for classifiers, 0 and 1 (0..1 pixels) for detectors. crop: classifier centre crop.
     modules: Python files defining classes the checkpoint pickles (a fork's own blocks).
+    head: the output layout of an `arch` detector (yolov8, yolov5, yolox, end2end; see `adopt`); names: its
+    classes (a dataset YAML or 'a,b,c'; default numbers).
     Returns a ModelAdapter (PyTorch) or an OnnxModel.
     """
     from .models import load_model
 
     return load_model(model, arch=arch, imgsz=imgsz, mean=_triple(mean, "--mean"), std=_triple(std, "--std"),
-                      crop_fraction=crop, modules=list(modules or []))
+                      crop_fraction=crop, modules=list(modules or []), head=head, names=names)
 
 
 def adopt(model: PathLike, *, head: str | None = None, names: str | None = None, imgsz: int | None = None,
-          output: PathLike | None = None) -> dict:
-    """Make an ONNX detector from another exporter (Ultralytics, the yolov5 repository, an end-to-end graph)
-    usable by every command: writes a copy (default workspace/models/onnx/adopted/<name>.onnx) that carries
-    orinflow's pre/post-processing metadata.
+          letterbox: bool = True, bgr: bool | None = None, mean: str | Sequence[float] | None = None,
+          std: str | Sequence[float] | None = None, output: PathLike | None = None) -> dict:
+    """Make an ONNX detector from another exporter (Ultralytics, the yolov5 repository, YOLOX, an end-to-end
+    graph) usable by every command: writes a copy (default workspace/models/onnx/adopted/<name>.onnx) that
+    carries orinflow's pre/post-processing metadata.
 
-    head: yolov8 (batch, 4+nc, anchors), yolov5 (batch, anchors, 5+nc) or end2end (batch, boxes, 6); default:
-    read from the output's shape. names: a dataset YAML or 'a,b,c' (default: the exporter's metadata).
-    imgsz: only for inputs without a fixed size.
+    head: yolov8 (batch, 4+nc, anchors), yolov5 (batch, anchors, 5+nc), yolox (batch, grid cells, 5+nc; boxes
+    relative to the cells, YOLOX's default export) or end2end (batch, boxes, 6); default: read from the
+    output's shape. names: a dataset YAML or 'a,b,c' (default: the exporter's metadata).
+    imgsz: only for inputs without a fixed size. letterbox: keep the aspect and pad (False: stretch).
+    bgr, mean, std: the input's channel order and (pixel/255 - mean) / std; default the layout's convention
+    (RGB 0..1; yolox BGR 0..255, that is std 1/255).
     """
     from .models.adopt import adopt_onnx
 
     output = Path(output) if output else workspace() / "models" / "onnx" / "adopted" / Path(model).name
-    return adopt_onnx(model, output, head=head, names=names, imgsz=imgsz)
+    return adopt_onnx(model, output, head=head, names=names, imgsz=imgsz, letterbox=letterbox, bgr=bgr,
+                      mean=_triple(mean, "--mean"), std=_triple(std, "--std"))
 
 
 def export(model: PathLike, *, output: PathLike | None = None, opset: int = DEFAULT_OPSET, dynamic: bool = False,
            half: bool = False, simplify: bool = True, image: PathLike | None = None, arch: str | None = None,
            imgsz: int | None = None, mean=None, std=None, crop: float | None = None,
-           modules: Sequence[PathLike] | None = None) -> dict:
+           modules: Sequence[PathLike] | None = None, head: str | None = None,
+         names: str | None = None) -> dict:
     """Export a PyTorch model to ONNX (default workspace/models/onnx/raw/<name>_<imgsz>.onnx), simplify it,
     and check PyTorch against ONNX Runtime on a real image (`image`, default one of the demo recipe)."""
     from .data import read_image
@@ -75,7 +98,8 @@ def export(model: PathLike, *, output: PathLike | None = None, opset: int = DEFA
 
     if output is not None:
         check_output(output, (".onnx",), [model, image], command="export")
-    adapter = load(model, arch=arch, imgsz=imgsz, mean=mean, std=std, crop=crop, modules=modules)
+    adapter = load(model, arch=arch, imgsz=imgsz, mean=mean, std=std, crop=crop, modules=modules, head=head,
+                   names=names)
     if not hasattr(adapter, "module"):
         raise OrinflowError(f"{model} is already ONNX; export takes a PyTorch model")
     parity_image = read_image(Path(image)) if image else None
@@ -85,7 +109,8 @@ def export(model: PathLike, *, output: PathLike | None = None, opset: int = DEFA
 
 def calibrate(model: PathLike, data: PathLike, *, split: str = "train", num_images: int = 512, seed: int = 0,
               output: PathLike | None = None, arch: str | None = None, imgsz: int | None = None, mean=None,
-              std=None, crop: float | None = None, modules: Sequence[PathLike] | None = None) -> dict:
+              std=None, crop: float | None = None, modules: Sequence[PathLike] | None = None, head: str | None = None,
+         names: str | None = None) -> dict:
     """A calibration set (N,3,H,W float32 .npy, default workspace/calib/<model>_<data>_<split>_<N>.npy) of
     `num_images` images drawn with `seed` from `data`, preprocessed exactly as the model expects."""
     from .data import load_dataset
@@ -98,7 +123,8 @@ def calibrate(model: PathLike, data: PathLike, *, split: str = "train", num_imag
     count = min(num_images, len(dataset))
     output = Path(output) if output else calib_dir() / f"{Path(model).stem}_{Path(data).stem}_{split}_{count}.npy"
     check_output(output, (".npy",), [model, data], command="calibrate")
-    adapter = load(model, arch=arch, imgsz=imgsz, mean=mean, std=std, crop=crop, modules=modules)
+    adapter = load(model, arch=arch, imgsz=imgsz, mean=mean, std=std, crop=crop, modules=modules, head=head,
+                   names=names)
     array = build_calibration(adapter.processing, dataset, num_images, seed)
     save_calibration(array, output)
     record = {"command": "calibrate", "output": str(output), "model": str(model), "data": str(data), "split": split,
@@ -186,7 +212,8 @@ def evaluate(model: PathLike, data: PathLike | None = None, *, split: str = "val
              runtime: str = "auto", skip_bad_images: bool = False, metric: str = "yolov5",
              save_json: PathLike | None = None, coco_json: PathLike | None = None, images: PathLike | None = None,
              json: PathLike | None = None, arch: str | None = None, imgsz: int | None = None, mean=None, std=None,
-             crop: float | None = None, modules: Sequence[PathLike] | None = None, say: Say = print) -> dict:
+             crop: float | None = None, modules: Sequence[PathLike] | None = None, head: str | None = None,
+         names: str | None = None, say: Say = print) -> dict:
     """Accuracy (mAP50 and mAP50-95, or top-1 and top-5), latency (`runs` timed runs; 0 skips) and size of one
     model on `data`/`split`; `json` also writes the record there.
 
@@ -197,7 +224,7 @@ def evaluate(model: PathLike, data: PathLike | None = None, *, split: str = "val
     return compare([model], data, split=split, conf=conf, iou=iou, max_det=max_det, batch=batch, runs=runs,
                    warmup=warmup, threads=threads, runtime=runtime, skip_bad_images=skip_bad_images, metric=metric,
                    save_json=save_json, coco_json=coco_json, images=images, json=json, arch=arch, imgsz=imgsz,
-                   mean=mean, std=std, crop=crop, modules=modules, say=say)[0]
+                   mean=mean, std=std, crop=crop, modules=modules, head=head, names=names, say=say)[0]
 
 
 def compare(models: Sequence[PathLike], data: PathLike | None = None, *, split: str = "val", conf: float = 0.001,
@@ -205,7 +232,8 @@ def compare(models: Sequence[PathLike], data: PathLike | None = None, *, split: 
             threads: int | None = None, runtime: str = "auto", skip_bad_images: bool = False, metric: str = "yolov5",
             save_json: PathLike | None = None, coco_json: PathLike | None = None, images: PathLike | None = None,
             json: PathLike | None = None, arch: str | None = None, imgsz: int | None = None, mean=None, std=None,
-            crop: float | None = None, modules: Sequence[PathLike] | None = None, say: Say = print) -> list[dict]:
+            crop: float | None = None, modules: Sequence[PathLike] | None = None, head: str | None = None,
+         names: str | None = None, say: Say = print) -> list[dict]:
     """`evaluate` for several models on the same data and settings (the first is the baseline of a table).
 
     `json` writes the record of one model, or {"compare": [records]} for several.
@@ -229,7 +257,8 @@ def compare(models: Sequence[PathLike], data: PathLike | None = None, *, split: 
         check_record_slot(Path(json), "evaluate", json)
     records = []
     for path in models:
-        loaded = load(path, arch=arch, imgsz=imgsz, mean=mean, std=std, crop=crop, modules=modules)
+        loaded = load(path, arch=arch, imgsz=imgsz, mean=mean, std=std, crop=crop, modules=modules, head=head,
+                      names=names)
         say(f"evaluating {path} ...")
         records.append(evaluate_model(loaded, dataset, split, options))
     if json is not None:
@@ -284,3 +313,273 @@ def report(sources: Sequence[PathLike] | None = None, *, output: PathLike | None
     sources = [Path(s) for s in (sources or [workspace()])]
     output = check_output_folder(output or workspace() / "report", sources)
     return write_report(sources, Path(output))
+
+
+def names_list(value: str | Sequence[str] | None) -> list[str]:
+    """'a,b' or ['a', 'b,c'] -> ['a', 'b', 'c'] (how the CLI's lists are written)."""
+    values = [value] if isinstance(value, str) else list(value or [])
+    return [v.strip() for item in values for v in str(item).split(",") if v.strip()]
+
+
+def ptq(model: PathLike, data: PathLike, *, split: str = "train", val_data: PathLike | None = None,
+        val_split: str = "val", num_images: int = 512, mode: str = "int8", methods: str | Sequence[str] = "entropy",
+        targets: str | Sequence[str] = "tensorrt,cpu", percentile: float = 99.999,
+        exclude: Sequence[str] | None = None, head_protect: bool = True, high_precision: str = "fp32",
+        batch: int = 1, runs: int = 30, threads: int | None = None, max_drop: float | None = None,
+        max_fallback: float = 0.10, max_steps: int = 12, select_yaml: PathLike | None = None,
+        select_split: str = "val", select_images: int = 300, output: PathLike | None = None,
+        arch: str | None = None, imgsz: int | None = None, mean=None, std=None, crop: float | None = None,
+        modules: Sequence[PathLike] | None = None, head: str | None = None,
+         names: str | None = None, say: Say = print) -> dict:
+    """Route 1 in one call: export, calibrate on `data`/`split`, quantize for every method x target, evaluate
+    everything on `val_data` (default `data`)/`val_split`. Writes into `output` (default workspace/ptq/<model>).
+
+    Returns the route record: "fp32", "variants" (evaluation records), "best" per target, and "record" (the
+    ptq_record.json written).
+    """
+    from .evaluate import EvalOptions
+    from .io import check_output_folder
+    from .optimize.route import check_variants, run_ptq
+
+    if not data:
+        raise OrinflowError("give the data with --yaml data.yaml (calibration split and evaluation split)")
+    spec = quantize_spec(mode, "entropy", "tensorrt", percentile, exclude, head_protect, high_precision)
+    method_list, target_list = names_list(methods), names_list(targets)
+    check_variants(spec, method_list, target_list)
+    options = EvalOptions(batch=batch, latency_runs=runs, threads=threads, measure_latency=runs > 0)
+    options.validate()
+    workdir = check_output_folder(output or workspace() / "ptq" / Path(model).stem,
+                                  [model, data, val_data, select_yaml])
+    budget = budget_inputs(max_drop, max_fallback, max_steps, select_yaml, select_split, select_images, threads)
+    loaded = load(model, arch=arch, imgsz=imgsz, mean=mean, std=std, crop=crop, modules=modules, head=head,
+                   names=names)
+    route = run_ptq(loaded, data, split, val_data or data, val_split, Path(workdir), method_list, target_list, spec,
+                    num_images, options, say=say, budget=budget)
+    return dict(route, record=str(Path(workdir) / "ptq_record.json"))
+
+
+def sensitivity(model: PathLike, calib: PathLike, data: PathLike, *, split: str = "val", method: str = "max",
+                target: str = "tensorrt", percentile: float = 99.999, head_protect: bool = True,
+                select_images: int = 300, sqnr_images: int = 16, top: int = 4, threads: int | None = None,
+                no_cache: bool = False, output: PathLike | None = None, say: Say = print) -> dict:
+    """Rank the quantization groups of an FP32 ONNX by the accuracy they cost (docs/sensitivity.md), on labelled
+    selection data `data` (never claim data). Writes sensitivity.json and .png into `output` (default
+    workspace/sensitivity/<model>_<method>_<target>); the record's "files" names them."""
+    from .data import load_dataset
+    from .data.calibration import load_calibration
+    from .io import check_output_folder
+    from .models import OnnxModel
+    from .optimize.sensitivity import SensitivityOptions, measure_sensitivity, selection_subset
+    from .report.sensitivity import write_sensitivity
+
+    spec = quantize_spec("int8", method, target, percentile, None, head_protect, "fp32")
+    options = SensitivityOptions(sqnr_images=sqnr_images, select_images=select_images, top=top, threads=threads)
+    options.validate()
+    if not data:
+        raise OrinflowError("give labelled selection data with --yaml data.yaml (not the data you claim figures on)")
+    folder = check_output_folder(output or workspace() / "sensitivity" / f"{Path(model).stem}_{method}_{target}",
+                                 [model, calib, data])
+    select = load_dataset(data, split)
+    selection_subset(select, 0, 0)
+    source = load(model)
+    if not isinstance(source, OnnxModel):
+        raise OrinflowError(f"{model} is not ONNX: export it first (`orinflow export`)")
+    array = load_calibration(Path(calib), source.processing)
+    record = measure_sensitivity(source, array, spec, select, options, say=say, use_cache=not no_cache)
+    return dict(record, files=write_sensitivity(record, Path(folder)))
+
+
+def inspect(model: PathLike, *, target: str = "tensorrt", json: PathLike | None = None) -> dict:
+    """The Q/DQ report (quantized share, TensorRT lint; Q/DQ models only) and the 2:4 sparsity check of an ONNX
+    model; `json` also writes the record there."""
+    import onnx
+
+    from .io import check_output, check_record_slot, require_file, write_json
+    from .optimize.graph import QDQ_OPS, decode_nodes
+    from .optimize.report import qdq_report
+    from .optimize.sparsity_check import sparsity_report
+
+    path = require_file(model, "model")
+    if json is not None:
+        check_output(json, (".json",), [path], flag="--json")
+        check_record_slot(Path(json), "inspect", json)
+    try:
+        graph = onnx.load(str(path))
+    except Exception as e:
+        raise OrinflowError(f"{path} is not a readable ONNX model ({type(e).__name__})") from e
+    record: dict = {"command": "inspect", "output": str(json), "model": str(path)}
+    if any(n.op_type in QDQ_OPS for n in graph.graph.node):
+        record["qdq_report"] = qdq_report(graph, target, "int8", set(decode_nodes(graph)))
+    record["sparsity"] = sparsity_report(graph)
+    if json is not None:
+        write_json(json, record)
+    return record
+
+
+# ---- the training routes (2, 3, 4)
+def qat(model: PathLike, data: PathLike, *, split: str = "train", val_data: PathLike | None = None,
+        val_split: str = "val", mode: str = "int8", epochs: int = 1, lr: float = 1e-4, batch: int = 8,
+        calib_images: int = 64, distill: bool = True, labels: bool | None = None, device: str = "cpu",
+        max_steps: int | None = None, flip: bool = False, resume: bool = False, runs: int = 20,
+        output: PathLike | None = None, arch: str | None = None, imgsz: int | None = None, mean=None, std=None,
+        crop: float | None = None, modules: Sequence[PathLike] | None = None, head: str | None = None,
+         names: str | None = None, say: Say = print) -> dict:
+    """Route 2: quantization-aware fine-tuning (ModelOpt) on `data`/`split`, exported as Q/DQ ONNX (default
+    workspace/qat/<model>/<model>_qat_int8.onnx) beside its FP32 reference `<output>_fp32_ref.onnx`.
+
+    distill: learn from the FP32 model's raw head outputs (any family, no labels needed); labels: add the
+    family's label loss (default on for classifiers, off for detectors). Returns the run record with
+    "compare": the FP32 and QAT evaluation records on `val_data` (default `data`)/`val_split`.
+    """
+    if mode != "int8":
+        raise OrinflowError(f"--mode {mode}: QAT supports int8")
+    if epochs < 1:
+        raise OrinflowError("--epochs must be >= 1")
+    stem = Path(model).stem
+    output = _training_output(output or workspace() / "qat" / stem / f"{stem}_qat_int8.onnx", "_fp32_ref.onnx",
+                              [model, data, val_data], "qat", resume, ("qat",))
+    adapter, train_set = _training_setup(model, data, split, epochs, batch, lr, device, arch, imgsz, mean, std, crop,
+                                         modules, head, names, "QAT")
+    config = _train_config(epochs, lr, batch, calib_images, distill, labels, device, max_steps, resume, flip)
+    _ready_to_train(adapter, config, train_set)
+    from .optimize.qat import run_qat
+
+    fp32 = _reference_onnx(adapter, output, "_fp32_ref.onnx")
+    record = run_qat(adapter, train_set, config, output, say=say)
+    return _with_comparison(record, [fp32, output], data, val_data, val_split, batch, runs, say)
+
+
+def sparsify(model: PathLike, data: PathLike, *, split: str = "train", val_data: PathLike | None = None,
+             val_split: str = "val", method: str = "magnitude", epochs: int = 1, lr: float = 1e-4, batch: int = 8,
+             calib_images: int = 64, distill: bool = True, labels: bool | None = None, device: str = "cpu",
+             max_steps: int | None = None, flip: bool = False, resume: bool = False,
+             output: PathLike | None = None, arch: str | None = None, imgsz: int | None = None, mean=None,
+             std=None, crop: float | None = None, modules: Sequence[PathLike] | None = None, head: str | None = None,
+         names: str | None = None,
+             say: Say = print) -> dict:
+    """Route 3: 2:4 sparsity (method magnitude or sparsegpt) and `epochs` of sparsity-aware fine-tuning (0: masks
+    only), written as a sparse FP32 ONNX (default workspace/sat/<model>/<model>_sparse24.onnx) for `ptq`.
+    Returns the run record with "compare": the dense and sparse evaluation records (no latency)."""
+    stem = Path(model).stem
+    output = _training_output(output or workspace() / "sat" / stem / f"{stem}_sparse24.onnx", "_dense_ref.onnx",
+                              [model, data, val_data], "sparsify", resume, ("sat",))
+    adapter, train_set = _training_setup(model, data, split, epochs, batch, lr, device, arch, imgsz, mean, std, crop,
+                                         modules, head, names, "sparsify")
+    config = _train_config(epochs, lr, batch, calib_images, distill, labels, device, max_steps, resume, flip)
+    _ready_to_train(adapter, config, train_set, method)
+    from .optimize.sat import run_sat
+
+    dense = _reference_onnx(adapter, output, "_dense_ref.onnx")
+    record = run_sat(adapter, train_set, method, config, output, say=say)
+    return _with_comparison(record, [dense, output], data, val_data, val_split, batch, 0, say)
+
+
+def sparse_qat(model: PathLike, data: PathLike, *, split: str = "train", val_data: PathLike | None = None,
+               val_split: str = "val", method: str = "magnitude", sat_epochs: int = 1, qat_epochs: int = 1,
+               lr: float = 1e-4, qat_lr: float | None = None, batch: int = 8, calib_images: int = 64,
+               distill: bool = True, labels: bool | None = None, device: str = "cpu", max_steps: int | None = None,
+               flip: bool = False, resume: bool = False, runs: int = 20, output: PathLike | None = None,
+               arch: str | None = None, imgsz: int | None = None, mean=None, std=None, crop: float | None = None,
+               modules: Sequence[PathLike] | None = None, head: str | None = None,
+         names: str | None = None, say: Say = print) -> dict:
+    """Route 4: SAT, then QAT with the 2:4 masks held, exported as Q/DQ + 2:4 ONNX (default
+    workspace/sparse_qat/<model>/<model>_sparse24_qat_int8.onnx). qat_lr defaults to `lr`.
+    Returns the run record with "compare": the FP32 and sparse INT8 evaluation records."""
+    if qat_epochs < 1:
+        raise OrinflowError("--qat-epochs must be >= 1")
+    if qat_lr is not None and qat_lr <= 0:
+        raise OrinflowError("--qat-lr must be > 0")
+    stem = Path(model).stem
+    output = _training_output(output or workspace() / "sparse_qat" / stem / f"{stem}_sparse24_qat_int8.onnx",
+                              "_fp32_ref.onnx", [model, data, val_data], "sparse-qat", resume, ("sat", "qat"))
+    adapter, train_set = _training_setup(model, data, split, sat_epochs, batch, lr, device, arch, imgsz, mean, std,
+                                         crop, modules, head, names, "sparse-qat")
+    sat_config = _train_config(sat_epochs, lr, batch, calib_images, distill, labels, device, max_steps, resume, flip)
+    qat_config = _train_config(qat_epochs, qat_lr or lr, batch, calib_images, distill, labels, device, max_steps,
+                               resume, flip)
+    _ready_to_train(adapter, sat_config, train_set, method)
+    from .optimize.sat import run_sparse_qat
+
+    fp32 = _reference_onnx(adapter, output, "_fp32_ref.onnx")
+    record = run_sparse_qat(adapter, train_set, method, sat_config, qat_config, output, say=say)
+    return _with_comparison(record, [fp32, output], data, val_data, val_split, batch, runs, say)
+
+
+def _training_output(output: PathLike, reference_suffix: str, inputs: list, command: str, resume: bool,
+                     stages: tuple[str, ...]) -> Path:
+    """The trained model's path and its FP32 reference's, checked before any work; --resume needs a checkpoint."""
+    from .io import check_output
+    from .optimize.qat import checkpoint_path
+
+    output = Path(output)
+    check_output(output, (".onnx",), inputs, command=command)
+    check_output(output.with_name(output.stem + reference_suffix), (".onnx",), inputs, command="export")
+    if resume and not any(checkpoint_path(output, stage).exists() for stage in stages):
+        raise OrinflowError(f"--resume: no checkpoint at {checkpoint_path(output, stages[-1])} (it is written after "
+                            "each epoch)")
+    return output
+
+
+def _training_setup(model, data, split, epochs, batch, lr, device, arch, imgsz, mean, std, crop, modules, head, names,
+                    what: str):
+    """Checks shared by the training routes; returns the PyTorch adapter and the training set."""
+    from .data import load_dataset
+    from .models import ModelAdapter
+    from .optimize.distributed import check_device
+
+    if not data:
+        raise OrinflowError("give the training data with --yaml data.yaml (or --data folder/)")
+    if epochs < 0 or batch < 1 or lr <= 0:
+        raise OrinflowError("epochs must be >= 0, --batch >= 1 and --lr > 0")
+    check_device(device)
+    adapter = load(model, arch=arch, imgsz=imgsz, mean=mean, std=std, crop=crop, modules=modules, head=head,
+                   names=names)
+    if not isinstance(adapter, ModelAdapter):
+        raise OrinflowError(f"{model} is ONNX: {what} needs the PyTorch model")
+    return adapter, load_dataset(data, split)
+
+
+def _train_config(epochs, lr, batch, calib_images, distill, labels, device, max_steps, resume, flip):
+    """The training settings; under torchrun this also joins the process group and picks the rank's device."""
+    from .optimize import distributed
+    from .optimize.qat import QATConfig
+
+    config = QATConfig(epochs=epochs, lr=lr, batch=batch, calib_images=calib_images, distill=distill, labels=labels,
+                       device=device, max_steps=max_steps, resume=resume, flip=flip)
+    config.validate()
+    config.device = distributed.setup(device)
+    return config
+
+
+def _ready_to_train(adapter, config, train_set, method: str | None = None) -> None:
+    """What the training functions would refuse, refused before the FP32 reference is written."""
+    from .optimize.qat import check_trainable
+    from .optimize.sat import check_method
+
+    check_trainable(adapter, config, train_set)
+    if method is not None:
+        check_method(method)
+
+
+def _reference_onnx(adapter, output: Path, suffix: str) -> Path | None:
+    """The FP32 ONNX that the trained model is compared with (rank 0 only under torchrun)."""
+    from .export import export_onnx
+    from .optimize.distributed import is_main
+
+    return export_onnx(adapter, output.with_name(output.stem + suffix)).path if is_main() else None
+
+
+def _with_comparison(record: dict, models: list, data, val_data, val_split, batch: int, runs: int, say) -> dict:
+    """The training record plus "compare": reference and trained model evaluated side by side (rank 0 only)."""
+    from .data import load_dataset
+    from .evaluate import EvalOptions, evaluate_model
+
+    if "rank" in record:  # torchrun ranks other than 0 train but neither export nor evaluate
+        return record
+    options = EvalOptions(latency_runs=runs, measure_latency=runs > 0, batch=max(1, batch))
+    evaluation = load_dataset(val_data or data, val_split)
+    compared = []
+    for path in models:
+        say(f"evaluating {path} ...")
+        compared.append(evaluate_model(load(path), evaluation, val_split, options))
+    return dict(record, compare=compared)

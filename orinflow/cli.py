@@ -29,19 +29,29 @@ err_console = Console(stderr=True, width=_width)
 # ---- options shared by several commands ----
 ModelOpt = Annotated[str, typer.Option("-m", "--model", help="Model: Ultralytics/YOLOv5 .pt, Ultralytics model YAML, "
                                        "orinflow .onnx, or a weights file with --arch.")]
-ArchOpt = Annotated[Optional[str], typer.Option("--arch", help="Classifier architecture: a torchvision name "
-                                                "(resnet50), path/to/file.py:func or package.module:func.")]
+ArchOpt = Annotated[Optional[str], typer.Option("--arch", help="Architecture of a weights file: a classifier (a "
+                                                "torchvision name such as resnet50, path/to/file.py:func or "
+                                                "package.module:func), or your own detector (file.py:func with "
+                                                "--head).")]
 ImgszOpt = Annotated[Optional[int], typer.Option("--imgsz", help="Input size (square). Default: 640 detectors, "
                                                  "224 classifiers; ONNX models keep their own.")]
-MeanOpt = Annotated[Optional[str], typer.Option("--mean", help="Classifier normalisation mean, 'r,g,b' "
-                                                "(default ImageNet 0.485,0.456,0.406).")]
-StdOpt = Annotated[Optional[str], typer.Option("--std", help="Classifier normalisation std, 'r,g,b' "
-                                               "(default ImageNet 0.229,0.224,0.225).")]
+MeanOpt = Annotated[Optional[str], typer.Option("--mean", help="Input = (pixel/255 - mean) / std: mean 'r,g,b' "
+                                                "(default ImageNet 0.485,0.456,0.406 for classifiers, 0 for "
+                                                "detectors).")]
+StdOpt = Annotated[Optional[str], typer.Option("--std", help="Normalisation std 'r,g,b', fractions allowed "
+                                               "(1/255 feeds 0..255 pixels; default ImageNet 0.229,0.224,0.225 "
+                                               "for classifiers, 1 for detectors).")]
 CropOpt = Annotated[Optional[float], typer.Option("--crop", help="Classifier centre-crop fraction: resize to "
                                                   "imgsz/crop, crop imgsz (default 0.875 at >=128 px, else 1.0).")]
 DataOpt = Annotated[Optional[str], typer.Option("--yaml", "--data", help="Dataset YAML (Ultralytics format), "
                                                 "class-per-subfolder tree, or image folder.")]
 SplitOpt = Annotated[str, typer.Option("--split", help="Split of the dataset YAML to read.")]
+LayoutOpt = Annotated[Optional[str], typer.Option("--head", help="With --arch file.py:func, the model is a "
+                                                  "detector: its first output's layout, yolov8 (batch, 4+nc, "
+                                                  "anchors), yolov5 (batch, anchors, 5+nc), yolox (grid-relative) "
+                                                  "or end2end (batch, boxes, 6).")]
+NamesOpt = Annotated[Optional[str], typer.Option("--names", help="Class names of an --arch detector: a dataset YAML "
+                                                 "or 'a,b,c' (default: numbers).")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show full tracebacks on errors.")]
 ModulesOpt = Annotated[Optional[list[Path]], typer.Option("--modules", help="Python file (repeatable) defining "
                                                           "classes the checkpoint pickles, such as a fork's "
@@ -80,11 +90,6 @@ def cli_errors(func: Callable) -> Callable:
     return wrapper
 
 
-def _load(model: str, arch, imgsz, mean, std, crop, modules=None):
-    from .api import load
-
-    return load(model, arch=arch, imgsz=imgsz, mean=mean, std=std, crop=crop, modules=modules)
-
 # ---------------------------------------------------------------- export
 @app.command()
 @cli_errors
@@ -101,13 +106,15 @@ def export(
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output .onnx (default: "
                                                    "workspace/models/onnx/raw/<name>_<imgsz>.onnx).")] = None,
     mean: MeanOpt = None, std: StdOpt = None, crop: CropOpt = None, modules: ModulesOpt = None,
+    head: LayoutOpt = None, names: NamesOpt = None,
     verbose: VerboseOpt = False,
 ):
     """Export a PyTorch model to ONNX, simplify it, and check PyTorch vs ONNX Runtime parity on a real image."""
     from . import api
 
     record = api.export(model, output=output, opset=opset, dynamic=dynamic, half=half, simplify=simplify,
-                        image=image, arch=arch, imgsz=imgsz, mean=mean, std=std, crop=crop, modules=modules)
+                        image=image, arch=arch, imgsz=imgsz, mean=mean, std=std, crop=crop,
+                        modules=modules, head=head, names=names)
     parity = record["parity"]
     console.print(f"exported [bold]{record['model']}[/bold] ({record['size_bytes'] / 1e6:.2f} MB, opset {opset}, "
                   f"{'dynamic' if dynamic else 'static'} batch) in {record['seconds']} s")
@@ -120,14 +127,23 @@ def export(
 @cli_errors
 def adopt(
     model: Annotated[str, typer.Option("-m", "--model", help="ONNX detector from another exporter (Ultralytics, "
-                                       "the yolov5 repository, an end-to-end graph with NMS).")],
+                                       "the yolov5 repository, YOLOX, an end-to-end graph with NMS).")],
     head: Annotated[Optional[str], typer.Option("--head", help="Output layout: yolov8 (batch, 4+nc, anchors), yolov5 "
-                                                "(batch, anchors, 5+nc) or end2end (batch, boxes, 6). Default: "
+                                                "(batch, anchors, 5+nc), yolox (batch, grid cells, 5+nc; boxes "
+                                                "relative to the cells) or end2end (batch, boxes, 6). Default: "
                                                 "read from the output's shape.")] = None,
     names: Annotated[Optional[str], typer.Option("--names", help="Class names: a dataset YAML or 'a,b,c' (default: "
                                                  "the exporter's metadata, else numbers).")] = None,
     imgsz: Annotated[Optional[int], typer.Option("--imgsz", help="Input size, only for inputs without a fixed "
                                                  "size.")] = None,
+    letterbox: Annotated[bool, typer.Option("--letterbox/--resize", help="Keep the aspect and pad with grey 114, "
+                                            "or stretch to the input size.")] = True,
+    bgr: Annotated[Optional[bool], typer.Option("--bgr/--rgb", help="Channel order of the input (default: RGB; "
+                                                "BGR for --head yolox).", show_default=False)] = None,
+    mean: Annotated[Optional[str], typer.Option("--mean", help="Input = (pixel/255 - mean) / std: mean 'r,g,b' "
+                                                "(default 0).")] = None,
+    std: Annotated[Optional[str], typer.Option("--std", help="std 'r,g,b', fractions allowed (default 1, pixels "
+                                               "0..1; yolox 1/255, pixels 0..255).")] = None,
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output .onnx (default: "
                                                    "workspace/models/onnx/adopted/<name>.onnx).")] = None,
     verbose: VerboseOpt = False,
@@ -135,10 +151,11 @@ def adopt(
     """Give an ONNX detector from elsewhere orinflow's pre/post-processing, so every command takes it."""
     from . import api
 
-    record = api.adopt(model, head=head, names=names, imgsz=imgsz, output=output)
+    record = api.adopt(model, head=head, names=names, imgsz=imgsz, letterbox=letterbox, bgr=bgr, mean=mean, std=std,
+                       output=output)
     how = "given" if record["head_given"] else f"read from its output {record['output_shape']}"
     console.print(f"adopted [bold]{record['model']}[/bold]: head {record['head']} ({how}), "
-                  f"{record['classes']} classes, input {record['imgsz'][0]}x{record['imgsz'][1]}, letterbox RGB 0..1")
+                  f"{record['classes']} classes, input {record['imgsz'][0]}x{record['imgsz'][1]}, {record['input']}")
 
 
 # ---------------------------------------------------------------- calibrate
@@ -153,7 +170,7 @@ def calibrate(
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output .npy (default: "
                                                    "workspace/calib/<model>_<data>.npy).")] = None,
     arch: ArchOpt = None, imgsz: ImgszOpt = None, mean: MeanOpt = None, std: StdOpt = None, crop: CropOpt = None,
-    modules: ModulesOpt = None,
+    modules: ModulesOpt = None, head: LayoutOpt = None, names: NamesOpt = None,
     verbose: VerboseOpt = False,
 ):
     """Build a calibration set (N,3,H,W float32 .npy) with exactly the model's preprocessing."""
@@ -162,7 +179,8 @@ def calibrate(
     if not data:
         raise OrinflowError("give the images with --yaml data.yaml (and --split) or --data folder/")
     record = api.calibrate(model, data, split=split, num_images=num_images, seed=seed, output=output, arch=arch,
-                           imgsz=imgsz, mean=mean, std=std, crop=crop, modules=modules)
+                           imgsz=imgsz, mean=mean, std=std, crop=crop,
+                           modules=modules, head=head, names=names)
     console.print(f"calibration set [bold]{record['output']}[/bold]: {record['images']} images, shape "
                   f"{tuple(record['shape'])}")
 
@@ -203,7 +221,7 @@ def evaluate(
     images: Annotated[Optional[Path], typer.Option("--images", help="The folder of --coco-json's images.")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the run record(s) here.")] = None,
     arch: ArchOpt = None, imgsz: ImgszOpt = None, mean: MeanOpt = None, std: StdOpt = None, crop: CropOpt = None,
-    modules: ModulesOpt = None,
+    modules: ModulesOpt = None, head: LayoutOpt = None, names: NamesOpt = None,
     verbose: VerboseOpt = False,
 ):
     """Accuracy (mAP50/mAP50-95 or top-1/top-5), latency, size: one model or a side-by-side comparison."""
@@ -218,7 +236,8 @@ def evaluate(
     records = api.compare(paths, data, split=split, conf=conf, iou=iou, max_det=max_det, batch=batch, runs=runs,
                           warmup=warmup, threads=threads, runtime=runtime, skip_bad_images=skip_bad_images,
                           metric=metric, save_json=save_json, coco_json=coco_json, images=images, json=json_out,
-                          arch=arch, imgsz=imgsz, mean=mean, std=std, crop=crop, modules=modules,
+                          arch=arch, imgsz=imgsz, mean=mean, std=std, crop=crop,
+                          modules=modules, head=head, names=names,
                           say=console.print)
     console.print(comparison_table(records))
     if metric == "coco":
@@ -240,7 +259,9 @@ def _print_notes(records: list[dict]) -> None:
 
 def _split_list(values: list[str]) -> list[str]:
     """--compare a.onnx,b.onnx and repeated --compare both work."""
-    return [v for value in values for v in value.split(",") if v]
+    from .api import names_list
+
+    return names_list(values)
 
 
 # ---------------------------------------------------------------- quantize
@@ -374,32 +395,15 @@ def sensitivity(
 ):
     """Rank quantization groups by the accuracy they cost: each alone, each kept in float, and the selection metric."""
     from . import api
-    from .data import load_dataset
-    from .data.calibration import load_calibration
-    from .io import check_output_folder
-    from .models import OnnxModel
-    from .config import workspace
-    from .optimize.sensitivity import SensitivityOptions, measure_sensitivity, selection_subset
-    from .report.sensitivity import table, write_sensitivity
+    from .report.sensitivity import table
 
-    spec = api.quantize_spec("int8", method, target, percentile, None, head_protect, "fp32")
-    options = SensitivityOptions(sqnr_images=sqnr_images, select_images=select_images, top=top, threads=threads)
-    options.validate()
-    if not data:
-        raise OrinflowError("give labelled selection data with --yaml data.yaml (not the data you claim figures on)")
-    folder = check_output_folder(output or workspace() / "sensitivity" / f"{Path(model).stem}_{method}_{target}",
-                                 [model, calib, data])
-    select = load_dataset(data, split)
-    selection_subset(select, 0, 0)
-    source = _load(model, None, None, None, None, None)
-    if not isinstance(source, OnnxModel):
-        raise OrinflowError(f"{model} is not ONNX: export it first (`orinflow export`)")
-    array = load_calibration(calib, source.processing)
-    record = measure_sensitivity(source, array, spec, select, options, say=console.print, use_cache=not no_cache)
-    written = write_sensitivity(record, folder)
+    record = api.sensitivity(model, calib, data, split=split, method=method, target=target, percentile=percentile,
+                             head_protect=head_protect, select_images=select_images, sqnr_images=sqnr_images,
+                             top=top, threads=threads, no_cache=no_cache, output=output, say=console.print)
     console.print(table(record))
     console.print(f"measured in {record['seconds']} s (peak memory {record['peak_memory_mb']:.0f} MB)"
-                  f"{', read from cache' if record['cached'] else ''}; record {written['json']}, plot {written['plot']}")
+                  f"{', read from cache' if record['cached'] else ''}; record {record['files']['json']}, plot "
+                  f"{record['files']['plot']}")
 
 
 # ---------------------------------------------------------------- ptq (route 1)
@@ -435,30 +439,20 @@ def ptq(
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Folder for the models and records "
                                                    "(default: workspace/ptq/<model>).")] = None,
     arch: ArchOpt = None, imgsz: ImgszOpt = None, mean: MeanOpt = None, std: StdOpt = None, crop: CropOpt = None,
-    modules: ModulesOpt = None,
+    modules: ModulesOpt = None, head: LayoutOpt = None, names: NamesOpt = None,
     verbose: VerboseOpt = False,
 ):
     """Route 1 in one command: export, calibrate, quantize per method and target, evaluate, compare."""
-    from .config import workspace
-    from .evaluate import EvalOptions
-    from .evaluate.table import comparison_table
     from . import api
-    from .io import check_output_folder
-    from .optimize.route import check_variants, run_ptq
+    from .evaluate.table import comparison_table
 
-    if not data:
-        raise OrinflowError("give the data with --yaml data.yaml (calibration split and evaluation split)")
-    spec = api.quantize_spec(mode, "entropy", "tensorrt", percentile, exclude, head_protect, high_precision)
-    method_list, target_list = _split_list([methods]), _split_list([targets])
-    check_variants(spec, method_list, target_list)
-    options = EvalOptions(batch=batch, latency_runs=runs, threads=threads, measure_latency=runs > 0)
-    options.validate()
-    workdir = check_output_folder(output or workspace() / "ptq" / Path(model).stem,
-                                  [model, data, val_data, select_yaml])
-    budget = api.budget_inputs(max_drop, max_fallback, max_steps, select_yaml, select_split, select_images, threads)
-    loaded = _load(model, arch, imgsz, mean, std, crop, modules)
-    route = run_ptq(loaded, data, split, val_data or data, val_split, workdir, method_list, target_list, spec,
-                    num_images, options, say=console.print, budget=budget)
+    route = api.ptq(model, data, split=split, val_data=val_data, val_split=val_split, num_images=num_images,
+                    mode=mode, methods=methods, targets=targets, percentile=percentile, exclude=exclude,
+                    head_protect=head_protect, high_precision=high_precision, batch=batch, runs=runs,
+                    threads=threads, max_drop=max_drop, max_fallback=max_fallback, max_steps=max_steps,
+                    select_yaml=select_yaml, select_split=select_split, select_images=select_images, output=output,
+                    arch=arch, imgsz=imgsz, mean=mean, std=std, crop=crop,
+                    modules=modules, head=head, names=names, say=console.print)
     console.print(comparison_table([route["fp32"], *route["variants"]], title="route 1: PTQ"))
     _print_notes([route["fp32"], *route["variants"]])
     for variant in route["variants"]:
@@ -468,7 +462,7 @@ def ptq(
     for target, best in route["best"].items():
         console.print(f"best for {target}: {best['method']} ({best['metric']} {-best['drop'] * 100:+.2f} points "
                       "against FP32)")
-    console.print(f"run record: {workdir / 'ptq_record.json'}")
+    console.print(f"run record: {route['record']}")
 
 
 # ---------------------------------------------------------------- training routes (2, 3, 4)
@@ -495,83 +489,11 @@ SparseMethodOpt = Annotated[str, typer.Option("--method", help="2:4 mask: magnit
                                               "--calib-images).")]
 
 
-def _training_output(output: Path, reference_suffix: str, inputs: list, command: str, resume: bool,
-                     stages: tuple[str, ...]) -> Path:
-    """The trained model's path and its FP32 reference's, checked before any work; --resume needs a checkpoint."""
-    from .io import check_output
-    from .optimize.qat import checkpoint_path
-
-    check_output(output, (".onnx",), inputs, command=command)
-    check_output(output.with_name(output.stem + reference_suffix), (".onnx",), inputs, command="export")
-    if resume and not any(checkpoint_path(output, stage).exists() for stage in stages):
-        raise OrinflowError(f"--resume: no checkpoint at {checkpoint_path(output, stages[-1])} (it is written after "
-                            "each epoch)")
-    return output
-
-
-def _ready_to_train(adapter, config, train_set, method: str | None = None) -> None:
-    """What the training functions would refuse, refused before the FP32 reference is written."""
-    from .optimize.qat import check_trainable
-    from .optimize.sat import check_method
-
-    check_trainable(adapter, config, train_set)
-    if method is not None:
-        check_method(method)
-
-
-def _training_setup(model, data, split, epochs, batch, lr, device, arch, imgsz, mean, std, crop, modules, what: str):
-    """Checks shared by the training commands; returns the PyTorch adapter and the training set."""
-    from .data import load_dataset
-    from .models import ModelAdapter
-    from .optimize.distributed import check_device
-
-    if not data:
-        raise OrinflowError("give the training data with --yaml data.yaml (or --data folder/)")
-    if epochs < 0 or batch < 1 or lr <= 0:
-        raise OrinflowError("epochs must be >= 0, --batch >= 1 and --lr > 0")
-    check_device(device)
-    adapter = _load(model, arch, imgsz, mean, std, crop, modules)
-    if not isinstance(adapter, ModelAdapter):
-        raise OrinflowError(f"{model} is ONNX: {what} needs the PyTorch model")
-    return adapter, load_dataset(data, split)
-
-
-def _train_config(epochs, lr, batch, calib_images, distill, labels, device, max_steps, resume, flip):
-    """The training settings; under torchrun this also joins the process group and picks the rank's device."""
-    from .optimize import distributed
-    from .optimize.qat import QATConfig
-
-    config = QATConfig(epochs=epochs, lr=lr, batch=batch, calib_images=calib_images, distill=distill, labels=labels,
-                       device=device, max_steps=max_steps, resume=resume, flip=flip)
-    config.validate()
-    config.device = distributed.setup(device)
-    return config
-
-
-def _compare(models: list[Path], data, val_data, val_split, batch: int, runs: int, title: str) -> None:
-    from .data import load_dataset
-    from .evaluate import EvalOptions, evaluate_model
+def _print_comparison(records: list[dict], title: str) -> None:
     from .evaluate.table import comparison_table
-    from .models import load_model
 
-    options = EvalOptions(latency_runs=runs, measure_latency=runs > 0, batch=max(1, batch))
-    evaluation = load_dataset(val_data or data, val_split)
-    records = [evaluate_model(load_model(p), evaluation, val_split, options) for p in models]
     console.print(comparison_table(records, title=title))
     _print_notes(records)
-
-
-def _other_rank(record: dict) -> bool:
-    """True on torchrun ranks other than 0, which train but neither export nor report."""
-    return "rank" in record
-
-
-def _reference_onnx(adapter, output: Path, suffix: str) -> Path | None:
-    """The FP32 ONNX that the trained model is compared with (rank 0 only under torchrun)."""
-    from .export import export_onnx
-    from .optimize.distributed import is_main
-
-    return export_onnx(adapter, output.with_name(output.stem + suffix)).path if is_main() else None
 
 
 @app.command()
@@ -597,30 +519,21 @@ def qat(
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output Q/DQ .onnx (default: "
                                                    "workspace/qat/<model>/<model>_qat_int8.onnx).")] = None,
     arch: ArchOpt = None, imgsz: ImgszOpt = None, mean: MeanOpt = None, std: StdOpt = None, crop: CropOpt = None,
-    modules: ModulesOpt = None,
+    modules: ModulesOpt = None, head: LayoutOpt = None, names: NamesOpt = None,
     verbose: VerboseOpt = False,
 ):
     """Route 2: quantization-aware fine-tuning with ModelOpt, exported as Q/DQ ONNX, compared with FP32."""
-    from .config import workspace
-    from .optimize.qat import run_qat
+    from . import api
 
-    if mode != "int8":
-        raise OrinflowError(f"--mode {mode}: QAT supports int8")
-    if epochs < 1:
-        raise OrinflowError("--epochs must be >= 1")
-    output = _training_output(output or workspace() / "qat" / Path(model).stem / f"{Path(model).stem}_qat_int8.onnx",
-                              "_fp32_ref.onnx", [model, data, val_data], "qat", resume, ("qat",))
-    adapter, train_set = _training_setup(model, data, split, epochs, batch, lr, device, arch, imgsz, mean, std, crop,
-                                         modules, "QAT")
-    config = _train_config(epochs, lr, batch, calib_images, distill, labels, device, max_steps, resume, flip)
-    _ready_to_train(adapter, config, train_set)
-    fp32 = _reference_onnx(adapter, output, "_fp32_ref.onnx")
-    record = run_qat(adapter, train_set, config, output, say=console.print)
-    if _other_rank(record):
-        return
-    console.print(f"QAT model [bold]{output}[/bold] in {record['seconds']} s")
-    _print_qdq(record["qdq_report"])
-    _compare([fp32, output], data, val_data, val_split, batch, runs, "route 2: QAT")
+    record = api.qat(model, data, split=split, val_data=val_data, val_split=val_split, mode=mode, epochs=epochs,
+                     lr=lr, batch=batch, calib_images=calib_images, distill=distill, labels=labels, device=device,
+                     max_steps=max_steps, flip=flip, resume=resume, runs=runs, output=output, arch=arch, imgsz=imgsz,
+                     mean=mean, std=std, crop=crop,
+                     modules=modules, head=head, names=names, say=console.print)
+    if "compare" in record:
+        console.print(f"QAT model [bold]{record['model']}[/bold] in {record['seconds']} s")
+        _print_qdq(record["qdq_report"])
+        _print_comparison(record["compare"], "route 2: QAT")
 
 
 @app.command()
@@ -645,27 +558,21 @@ def sparsify(
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output 2:4-sparse FP32 .onnx (default: "
                                                    "workspace/sat/<model>/<model>_sparse24.onnx).")] = None,
     arch: ArchOpt = None, imgsz: ImgszOpt = None, mean: MeanOpt = None, std: StdOpt = None, crop: CropOpt = None,
-    modules: ModulesOpt = None,
+    modules: ModulesOpt = None, head: LayoutOpt = None, names: NamesOpt = None,
     verbose: VerboseOpt = False,
 ):
     """Route 3: 2:4 sparsity (ModelOpt) + sparsity-aware fine-tuning; writes a sparse FP32 ONNX for `ptq`."""
-    from .config import workspace
-    from .optimize.sat import run_sat
+    from . import api
     from .optimize.sparsity_check import describe
 
-    output = _training_output(output or workspace() / "sat" / Path(model).stem / f"{Path(model).stem}_sparse24.onnx",
-                              "_dense_ref.onnx", [model, data, val_data], "sparsify", resume, ("sat",))
-    adapter, train_set = _training_setup(model, data, split, epochs, batch, lr, device, arch, imgsz, mean, std, crop,
-                                         modules, "sparsify")
-    config = _train_config(epochs, lr, batch, calib_images, distill, labels, device, max_steps, resume, flip)
-    _ready_to_train(adapter, config, train_set, method)
-    dense = _reference_onnx(adapter, output, "_dense_ref.onnx")
-    record = run_sat(adapter, train_set, method, config, output, say=console.print)
-    if _other_rank(record):
-        return
-    console.print(f"sparse model [bold]{output}[/bold]; {describe(record['sparsity'])}")
-    _compare([dense, output], data, val_data, val_split, batch, 0,
-             "route 3: 2:4 sparsity (then `orinflow ptq -m` the sparse ONNX)")
+    record = api.sparsify(model, data, split=split, val_data=val_data, val_split=val_split, method=method,
+                          epochs=epochs, lr=lr, batch=batch, calib_images=calib_images, distill=distill, labels=labels,
+                          device=device, max_steps=max_steps, flip=flip, resume=resume, output=output, arch=arch,
+                          imgsz=imgsz, mean=mean, std=std, crop=crop,
+                          modules=modules, head=head, names=names, say=console.print)
+    if "compare" in record:
+        console.print(f"sparse model [bold]{record['model']}[/bold]; {describe(record['sparsity'])}")
+        _print_comparison(record["compare"], "route 3: 2:4 sparsity (then `orinflow ptq -m` the sparse ONNX)")
 
 
 @app.command("sparse-qat")
@@ -694,34 +601,24 @@ def sparse_qat(
                                                    "workspace/sparse_qat/<model>/<model>_sparse24_qat_int8.onnx).")]
     = None,
     arch: ArchOpt = None, imgsz: ImgszOpt = None, mean: MeanOpt = None, std: StdOpt = None, crop: CropOpt = None,
-    modules: ModulesOpt = None,
+    modules: ModulesOpt = None, head: LayoutOpt = None, names: NamesOpt = None,
     verbose: VerboseOpt = False,
 ):
     """Route 4: SAT then QAT with the 2:4 masks kept, exported as Q/DQ + 2:4 ONNX, compared with FP32."""
-    from .config import workspace
-    from .optimize.sat import run_sparse_qat
+    from . import api
     from .optimize.sparsity_check import describe
 
-    if qat_epochs < 1:
-        raise OrinflowError("--qat-epochs must be >= 1")
-    stem = Path(model).stem
-    output = _training_output(output or workspace() / "sparse_qat" / stem / f"{stem}_sparse24_qat_int8.onnx",
-                              "_fp32_ref.onnx", [model, data, val_data], "sparse-qat", resume, ("sat", "qat"))
-    adapter, train_set = _training_setup(model, data, split, sat_epochs, batch, lr, device, arch, imgsz, mean, std,
-                                         crop, modules, "sparse-qat")
-    sat_config = _train_config(sat_epochs, lr, batch, calib_images, distill, labels, device, max_steps, resume, flip)
-    if qat_lr is not None and qat_lr <= 0:
-        raise OrinflowError("--qat-lr must be > 0")
-    qat_config = _train_config(qat_epochs, qat_lr or lr, batch, calib_images, distill, labels, device, max_steps,
-                               resume, flip)
-    _ready_to_train(adapter, sat_config, train_set, method)
-    fp32 = _reference_onnx(adapter, output, "_fp32_ref.onnx")
-    record = run_sparse_qat(adapter, train_set, method, sat_config, qat_config, output, say=console.print)
-    if _other_rank(record):
-        return
-    console.print(f"sparse INT8 model [bold]{output}[/bold] in {record['seconds']} s; {describe(record['sparsity'])}")
-    _print_qdq(record["qdq_report"])
-    _compare([fp32, output], data, val_data, val_split, batch, runs, "route 4: SAT + QAT")
+    record = api.sparse_qat(model, data, split=split, val_data=val_data, val_split=val_split, method=method,
+                            sat_epochs=sat_epochs, qat_epochs=qat_epochs, lr=lr, qat_lr=qat_lr, batch=batch,
+                            calib_images=calib_images, distill=distill, labels=labels, device=device,
+                            max_steps=max_steps, flip=flip, resume=resume, runs=runs, output=output, arch=arch,
+                            imgsz=imgsz, mean=mean, std=std, crop=crop,
+                            modules=modules, head=head, names=names, say=console.print)
+    if "compare" in record:
+        console.print(f"sparse INT8 model [bold]{record['model']}[/bold] in {record['seconds']} s; "
+                      f"{describe(record['sparsity'])}")
+        _print_qdq(record["qdq_report"])
+        _print_comparison(record["compare"], "route 4: SAT + QAT")
 
 
 # ---------------------------------------------------------------- inspect
@@ -736,29 +633,17 @@ def inspect(
     verbose: VerboseOpt = False,
 ):
     """Q/DQ report and 2:4 sparsity check (TensorRT's rule, per conv/GEMM) of an ONNX model."""
-    import onnx
     from rich.table import Table
 
-    from .io import check_output, check_record_slot, require_file, write_json
-    from .optimize.graph import QDQ_OPS, decode_nodes
-    from .optimize.report import qdq_report
-    from .optimize.sparsity_check import describe, sparsity_report
+    from . import api
+    from .optimize.sparsity_check import describe
 
-    path = require_file(model, "model")
-    if json_out is not None:
-        check_output(json_out, (".json",), [path], flag="--json")
-        check_record_slot(json_out, "inspect", json_out)
-    try:
-        graph = onnx.load(str(path))
-    except Exception as e:
-        raise OrinflowError(f"{path} is not a readable ONNX model ({type(e).__name__})") from e
-    record: dict = {"command": "inspect", "output": str(json_out), "model": str(path)}
-    if any(n.op_type in QDQ_OPS for n in graph.graph.node):
-        record["qdq_report"] = qdq_report(graph, target, "int8", set(decode_nodes(graph)))
+    record = api.inspect(model, target=target, json=json_out)
+    if "qdq_report" in record:
         _print_qdq(record["qdq_report"])
     else:
         console.print("no Q/DQ nodes: a floating-point model")
-    sparsity = record["sparsity"] = sparsity_report(graph)
+    sparsity = record["sparsity"]
     console.print(describe(sparsity))
     if layers:
         table = Table(title="conv/GEMM layers")
@@ -768,8 +653,6 @@ def inspect(
             table.add_row(layer["node"], layer["op"], str(layer["reduction_dim"] or "-"), str(layer["eligible"]),
                           str(layer["is_2to4"]), f"{layer['flops'] / 1e6:.1f}")
         console.print(table)
-    if json_out:
-        write_json(json_out, record)
 
 
 # ---------------------------------------------------------------- deploy / report

@@ -91,3 +91,23 @@ def test_adopt_refuses_what_contradicts_the_graph(ultralytics_onnx, demo_onnx, t
     with pytest.raises(OrinflowError, match="already carries orinflow metadata"):
         orinflow.adopt(demo_onnx, output=tmp_path / "a.onnx")
     assert not (tmp_path / "a.onnx").exists()
+    with pytest.raises(OrinflowError, match=r"--head yolox expects .* at 256x256"):
+        orinflow.adopt(ultralytics_onnx, head="yolox", output=tmp_path / "a.onnx")
+    with pytest.raises(OrinflowError, match="--mean must be three comma-separated numbers"):
+        orinflow.adopt(ultralytics_onnx, mean="0,0", output=tmp_path / "a.onnx")
+    assert not (tmp_path / "a.onnx").exists()
+
+
+def test_adopt_records_the_input_convention_it_is_told(ultralytics_onnx, tiny_shapes, tmp_path):
+    """--resize, --bgr, --mean/--std (fractions allowed) reach the model's metadata and change what it sees."""
+    result = runner.invoke(app, ["adopt", "-m", str(ultralytics_onnx), "--resize", "--bgr", "--mean", "0.5",
+                                 "--std", "1/4,1/4,1/4", "-o", str(tmp_path / "told.onnx")])
+    assert result.exit_code == 0, result.output
+    assert "stretch BGR mean 0.5,0.5,0.5 std 0.25,0.25,0.25" in " ".join(result.output.split())
+    processing = orinflow.load(tmp_path / "told.onnx").processing
+    assert (processing.resize, processing.channels, processing.mean, processing.std) == (
+        "stretch", "bgr", (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    told = orinflow.evaluate(tmp_path / "told.onnx", tiny_shapes, runs=0, **QUIET)["metrics"]["mAP50-95"]
+    right = orinflow.evaluate(orinflow.adopt(ultralytics_onnx, output=tmp_path / "right.onnx")["model"], tiny_shapes,
+                              runs=0, **QUIET)["metrics"]["mAP50-95"]
+    assert told < right - 0.1  # the detector was trained on letterboxed RGB 0..1: the wrong convention costs

@@ -12,3 +12,11 @@ def resnet_module():
 
 def resnet20_state():
     return resnet_module().resnet20().state_dict()
+
+
+def load_asset(name: str):
+    """A Python file of tests/assets, imported as a module."""
+    spec = importlib.util.spec_from_file_location(f"asset_{name.removesuffix('.py')}", ASSETS / name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

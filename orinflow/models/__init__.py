@@ -47,12 +47,26 @@ def _ultralytics_model(provided: dict | None) -> bool:
 
 
 def load_model(model: str | Path, arch: str | None = None, imgsz: int | None = None, mean=None, std=None,
-               crop_fraction: float | None = None, modules: list[str | Path] | None = None) -> ModelAdapter | OnnxModel:
+               crop_fraction: float | None = None, modules: list[str | Path] | None = None, head: str | None = None,
+               names: str | None = None) -> ModelAdapter | OnnxModel:
     """Load any supported model file. `arch` alone (no file) builds an untrained torchvision/user model.
 
     `modules`: Python files (or package.module names) defining classes the checkpoint pickles
     (a fork's or the user's own blocks); see models/custom.py.
+    `head` (with `arch`): the user's model is a detector whose first output has that layout
+    (models/heads.py); `names` its classes (a dataset YAML or 'a,b,c').
     """
+    is_onnx = model is not None and Path(model).suffix.lower() == ".onnx"  # carries its own processing
+    if (head is not None or names is not None) and not (is_onnx and arch is not None):
+        if arch is None:
+            raise OrinflowError("--head and --names describe your own detector given with --arch file.py:factory; "
+                                "an ONNX from another exporter takes them in `orinflow adopt`")
+        if head is None:
+            raise OrinflowError(f"--names is for detectors: name the output layout of {arch} with --head")
+        from .detector import load_custom_detector
+
+        path = require_file(model, "model") if model else None
+        return load_custom_detector(path, arch, head, imgsz, names, mean, std)
     if model is None or str(model) == "":
         if arch is None:
             raise OrinflowError("give a model file with -m, or an architecture with --arch")

@@ -101,6 +101,15 @@ def _more(items: list, shown: int) -> str:
     return f" and {len(items) - shown} more" if len(items) > shown else ""
 
 
+def load_weights(model: nn.Module, path: Path, arch: str) -> None:
+    """The state dict in `path` into `model`, or one line saying how they differ."""
+    state = extract_state_dict(torch_load(path), path)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise OrinflowError(f"{path} does not fit --arch {arch}: {state_dict_mismatch(e)}") from e
+
+
 def load_classifier(path: Path | None, arch: str | None, imgsz: int | None = None, mean=None, std=None,
                     crop_fraction: float | None = None) -> ModelAdapter:
     if arch is None:
@@ -108,11 +117,7 @@ def load_classifier(path: Path | None, arch: str | None, imgsz: int | None = Non
                             "(e.g. resnet50, models.py:resnet20 or mypkg.nets:build)")
     model = build_arch(arch)
     if path is not None:
-        state = extract_state_dict(torch_load(path), path)
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as e:
-            raise OrinflowError(f"{path} does not fit --arch {arch}: {state_dict_mismatch(e)}") from e
+        load_weights(model, path, arch)
     size = imgsz or DEFAULT_CLS_IMGSZ
     fraction = crop_fraction if crop_fraction is not None else (IMAGENET_CROP_FRACTION if size >= 128 else 1.0)
     if not 0 < fraction <= 1:

@@ -27,7 +27,7 @@ from ..errors import OrinflowError
 from ..io import atomic_path, check_output, write_record
 from ..models import ModelAdapter
 from ..models.onnx_model import META_FAMILY, META_PROCESSING, META_SOURCE, write_metadata
-from ..models.processing import HEAD_ANCHOR_FREE, HEAD_END2END, HEAD_OBJECTNESS
+from ..models.processing import HEAD_ANCHOR_FREE, HEAD_END2END, HEAD_GRID, HEAD_OBJECTNESS, decode_grid
 from ..progress import progress
 from ..runtime import OrtRunner
 from . import distributed, import_quietly, quietly
@@ -112,7 +112,9 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, head: str | 
         student, teacher = student.transpose(1, 2), teacher.transpose(1, 2)
         boxes_s, boxes_t, scores_s, scores_t = student[..., :4], teacher[..., :4], student[..., 4:], teacher[..., 4:]
         weight = scores_t.max(-1, keepdim=True).values
-    elif head == HEAD_OBJECTNESS:  # (B, N, 5+nc)
+    elif head in (HEAD_OBJECTNESS, HEAD_GRID):  # (B, N, 5+nc); grid-relative boxes decoded to pixels first
+        if head == HEAD_GRID:
+            student, teacher = decode_grid(student, (imgsz, imgsz)), decode_grid(teacher, (imgsz, imgsz))
         boxes_s, boxes_t, scores_s, scores_t = student[..., :4], teacher[..., :4], student[..., 4:], teacher[..., 4:]
         weight = teacher[..., 4:5]
     else:
