@@ -23,7 +23,9 @@ def test_the_documented_example_runs_as_written(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.parametrize("name, command", [("adopt", "adopt"), ("export", "export"), ("calibrate", "calibrate"),
                                            ("quantize", "quantize"), ("evaluate", "evaluate"),
-                                           ("deploy", "deploy"), ("report", "report")])
+                                           ("deploy", "deploy"), ("report", "report"), ("ptq", "ptq"),
+                                           ("sensitivity", "sensitivity"), ("qat", "qat"), ("sparsify", "sparsify"),
+                                           ("sparse_qat", "sparse_qat"), ("inspect", "inspect")])
 def test_api_and_cli_share_names_and_defaults(name, command):
     from orinflow import cli
 
@@ -32,7 +34,7 @@ def test_api_and_cli_share_names_and_defaults(name, command):
     renamed = {"json_out": "json"}
     for param in cli_params.values():
         key = renamed.get(param.name, param.name)
-        if key in ("verbose", "compare", "more", "per_class", "model", "sources"):
+        if key in ("verbose", "compare", "more", "per_class", "layers", "model", "sources"):  # display only
             continue
         assert key in api_params, f"{name}: the CLI's {param.name} is missing"
         assert api_params[key].default == param.default or api_params[key].default is inspect.Parameter.empty, \
