@@ -1,7 +1,8 @@
 """orinflow: vision models to fast, accurate INT8 ONNX for TensorRT on Jetson Orin.
 
 The Python API (docs/python.md) is one function per command, with the CLI's names and defaults:
-`orinflow.load`, `adopt`, `export`, `calibrate`, `quantize`, `ptq`, `sensitivity`, `evaluate`, `compare`,
+`orinflow.load`, `adopt`, `export`, `calibrate`, `quantize`, `ptq`, `sensitivity`, `evaluate`,
+`evaluate_many`, `compare`,
 `qat`, `sparsify`, `sparse_qat`, `inspect`, `deploy`, `report`.
 They live in orinflow/api.py and are imported on first use, so `import orinflow` stays light.
 """
@@ -9,7 +10,8 @@ import sys as _sys
 import types as _types
 
 __version__ = "0.1.0"
-API = ("load", "adopt", "export", "calibrate", "quantize", "ptq", "sensitivity", "evaluate", "compare", "qat",
+API = ("load", "adopt", "export", "calibrate", "quantize", "ptq", "sensitivity", "evaluate", "evaluate_many",
+       "compare", "qat",
        "sparsify", "sparse_qat", "inspect", "deploy", "report")
 __all__ = list(API)
 

@@ -7,6 +7,7 @@ docs/python.md shows a worked example; the CLI in cli.py is a thin layer over th
 """
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -86,16 +87,26 @@ def adopt(model: PathLike, *, head: str | None = None, names: str | None = None,
 
 
 def export(model: PathLike, *, output: PathLike | None = None, opset: int = DEFAULT_OPSET, dynamic: bool = False,
-           half: bool = False, simplify: bool = True, image: PathLike | None = None, arch: str | None = None,
-           imgsz: int | None = None, mean=None, std=None, crop: float | None = None,
-           modules: Sequence[PathLike] | None = None, head: str | None = None,
-         names: str | None = None) -> dict:
+           half: bool = False, simplify: bool = True, image: PathLike | None = None, nms: str | None = None,
+           pre_topk: int = 30000, keep_topk: int = 300, iou: float | None = None, conf: float = 0.25,
+           arch: str | None = None, imgsz: int | None = None, mean=None, std=None, crop: float | None = None,
+           modules: Sequence[PathLike] | None = None, head: str | None = None, names: str | None = None) -> dict:
     """Export a PyTorch model to ONNX (default workspace/models/onnx/raw/<name>_<imgsz>.onnx), simplify it,
-    and check PyTorch against ONNX Runtime on a real image (`image`, default one of the demo recipe)."""
+    and check PyTorch against ONNX Runtime on a real image (`image`, default one of the demo recipe).
+
+    nms: "onnx" (standard NonMaxSuppression, (batch, keep_topk, 6) output) or "trt" (TensorRT's EfficientNMS_TRT:
+    num_dets, det_boxes, det_scores, det_classes) appends decode and NMS: `pre_topk` candidates by best class
+    score, at most `keep_topk` detections per image, NMS IoU `iou` (default the family's), scores above `conf`
+    (0.25 for deployment; 0.001 to measure mAP). The settings are stored in the model's metadata.
+    """
     from .data import read_image
     from .export import export_onnx
+    from .export.nms import NmsSpec
     from .io import check_output
 
+    spec = NmsSpec(flavour=nms, pre_topk=pre_topk, keep_topk=keep_topk, iou=iou, conf=conf) if nms else None
+    if spec is not None:
+        spec.validate()
     if output is not None:
         check_output(output, (".onnx",), [model, image], command="export")
     adapter = load(model, arch=arch, imgsz=imgsz, mean=mean, std=std, crop=crop, modules=modules, head=head,
@@ -104,13 +115,13 @@ def export(model: PathLike, *, output: PathLike | None = None, opset: int = DEFA
         raise OrinflowError(f"{model} is already ONNX; export takes a PyTorch model")
     parity_image = read_image(Path(image)) if image else None
     return export_onnx(adapter, Path(output) if output else None, opset=opset, dynamic=dynamic, half=half,
-                       simplify=simplify, parity_image=parity_image).record
+                       simplify=simplify, parity_image=parity_image, nms=spec).record
 
 
 def calibrate(model: PathLike, data: PathLike, *, split: str = "train", num_images: int = 512, seed: int = 0,
               output: PathLike | None = None, arch: str | None = None, imgsz: int | None = None, mean=None,
               std=None, crop: float | None = None, modules: Sequence[PathLike] | None = None, head: str | None = None,
-         names: str | None = None) -> dict:
+              names: str | None = None) -> dict:
     """A calibration set (N,3,H,W float32 .npy, default workspace/calib/<model>_<data>_<split>_<N>.npy) of
     `num_images` images drawn with `seed` from `data`, preprocessed exactly as the model expects."""
     from .data import load_dataset
@@ -170,11 +181,13 @@ def quantize(model: PathLike, *, calib: PathLike | None = None, data: PathLike |
         array = load_calibration(Path(calib), source.processing)
     else:
         array = build_calibration(source.processing, load_dataset(data, split), num_images)
-    if budget is None:
-        return quantize_onnx(source, array, spec, output, say=say)
+    from .export.nms import with_nms_restored
     from .optimize.sensitivity import fit_budget
 
-    return fit_budget(source, array, spec, budget[1], budget[0], output, budget[2], say=say)
+    if budget is None:
+        return with_nms_restored(source, output, lambda raw, out: quantize_onnx(raw, array, spec, out, say=say))
+    return with_nms_restored(source, output, lambda raw, out: fit_budget(raw, array, spec, budget[1], budget[0], out,
+                                                                         budget[2], say=say))
 
 
 def quantize_spec(mode: str, method: str, target: str, percentile: float, exclude: Sequence[str] | None,
@@ -213,7 +226,7 @@ def evaluate(model: PathLike, data: PathLike | None = None, *, split: str = "val
              save_json: PathLike | None = None, coco_json: PathLike | None = None, images: PathLike | None = None,
              json: PathLike | None = None, arch: str | None = None, imgsz: int | None = None, mean=None, std=None,
              crop: float | None = None, modules: Sequence[PathLike] | None = None, head: str | None = None,
-         names: str | None = None, say: Say = print) -> dict:
+             names: str | None = None, say: Say = print) -> dict:
     """Accuracy (mAP50 and mAP50-95, or top-1 and top-5), latency (`runs` timed runs; 0 skips) and size of one
     model on `data`/`split`; `json` also writes the record there.
 
@@ -221,20 +234,58 @@ def evaluate(model: PathLike, data: PathLike | None = None, *, split: str = "val
     the record's metrics["coco"]; `save_json` then writes the detections in COCO result format.
     `coco_json` and `images` (a COCO instances JSON and its image folder) replace `data`.
     """
-    return compare([model], data, split=split, conf=conf, iou=iou, max_det=max_det, batch=batch, runs=runs,
+    return evaluate_many([model], data, split=split, conf=conf, iou=iou, max_det=max_det, batch=batch, runs=runs,
                    warmup=warmup, threads=threads, runtime=runtime, skip_bad_images=skip_bad_images, metric=metric,
                    save_json=save_json, coco_json=coco_json, images=images, json=json, arch=arch, imgsz=imgsz,
                    mean=mean, std=std, crop=crop, modules=modules, head=head, names=names, say=say)[0]
 
 
-def compare(models: Sequence[PathLike], data: PathLike | None = None, *, split: str = "val", conf: float = 0.001,
+def compare(a: PathLike, b: PathLike, data: PathLike | None = None, *, split: str = "val", images: int = 16,
+            seed: int = 0, conf: float = 0.25, top: int = 5, output: PathLike | None = None, arch: str | None = None,
+            imgsz: int | None = None, mean=None, std=None, crop: float | None = None,
+            modules: Sequence[PathLike] | None = None, head: str | None = None, names: str | None = None,
+            say: Say = print) -> dict:
+    """Where two forms of one model part (docs/compare.md): any two of a checkpoint, an FP32/FP16/Q/DQ/end-to-end
+    ONNX and an engine, on `images` real images drawn with `seed` from `data`/`split`.
+
+    Layers: per paired tensor, cosine, SQNR (dB), max |A - B| and the SQNR lost there ("growth"), in graph order;
+    `top` worst by growth. Detections (score threshold `conf`): the raw head outputs before NMS, then the final
+    detections matched per image (same class, IoU >= 0.9), each unmatched one with its cause; the mAP of both on
+    those images when `data` is labelled. Writes compare.json and compare.png into `output` (default
+    workspace/compare/<A>_vs_<B>) and returns the record.
+    """
+    if isinstance(a, (list, tuple)):
+        raise OrinflowError("orinflow.compare(A, B) compares two models layer by layer; evaluate several side by "
+                            "side with orinflow.evaluate_many(models, data)")
+    from .evaluate.alignment import load_side
+    from .evaluate.compare_report import run_compare
+
+    if images < 1 or top < 1:
+        raise OrinflowError("--images and --top must be >= 1")
+    if not 0 < conf < 1:
+        raise OrinflowError(f"--conf must lie in (0, 1), got {conf}")
+    if not data:
+        raise OrinflowError("give the images with --yaml data.yaml (and --split) or --data folder/")
+    from .io import check_output_folder, require_file
+
+    for path in (a, b):
+        require_file(path, "model")
+    folder = check_output_folder(output or workspace() / "compare" / f"{Path(a).stem}_vs_{Path(b).stem}", [a, b, data])
+    options = {"arch": arch, "imgsz": imgsz, "mean": mean, "std": std, "crop": crop, "modules": modules,
+               "head": head, "names": names}
+    sides = (load_side(a, "A", **options), load_side(b, "B", **options))
+    return run_compare(sides, (a, b), data, split, images, seed, conf, top, Path(folder), say)
+
+
+def evaluate_many(models: Sequence[PathLike], data: PathLike | None = None, *, split: str = "val", conf: float = 0.001,
             iou: float | None = None, max_det: int = 300, batch: int = 1, runs: int = 50, warmup: int = 5,
             threads: int | None = None, runtime: str = "auto", skip_bad_images: bool = False, metric: str = "yolov5",
             save_json: PathLike | None = None, coco_json: PathLike | None = None, images: PathLike | None = None,
             json: PathLike | None = None, arch: str | None = None, imgsz: int | None = None, mean=None, std=None,
             crop: float | None = None, modules: Sequence[PathLike] | None = None, head: str | None = None,
-         names: str | None = None, say: Say = print) -> list[dict]:
-    """`evaluate` for several models on the same data and settings (the first is the baseline of a table).
+            names: str | None = None, say: Say = print) -> list[dict]:
+    """`evaluate` for several models on the same data and settings (`evaluate --compare`; the first is the
+    baseline of a table).
 
     `json` writes the record of one model, or {"compare": [records]} for several.
     """
@@ -283,25 +334,59 @@ def _evaluation_data(data, coco_json, images):
 
 def deploy(model: PathLike, *, output: PathLike | None = None, trt: str = "10", fp16: bool = True,
            min_batch: int = 1, opt_batch: int | None = None, max_batch: int | None = None,
-           workspace_mib: int | None = None, overwrite: bool = False) -> dict:
+           workspace_mib: int | None = None, nms: str = "trt", pre_topk: int = 30000, keep_topk: int = 300,
+           iou: float | None = None, conf: float = 0.25, overwrite: bool = False) -> dict:
     """A Jetson bundle (default workspace/deploy/<model>): the ONNX, build_engine.sh with trtexec flags read from
     the model, bench.sh, infer.py and a README. Dynamic-batch models get a profile from min/opt/max batch
-    (opt default 8)."""
+    (opt default 8).
+
+    nms: an orinflow detector without NMS inside is deployed end-to-end, so no NMS runs on the Jetson's CPU:
+    "trt" (EfficientNMS_TRT; the bundle also keeps model_raw.onnx for ONNX Runtime), "onnx"
+    (NonMaxSuppression) or "none". pre_topk, keep_topk, iou, conf: as `export`'s.
+    """
     from .deploy.bundle import write_bundle
     from .deploy.traits import model_traits
     from .deploy.trtexec import BuildOptions
-    from .io import check_output_folder, require_file
+    from .export.nms import FLAVOURS, NmsSpec, attach_nms
+    from .io import check_output_folder, private_folder, require_file
 
     path = require_file(model, "model")
     if path.suffix.lower() != ".onnx":
         raise OrinflowError(f"{path} is not ONNX: export or quantize it first (orinflow export / quantize)")
+    if nms not in (*FLAVOURS, "none"):
+        raise OrinflowError(f"--nms {nms}: choose trt, onnx or none")
+    spec = NmsSpec(flavour=nms, pre_topk=pre_topk, keep_topk=keep_topk, iou=iou, conf=conf) if nms != "none" else None
+    if spec is not None:
+        spec.validate()
     output = check_output_folder(output or workspace() / "deploy" / path.stem, [path], replaced=True)
-    traits = model_traits(path)
-    default = DYNAMIC_DEFAULT_BATCH if traits.dynamic_batch else 1
-    opt = opt_batch or min(default, max_batch or default)
-    options = BuildOptions(trt=trt, fp16=fp16, min_batch=min_batch, opt_batch=opt, max_batch=max_batch or opt,
-                           workspace_mib=workspace_mib)
-    return write_bundle(path, Path(output), options, overwrite, traits)
+    with private_folder() as folder:
+        end_to_end = _end_to_end_copy(path, spec, folder / "model.onnx", attach_nms) if spec else None
+        deployed = end_to_end or path
+        traits = model_traits(deployed)
+        default = DYNAMIC_DEFAULT_BATCH if traits.dynamic_batch else 1
+        opt = opt_batch or min(default, max_batch or default)
+        options = BuildOptions(trt=trt, fp16=fp16, min_batch=min_batch, opt_batch=opt, max_batch=max_batch or opt,
+                               workspace_mib=workspace_mib)
+        keep_raw = end_to_end is not None and spec.flavour == "trt"  # for ONNX Runtime, which lacks the plugin
+        return write_bundle(deployed, Path(output), options, overwrite, traits, raw=path if keep_raw else None,
+                            nms=asdict(spec) if end_to_end else None, source=path)
+
+
+def _end_to_end_copy(path: Path, spec, target: Path, attach_nms) -> Path | None:
+    """`path` with `spec`'s NMS appended at `target`, when it is an orinflow detector without NMS inside; else None."""
+    import onnx
+
+    from .models.onnx_model import META_PROCESSING, read_metadata
+    from .models.processing import NMS_INSIDE, Processing
+
+    graph = onnx.load(str(path))
+    text = read_metadata(graph).get(META_PROCESSING)
+    processing = Processing.from_json(text) if text else None
+    if processing is None or processing.task != "detect" or processing.head in NMS_INSIDE:
+        return None
+    end_to_end, _ = attach_nms(graph, processing, spec)
+    onnx.save(end_to_end, str(target))
+    return target
 
 
 def report(sources: Sequence[PathLike] | None = None, *, output: PathLike | None = None) -> dict:
@@ -330,7 +415,7 @@ def ptq(model: PathLike, data: PathLike, *, split: str = "train", val_data: Path
         select_split: str = "val", select_images: int = 300, output: PathLike | None = None,
         arch: str | None = None, imgsz: int | None = None, mean=None, std=None, crop: float | None = None,
         modules: Sequence[PathLike] | None = None, head: str | None = None,
-         names: str | None = None, say: Say = print) -> dict:
+        names: str | None = None, say: Say = print) -> dict:
     """Route 1 in one call: export, calibrate on `data`/`split`, quantize for every method x target, evaluate
     everything on `val_data` (default `data`)/`val_split`. Writes into `output` (default workspace/ptq/<model>).
 
@@ -423,7 +508,7 @@ def qat(model: PathLike, data: PathLike, *, split: str = "train", val_data: Path
         max_steps: int | None = None, flip: bool = False, resume: bool = False, runs: int = 20,
         output: PathLike | None = None, arch: str | None = None, imgsz: int | None = None, mean=None, std=None,
         crop: float | None = None, modules: Sequence[PathLike] | None = None, head: str | None = None,
-         names: str | None = None, say: Say = print) -> dict:
+        names: str | None = None, say: Say = print) -> dict:
     """Route 2: quantization-aware fine-tuning (ModelOpt) on `data`/`split`, exported as Q/DQ ONNX (default
     workspace/qat/<model>/<model>_qat_int8.onnx) beside its FP32 reference `<output>_fp32_ref.onnx`.
 
@@ -455,7 +540,7 @@ def sparsify(model: PathLike, data: PathLike, *, split: str = "train", val_data:
              max_steps: int | None = None, flip: bool = False, resume: bool = False,
              output: PathLike | None = None, arch: str | None = None, imgsz: int | None = None, mean=None,
              std=None, crop: float | None = None, modules: Sequence[PathLike] | None = None, head: str | None = None,
-         names: str | None = None,
+             names: str | None = None,
              say: Say = print) -> dict:
     """Route 3: 2:4 sparsity (method magnitude or sparsegpt) and `epochs` of sparsity-aware fine-tuning (0: masks
     only), written as a sparse FP32 ONNX (default workspace/sat/<model>/<model>_sparse24.onnx) for `ptq`.
@@ -481,7 +566,7 @@ def sparse_qat(model: PathLike, data: PathLike, *, split: str = "train", val_dat
                flip: bool = False, resume: bool = False, runs: int = 20, output: PathLike | None = None,
                arch: str | None = None, imgsz: int | None = None, mean=None, std=None, crop: float | None = None,
                modules: Sequence[PathLike] | None = None, head: str | None = None,
-         names: str | None = None, say: Say = print) -> dict:
+               names: str | None = None, say: Say = print) -> dict:
     """Route 4: SAT, then QAT with the 2:4 masks held, exported as Q/DQ + 2:4 ONNX (default
     workspace/sparse_qat/<model>/<model>_sparse24_qat_int8.onnx). qat_lr defaults to `lr`.
     Returns the run record with "compare": the FP32 and sparse INT8 evaluation records."""

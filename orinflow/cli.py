@@ -90,6 +90,16 @@ def cli_errors(func: Callable) -> Callable:
     return wrapper
 
 
+# ---- NMS inside the graph (export --nms, deploy --nms; export/nms.py)
+PreTopkOpt = Annotated[int, typer.Option("--pre-topk", help="With --nms: candidates (by best class score) that reach "
+                                         "NMS.")]
+KeepTopkOpt = Annotated[int, typer.Option("--keep-topk", help="With --nms: detections kept per image.")]
+NmsIouOpt = Annotated[Optional[float], typer.Option("--iou", help="With --nms: NMS IoU (default: the family's, 0.6 "
+                                                    "YOLOv5, 0.7 Ultralytics).")]
+NmsConfOpt = Annotated[float, typer.Option("--conf", help="With --nms: score threshold in the graph (0.001 to "
+                                           "measure mAP).")]
+
+
 # ---------------------------------------------------------------- export
 @app.command()
 @cli_errors
@@ -103,6 +113,11 @@ def export(
     simplify: Annotated[bool, typer.Option("--simplify/--no-simplify", help="Simplify with onnxslim.")] = True,
     image: Annotated[Optional[Path], typer.Option("--image", help="Real image for the parity check (default: an "
                                                   "image from the embedded demo recipe).")] = None,
+    nms: Annotated[Optional[str], typer.Option("--nms", help="End-to-end detector: append decode and NMS, onnx "
+                                               "(standard NonMaxSuppression; ONNX Runtime and TensorRT) or trt "
+                                               "(TensorRT's EfficientNMS_TRT plugin: num_dets, boxes, scores, "
+                                               "classes).")] = None,
+    pre_topk: PreTopkOpt = 30000, keep_topk: KeepTopkOpt = 300, iou: NmsIouOpt = None, conf: NmsConfOpt = 0.25,
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output .onnx (default: "
                                                    "workspace/models/onnx/raw/<name>_<imgsz>.onnx).")] = None,
     mean: MeanOpt = None, std: StdOpt = None, crop: CropOpt = None, modules: ModulesOpt = None,
@@ -113,13 +128,20 @@ def export(
     from . import api
 
     record = api.export(model, output=output, opset=opset, dynamic=dynamic, half=half, simplify=simplify,
-                        image=image, arch=arch, imgsz=imgsz, mean=mean, std=std, crop=crop,
+                        image=image, nms=nms, pre_topk=pre_topk, keep_topk=keep_topk, iou=iou, conf=conf, arch=arch, imgsz=imgsz, mean=mean, std=std, crop=crop,
                         modules=modules, head=head, names=names)
     parity = record["parity"]
     console.print(f"exported [bold]{record['model']}[/bold] ({record['size_bytes'] / 1e6:.2f} MB, opset {opset}, "
                   f"{'dynamic' if dynamic else 'static'} batch) in {record['seconds']} s")
     console.print(f"parity PyTorch vs ONNX Runtime: max |diff| = {parity['max_abs_diff']:.3g} "
                   f"(output range ±{parity['output_max_abs']:.3g}, limit {parity['limit']:.3g})")
+    if "nms" in record:
+        spec, check = record["nms"], record["nms"]["check"]
+        console.print(f"end-to-end ({spec['flavour']} NMS): pre-topk {spec['pre_topk']}, keep-topk {spec['keep_topk']}, "
+                      f"IoU {spec['iou']}, conf {spec['conf']}" + (
+                          f"; {check['detections']} detections on the parity image, "
+                          f"{'the same as' if check['same'] else 'against'} {check['postprocessed']} from orinflow's "
+                          "post-processing" if check else "; checked as ONNX (TensorRT runs the plugin)"))
 
 
 # ---------------------------------------------------------------- adopt
@@ -233,7 +255,7 @@ def evaluate(
         raise OrinflowError(f"unexpected argument {more[0]!r}; compare models with --compare A B ...")
     if not paths:
         raise OrinflowError("give a model with -m, or several with --compare A B ...")
-    records = api.compare(paths, data, split=split, conf=conf, iou=iou, max_det=max_det, batch=batch, runs=runs,
+    records = api.evaluate_many(paths, data, split=split, conf=conf, iou=iou, max_det=max_det, batch=batch, runs=runs,
                           warmup=warmup, threads=threads, runtime=runtime, skip_bad_images=skip_bad_images,
                           metric=metric, save_json=save_json, coco_json=coco_json, images=images, json=json_out,
                           arch=arch, imgsz=imgsz, mean=mean, std=std, crop=crop,
@@ -248,6 +270,42 @@ def evaluate(
             console.print(per_class_table(record))
     if json_out:
         console.print(f"run record: {json_out}")
+
+
+# ---------------------------------------------------------------- compare (alignment debugger)
+@app.command("compare")
+@cli_errors
+def compare_command(
+    a: Annotated[str, typer.Argument(help="Model A (the reference): checkpoint, ONNX (FP32, FP16, Q/DQ, "
+                                     "end-to-end) or engine.", show_default=False)],
+    b: Annotated[str, typer.Argument(help="Model B, compared with A.", show_default=False)],
+    data: DataOpt = None,
+    split: SplitOpt = "val",
+    images: Annotated[int, typer.Option("--images", help="Images drawn (seeded) from the data.")] = 16,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the draw.")] = 0,
+    conf: Annotated[float, typer.Option("--conf", help="Score threshold of the detections matched.")] = 0.25,
+    top: Annotated[int, typer.Option("--top", help="Layers listed where the error grows most.")] = 5,
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Folder for compare.json and compare.png "
+                                                   "(default: workspace/compare/<A>_vs_<B>).")] = None,
+    arch: ArchOpt = None, imgsz: ImgszOpt = None, mean: MeanOpt = None, std: StdOpt = None, crop: CropOpt = None,
+    modules: ModulesOpt = None, head: LayoutOpt = None, names: NamesOpt = None,
+    verbose: VerboseOpt = False,
+):
+    """Where two forms of a model part: layer by layer (cosine, SQNR, max error) and detection by detection."""
+    from . import api
+    from .evaluate.compare_report import compare_tables
+
+    record = api.compare(a, b, data, split=split, images=images, seed=seed, conf=conf, top=top, output=output,
+                         arch=arch, imgsz=imgsz, mean=mean, std=std, crop=crop, modules=modules, head=head,
+                         names=names, say=console.print)
+    for table in compare_tables(record):
+        console.print(table)
+    if record["mAP"]:
+        console.print(f"mAP50-95 on these images: A {record['mAP']['a']['mAP50-95']:.4f}, "
+                      f"B {record['mAP']['b']['mAP50-95']:.4f}")
+    for note in record["notes"]:
+        console.print(f"[yellow]note:[/yellow] {note}", highlight=False, soft_wrap=True)
+    console.print(f"record {record['files']['json']}, plot {record['files']['plot']}")
 
 
 def _print_notes(records: list[dict]) -> None:
@@ -673,6 +731,10 @@ def deploy(
                                                      "(default: --opt-batch).")] = None,
     workspace_mib: Annotated[Optional[int], typer.Option("--workspace-mib", help="TensorRT builder workspace "
                                                          "(default: TensorRT's).")] = None,
+    nms: Annotated[str, typer.Option("--nms", help="A detector without NMS inside is deployed end-to-end: trt "
+                                     "(EfficientNMS_TRT; model_raw.onnx kept for ONNX Runtime), onnx "
+                                     "(NonMaxSuppression) or none.")] = "trt",
+    pre_topk: PreTopkOpt = 30000, keep_topk: KeepTopkOpt = 300, iou: NmsIouOpt = None, conf: NmsConfOpt = 0.25,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing bundle folder.")] = False,
     verbose: VerboseOpt = False,
 ):
@@ -680,8 +742,12 @@ def deploy(
     from . import api
 
     record = api.deploy(model, output=output, trt=trt, fp16=fp16, min_batch=min_batch, opt_batch=opt_batch,
-                        max_batch=max_batch, workspace_mib=workspace_mib, overwrite=overwrite)
+                        max_batch=max_batch, workspace_mib=workspace_mib, nms=nms, pre_topk=pre_topk,
+                        keep_topk=keep_topk, iou=iou, conf=conf, overwrite=overwrite)
     console.print(f"bundle [bold]{record['bundle']}[/bold]: {len(record['build_engine'])} trtexec arguments")
+    if "nms" in record:
+        console.print(f"end-to-end: {record['nms']['flavour']} NMS inside the engine (keep-topk "
+                      f"{record['nms']['keep_topk']}, IoU {record['nms']['iou']}, conf {record['nms']['conf']})")
     if not record["traits"]["has_processing"]:
         console.print("[yellow]warning:[/yellow] the model carries no orinflow metadata, so the bundle's infer.py "
                       "cannot know its pre/post-processing (build_engine.sh and bench.sh work)")

@@ -52,7 +52,7 @@ def test_user_detector_scores_as_the_same_weights_loaded_by_ultralytics(demo_as_
     exported = orinflow.export(weights, arch=arch, head="yolov8", names="circle,square,triangle", imgsz=256,
                                output=tmp_path / "mine.onnx")
     assert exported["parity"]["max_abs_diff"] <= exported["parity"]["limit"]
-    mine = orinflow.compare([weights, tmp_path / "mine.onnx"], tiny_shapes, runs=0, arch=arch, head="yolov8",
+    mine = orinflow.evaluate_many([weights, tmp_path / "mine.onnx"], tiny_shapes, runs=0, arch=arch, head="yolov8",
                             names="circle,square,triangle", imgsz=256, **QUIET)
     theirs = orinflow.evaluate(demo_onnx, tiny_shapes, runs=0, **QUIET)["metrics"]["mAP50-95"]
     assert theirs > 0.3  # a trained detector, so agreement means something

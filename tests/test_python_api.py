@@ -25,7 +25,8 @@ def test_the_documented_example_runs_as_written(tmp_path, monkeypatch, capsys):
                                            ("quantize", "quantize"), ("evaluate", "evaluate"),
                                            ("deploy", "deploy"), ("report", "report"), ("ptq", "ptq"),
                                            ("sensitivity", "sensitivity"), ("qat", "qat"), ("sparsify", "sparsify"),
-                                           ("sparse_qat", "sparse_qat"), ("inspect", "inspect")])
+                                           ("sparse_qat", "sparse_qat"), ("inspect", "inspect"),
+                                           ("compare", "compare_command")])
 def test_api_and_cli_share_names_and_defaults(name, command):
     from orinflow import cli
 
@@ -34,7 +35,7 @@ def test_api_and_cli_share_names_and_defaults(name, command):
     renamed = {"json_out": "json"}
     for param in cli_params.values():
         key = renamed.get(param.name, param.name)
-        if key in ("verbose", "compare", "more", "per_class", "layers", "model", "sources"):  # display only
+        if key in ("verbose", "compare", "more", "per_class", "layers", "model", "sources", "a", "b"):  # display only or positional
             continue
         assert key in api_params, f"{name}: the CLI's {param.name} is missing"
         assert api_params[key].default == param.default or api_params[key].default is inspect.Parameter.empty, \

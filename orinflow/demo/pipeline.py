@@ -9,8 +9,6 @@ import numpy as np
 
 from rich.console import Console
 
-from ..deploy.bundle import write_bundle
-from ..deploy.trtexec import BuildOptions
 from ..evaluate import EvalOptions, evaluate_model
 from ..evaluate.table import comparison_table
 from ..io import write_json
@@ -60,9 +58,21 @@ def run_demo(workdir: Path, runs: int, console: Console) -> list[dict]:
     console.print("The tensorrt-target model is built for TensorRT's INT8 kernels: on this CPU it runs through "
                   "ONNX Runtime's reference Q/DQ path, so judge its accuracy here, its speed on the Jetson.")
     bundle = workdir / "deploy" / Path(route["best"]["tensorrt"]["model"]).stem
-    write_bundle(Path(route["best"]["tensorrt"]["model"]), bundle, BuildOptions(), overwrite=True)
-    console.print(f"Jetson bundle (build_engine.sh, bench.sh, infer.py): {bundle}")
-    written = write_report([workdir / "records"], workdir / "report")
+    from ..api import deploy
+
+    deployed = deploy(route["best"]["tensorrt"]["model"], output=bundle, overwrite=True)
+    console.print(f"Jetson bundle (build_engine.sh, bench.sh, infer.py; {deployed['nms']['flavour']} NMS inside "
+                  f"the engine): {bundle}")
+    from ..api import compare
+
+    aligned = compare(route["fp32"]["model"], route["best"]["tensorrt"]["model"], data_yaml, images=16,
+                      output=workdir / "compare", say=lambda m: None)
+    worst = (f"the error grows most at {aligned['worst_layers'][0]['tensor']} "
+             f"(+{100 * aligned['worst_layers'][0]['growth']:.2f}% noise)" if aligned["worst_layers"] else "no layer "
+             "adds noise")
+    console.print(f"compare FP32 vs INT8 (16 val images): {aligned['paired_layers']} layers paired; {worst}; "
+                  f"detections matched {aligned['detections']['matched']} of {aligned['detections']['a']}")
+    written = write_report([workdir / "records", workdir / "compare"], workdir / "report")
     console.print(f"report: {written['markdown']} and {written['html']}")
     console.print(f"records in {workdir / 'records'}; total {time.perf_counter() - started:.0f} s")
     return records

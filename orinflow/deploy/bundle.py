@@ -15,6 +15,7 @@ from .trtexec import BuildOptions, bench_commands, build_command
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 SKIPPED_PACKAGES = ("demo",)  # not needed on the device (and holds the 2 MB demo checkpoint)
 ENGINE = "model.engine"
+RAW_MODEL = "model_raw.onnx"  # the model without the NMS deploy appended (ONNX Runtime cannot run EfficientNMS_TRT)
 
 LAUNCHER = '''#!/usr/bin/env python3
 """Inference with the engine (or ONNX) of this bundle; `python3 infer.py --help`.
@@ -32,8 +33,13 @@ sys.exit(main())
 
 
 def write_bundle(model: Path, output: Path, options: BuildOptions, overwrite: bool = False,
-                 traits: ModelTraits | None = None) -> dict:
-    """Write the bundle to `output` (built in a temporary folder and renamed, so never half-written)."""
+                 traits: ModelTraits | None = None, raw: Path | None = None, nms: dict | None = None,
+                 source: Path | None = None) -> dict:
+    """Write the bundle to `output` (built in a temporary folder and renamed, so never half-written).
+
+    `nms`: `model` is the end-to-end graph deploy made from `source` (the user's model) with these NMS
+    settings; `raw`, when given, is kept as model_raw.onnx (ONNX Runtime cannot run EfficientNMS_TRT).
+    """
     model, output = Path(model), Path(output)
     traits = traits or model_traits(model)
     options.check()
@@ -46,6 +52,8 @@ def write_bundle(model: Path, output: Path, options: BuildOptions, overwrite: bo
         staging = Path(tmp) / "bundle"
         staging.mkdir()
         shutil.copyfile(model, staging / "model.onnx")
+        if raw is not None:
+            shutil.copyfile(raw, staging / RAW_MODEL)
         _script(staging / "build_engine.sh", "Build the TensorRT engine for this model (flags chosen from the model).",
                 [build])
         _script(staging / "bench.sh", "Time the engine with trtexec (run build_engine.sh first).",
@@ -53,8 +61,10 @@ def write_bundle(model: Path, output: Path, options: BuildOptions, overwrite: bo
         (staging / "infer.py").write_text(LAUNCHER.format(version=__version__))
         (staging / "infer.py").chmod(umask_mode(0o777))
         _copy_package(staging / "orinflow")
-        (staging / "README.md").write_text(bundle_readme(model.name, traits, options, build, bench))
-        record = {"command": "deploy", "model": str(model), "bundle": str(output), "traits": traits.to_dict(),
+        name = Path(source or model).name
+        (staging / "README.md").write_text(bundle_readme(name, traits, options, build, bench, nms))
+        record = {"command": "deploy", "model": str(source or model), "bundle": str(output), "traits": traits.to_dict(),
+                  **({"nms": nms} if nms else {}),
                   "options": vars(options), "build_engine": build, "bench": {str(b): c for b, c in bench.items()},
                   "orinflow": __version__}
         write_json(staging / "deploy.json", record)
@@ -101,12 +111,22 @@ FLAG_NOTES = {
 
 
 def bundle_readme(name: str, traits: ModelTraits, options: BuildOptions, build: list[str],
-                  bench: dict[int, list[str]]) -> str:
+                  bench: dict[int, list[str]], nms: dict | None = None) -> str:
     what = describe_model(traits)
+    if nms:
+        what += (f"; end-to-end: decode and {'EfficientNMS_TRT' if nms['flavour'] == 'trt' else 'NonMaxSuppression'} "
+                 f"inside the engine (pre-topk {nms['pre_topk']}, keep-topk {nms['keep_topk']}, IoU {nms['iou']}, "
+                 f"score threshold {nms['conf']}), so no NMS runs on the CPU"
+                 + ("; outputs num_dets, det_boxes, det_scores, det_classes (what DeepStream reads)"
+                    if nms["flavour"] == "trt" else "; output (batch, keep-topk, 6): x1, y1, x2, y2, score, class"))
     trt = ("TensorRT 10 or newer (JetPack 6.x)" if options.trt == "10" else "TensorRT 8.5/8.6 (JetPack 5.x)")
     notes = [f"- `{flag}`: {note}" for flag, note in FLAG_NOTES.items()
              if any(arg == flag or arg.startswith(flag + "=") for arg in build)]
     timing = "\n".join(f"- batch {b}: `{' '.join(c)}`" for b, c in bench.items())
+    raw_note = (f"; `{RAW_MODEL}` is the model without the NMS part, which ONNX Runtime runs and infer.py uses "
+                "where TensorRT is missing" if nms and nms["flavour"] == "trt" else "")
+    raw_note += (". A score threshold in the engine caps what `infer.py --eval` can measure: deploy with "
+                 "`--conf 0.001` for an mAP bundle" if nms else "")
     return f"""# orinflow deployment bundle: {name}
 
 Made by orinflow {__version__} from `{name}`: {what}.
@@ -121,7 +141,7 @@ wheels), torchvision, OpenCV, NumPy, PyYAML, onnx and rich.
 python3 infer.py images/   # detections (or classes) per image; --json out.json to save them
 python3 infer.py --eval data.yaml   # mAP50 / mAP50-95 (or top-1/top-5) on the device
 ```
-`infer.py --backend onnxruntime --model model.onnx` runs the same code on ONNX Runtime (CPU).
+`infer.py --backend onnxruntime --model model.onnx` runs the same code on ONNX Runtime (CPU){raw_note}.
 
 ## Build flags, read from the model
 `{' '.join(build)}`

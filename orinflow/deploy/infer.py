@@ -19,7 +19,8 @@ def parse_args(argv: list[str] | None, bundle: Path) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="infer.py", description="Run the bundled model on images, or --eval a "
                                      "dataset, with orinflow's pre/post-processing.")
     parser.add_argument("sources", nargs="*", help="images or folders of images")
-    parser.add_argument("--model", type=Path, help="engine or ONNX (default: model.engine if built, else model.onnx)")
+    parser.add_argument("--model", type=Path, help="engine or ONNX (default: model.engine if built, else model.onnx; "
+                        "model_raw.onnx, if there, on ONNX Runtime)")
     parser.add_argument("--backend", choices=BACKENDS, default="auto",
                         help="auto: TensorRT for an engine or where tensorrt imports, else ONNX Runtime")
     parser.add_argument("--conf", type=float, default=None, help="score threshold (default 0.25; 0.001 for --eval)")
@@ -31,8 +32,9 @@ def parse_args(argv: list[str] | None, bundle: Path) -> argparse.Namespace:
     parser.add_argument("--split", default="val", help="split of --eval's YAML")
     args = parser.parse_args(argv)
     if args.model is None:
-        engine = bundle / "model.engine"
-        args.model = engine if engine.exists() else bundle / "model.onnx"
+        engine, raw = bundle / "model.engine", bundle / "model_raw.onnx"  # raw: without EfficientNMS_TRT
+        onnxruntime = args.backend == "onnxruntime" or (args.backend == "auto" and not _tensorrt_imports())
+        args.model = engine if engine.exists() else raw if raw.exists() and onnxruntime else bundle / "model.onnx"
     if not args.sources and not args.eval:
         parser.error("give images/folders, or --eval data.yaml")
     return args
@@ -102,7 +104,8 @@ def main(argv: list[str] | None = None, bundle: Path | None = None) -> int:
     bundle = bundle or Path(sys.argv[0]).resolve().parent
     args = parse_args(argv, bundle)
     try:
-        onnx_model = load_onnx(bundle / "model.onnx")  # the processing spec travels in the ONNX metadata
+        # The processing spec travels in the ONNX metadata (an engine's is its model.onnx's).
+        onnx_model = load_onnx(args.model if args.model.suffix == ".onnx" else bundle / "model.onnx")
         runner = make_backend(args.model, args.backend, args.batch)
         if args.eval:
             options = EvalOptions(conf=0.001 if args.conf is None else args.conf, iou=args.iou, max_det=args.max_det,

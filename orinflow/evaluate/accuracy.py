@@ -51,7 +51,7 @@ def predictions(runner: Runner, processing: Processing, images: Sequence[str | P
     """
     steps = (len(images) + batch_size - 1) // batch_size
     for indices, batch, metas in progress(batches(images, processing, batch_size, skipped), "inference", total=steps):
-        yield from zip(indices, metas, processing.postprocess(runner.run(batch)[0], metas, **post))
+        yield from zip(indices, metas, processing.postprocess(processing.head_output(runner.run(batch)), metas, **post))
 
 
 def evaluate_detection(runner: Runner, processing: Processing, dataset: Dataset, conf: float = 0.001,
@@ -68,7 +68,7 @@ def evaluate_detection(runner: Runner, processing: Processing, dataset: Dataset,
                                          max_det=max_det):
         labels = dataset.labels[index]
         gt_boxes = _labels_to_xyxy(labels, meta.original_hw)
-        stats.append((match_predictions(dets, gt_boxes, labels[:, 0].astype(int)), dets.scores, dets.classes))
+        stats.append(image_stats(dets, gt_boxes, labels))
         if coco is not None:
             coco.add(index, Path(dataset.images[index]), meta.original_hw, gt_boxes, labels[:, 0].astype(int), dets)
         target_classes.append(labels[:, 0].astype(int))
@@ -76,6 +76,20 @@ def evaluate_detection(runner: Runner, processing: Processing, dataset: Dataset,
         raise OrinflowError(f"no image of {dataset.name} could be read")
     return detection_metrics(stats, np.concatenate(target_classes) if target_classes else np.zeros(0, int),
                              processing.names or dataset.names)
+
+
+def image_stats(dets: Detections, gt_boxes: np.ndarray, labels: np.ndarray) -> tuple:
+    """One image's (true positives per IoU threshold, scores, classes), what detection_metrics reads."""
+    return match_predictions(dets, gt_boxes, labels[:, 0].astype(int)), dets.scores, dets.classes
+
+
+def detection_map(per_image: list[tuple[Detections, tuple[int, int]]], dataset: Dataset) -> dict:
+    """mAP50 and mAP50-95 of detections already made, one (Detections, original hw) per image of `dataset`."""
+    stats = [image_stats(dets, _labels_to_xyxy(labels, hw), labels)
+             for (dets, hw), labels in zip(per_image, dataset.labels)]
+    targets = np.concatenate([labels[:, 0].astype(int) for labels in dataset.labels]) if stats else np.zeros(0, int)
+    metrics = detection_metrics(stats, targets, dataset.names)
+    return {"mAP50": metrics["mAP50"], "mAP50-95": metrics["mAP50-95"]}
 
 
 def _labels_to_xyxy(labels: np.ndarray, hw: tuple[int, int]) -> np.ndarray:

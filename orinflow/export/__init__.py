@@ -5,7 +5,7 @@ import io
 import time
 import warnings
 from contextlib import redirect_stdout
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,8 @@ from ..errors import OrinflowError
 from ..io import atomic_path, check_output, write_record
 from ..models import ModelAdapter
 from ..models.onnx_model import META_FAMILY, META_PROCESSING, META_SOURCE, write_metadata
+from ..models.processing import HEAD_ANCHOR_FREE
+from .nms import NmsSpec, attach_nms
 from ..runtime import OrtRunner, TorchRunner
 
 # Parity limits relative to the output's magnitude: float32 reordering stays far below the
@@ -31,18 +33,28 @@ class ExportResult:
     record: dict
 
 
-def default_output(adapter: ModelAdapter, dynamic: bool, half: bool) -> Path:
+def default_output(adapter: ModelAdapter, dynamic: bool, half: bool, nms: NmsSpec | None = None) -> Path:
     stem = Path(adapter.source).stem
     size = "x".join(map(str, adapter.processing.imgsz)) if len(set(adapter.processing.imgsz)) > 1 else str(adapter.processing.imgsz[0])
     suffix = "_dyn" if dynamic else ""
     suffix += "_fp16" if half else ""
+    suffix += f"_nms{'' if nms.flavour == 'onnx' else '_trt'}" if nms else ""
     return raw_onnx_dir() / f"{stem}_{size}{suffix}.onnx"
 
 
 def export_onnx(adapter: ModelAdapter, output: Path | None = None, opset: int = DEFAULT_OPSET, dynamic: bool = False,
-                half: bool = False, simplify: bool = True, parity_image: np.ndarray | None = None) -> ExportResult:
-    """Export `adapter` to ONNX at `output` (atomically) and verify it against PyTorch."""
-    output = Path(output) if output else default_output(adapter, dynamic, half)
+                half: bool = False, simplify: bool = True, parity_image: np.ndarray | None = None,
+                nms: NmsSpec | None = None) -> ExportResult:
+    """Export `adapter` to ONNX at `output` (atomically) and verify it against PyTorch.
+
+    `nms`: append decode and NMS (export/nms.py); parity is checked on the raw head output first, then the
+    end-to-end detections against orinflow's own post-processing of that output (onnx flavour).
+    """
+    if nms is not None:
+        nms.validate()
+        if adapter.task != "detect":
+            raise OrinflowError("--nms is for detectors")
+    output = Path(output) if output else default_output(adapter, dynamic, half, nms)
     check_output(output, (".onnx",), [adapter.source], command="export")
     started = time.perf_counter()
     with atomic_path(output) as tmp:
@@ -57,12 +69,19 @@ def export_onnx(adapter: ModelAdapter, output: Path | None = None, opset: int = 
         onnx.save(model, str(tmp))
         onnx.checker.check_model(str(tmp))
         parity = check_parity(adapter, tmp, parity_image, "fp16" if half else "fp32")
+        if nms is not None:
+            model, _ = attach_nms(model, adapter.processing, nms)
+            onnx.save(model, str(tmp))
+            onnx.checker.check_model(str(tmp))
+            nms_check = check_end_to_end(adapter, tmp, nms, parity_image) if nms.flavour == "onnx" else None
     record = {
         "command": "export", "model": str(output), "source": adapter.source, "family": adapter.family,
         "task": adapter.task, "imgsz": list(adapter.processing.imgsz), "opset": opset, "dynamic_batch": dynamic,
         "half": half, "simplified": simplify, "parity": parity, "params": adapter.num_params(),
         "size_bytes": output.stat().st_size, "seconds": round(time.perf_counter() - started, 2),
     }
+    if nms is not None:
+        record["nms"] = {**asdict(nms), "check": nms_check}
     write_record(output, record)
     return ExportResult(output, record)
 
@@ -112,6 +131,35 @@ def check_parity(adapter: ModelAdapter, onnx_path: Path, image: np.ndarray | Non
     if not np.isfinite(diff) or diff > limit:
         raise OrinflowError(f"export is broken: max |PyTorch - ONNX| = {diff:.3g} exceeds {limit:.3g}")
     return {"max_abs_diff": diff, "output_max_abs": scale, "limit": limit, "output_shape": list(reference.shape)}
+
+
+def check_end_to_end(adapter: ModelAdapter, onnx_path: Path, nms: NmsSpec, image: np.ndarray | None) -> dict:
+    """The graph's detections against orinflow's post-processing of the PyTorch raw output, same thresholds.
+
+    Equal when no pre-NMS top-k cut applies; with one, the difference is recorded, not refused.
+    """
+    from ..models.onnx_model import load_onnx
+
+    image = _default_parity_image(adapter) if image is None else image
+    x, meta = adapter.processing.preprocess(image)
+    mine = adapter.processing.postprocess(TorchRunner(adapter).run(x[None])[0], [meta], conf=nms.conf, iou=nms.iou,
+                                          max_det=nms.keep_topk)[0]
+    graph = load_onnx(onnx_path).processing
+    theirs = graph.postprocess(graph.head_output(OrtRunner(onnx_path).run(x[None].astype(np.float32))), [meta],
+                               conf=nms.conf)[0]
+    same = len(mine.scores) == len(theirs.scores) and (not len(mine.scores) or (
+        np.abs(np.sort(mine.scores) - np.sort(theirs.scores)).max() < 1e-3))
+    cut = nms.pre_topk < _anchor_count(adapter)
+    if not same and not cut:
+        raise OrinflowError(f"export is broken: the graph's NMS kept {len(theirs.scores)} detections where "
+                            f"orinflow's post-processing keeps {len(mine.scores)}")
+    return {"detections": len(theirs.scores), "postprocessed": len(mine.scores), "same": bool(same),
+            "pre_topk_cut": bool(cut)}
+
+
+def _anchor_count(adapter: ModelAdapter) -> int:
+    shape = TorchRunner(adapter).run(np.zeros(adapter.input_shape, np.float32))[0].shape
+    return shape[2] if adapter.processing.head == HEAD_ANCHOR_FREE else shape[1]
 
 
 def _default_parity_image(adapter: ModelAdapter) -> np.ndarray:

@@ -19,8 +19,10 @@ from ..config import IMAGENET_MEAN, IMAGENET_STD, LETTERBOX_PAD
 HEAD_ANCHOR_FREE = "xywh_scores"  # (B, 4+nc, N): Ultralytics YOLOv8/11/26 one-to-many, decoded, sigmoided
 HEAD_OBJECTNESS = "xywh_obj_scores"  # (B, N, 5+nc): original YOLOv5 anchors, objectness
 HEAD_END2END = "xyxy_score_class"  # (B, K, 6): NMS-free heads (YOLO26 one-to-one)
+HEAD_EFFICIENT_NMS = "num_boxes_scores_classes"  # TensorRT's EfficientNMS_TRT outputs (export --nms trt)
 HEAD_GRID = "grid_obj_scores"  # (B, N, 5+nc): YOLOX's default export, boxes relative to grid cells, not decoded
-HEAD_FORMATS = (HEAD_ANCHOR_FREE, HEAD_OBJECTNESS, HEAD_END2END, HEAD_GRID)
+HEAD_FORMATS = (HEAD_ANCHOR_FREE, HEAD_OBJECTNESS, HEAD_END2END, HEAD_GRID, HEAD_EFFICIENT_NMS)
+NMS_INSIDE = (HEAD_END2END, HEAD_EFFICIENT_NMS)  # heads whose graph already ran NMS
 GRID_STRIDES = (8, 16, 32)  # YOLOX's (and every P3-P5 detector's) output strides
 RESIZE_MODES = ("letterbox", "stretch")  # keep aspect and pad grey 114, or resize to imgsz ignoring aspect
 CHANNEL_ORDERS = ("rgb", "bgr")
@@ -109,6 +111,16 @@ class Processing:
         return f"{self.resize if self.task == 'detect' else 'centre crop'} {self.channels.upper()} {scale}"
 
     # ---- postprocessing ----
+    def head_output(self, outputs: list) -> np.ndarray:
+        """The graph outputs as the one array `postprocess` reads: EfficientNMS_TRT's four outputs become
+        (B, K, 6) rows of x1, y1, x2, y2, score, class, zero past each image's count."""
+        if self.head != HEAD_EFFICIENT_NMS:
+            return outputs[0]
+        count, boxes, scores, classes = (np.asarray(o) for o in outputs[:4])
+        rows = np.concatenate([boxes, scores[..., None], classes[..., None]], -1).astype(np.float32)
+        rows[np.arange(rows.shape[1])[None, :] >= count.reshape(-1, 1)] = 0
+        return rows
+
     def postprocess(self, raw: np.ndarray | torch.Tensor, metas: list[ImageMeta], conf: float = 0.001,
                     iou: float | None = None, max_det: int = 300) -> list:
         """Raw first output of the graph -> per-image Detections (detect) or class probabilities (classify)."""
@@ -119,7 +131,7 @@ class Processing:
         out = []
         for pred, meta in zip(raw, metas):
             boxes, scores, classes = decode_candidates(pred, self.head, conf, self.imgsz)
-            if self.head != HEAD_END2END:
+            if self.head not in NMS_INSIDE:
                 boxes, scores, classes = multiclass_nms(boxes, scores, classes, iou, max_det)
             else:
                 boxes, scores, classes = boxes[:max_det], scores[:max_det], classes[:max_det]
@@ -210,21 +222,28 @@ def class_probabilities(raw: torch.Tensor) -> torch.Tensor:
 
 def decode_candidates(pred: torch.Tensor, head: str, conf: float, imgsz: tuple[int, int] = (640, 640)):
     """One image's raw head output -> (xyxy boxes, scores, classes) of all class scores above conf."""
-    if head == HEAD_END2END:
+    if head in NMS_INSIDE:
         keep = pred[:, 4] > conf
         pred = pred[keep]
         return pred[:, :4], pred[:, 4], pred[:, 5].long()
-    if head == HEAD_ANCHOR_FREE:
-        pred = pred.T  # (N, 4+nc)
-        boxes, cls_scores = pred[:, :4], pred[:, 4:]
-    elif head in (HEAD_OBJECTNESS, HEAD_GRID):
-        pred = pred[pred[:, 4] > conf] if head == HEAD_OBJECTNESS else decode_grid(pred, imgsz)[pred[:, 4] > conf]
-        boxes, cls_scores = pred[:, :4], pred[:, 5:] * pred[:, 4:5]
-    else:
-        raise ValueError(f"unknown detection head format {head!r}")
+    if head == HEAD_OBJECTNESS:  # objectness below conf cannot give a class score above it: skip early
+        pred = pred[pred[:, 4] > conf]
+    boxes, cls_scores = anchor_view(pred, head, imgsz)
     # Multi-label: every (box, class) pair above the threshold is a candidate, as COCO evaluation expects.
     idx, cls = (cls_scores > conf).nonzero(as_tuple=True)
-    return xywh_to_xyxy(boxes[idx]), cls_scores[idx, cls], cls
+    return boxes[idx], cls_scores[idx, cls], cls
+
+
+def anchor_view(pred: torch.Tensor, head: str, imgsz: tuple[int, int] = (640, 640)):
+    """One image's raw head output (NMS not inside) -> per anchor, xyxy boxes (N, 4) and class scores (N, nc)."""
+    if head == HEAD_ANCHOR_FREE:
+        pred = pred.T  # (N, 4+nc)
+        return xywh_to_xyxy(pred[:, :4]), pred[:, 4:]
+    if head in (HEAD_OBJECTNESS, HEAD_GRID):
+        if head == HEAD_GRID:
+            pred = decode_grid(pred, imgsz)
+        return xywh_to_xyxy(pred[:, :4]), pred[:, 5:] * pred[:, 4:5]
+    raise ValueError(f"unknown detection head format {head!r}")
 
 
 def multiclass_nms(boxes, scores, classes, iou: float, max_det: int):

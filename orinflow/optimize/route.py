@@ -9,6 +9,7 @@ from ..data.calibration import build_calibration, save_calibration
 from ..errors import OrinflowError
 from ..evaluate import EvalOptions, evaluate_model, headline
 from ..export import export_onnx
+from ..export.nms import with_nms_restored
 from ..io import write_json
 from ..models import ModelAdapter, OnnxModel, load_model
 from .ptq import QuantizeSpec, quantize_onnx
@@ -57,9 +58,11 @@ def run_ptq(model: ModelAdapter | OnnxModel, calib_data: str | Path, calib_split
             spec = replace(base, method=method, target=target)
             out = workdir / quantized_name(Path(fp32.path).stem.removesuffix("_fp32"), spec)
             if budget:
-                quantized = fit_budget(fp32, calib, spec, budget[1], budget[0], out, budget[2], say=indented)
+                quantized = with_nms_restored(fp32, out, lambda raw, path: fit_budget(
+                    raw, calib, spec, budget[1], budget[0], path, budget[2], say=indented))
             else:
-                quantized = quantize_onnx(fp32, calib, spec, out, say=indented)
+                quantized = with_nms_restored(fp32, out, lambda raw, path: quantize_onnx(raw, calib, spec, path,
+                                                                                         say=indented))
             say(f"quantized {out.name}: {spec.mode.upper()} FLOP share {quantized['qdq_report']['quantized_flop_share']:.1%}, "
                 f"lint {len(quantized['qdq_report']['lint'])} issue(s)")
             record = evaluate_model(load_model(out), evaluation, eval_split, options)

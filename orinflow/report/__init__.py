@@ -5,7 +5,7 @@ from pathlib import Path
 
 from ..errors import OrinflowError
 from ..io import atomic_path
-from . import sensitivity
+from . import alignment, sensitivity
 from .records import Row, build_rows, find_json, pareto_front
 from .render import html_page, markdown, plots, svg_text
 
@@ -16,13 +16,15 @@ def write_report(sources: list[Path], output: Path) -> dict:
     """Write report.md (+ PNG plots) and report.html (plots inline as SVG) into `output`."""
     from matplotlib import pyplot as plt
 
-    studies = sensitivity.find_sensitivity(find_json(sources))
+    files = find_json(sources)
+    studies = sensitivity.find_sensitivity(files)
+    alignments = alignment.find_alignment(files)
     try:
         rows = build_rows(sources)
     except OrinflowError:
-        if not studies:
+        if not studies and not alignments:
             raise
-        rows = []  # a report of sensitivity studies alone
+        rows = []  # a report of sensitivity studies or comparisons alone
     figures = plots(rows) if rows else {}
     names = {title: f"report_{title.replace(' ', '_')}.png" for title in figures}
     svgs = {}
@@ -33,8 +35,10 @@ def write_report(sources: list[Path], output: Path) -> dict:
         plt.close(figure)
     labels = [str(s) for s in sources]
     with atomic_path(output / "report.md") as tmp:
-        tmp.write_text(markdown(rows, names, labels, [sensitivity.markdown(s) for s in studies]))
+        tmp.write_text(markdown(rows, names, labels, [sensitivity.markdown(s) for s in studies]
+                                + [alignment.markdown(a) for a in alignments]))
     with atomic_path(output / "report.html") as tmp:
-        tmp.write_text(html_page(rows, svgs, labels, [sensitivity.html_section(s) for s in studies]))
-    return {"rows": len(rows), "sensitivity": len(studies), "markdown": output / "report.md", "html": output / "report.html",
+        tmp.write_text(html_page(rows, svgs, labels, [sensitivity.html_section(s) for s in studies]
+                                 + [alignment.html_section(a) for a in alignments]))
+    return {"rows": len(rows), "sensitivity": len(studies), "alignment": len(alignments), "markdown": output / "report.md", "html": output / "report.html",
             "pareto_front": [r.name for r in pareto_front(rows)]}

@@ -55,6 +55,9 @@ class OrtRunner:
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as e:
+            if "EfficientNMS_TRT" in str(e):
+                raise OrinflowError(f"{path} ends in TensorRT's EfficientNMS_TRT plugin, which only TensorRT runs: "
+                                    "use --runtime tensorrt on a GPU, or export with --nms onnx for ONNX Runtime") from e
             raise OrinflowError(f"ONNX Runtime cannot load {path}: {str(e).strip().splitlines()[0][:200]}") from e
         self.input_name = self.session.get_inputs()[0].name
         self.static_batch = self.session.get_inputs()[0].shape[0]

@@ -1,0 +1,422 @@
+"""`orinflow compare A B`: where two forms of a model part, layer by layer and detection by detection.
+
+Layers: tensors are paired by name. ONNX files keep the names of the graph they were quantized or
+made end-to-end from (a Q/DQ node's float tensor is the same name as in the FP32 graph), and
+`torch.onnx.export` names each node after the module that made it (`/model.2/cv1/conv/Conv`), so a
+PyTorch Conv2d/Linear pairs with its ONNX node. Statistics are accumulated over all images, image by
+image (no tensor of all images is ever held): cosine similarity, SQNR (dB) and max |A - B|. A layer's
+"growth" is the SQNR lost between its closest paired inputs and its output: where error is born.
+
+Detections: the raw head outputs before NMS, then the final detections, matched image by image
+(same class, IoU >= 0.9). Every detection of one model without a match in the other gets a cause.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from ..errors import OrinflowError
+from ..models.processing import NMS_INSIDE, Detections, ImageMeta, Processing, anchor_view, unletterbox
+
+SQNR_CAP = 100.0  # dB: identical tensors
+EVAL_CONF = 0.001  # the evaluator's threshold, for the mAP of both on the compared images
+MATCH_IOU = 0.9
+SHIFT_IOU = 0.5
+CAUSES = ("score across threshold", "cut by pre-NMS top-k", "cut by keep-top-k", "NMS tie or order", "box shift",
+          "class flip")
+PAIRED_MODULES = {"Conv2d": ("Conv",), "Linear": ("Gemm", "MatMul"), "ConvTranspose2d": ("ConvTranspose",)}
+
+
+@dataclass
+class TensorStats:
+    """Running comparison of one tensor over images."""
+
+    dot: float = 0.0
+    norm_a: float = 0.0
+    norm_b: float = 0.0
+    noise: float = 0.0
+    max_abs: float = 0.0
+
+    def add(self, a: np.ndarray, b: np.ndarray) -> None:
+        a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+        self.dot += float(a @ b)
+        self.norm_a += float(a @ a)
+        self.norm_b += float(b @ b)
+        self.noise += float(((a - b) ** 2).sum())
+        self.max_abs = max(self.max_abs, float(np.abs(a - b).max(initial=0.0)))
+
+    def cosine(self) -> float:
+        return 1.0 if self.norm_a == self.norm_b == 0 else self.dot / math.sqrt(max(self.norm_a * self.norm_b, 1e-300))
+
+    def sqnr_db(self) -> float:
+        if self.noise <= self.norm_a * 10 ** (-SQNR_CAP / 10):
+            return SQNR_CAP
+        return float(10 * math.log10(max(self.norm_a, 1e-300) / self.noise))
+
+
+@dataclass
+class Side:
+    """One of the two models: how to run it and read its tensors."""
+
+    label: str
+    kind: str  # torch, onnx, engine
+    processing: Processing | None
+    model: object
+    nms: dict | None = None  # an end-to-end graph's NMS settings (export/nms.py)
+    layers: dict[str, dict] = field(default_factory=dict)  # tensor name -> {"op", "depth", "inputs"}
+
+
+# ---------------------------------------------------------------- loading
+def load_side(path: str | Path, label: str, **load_options) -> Side:
+    from ..api import load
+    from ..runtime.tensorrt import ENGINE_SUFFIXES
+
+    path = Path(path)
+    if path.suffix.lower() in ENGINE_SUFFIXES:
+        from ..runtime.tensorrt import TrtRunner
+
+        return Side(label, "engine", None, TrtRunner(path))
+    if path.suffix.lower() == ".onnx":
+        graph = onnx.load(str(path), load_external_data=False)
+        from ..export.nms import read_spec
+        from ..models.onnx_model import META_PROCESSING, read_metadata
+
+        text = read_metadata(graph).get(META_PROCESSING)
+        spec = read_spec(graph)
+        side = Side(label, "onnx", Processing.from_json(text) if text else None, path,
+                    nms=None if spec is None else vars(spec))
+        side.layers = onnx_layers(graph)
+        return side
+    adapter = load(path, **load_options)
+    if not hasattr(adapter, "module"):
+        raise OrinflowError(f"{path}: not a model compare can run")
+    side = Side(label, "torch", adapter.processing, adapter)
+    side.layers = torch_layers(adapter)
+    return side
+
+
+def onnx_layers(graph: onnx.ModelProto) -> dict[str, dict]:
+    """Float tensors made by the graph's nodes (not Q/DQ, not the NMS part), in graph order."""
+    from ..export.nms import PREFIX
+    from ..optimize.graph import QDQ_OPS
+
+    source = {}  # a Q/DQ pair's output -> the float tensor it quantizes (so inputs reach through Q/DQ)
+    for node in graph.graph.node:
+        if node.op_type in QDQ_OPS:
+            source[node.output[0]] = source.get(node.input[0], node.input[0])
+    layers = {}
+    for depth, node in enumerate(graph.graph.node):
+        if node.op_type in QDQ_OPS | {"Constant"} or node.name.startswith(PREFIX):
+            continue
+        layers[node.output[0]] = {"op": node.op_type, "node": node.name, "depth": depth,
+                                  "inputs": [source.get(i, i) for i in node.input]}
+    return layers
+
+
+def torch_layers(adapter) -> dict[str, dict]:
+    """Conv/Linear modules by the ONNX scope name their node gets ('/module/model.0/conv/Conv')."""
+    module = adapter.export_module()
+    layers = {}
+    for depth, (name, child) in enumerate(module.named_modules()):
+        ops = PAIRED_MODULES.get(type(child).__name__)
+        if ops and name:
+            layers[name] = {"op": ops[0], "ops": ops, "depth": depth, "inputs": [], "module": child}
+    return layers
+
+
+def onnx_scope(node_name: str) -> str:
+    """'/module/model.0/conv/Conv' -> 'module.model.0.conv': the module path torch.onnx.export wrote.
+
+    A level inside a Sequential repeats the Sequential's name ('/model.22/cv2.0/cv2.0.0/conv'): that
+    repeated prefix is dropped, giving model.22.cv2.0.0.conv.
+    """
+    pieces, previous = [], ""
+    for level in [p for p in node_name.split("/") if p][:-1]:
+        pieces.append(level[len(previous) + 1:] if previous and level.startswith(previous + ".") else level)
+        previous = level
+    return ".".join(pieces)
+
+
+def pair_layers(a: Side, b: Side) -> list[tuple[str, str]]:
+    """(A's key, B's key) of every tensor both can report, in A's order."""
+    if "engine" in (a.kind, b.kind):
+        return []
+    if a.kind == b.kind == "onnx":
+        return [(name, name) for name in a.layers if name in b.layers]
+    torch_side, onnx_side = (a, b) if a.kind == "torch" else (b, a)
+    if onnx_side.kind != "onnx":
+        return []
+    by_scope = {}
+    for name, info in onnx_side.layers.items():
+        by_scope.setdefault((onnx_scope(info["node"]), info["op"]), name)
+    pairs = []
+    for module_name, info in torch_side.layers.items():
+        found = next((by_scope[(module_name, op)] for op in info["ops"] if (module_name, op) in by_scope), None)
+        if found is not None:
+            pairs.append((module_name, found) if torch_side is a else (found, module_name))
+    return pairs
+
+
+# ---------------------------------------------------------------- running
+class Capture:
+    """Runs one side on one image and returns (final outputs, {tensor key: array})."""
+
+    def __init__(self, side: Side, keys: list[str], folder: Path):
+        self.side, self.keys = side, keys
+        if side.kind == "onnx":
+            self._session, self._final = _session_with_outputs(side.model, keys, folder / f"{side.label}.onnx")
+            self._names = [o.name for o in self._session.get_outputs()]
+        elif side.kind == "torch":
+            from ..runtime import TorchRunner
+
+            self._runner = TorchRunner(side.model)
+            self._hooks, self._seen = [], {}
+            for key in keys:
+                self._hooks.append(side.layers[key]["module"].register_forward_hook(self._hook(key)))
+
+    def _hook(self, key):
+        def keep(module, inputs, output):
+            self._seen[key] = output.detach().numpy().copy()  # an in-place activation follows some layers
+        return keep
+
+    def run(self, x: np.ndarray) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
+        if self.side.kind == "engine":
+            return self.side.model.run(x), {}
+        if self.side.kind == "torch":
+            self._seen = {}
+            return self._runner.run(x), dict(self._seen)
+        values = self._session.run(None, {self._session.get_inputs()[0].name: x})
+        return values[:self._final], {n: v for n, v in zip(self._names, values) if n in self.keys}
+
+
+def _session_with_outputs(path: Path, names: list[str], copy: Path):
+    """ONNX Runtime on a private copy of `path` whose graph also returns `names`; and its own output count."""
+    import onnxruntime as ort
+
+    graph = onnx.load(str(path))
+    existing = {o.name for o in graph.graph.output}
+    final = len(existing)
+    for name in names:
+        if name not in existing:
+            graph.graph.output.append(onnx.ValueInfoProto(name=name))
+    onnx.save(graph, str(copy))
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every named tensor
+    try:
+        return ort.InferenceSession(str(copy), options, providers=["CPUExecutionProvider"]), final
+    except Exception as e:
+        raise OrinflowError(f"ONNX Runtime cannot run {path}: {str(e).strip().splitlines()[0][:200]}") from e
+
+
+# ---------------------------------------------------------------- detections
+@dataclass
+class Candidates:
+    """A model's pre-NMS view of one image: per-anchor boxes (original pixels) and class scores."""
+
+    boxes: np.ndarray
+    scores: np.ndarray  # (anchors, classes)
+
+
+def raw_candidates(raw: np.ndarray, head: str, meta: ImageMeta, imgsz) -> Candidates | None:
+    """Every anchor of one image's raw head output, boxes mapped back to the image (None: NMS inside)."""
+    import torch
+
+    if head in NMS_INSIDE:
+        return None
+    boxes, scores = anchor_view(torch.as_tensor(np.asarray(raw, np.float32)), head, imgsz)
+    return Candidates(unletterbox(boxes.numpy(), meta), scores.numpy())
+
+
+def match(a: Detections, b: Detections) -> tuple[list[int], list[int]]:
+    """Indices of A's and B's detections without a same-class partner at IoU >= 0.9 (greedy by score)."""
+    from .accuracy import box_iou
+
+    iou = box_iou(a.boxes, b.boxes) if len(a.boxes) and len(b.boxes) else np.zeros((len(a.boxes), len(b.boxes)))
+    iou = iou * (a.classes[:, None] == b.classes[None])
+    taken, lost = set(), []
+    for i in np.argsort(-a.scores):
+        options = [(iou[i, j], j) for j in range(len(b.boxes)) if j not in taken and iou[i, j] >= MATCH_IOU]
+        if options:
+            taken.add(max(options)[1])
+        else:
+            lost.append(int(i))
+    return lost, [j for j in range(len(b.boxes)) if j not in taken]
+
+
+def cause(box: np.ndarray, cls: int, other: Detections, other_all: Detections, candidates: Candidates | None,
+          conf: float, limits: dict) -> str:
+    """Why the other model has no same-class detection at IoU >= 0.9 for this one.
+
+    `other`: its detections above `conf`; `other_all`: everything it kept; `candidates`: its pre-NMS anchors
+    (None for a graph whose raw output cannot be read: then only the boxes speak).
+    """
+    from .accuracy import box_iou
+
+    iou = box_iou(box[None], other.boxes)[0] if len(other.boxes) else np.zeros(0)
+    flipped = bool(np.any((iou >= MATCH_IOU) & (other.classes != cls)))
+    shifted = bool(np.any((iou >= SHIFT_IOU) & (other.classes == cls)))
+    if candidates is None or cls >= candidates.scores.shape[1]:
+        return "class flip" if flipped else "box shift" if shifted else "NMS tie or order"
+    near = box_iou(box[None], candidates.boxes)[0] >= MATCH_IOU
+    scores = np.where(near, candidates.scores[:, cls], 0.0)
+    if scores.max(initial=0.0) <= conf:  # the other model scores this class too low here
+        return "class flip" if flipped else "box shift" if shifted else "score across threshold"
+    pre_topk = limits.get("pre_topk")
+    if pre_topk and pre_topk < len(candidates.boxes):
+        kept = np.zeros(len(candidates.boxes), bool)
+        kept[np.argsort(-candidates.scores.max(1))[:pre_topk]] = True
+        if not np.any(kept & (scores > conf)):
+            return "cut by pre-NMS top-k"
+    if len(other_all.scores) >= limits["keep_topk"] and scores.max() < float(other_all.scores.min()):
+        return "cut by keep-top-k"
+    return "box shift" if shifted else "NMS tie or order"
+
+
+def growth(pairs: list[tuple[str, str]], stats: dict[str, TensorStats], layers: dict[str, dict]) -> dict[str, float]:
+    """Noise added at each paired tensor: its noise-to-signal power ratio minus the worst of its closest paired
+    inputs' (graph inputs and weights count as exact). A linear ratio, so a layer that turns 1% noise into 5%
+    outranks the first layer's 0.01%, which dB differences from an exact input would not.
+
+    ONNX: walked in graph order through unpaired tensors. PyTorch modules carry no graph: the previous paired
+    layer in order stands for the input.
+    """
+    nsr = {key: 10 ** (-stats[key].sqnr_db() / 10) for key, _ in pairs}
+    if all(not info["inputs"] for info in layers.values()):
+        previous, result = 0.0, {}
+        for key, _ in pairs:
+            result[key], previous = nsr[key] - previous, nsr[key]
+        return result
+    reaching: dict[str, float] = {}  # tensor -> NSR of the closest paired tensors upstream (itself if paired)
+    result = {}
+    for name, info in layers.items():  # graph order
+        before = max((reaching.get(i, 0.0) for i in info["inputs"] if i), default=0.0)
+        if name in nsr:
+            result[name] = nsr[name] - before
+        reaching[name] = nsr.get(name, before)
+    return result
+
+
+# ---------------------------------------------------------------- the comparison
+def compare_models(a: Side, b: Side, dataset, conf: float = 0.25, say=print) -> dict:
+    """Layers and detections of `a` against `b` on every image of `dataset` (already drawn)."""
+    from ..data import read_image
+    from ..io import private_folder
+    from ..progress import progress
+
+    processing = _shared_processing(a, b)
+    pairs = pair_layers(a, b)
+    stats = {key: TensorStats() for key, _ in pairs}
+    head_stats = TensorStats()
+    tally = {"a": 0, "b": 0, "matched": 0, "a_only": dict.fromkeys(CAUSES, 0), "b_only": dict.fromkeys(CAUSES, 0)}
+    examples: list[dict] = []
+    final = {"a": [], "b": []}
+    with private_folder() as folder:
+        captures = [Capture(side, [k[i] for k in pairs] + _raw_key(side, [k[i] for k in pairs]), folder)
+                    for i, side in enumerate((a, b))]
+        for index, path in enumerate(progress(dataset.images, "compare")):
+            x, meta = processing.preprocess(read_image(Path(path)))
+            (outs_a, tensors_a), (outs_b, tensors_b) = (c.run(x[None].astype(np.float32)) for c in captures)
+            for key_a, key_b in pairs:
+                if key_a in tensors_a and key_b in tensors_b and tensors_a[key_a].shape == tensors_b[key_b].shape:
+                    stats[key_a].add(tensors_a[key_a], tensors_b[key_b])
+            raws = [_raw_head(side, outs, tensors) for side, outs, tensors in ((a, outs_a, tensors_a),
+                                                                               (b, outs_b, tensors_b))]
+            if raws[0] is not None and raws[1] is not None and raws[0].shape == raws[1].shape:
+                head_stats.add(raws[0], raws[1])
+            if processing.task == "detect":  # evaluation threshold for the mAP, `conf` for the matching
+                dets = [_detections(side, outs, meta, EVAL_CONF) for side, outs in ((a, outs_a), (b, outs_b))]
+                final["a"].append(None if dets[0] is None else (dets[0], meta.original_hw))
+                final["b"].append(None if dets[1] is None else (dets[1], meta.original_hw))
+                _attribute(index, path, dets, raws, (a, b), meta, conf, tally, examples)
+    layer_rows = _layer_rows(pairs, stats, a)
+    return {"layers": layer_rows, "paired_layers": len(layer_rows), "head_output": _row(head_stats),
+            "detections": tally if processing.task == "detect" else None, "examples": examples[:50],
+            "final": final, "processing": processing}
+
+
+def _shared_processing(a: Side, b: Side) -> Processing:
+    """The preprocessing both are fed with; models that disagree on input or classes are refused."""
+    known = [s for s in (a, b) if s.processing is not None]
+    if not known:
+        raise OrinflowError("neither model carries orinflow metadata: compare needs one that does (adopt or export "
+                            "it), to know how to feed images")
+    if len(known) == 2:
+        pa, pb = a.processing, b.processing
+        if pa.imgsz != pb.imgsz:
+            raise OrinflowError(f"the models take different inputs ({pa.imgsz[0]}x{pa.imgsz[1]} and "
+                                f"{pb.imgsz[0]}x{pb.imgsz[1]}): compare the same model in two forms")
+        if pa.task != pb.task or (pa.names and pb.names and len(pa.names) != len(pb.names)):
+            raise OrinflowError(f"the models predict different things ({pa.task}, {len(pa.names)} classes and "
+                                f"{pb.task}, {len(pb.names)} classes): compare the same model in two forms")
+    return known[0].processing
+
+
+def _raw_key(side: Side, keys: list[str]) -> list[str]:
+    """An end-to-end graph's raw head output, captured from inside it."""
+    return [side.nms["raw_output"]] if side.nms and side.nms["raw_output"] not in keys else []
+
+
+def _raw_head(side: Side, outputs: list, tensors: dict) -> np.ndarray | None:
+    """The raw head output before NMS (an end-to-end graph's from inside it), or None."""
+    if side.nms is not None:
+        return tensors.get(side.nms["raw_output"])
+    if side.processing is not None and side.processing.head in NMS_INSIDE:
+        return None
+    return np.asarray(outputs[0])
+
+
+def _detections(side: Side, outputs: list, meta: ImageMeta, conf: float) -> Detections | None:
+    if side.processing is None:
+        return None
+    return side.processing.postprocess(side.processing.head_output(outputs), [meta], conf=conf)[0]
+
+
+def above(dets: Detections | None, conf: float) -> Detections | None:
+    if dets is None:
+        return None
+    keep = dets.scores > conf
+    return Detections(dets.boxes[keep], dets.scores[keep], dets.classes[keep])
+
+
+def _limits(side: Side) -> dict:
+    nms = side.nms or {}
+    return {"pre_topk": nms.get("pre_topk"), "keep_topk": nms.get("keep_topk", 300)}
+
+
+def _attribute(index, path, kept, raws, sides, meta, conf, tally, examples) -> None:
+    """Match one image's detections above `conf` and give every unmatched one its cause."""
+    if kept[0] is None or kept[1] is None:
+        return
+    dets = [above(d, conf) for d in kept]
+    tally["a"] += len(dets[0].scores)
+    tally["b"] += len(dets[1].scores)
+    lost_a, lost_b = match(dets[0], dets[1])
+    tally["matched"] += len(dets[0].scores) - len(lost_a)
+    for mine, theirs, lost, raw, side, key in ((0, 1, lost_a, raws[1], sides[1], "a_only"),
+                                               (1, 0, lost_b, raws[0], sides[0], "b_only")):
+        processing = side.processing
+        candidates = (raw_candidates(raw[0], side.nms["raw_head"] if side.nms else processing.head, meta,
+                                     processing.imgsz) if raw is not None and processing is not None else None)
+        for i in lost:
+            box, cls = dets[mine].boxes[i], int(dets[mine].classes[i])
+            why = cause(box, cls, dets[theirs], kept[theirs], candidates, conf, _limits(side))
+            tally[key][why] += 1
+            examples.append({"image": str(path), "index": index, "only_in": "AB"[mine], "class": cls,
+                             "score": float(dets[mine].scores[i]), "box": [round(float(v), 2) for v in box],
+                             "cause": why})
+
+
+def _row(stats: TensorStats) -> dict:
+    return {"cosine": stats.cosine(), "sqnr_db": stats.sqnr_db(), "max_abs": stats.max_abs}
+
+
+def _layer_rows(pairs, stats, a: Side) -> list[dict]:
+    measured = [(ka, kb) for ka, kb in pairs if stats[ka].norm_a or stats[ka].norm_b]
+    grown = growth(measured, stats, a.layers)
+    return [{"tensor": ka, "other": kb, "op": a.layers[ka]["op"], "depth": a.layers[ka]["depth"],
+             **_row(stats[ka]), "growth": grown[ka]} for ka, kb in measured]
