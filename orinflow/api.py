@@ -7,7 +7,6 @@ docs/python.md shows a worked example; the CLI in cli.py is a thin layer over th
 """
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -343,11 +342,14 @@ def deploy(model: PathLike, *, output: PathLike | None = None, trt: str = "10", 
     nms: an orinflow detector without NMS inside is deployed end-to-end, so no NMS runs on the Jetson's CPU:
     "trt" (EfficientNMS_TRT; the bundle also keeps model_raw.onnx for ONNX Runtime), "onnx"
     (NonMaxSuppression) or "none". pre_topk, keep_topk, iou, conf: as `export`'s.
+    fp16: FP16 kernels for what is not quantized; with trt "10" a Q/DQ model's FP32 layers become FP16 in the
+    bundle's graph (--stronglyTyped builds the types the graph gives), see docs/deploy.md.
     """
     from .deploy.bundle import write_bundle
     from .deploy.traits import model_traits
     from .deploy.trtexec import BuildOptions
-    from .export.nms import FLAVOURS, NmsSpec, attach_nms
+    from .deploy.prepare import prepare_graph
+    from .export.nms import FLAVOURS, NmsSpec
     from .io import check_output_folder, private_folder, require_file
 
     path = require_file(model, "model")
@@ -360,33 +362,16 @@ def deploy(model: PathLike, *, output: PathLike | None = None, trt: str = "10", 
         spec.validate()
     output = check_output_folder(output or workspace() / "deploy" / path.stem, [path], replaced=True)
     with private_folder() as folder:
-        end_to_end = _end_to_end_copy(path, spec, folder / "model.onnx", attach_nms) if spec else None
-        deployed = end_to_end or path
+        deployed, done = prepare_graph(path, spec, fp16 and trt == "10", folder / "model.onnx")
         traits = model_traits(deployed)
         default = DYNAMIC_DEFAULT_BATCH if traits.dynamic_batch else 1
         opt = opt_batch or min(default, max_batch or default)
         options = BuildOptions(trt=trt, fp16=fp16, min_batch=min_batch, opt_batch=opt, max_batch=max_batch or opt,
                                workspace_mib=workspace_mib)
-        keep_raw = end_to_end is not None and spec.flavour == "trt"  # for ONNX Runtime, which lacks the plugin
+        nms_done = done.get("nms")
+        keep_raw = nms_done is not None and nms_done["flavour"] == "trt"  # ONNX Runtime lacks the plugin
         return write_bundle(deployed, Path(output), options, overwrite, traits, raw=path if keep_raw else None,
-                            nms=asdict(spec) if end_to_end else None, source=path)
-
-
-def _end_to_end_copy(path: Path, spec, target: Path, attach_nms) -> Path | None:
-    """`path` with `spec`'s NMS appended at `target`, when it is an orinflow detector without NMS inside; else None."""
-    import onnx
-
-    from .models.onnx_model import META_PROCESSING, read_metadata
-    from .models.processing import NMS_INSIDE, Processing
-
-    graph = onnx.load(str(path))
-    text = read_metadata(graph).get(META_PROCESSING)
-    processing = Processing.from_json(text) if text else None
-    if processing is None or processing.task != "detect" or processing.head in NMS_INSIDE:
-        return None
-    end_to_end, _ = attach_nms(graph, processing, spec)
-    onnx.save(end_to_end, str(target))
-    return target
+                            nms=nms_done, source=path, high_precision=done.get("high_precision"))
 
 
 def report(sources: Sequence[PathLike] | None = None, *, output: PathLike | None = None) -> dict:

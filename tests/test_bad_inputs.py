@@ -182,6 +182,20 @@ CASES = [
     ("deploy-overwrite-input-folder", "deploy -m {inputs}/m.onnx -o {inputs} --overwrite", "replace the input"),
     ("deploy-output-file", "deploy -m {inputs}/m.onnx -o {inputs}/c.npy", "is a file"),
     ("deploy-missing-model", "deploy -m {inputs}/none.onnx", "none.onnx"),
+    ("deploy-nms", "deploy -m {inputs}/m.onnx --nms efficient -o {out}/b", "--nms"),
+    ("deploy-topk", "deploy -m {inputs}/m.onnx --pre-topk 10 --keep-topk 20 -o {out}/b", "--pre-topk"),
+    # ---- export --nms / compare / custom detectors
+    ("export-nms-topk", "export -m {inputs}/demo.pt --imgsz 256 --nms onnx --pre-topk 5 --keep-topk 10 "
+     "-o {out}/e.onnx", "--pre-topk 5"),
+    ("export-nms-flavour", "export -m {inputs}/demo.pt --imgsz 256 --nms both -o {out}/e.onnx", "--nms both"),
+    ("compare-missing-model", "compare {inputs}/m.onnx {inputs}/none.onnx --yaml " + D + " -o {out}/c", "none.onnx"),
+    ("compare-no-data", "compare {inputs}/m.onnx {inputs}/m.onnx -o {out}/c", "--yaml"),
+    ("compare-images", "compare {inputs}/m.onnx {inputs}/m.onnx --yaml " + D + " --images 0 -o {out}/c",
+     "--images"),
+    ("compare-output-file", "compare {inputs}/m.onnx {inputs}/m.onnx --yaml " + D + " -o {inputs}/c.npy",
+     "is a file"),
+    ("export-head-without-arch", "export -m {inputs}/demo.pt --head yolov8 -o {out}/e.onnx", "--arch"),
+    ("adopt-head-yolox-mismatch", "adopt -m {inputs}/m.onnx --head yolox -o {out}/a.onnx", "already carries"),
     # ---- report / inspect / sensitivity
     ("report-missing-record", "report {inputs}/none.json -o {out}/r", "none.json"),
     ("report-not-json", "report {inputs}/c.npy -o {out}/r", "c.npy"),

@@ -153,3 +153,31 @@ def test_deploy_prefers_the_end_to_end_engine(end_to_end, tiny_shapes, tmp_path)
         assert abs(on_device - desktop) <= 0.001, folder
     assert "nms" not in orinflow.deploy(end_to_end / "onnx.onnx", output=tmp_path / "already")  # NMS inside already
     assert "nms" not in orinflow.deploy(raw, output=tmp_path / "none", nms="none")
+
+
+def test_deploy_runs_no_layer_in_fp32_on_tensorrt_10(end_to_end, calib, tiny_shapes, tmp_path):
+    """A Q/DQ model keeps FP32 where it is not quantized (to be evaluated on a CPU); its bundle for TensorRT 10
+    (--stronglyTyped) gets those layers in FP16, network I/O and the NMS part in FP32, accuracy measured."""
+    import subprocess
+    import sys
+
+    from orinflow.deploy.prepare import needs_fp16_layers
+
+    np.save(tmp_path / "calib.npy", calib)
+    int8 = orinflow.quantize(end_to_end / "raw.onnx", calib=tmp_path / "calib.npy", method="max",
+                             output=tmp_path / "int8.onnx", **QUIET)["model"]
+    assert needs_fp16_layers(onnx.load(int8))
+    bundle = orinflow.deploy(int8, output=tmp_path / "b", nms="onnx", conf=0.001)
+    assert bundle["high_precision"] == "fp16 (converted at deploy)" and "--stronglyTyped" in bundle["build_engine"]
+    deployed = onnx.load(str(tmp_path / "b" / "model.onnx"))
+    assert not needs_fp16_layers(deployed) and any(n.op_type == "NonMaxSuppression" for n in deployed.graph.node)
+    assert {o.type.tensor_type.elem_type for o in [*deployed.graph.input, *deployed.graph.output]} == {
+        onnx.TensorProto.FLOAT}
+    assert "converted to FP16" in (tmp_path / "b" / "README.md").read_text()
+    result = subprocess.run([sys.executable, str(tmp_path / "b" / "infer.py"), "--backend", "onnxruntime", "--eval",
+                             str(tiny_shapes)], capture_output=True, text=True, cwd="/", check=False)
+    assert result.returncode == 0, result.stderr
+    on_device = json.loads(result.stdout.strip().splitlines()[-1])["metrics"]["mAP50-95"]
+    assert abs(on_device - _mAP(int8, tiny_shapes)) <= 0.01
+    for name, kwargs in (("trt8", {"trt": "8"}), ("fp32", {"fp16": False})):  # 8: --int8 --fp16; FP32 asked
+        assert "high_precision" not in orinflow.deploy(int8, output=tmp_path / name, **kwargs)

@@ -34,11 +34,12 @@ sys.exit(main())
 
 def write_bundle(model: Path, output: Path, options: BuildOptions, overwrite: bool = False,
                  traits: ModelTraits | None = None, raw: Path | None = None, nms: dict | None = None,
-                 source: Path | None = None) -> dict:
+                 source: Path | None = None, high_precision: str | None = None) -> dict:
     """Write the bundle to `output` (built in a temporary folder and renamed, so never half-written).
 
     `nms`: `model` is the end-to-end graph deploy made from `source` (the user's model) with these NMS
     settings; `raw`, when given, is kept as model_raw.onnx (ONNX Runtime cannot run EfficientNMS_TRT).
+    `high_precision`: what deploy did to the non-quantized layers (deploy/prepare.py), for the README and record.
     """
     model, output = Path(model), Path(output)
     traits = traits or model_traits(model)
@@ -62,9 +63,9 @@ def write_bundle(model: Path, output: Path, options: BuildOptions, overwrite: bo
         (staging / "infer.py").chmod(umask_mode(0o777))
         _copy_package(staging / "orinflow")
         name = Path(source or model).name
-        (staging / "README.md").write_text(bundle_readme(name, traits, options, build, bench, nms))
+        (staging / "README.md").write_text(bundle_readme(name, traits, options, build, bench, nms, high_precision))
         record = {"command": "deploy", "model": str(source or model), "bundle": str(output), "traits": traits.to_dict(),
-                  **({"nms": nms} if nms else {}),
+                  **({"nms": nms} if nms else {}), **({"high_precision": high_precision} if high_precision else {}),
                   "options": vars(options), "build_engine": build, "bench": {str(b): c for b, c in bench.items()},
                   "orinflow": __version__}
         write_json(staging / "deploy.json", record)
@@ -111,8 +112,11 @@ FLAG_NOTES = {
 
 
 def bundle_readme(name: str, traits: ModelTraits, options: BuildOptions, build: list[str],
-                  bench: dict[int, list[str]], nms: dict | None = None) -> str:
+                  bench: dict[int, list[str]], nms: dict | None = None, high_precision: str | None = None) -> str:
     what = describe_model(traits)
+    if high_precision:
+        what += ("; its non-quantized layers were converted to FP16 for this bundle (the model given keeps FP32 "
+                 "there, to be evaluated on a CPU), so the engine runs no layer in FP32")
     if nms:
         what += (f"; end-to-end: decode and {'EfficientNMS_TRT' if nms['flavour'] == 'trt' else 'NonMaxSuppression'} "
                  f"inside the engine (pre-topk {nms['pre_topk']}, keep-topk {nms['keep_topk']}, IoU {nms['iou']}, "
