@@ -117,12 +117,17 @@ def export(model: PathLike, *, output: PathLike | None = None, opset: int = DEFA
                        simplify=simplify, parity_image=parity_image, nms=spec).record
 
 
-def calibrate(model: PathLike, data: PathLike, *, split: str = "train", num_images: int = 512, seed: int = 0,
+def calibrate(model: PathLike | None, data: PathLike, *, split: str = "train", num_images: int = 512, seed: int = 0,
               output: PathLike | None = None, arch: str | None = None, imgsz: int | None = None, mean=None,
               std=None, crop: float | None = None, modules: Sequence[PathLike] | None = None, head: str | None = None,
               names: str | None = None) -> dict:
     """A calibration set (N,3,H,W float32 .npy, default workspace/calib/<model>_<data>_<split>_<N>.npy) of
-    `num_images` images drawn with `seed` from `data`, preprocessed exactly as the model expects."""
+    `num_images` images drawn with `seed` from `data`, preprocessed exactly as the model expects.
+
+    model None (the original `orinflow-calibrate` without -m): the standard detector preprocessing (letterbox,
+    RGB, 0..1) at `imgsz` (default 640), written to workspace/calib/<data>.npy. `quantize` refuses it for a
+    model whose preprocessing differs (the record names the preprocessing used).
+    """
     from .data import load_dataset
     from .data.calibration import build_calibration, save_calibration
     from .io import check_output, write_record
@@ -131,17 +136,33 @@ def calibrate(model: PathLike, data: PathLike, *, split: str = "train", num_imag
         raise OrinflowError("--num-images must be positive")
     dataset = load_dataset(data, split)
     count = min(num_images, len(dataset))
-    output = Path(output) if output else calib_dir() / f"{Path(model).stem}_{Path(data).stem}_{split}_{count}.npy"
+    if model is None and any(v is not None for v in (arch, mean, std, crop, modules, head, names)):
+        raise OrinflowError("without -m, calibrate uses the standard detector preprocessing: only --imgsz applies")
+    default = (calib_dir() / f"{Path(data).stem}.npy" if model is None else
+               calib_dir() / f"{Path(model).stem}_{Path(data).stem}_{split}_{count}.npy")
+    output = Path(output) if output else default
     check_output(output, (".npy",), [model, data], command="calibrate")
-    adapter = load(model, arch=arch, imgsz=imgsz, mean=mean, std=std, crop=crop, modules=modules, head=head,
-                   names=names)
-    array = build_calibration(adapter.processing, dataset, num_images, seed)
+    processing = (standard_detector_processing(imgsz) if model is None else
+                  load(model, arch=arch, imgsz=imgsz, mean=mean, std=std, crop=crop, modules=modules, head=head,
+                       names=names).processing)
+    array = build_calibration(processing, dataset, num_images, seed)
     save_calibration(array, output)
-    record = {"command": "calibrate", "output": str(output), "model": str(model), "data": str(data), "split": split,
-              "images": len(array), "seed": seed, "shape": list(array.shape),
-              "processing": adapter.processing.to_json()}
+    record = {"command": "calibrate", "output": str(output), "model": None if model is None else str(model),
+              "data": str(data), "split": split, "images": len(array), "seed": seed, "shape": list(array.shape),
+              "processing": processing.to_json()}
     write_record(output, record)
     return record
+
+
+def standard_detector_processing(imgsz: int | None):
+    """The YOLO exporters' preprocessing (letterbox with grey 114, RGB, 0..1) at imgsz (default 640)."""
+    from .config import DEFAULT_DET_IMGSZ
+    from .models.processing import Processing
+
+    size = imgsz or DEFAULT_DET_IMGSZ
+    if size < 32 or size % 32:
+        raise OrinflowError(f"--imgsz {size} must be a positive multiple of 32")
+    return Processing(task="detect", imgsz=(size, size))
 
 
 def quantize(model: PathLike, *, calib: PathLike | None = None, data: PathLike | None = None, split: str = "train",
@@ -546,6 +567,7 @@ def sparsify(model: PathLike, data: PathLike, *, split: str = "train", val_data:
 
 def sparse_qat(model: PathLike, data: PathLike, *, split: str = "train", val_data: PathLike | None = None,
                val_split: str = "val", method: str = "magnitude", sat_epochs: int = 1, qat_epochs: int = 1,
+               qat_mode: str = "int8",
                lr: float = 1e-4, qat_lr: float | None = None, batch: int = 8, calib_images: int = 64,
                distill: bool = True, labels: bool | None = None, device: str = "cpu", max_steps: int | None = None,
                flip: bool = False, resume: bool = False, runs: int = 20, output: PathLike | None = None,
@@ -554,7 +576,10 @@ def sparse_qat(model: PathLike, data: PathLike, *, split: str = "train", val_dat
                names: str | None = None, say: Say = print) -> dict:
     """Route 4: SAT, then QAT with the 2:4 masks held, exported as Q/DQ + 2:4 ONNX (default
     workspace/sparse_qat/<model>/<model>_sparse24_qat_int8.onnx). qat_lr defaults to `lr`.
+    qat_mode: the QAT stage's quantization (int8, the original design's --qat-mode).
     Returns the run record with "compare": the FP32 and sparse INT8 evaluation records."""
+    if qat_mode != "int8":
+        raise OrinflowError(f"--qat-mode {qat_mode}: QAT supports int8")
     if qat_epochs < 1:
         raise OrinflowError("--qat-epochs must be >= 1")
     if qat_lr is not None and qat_lr <= 0:

@@ -184,18 +184,22 @@ def adopt(
 @app.command()
 @cli_errors
 def calibrate(
-    model: ModelOpt,
+    model: Annotated[Optional[str], typer.Option("-m", "--model", help="Model whose preprocessing to use (any format "
+                                                 "-m takes). Without it: the standard detector preprocessing "
+                                                 "(letterbox, RGB, 0..1) at --imgsz, default 640.")] = None,
     data: DataOpt = None,
     split: SplitOpt = "train",
     num_images: Annotated[int, typer.Option("--num-images", "-n", help="Images to draw (all if fewer).")] = 512,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the random selection.")] = 0,
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output .npy (default: "
-                                                   "workspace/calib/<model>_<data>.npy).")] = None,
+                                                   "workspace/calib/<model>_<data>_<split>_<N>.npy, or "
+                                                   "workspace/calib/<data>.npy without -m).")] = None,
     arch: ArchOpt = None, imgsz: ImgszOpt = None, mean: MeanOpt = None, std: StdOpt = None, crop: CropOpt = None,
     modules: ModulesOpt = None, head: LayoutOpt = None, names: NamesOpt = None,
     verbose: VerboseOpt = False,
 ):
-    """Build a calibration set (N,3,H,W float32 .npy) with exactly the model's preprocessing."""
+    """Build a calibration set (N,3,H,W float32 .npy) with exactly the model's preprocessing (or the standard
+    detector's, without -m)."""
     from . import api
 
     if not data:
@@ -644,6 +648,7 @@ def sparse_qat(
     method: SparseMethodOpt = "magnitude",
     sat_epochs: Annotated[int, typer.Option("--sat-epochs", help="Sparsity-aware fine-tuning epochs.")] = 1,
     qat_epochs: Annotated[int, typer.Option("--qat-epochs", help="QAT epochs, 2:4 masks held.")] = 1,
+    qat_mode: Annotated[str, typer.Option("--qat-mode", help="Quantization of the QAT stage (int8).")] = "int8",
     lr: LrOpt = 1e-4,
     qat_lr: Annotated[Optional[float], typer.Option("--qat-lr", help="QAT learning rate (default: --lr).")] = None,
     batch: BatchOpt = 8,
@@ -667,7 +672,7 @@ def sparse_qat(
     from .optimize.sparsity_check import describe
 
     record = api.sparse_qat(model, data, split=split, val_data=val_data, val_split=val_split, method=method,
-                            sat_epochs=sat_epochs, qat_epochs=qat_epochs, lr=lr, qat_lr=qat_lr, batch=batch,
+                            sat_epochs=sat_epochs, qat_epochs=qat_epochs, qat_mode=qat_mode, lr=lr, qat_lr=qat_lr, batch=batch,
                             calib_images=calib_images, distill=distill, labels=labels, device=device,
                             max_steps=max_steps, flip=flip, resume=resume, runs=runs, output=output, arch=arch,
                             imgsz=imgsz, mean=mean, std=std, crop=crop,

@@ -72,7 +72,8 @@ def test_grid_detector_goes_through_every_route_from_the_cli(grid_weights, tiny_
         "qat": ["qat", *model, *train, "-o", str(tmp_path / "qat" / "grid_qat.onnx")],
         "sparsify": ["sparsify", *model, *[a for a in train if a not in ("--runs", "0")],
                      "-o", str(tmp_path / "sat" / "grid_sparse.onnx")],
-        "sparse-qat": ["sparse-qat", *model, *data, "--sat-epochs", "1", "--qat-epochs", "1", "--max-steps", "1",
+        "sparse-qat": ["sparse-qat", *model, *data, "--sat-epochs", "1", "--qat-epochs", "1", "--qat-mode", "int8",
+                       "--max-steps", "1",
                        "--batch", "4", "--calib-images", "4", "--runs", "0", "-o", str(tmp_path / "sq" / "g.onnx")],
         "evaluate": ["evaluate", *model, *data, "--runs", "0"],
     }

@@ -56,7 +56,32 @@ def load_calibration(path: Path, processing: Processing) -> np.ndarray:
                             "(raw pixels?); rebuild it with `orinflow calibrate -m <model>`")
     values = np.asarray(array, dtype=np.float32)
     check_input_range(values, processing, f"calibration set {path}")
+    check_recorded_preprocessing(Path(path), processing)
     return values
+
+
+PREPROCESSING_FIELDS = ("task", "imgsz", "resize", "channels", "mean", "std", "crop_fraction")
+
+
+def check_recorded_preprocessing(path: Path, processing: Processing) -> None:
+    """A set whose calibrate record names another preprocessing than the model's is refused (values can lie in
+    range and still be wrong: 0..1 pixels for a 0..255 model, RGB for BGR)."""
+    import json
+
+    from ..io import record_path
+
+    record = record_path(path)
+    try:
+        made = json.loads(record.read_text()) if record.is_file() else {}
+    except (OSError, ValueError):
+        return
+    if made.get("command") != "calibrate" or "processing" not in made:
+        return
+    recorded = Processing.from_json(made["processing"])
+    differs = [f for f in PREPROCESSING_FIELDS if getattr(recorded, f) != getattr(processing, f)]
+    if differs:
+        raise OrinflowError(f"calibration set {path} was made with another preprocessing than the model's "
+                            f"({', '.join(differs)} differ); rebuild it with `orinflow calibrate -m <model>`")
 
 
 def check_input_range(values: np.ndarray, processing: Processing, what: str, tolerance: float = 0.02) -> None:
