@@ -337,6 +337,24 @@ def evaluate_many(models: Sequence[PathLike], data: PathLike | None = None, *, s
     return records
 
 
+def named_models(model: PathLike) -> list[Path]:
+    """`evaluate -m NAME --compare` (the original switch): NAME's checkpoint (NAME.pt here or in the workspace, or the
+    file given) first, then every ONNX of that name in the workspace (NAME.onnx, NAME_*.onnx: raw and optimized),
+    deploy bundles and caches left out."""
+    given = Path(model)
+    name = given.stem if given.suffix else given.name
+    candidates = [given] if given.suffix else [Path(f"{name}.pt"), workspace() / f"{name}.pt"]
+    checkpoint = next((p for p in candidates if p.suffix.lower() != ".onnx" and p.is_file()), None)
+    root = workspace()
+    found = sorted(p for p in root.rglob("*.onnx") if (p.stem == name or p.stem.startswith(name + "_"))
+                   and not {"deploy", "cache"} & set(p.relative_to(root).parts))
+    models = ([checkpoint] if checkpoint else []) + [p for p in found if p != checkpoint]
+    if len(models) < 2:
+        raise OrinflowError(f"-m {model} --compare: found {', '.join(map(str, models)) or 'nothing'}; it needs "
+                            f"{name}.pt (here or in {root}) and ONNX files named {name}*.onnx in {root}")
+    return models
+
+
 def _evaluation_data(data, coco_json, images):
     """The evaluation Dataset: a dataset YAML or folder, or a COCO JSON with its image folder."""
     from .data import load_coco_json

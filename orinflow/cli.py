@@ -11,6 +11,7 @@ from typing import Annotated, Callable, Optional
 
 import typer
 from rich.console import Console
+from typer.core import TyperCommand
 from rich.text import Text
 
 from .config import DEFAULT_OPSET, DYNAMIC_DEFAULT_BATCH
@@ -212,7 +213,18 @@ def calibrate(
 
 
 # ---------------------------------------------------------------- evaluate
-@app.command()
+class CompareSwitch(TyperCommand):
+    """`--compare` with no model after it is the original design's switch: --compare-workspace."""
+
+    def parse_args(self, ctx, args):
+        args = list(args)
+        for i, token in enumerate(args):
+            if token == "--compare" and (i + 1 == len(args) or args[i + 1].startswith("-")):
+                args[i] = "--compare-workspace"
+        return super().parse_args(ctx, args)
+
+
+@app.command(cls=CompareSwitch)
 @cli_errors
 def evaluate(
     model: Annotated[Optional[str], typer.Option("-m", "--model", help="Model to evaluate (any format -m takes).")] = None,
@@ -220,6 +232,9 @@ def evaluate(
                                                          "--compare A B C (the first is the baseline).")] = None,
     more: Annotated[Optional[list[str]], typer.Argument(help="Further models after --compare A.", show_default=False,
                                                         metavar="[MODELS]...")] = None,
+    compare_workspace: Annotated[bool, typer.Option("--compare-workspace", help="Evaluate -m's checkpoint beside "
+                                                    "every ONNX of that name in the workspace (-m takes a name such "
+                                                    "as yolo26n); `--compare` alone means this too.")] = False,
     data: DataOpt = None,
     split: SplitOpt = "val",
     conf: Annotated[float, typer.Option("--conf", help="Detection score threshold.")] = 0.001,
@@ -254,6 +269,13 @@ def evaluate(
     from . import api
     from .evaluate.table import coco_table, comparison_table, per_class_table
 
+    if compare_workspace:
+        if not model or compare:
+            raise OrinflowError("--compare alone compares -m NAME's checkpoint with its ONNX files: give -m NAME")
+        found = api.named_models(model)
+        console.print(f"found for {model}: " + ", ".join(str(p) for p in found), highlight=False, soft_wrap=True)
+        model = str(found[0])
+        compare = [str(p) for p in found[1:]]
     paths = ([model] if model else []) + _split_list(compare or []) + list(more or [])
     if more and not compare:
         raise OrinflowError(f"unexpected argument {more[0]!r}; compare models with --compare A B ...")
@@ -796,18 +818,18 @@ def main() -> None:
     app()
 
 
-def _alias(command: Callable, name: str) -> Callable[[], None]:
+def _alias(command: Callable, name: str, cls: type | None = None) -> Callable[[], None]:
     """A console script that runs exactly one command, for the original `orinflow-<name>` tools."""
     def run() -> None:
         single = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-        single.command(name=name)(command)
+        single.command(name=name, cls=cls)(command)
         single(prog_name=f"orinflow-{name}")
     return run
 
 
 export_alias = _alias(export, "export")
 calibrate_alias = _alias(calibrate, "calibrate")
-evaluate_alias = _alias(evaluate, "evaluate")
+evaluate_alias = _alias(evaluate, "evaluate", CompareSwitch)
 quantize_alias = _alias(quantize, "quantize")
 qat_alias = _alias(qat, "qat")
 sparsify_alias = _alias(sparsify, "sparsify")
