@@ -35,7 +35,8 @@ def test_api_and_cli_share_names_and_defaults(name, command):
     renamed = {"json_out": "json"}
     for param in cli_params.values():
         key = renamed.get(param.name, param.name)
-        if key in ("verbose", "compare", "more", "per_class", "layers", "model", "sources", "a", "b"):  # display only or positional
+        if key in ("verbose", "compare", "more", "per_class", "layers", "model", "sources", "a", "b",
+                   "compare_workspace"):  # display, positional, or the CLI's switch to named_models + evaluate_many
             continue
         assert key in api_params, f"{name}: the CLI's {param.name} is missing"
         assert api_params[key].default == param.default or api_params[key].default is inspect.Parameter.empty, \
