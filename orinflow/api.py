@@ -279,6 +279,7 @@ def compare(a: PathLike, b: PathLike, data: PathLike | None = None, *, split: st
                             "side with orinflow.evaluate_many(models, data)")
     from .evaluate.alignment import load_side
     from .evaluate.compare_report import run_compare
+    from .io import check_output_folder, require_file
 
     if images < 1 or top < 1:
         raise OrinflowError("--images and --top must be >= 1")
@@ -286,8 +287,6 @@ def compare(a: PathLike, b: PathLike, data: PathLike | None = None, *, split: st
         raise OrinflowError(f"--conf must lie in (0, 1), got {conf}")
     if not data:
         raise OrinflowError("give the images with --yaml data.yaml (and --split) or --data folder/")
-    from .io import check_output_folder, require_file
-
     for path in (a, b):
         require_file(path, "model")
     folder = check_output_folder(output or workspace() / "compare" / f"{Path(a).stem}_vs_{Path(b).stem}", [a, b, data])

@@ -32,6 +32,15 @@ class Dataset:
         return len(self.images)
 
 
+def draw_images(dataset: Dataset, count: int, seed: int) -> Dataset:
+    """A seeded draw of `count` images (all when 0 or more than there are), labels kept."""
+    if not count or count >= len(dataset):
+        return dataset
+    chosen = sorted(np.random.default_rng(seed).choice(len(dataset), count, replace=False).tolist())
+    return Dataset(f"{dataset.name}[{count}]", [dataset.images[i] for i in chosen], dataset.task,
+                   [dataset.labels[i] for i in chosen] if dataset.labels else [], dataset.names)
+
+
 def read_image(path: Path) -> np.ndarray:
     """BGR uint8 HWC; a clear error for unreadable files."""
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)

@@ -16,8 +16,8 @@ from pathlib import Path
 import onnx
 
 from ..export.nms import NmsSpec, attach_nms, detach_nms
-from ..models.onnx_model import META_PROCESSING, read_metadata
-from ..models.processing import NMS_INSIDE, Processing
+from ..models.onnx_model import read_processing
+from ..models.processing import NMS_INSIDE
 from ..optimize.graph import QDQ_OPS
 
 
@@ -29,7 +29,7 @@ def prepare_graph(path: Path, spec: NmsSpec | None, fp16_layers: bool, target: P
     if fp16_layers and needs_fp16_layers(raw):
         raw = to_fp16_layers(raw)
         done["high_precision"] = "fp16 (converted at deploy)"
-    processing = _processing(raw)
+    processing = read_processing(raw)
     nms = inside or (spec if processing is not None and processing.task == "detect"
                      and processing.head not in NMS_INSIDE else None)
     if nms is not None and (done or inside is None):
@@ -61,8 +61,3 @@ def to_fp16_layers(model: onnx.ModelProto) -> onnx.ModelProto:
     del converted.metadata_props[:]
     converted.metadata_props.extend(metadata)
     return converted
-
-
-def _processing(model: onnx.ModelProto) -> Processing | None:
-    text = read_metadata(model).get(META_PROCESSING)
-    return Processing.from_json(text) if text else None

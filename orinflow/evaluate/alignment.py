@@ -83,12 +83,10 @@ def load_side(path: str | Path, label: str, **load_options) -> Side:
     if path.suffix.lower() == ".onnx":
         graph = onnx.load(str(path), load_external_data=False)
         from ..export.nms import read_spec
-        from ..models.onnx_model import META_PROCESSING, read_metadata
+        from ..models.onnx_model import read_processing
 
-        text = read_metadata(graph).get(META_PROCESSING)
         spec = read_spec(graph)
-        side = Side(label, "onnx", Processing.from_json(text) if text else None, path,
-                    nms=None if spec is None else vars(spec))
+        side = Side(label, "onnx", read_processing(graph), path, nms=None if spec is None else vars(spec))
         side.layers = onnx_layers(graph)
         return side
     adapter = load(path, **load_options)
@@ -220,6 +218,7 @@ class Candidates:
 
     boxes: np.ndarray
     scores: np.ndarray  # (anchors, classes)
+    order: np.ndarray  # anchors by best class score, best first (the pre-NMS top-k's ranking)
 
 
 def raw_candidates(raw: np.ndarray, head: str, meta: ImageMeta, imgsz) -> Candidates | None:
@@ -229,7 +228,8 @@ def raw_candidates(raw: np.ndarray, head: str, meta: ImageMeta, imgsz) -> Candid
     if head in NMS_INSIDE:
         return None
     boxes, scores = anchor_view(torch.as_tensor(np.asarray(raw, np.float32)), head, imgsz)
-    return Candidates(unletterbox(boxes.numpy(), meta), scores.numpy())
+    scores = scores.numpy()
+    return Candidates(unletterbox(boxes.numpy(), meta), scores, np.argsort(-scores.max(1)))
 
 
 def match(a: Detections, b: Detections) -> tuple[list[int], list[int]]:
@@ -269,7 +269,7 @@ def cause(box: np.ndarray, cls: int, other: Detections, other_all: Detections, c
     pre_topk = limits.get("pre_topk")
     if pre_topk and pre_topk < len(candidates.boxes):
         kept = np.zeros(len(candidates.boxes), bool)
-        kept[np.argsort(-candidates.scores.max(1))[:pre_topk]] = True
+        kept[candidates.order[:pre_topk]] = True
         if not np.any(kept & (scores > conf)):
             return "cut by pre-NMS top-k"
     if len(other_all.scores) >= limits["keep_topk"] and scores.max() < float(other_all.scores.min()):
@@ -336,7 +336,7 @@ def compare_models(a: Side, b: Side, dataset, conf: float = 0.25, say=print) -> 
     layer_rows = _layer_rows(pairs, stats, a)
     return {"layers": layer_rows, "paired_layers": len(layer_rows), "head_output": _row(head_stats),
             "detections": tally if processing.task == "detect" else None, "examples": examples[:50],
-            "final": final, "processing": processing}
+            "final": final}
 
 
 def _shared_processing(a: Side, b: Side) -> Processing:

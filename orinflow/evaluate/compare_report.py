@@ -11,14 +11,14 @@ RECORD = "compare.json"
 
 def run_compare(sides, paths, data, split: str, images: int, seed: int, conf: float, top: int, folder: Path,
                 say=print) -> dict:
-    from ..data import Dataset, load_dataset
+    from ..data import draw_images, load_dataset
     from ..io import write_json
     from .alignment import compare_models
 
     dataset = load_dataset(data, split)
     if not len(dataset):
         raise OrinflowError(f"{data} has no images in split {split!r}")
-    subset = _draw(dataset, images, seed, Dataset)
+    subset = draw_images(dataset, images, seed)
     say(f"comparing {paths[0]} (A) with {paths[1]} (B) on {len(subset)} images of {data}")
     found = compare_models(*sides, subset, conf=conf, say=say)
     notes = _notes(sides, found)
@@ -36,16 +36,6 @@ def run_compare(sides, paths, data, split: str, images: int, seed: int, conf: fl
     plot_layers(record, folder / PLOT)
     write_json(folder / RECORD, record)
     return record
-
-
-def _draw(dataset, count: int, seed: int, Dataset):
-    import numpy as np
-
-    if count >= len(dataset):
-        return dataset
-    chosen = sorted(np.random.default_rng(seed).choice(len(dataset), count, replace=False).tolist())
-    return Dataset(f"{dataset.name}[{count}]", [dataset.images[i] for i in chosen], dataset.task,
-                   [dataset.labels[i] for i in chosen] if dataset.labels else [], dataset.names)
 
 
 def _notes(sides, found) -> list[str]:

@@ -142,24 +142,19 @@ def check_end_to_end(adapter: ModelAdapter, onnx_path: Path, nms: NmsSpec, image
 
     image = _default_parity_image(adapter) if image is None else image
     x, meta = adapter.processing.preprocess(image)
-    mine = adapter.processing.postprocess(TorchRunner(adapter).run(x[None])[0], [meta], conf=nms.conf, iou=nms.iou,
-                                          max_det=nms.keep_topk)[0]
+    raw = TorchRunner(adapter).run(x[None])[0]
+    mine = adapter.processing.postprocess(raw, [meta], conf=nms.conf, iou=nms.iou, max_det=nms.keep_topk)[0]
     graph = load_onnx(onnx_path).processing
     theirs = graph.postprocess(graph.head_output(OrtRunner(onnx_path).run(x[None].astype(np.float32))), [meta],
                                conf=nms.conf)[0]
     same = len(mine.scores) == len(theirs.scores) and (not len(mine.scores) or (
         np.abs(np.sort(mine.scores) - np.sort(theirs.scores)).max() < 1e-3))
-    cut = nms.pre_topk < _anchor_count(adapter)
+    cut = nms.pre_topk < raw.shape[2 if adapter.processing.head == HEAD_ANCHOR_FREE else 1]
     if not same and not cut:
         raise OrinflowError(f"export is broken: the graph's NMS kept {len(theirs.scores)} detections where "
                             f"orinflow's post-processing keeps {len(mine.scores)}")
     return {"detections": len(theirs.scores), "postprocessed": len(mine.scores), "same": bool(same),
             "pre_topk_cut": bool(cut)}
-
-
-def _anchor_count(adapter: ModelAdapter) -> int:
-    shape = TorchRunner(adapter).run(np.zeros(adapter.input_shape, np.float32))[0].shape
-    return shape[2] if adapter.processing.head == HEAD_ANCHOR_FREE else shape[1]
 
 
 def _default_parity_image(adapter: ModelAdapter) -> np.ndarray:

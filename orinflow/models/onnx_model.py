@@ -64,6 +64,12 @@ def write_metadata(model: onnx.ModelProto, values: dict[str, str]) -> None:
         prop.key, prop.value = key, value
 
 
+def read_processing(model: onnx.ModelProto) -> Processing | None:
+    """The processing spec stored in the model's metadata, or None for an ONNX orinflow did not write or adopt."""
+    text = read_metadata(model).get(META_PROCESSING)
+    return Processing.from_json(text) if text else None
+
+
 def load_onnx(path: Path) -> OnnxModel:
     try:
         model = onnx.load(str(path), load_external_data=False)

@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 
 from ..config import workspace
-from ..data import Dataset
+from ..data import Dataset, draw_images
 from ..errors import OrinflowError
 from ..io import atomic_path, check_output, private_folder, write_json, write_record
 from ..models.onnx_model import OnnxModel, read_metadata, write_metadata
@@ -71,11 +71,7 @@ def selection_subset(dataset: Dataset, count: int, seed: int) -> Dataset:
     if dataset.task is None:
         raise OrinflowError(f"{dataset.name} has no labels: the selection data must be labelled (a dataset YAML "
                             "with YOLO txt labels, or class subfolders) to measure accuracy")
-    if not count or count >= len(dataset):
-        return dataset
-    chosen = sorted(np.random.default_rng(seed).choice(len(dataset), count, replace=False).tolist())
-    return Dataset(f"{dataset.name}[{count}]", [dataset.images[i] for i in chosen], dataset.task,
-                   [dataset.labels[i] for i in chosen], dataset.names)
+    return draw_images(dataset, count, seed)
 
 
 class MetricProbe:
