@@ -45,7 +45,7 @@ def _number(text) -> float:
 def load(model: PathLike | None, *, arch: str | None = None, imgsz: int | None = None,
          mean: str | Sequence[float] | None = None, std: str | Sequence[float] | None = None,
          crop: float | None = None, modules: Sequence[PathLike] | None = None, head: str | None = None,
-         names: str | None = None):
+         names: str | None = None, fuse: bool = True):
     """Load any model orinflow takes: an Ultralytics/YOLOv5 .pt, an Ultralytics model YAML, an orinflow
     ONNX, or weights with `arch` (a classifier: torchvision name, file.py:func or package.module:func;
     a detector of your own: file.py:func with `head`).
@@ -55,13 +55,14 @@ def load(model: PathLike | None, *, arch: str | None = None, imgsz: int | None =
     default ImageNet for classifiers, 0 and 1 (0..1 pixels) for detectors. crop: classifier centre crop.
     modules: Python files defining classes the checkpoint pickles (a fork's own blocks).
     head: the output layout of an `arch` detector (yolov8, yolov5, yolox, end2end; see `adopt`); names: its
-    classes (a dataset YAML or 'a,b,c'; default numbers).
+    classes (a dataset YAML or 'a,b,c'; default numbers). fuse=False keeps YOLO BatchNorm layers apart from
+    their convs (as `prune` needs them).
     Returns a ModelAdapter (PyTorch) or an OnnxModel.
     """
     from .models import load_model
 
     return load_model(model, arch=arch, imgsz=imgsz, mean=_triple(mean, "--mean"), std=_triple(std, "--std"),
-                      crop_fraction=crop, modules=list(modules or []), head=head, names=names)
+                      crop_fraction=crop, modules=list(modules or []), head=head, names=names, fuse=fuse)
 
 
 def adopt(model: PathLike, *, head: str | None = None, names: str | None = None, imgsz: int | None = None,
@@ -615,6 +616,69 @@ def sparse_qat(model: PathLike, data: PathLike, *, split: str = "train", val_dat
     fp32 = _reference_onnx(adapter, output, "_fp32_ref.onnx")
     record = run_sparse_qat(adapter, train_set, method, sat_config, qat_config, output, say=say)
     return _with_comparison(record, [fp32, output], data, val_data, val_split, batch, runs, say)
+
+
+# ---- route 5
+def prune(model: PathLike, data: PathLike | None = None, *, split: str = "train", flops: float | None = 0.7,
+          ratio: float | None = None, importance: str = "l1", round_to: int = 32, steps: int = 1,
+          min_share: float = 0.25, epochs: int = 1, lr: float = 1e-4, batch: int = 8, distill: bool = True,
+          labels: bool | None = None, max_drop: float | None = None, select_yaml: PathLike | None = None,
+          select_split: str = "val", select_images: int = 200, device: str = "cpu", max_steps: int | None = None,
+          dry_run: bool = False, runs: int = 20, output: PathLike | None = None, arch: str | None = None,
+          imgsz: int | None = None, mean=None, std=None, crop: float | None = None,
+          modules: Sequence[PathLike] | None = None, head: str | None = None, names: str | None = None,
+          say: Say = print) -> dict:
+    """Route 5: dependency-aware channel pruning (torch-pruning's DependencyGraph) to `flops` of the original
+    conv/linear FLOPs (or `ratio` of every prunable layer's channels), in `steps` steps, each followed by
+    `epochs` of fine-tuning on `data`/`split` (distillation from the unpruned model and/or the family's label
+    loss; epochs 0 prunes only). Channel counts are rounded to `round_to` and every layer keeps `min_share`.
+
+    max_drop: score the model on `select_yaml`/`select_split` (default `data`, `select_images` drawn) after every
+    step and undo the step that loses more than this (absolute mAP50-95 or top-1). dry_run: per-layer channels,
+    params and FLOPs before and after, nothing written. Writes an ordinary checkpoint of the model's family
+    (default workspace/prune/<model>/<model>_pruned.pt) and its record; `runs` > 0 times both models as ONNX
+    on ONNX Runtime, side by side. Returns the record.
+    """
+    from .data import draw_images, load_dataset
+    from .io import check_output, write_record
+    from .models import ModelAdapter
+    from .optimize.prune import PruneConfig, run_prune
+
+    config = PruneConfig(flops=None if ratio is not None else flops, ratio=ratio, importance=importance,
+                         round_to=round_to, steps=steps, min_share=min_share)
+    config.validate()
+    if max_drop is not None and max_drop < 0:
+        raise OrinflowError("--max-drop must be >= 0")
+    if epochs and not data:
+        raise OrinflowError("fine-tuning needs data: give --yaml data.yaml, or --epochs 0 to prune only")
+    stem = Path(model).stem if model else str(arch or "model").rpartition(":")[2]
+    output = Path(output or workspace() / "prune" / stem / f"{stem}_pruned.pt")
+    if not dry_run:
+        check_output(output, (".pt", ".pth"), [model, data, select_yaml], command="prune")
+    adapter = load(model, arch=arch, imgsz=imgsz, mean=mean, std=std, crop=crop, modules=modules, head=head,
+                   names=names, fuse=False)
+    if not isinstance(adapter, ModelAdapter):
+        raise OrinflowError(f"{model} is ONNX: pruning needs the PyTorch model")
+    dataset = load_dataset(data, split) if data else None
+    train_config = None
+    if epochs and not dry_run:
+        train_config = _train_config(epochs, lr, batch, 1, distill, labels, device, max_steps, False, False)
+        _ready_to_train(adapter, train_config, dataset)
+    selection = None
+    if max_drop is not None and not dry_run:
+        if not (select_yaml or data):
+            raise OrinflowError("--max-drop scores each step: give --select-yaml (or --yaml)")
+        selection = draw_images(load_dataset(select_yaml or data, select_split), select_images, 0)
+    record = run_prune(adapter, config, output, dataset, train_config, selection, max_drop, dry_run, say)
+    if dry_run:
+        return record
+    if runs:
+        from .optimize.prune import onnx_side_by_side
+
+        loading = dict(arch=arch, imgsz=imgsz, mean=mean, std=std, crop=crop, modules=modules, head=head, names=names)
+        record["onnx"] = onnx_side_by_side(load(model, **loading), load(output, **loading), runs)
+    write_record(output, record)
+    return record
 
 
 def _training_output(output: PathLike, reference_suffix: str, inputs: list, command: str, resume: bool,

@@ -706,6 +706,83 @@ def sparse_qat(
         _print_comparison(record["compare"], "route 4: SAT + QAT")
 
 
+# ---------------------------------------------------------------- route 5: prune
+@app.command()
+@cli_errors
+def prune(
+    model: ModelOpt,
+    data: DataOpt = None,
+    split: SplitOpt = "train",
+    flops: Annotated[Optional[float], typer.Option("--flops", help="Target share of the original conv/linear FLOPs "
+                                                   "(0.7: 30% fewer).")] = 0.7,
+    ratio: Annotated[Optional[float], typer.Option("--ratio", help="Instead of --flops: prune this share of every "
+                                                   "prunable layer's channels.")] = None,
+    importance: Annotated[str, typer.Option("--importance", help="Channel ranking: l1, l2, bn, taylor, "
+                                            "lamp.")] = "l1",
+    round_to: Annotated[int, typer.Option("--round-to", help="Channel counts kept as multiples of this (32: "
+                                          "TensorRT's INT8 vector width; 8 suits FP16).")] = 32,
+    steps: Annotated[int, typer.Option("--steps", help="Prune in this many steps, fine-tuning after each.")] = 1,
+    min_share: Annotated[float, typer.Option("--min-share", help="Share of its channels every layer "
+                                             "keeps.")] = 0.25,
+    epochs: Annotated[int, typer.Option("--epochs", help="Fine-tuning epochs after each step (0: prune "
+                                        "only).")] = 1,
+    lr: LrOpt = 1e-4,
+    batch: BatchOpt = 8,
+    distill: DistillOpt = True,
+    labels: LabelsOpt = None,
+    max_drop: Annotated[Optional[float], typer.Option("--max-drop", help="Undo the step that drops the selection "
+                                                      "score (mAP50-95 or top-1) more than this, and stop.")] = None,
+    select_yaml: SelectYamlOpt = None,
+    select_split: SelectSplitOpt = "val",
+    select_images: SelectImagesOpt = 200,
+    device: DeviceOpt = "cpu",
+    max_steps: MaxStepsOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print channels, params and FLOPs per layer before "
+                                          "and after; write nothing.")] = False,
+    runs: Annotated[int, typer.Option("--runs", help="Timed ONNX Runtime runs of both models, side by side (0 "
+                                      "skips).")] = 20,
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output checkpoint (default: "
+                                                   "workspace/prune/<model>/<model>_pruned.pt).")] = None,
+    arch: ArchOpt = None, imgsz: ImgszOpt = None, mean: MeanOpt = None, std: StdOpt = None, crop: CropOpt = None,
+    modules: ModulesOpt = None, head: LayoutOpt = None, names: NamesOpt = None,
+    verbose: VerboseOpt = False,
+):
+    """Route 5: dependency-aware channel pruning with fine-tuning; writes a checkpoint of the same family."""
+    from . import api
+
+    record = api.prune(model, data, split=split, flops=flops, ratio=ratio, importance=importance,
+                       round_to=round_to, steps=steps, min_share=min_share, epochs=epochs, lr=lr, batch=batch,
+                       distill=distill, labels=labels, max_drop=max_drop, select_yaml=select_yaml,
+                       select_split=select_split, select_images=select_images, device=device, max_steps=max_steps,
+                       dry_run=dry_run, runs=runs, output=output, arch=arch, imgsz=imgsz, mean=mean, std=std,
+                       crop=crop, modules=modules, head=head, names=names, say=console.print)
+    _print_prune(record)
+
+
+def _print_prune(record: dict) -> None:
+    from rich.table import Table
+
+    if record.get("dry_run"):
+        table = Table("layer", "channels", "MFLOPs", title="dry run: nothing written")
+        for row in record["layers"]:
+            changed = row["channels_after"] != row["channels_before"]
+            table.add_row(row["layer"], f"{row['channels_before']} -> {row['channels_after']}" if changed
+                          else str(row["channels_before"]),
+                          f"{2 * row['macs_before'] / 1e6:.1f} -> {2 * (row['macs_after'] or 0) / 1e6:.1f}")
+        console.print(table)
+    before, after = record["before"], record["after"]
+    console.print(f"params {before['params']:,} -> {after['params']:,}; GFLOPs {before['gflops']} -> "
+                  f"{after['gflops']} ({after['gflops'] / before['gflops']:.3f} of the original)")
+    if "onnx" in record:
+        onnx_ = record["onnx"]
+        console.print(f"ONNX Runtime CPU batch 1 ({onnx_['cpu']}): {onnx_['latency_ms']['original']['median']:.2f} -> "
+                      f"{onnx_['latency_ms']['pruned']['median']:.2f} ms (x{onnx_['latency_ratio']:.3f}, timed in "
+                      f"turn); ONNX {onnx_['size_bytes']['original'] / 1e6:.2f} -> "
+                      f"{onnx_['size_bytes']['pruned'] / 1e6:.2f} MB")
+    if not record.get("dry_run"):
+        console.print(f"pruned model [bold]{record['model']}[/bold] in {record['seconds']} s")
+
+
 # ---------------------------------------------------------------- inspect
 @app.command()
 @cli_errors

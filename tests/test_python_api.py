@@ -25,7 +25,7 @@ def test_the_documented_example_runs_as_written(tmp_path, monkeypatch, capsys):
                                            ("quantize", "quantize"), ("evaluate", "evaluate"),
                                            ("deploy", "deploy"), ("report", "report"), ("ptq", "ptq"),
                                            ("sensitivity", "sensitivity"), ("qat", "qat"), ("sparsify", "sparsify"),
-                                           ("sparse_qat", "sparse_qat"), ("inspect", "inspect"),
+                                           ("sparse_qat", "sparse_qat"), ("prune", "prune"), ("inspect", "inspect"),
                                            ("compare", "compare_command")])
 def test_api_and_cli_share_names_and_defaults(name, command):
     from orinflow import cli

@@ -56,3 +56,17 @@ def interleaved_latency(runners: dict[str, Runner], input_shape: tuple[int, ...]
             times[name].append((time.perf_counter() - start) * 1000)
     return {name: {"median": float(np.median(t)), "p90": float(np.percentile(t, 90)), "runs": rounds}
             for name, t in times.items()}
+
+
+def cpu_name() -> str:
+    """The CPU model, printed beside every latency figure (INT8 speed-ups depend on it)."""
+    import platform
+    from pathlib import Path
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

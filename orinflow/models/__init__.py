@@ -48,13 +48,14 @@ def _ultralytics_model(provided: dict | None) -> bool:
 
 def load_model(model: str | Path, arch: str | None = None, imgsz: int | None = None, mean=None, std=None,
                crop_fraction: float | None = None, modules: list[str | Path] | None = None, head: str | None = None,
-               names: str | None = None) -> ModelAdapter | OnnxModel:
+               names: str | None = None, fuse: bool = True) -> ModelAdapter | OnnxModel:
     """Load any supported model file. `arch` alone (no file) builds an untrained torchvision/user model.
 
     `modules`: Python files (or package.module names) defining classes the checkpoint pickles
     (a fork's or the user's own blocks); see models/custom.py.
     `head` (with `arch`): the user's model is a detector whose first output has that layout
     (models/heads.py); `names` its classes (a dataset YAML or 'a,b,c').
+    `fuse=False` keeps BatchNorm apart from the convs (pruning needs them; inference fuses).
     """
     is_onnx = model is not None and Path(model).suffix.lower() == ".onnx"  # carries its own processing
     if (head is not None or names is not None) and not (is_onnx and arch is not None):
@@ -88,11 +89,39 @@ def load_model(model: str | Path, arch: str | None = None, imgsz: int | None = N
     if family == "yolov5":
         from .yolov5 import load_yolov5
 
-        return load_yolov5(path, imgsz, provided)
+        return load_yolov5(path, imgsz, provided, fuse)
     if family == "ultralytics":
         from .ultralytics import load_ultralytics
 
-        return load_ultralytics(path, imgsz)
+        return load_ultralytics(path, imgsz, fuse)
     from .classifier import load_classifier
 
     return load_classifier(path, arch, imgsz, mean, std, crop_fraction)
+
+
+def prunable_copy(adapter: ModelAdapter):
+    """A copy of the adapter's (unfused) network that a dependency graph can prune: the one family-specific
+    rewrite (Ultralytics' chunked blocks into two convs) happens here."""
+    import copy
+
+    module = copy.deepcopy(adapter.module).float().eval()
+    if adapter.family == "ultralytics":
+        from .ultralytics import split_chunked_blocks
+
+        split_chunked_blocks(module)
+    return module
+
+
+def save_checkpoint(adapter: ModelAdapter, module, path: Path, info: dict) -> None:
+    """`module` written as an ordinary checkpoint of the adapter's family (loading it needs no pruning library)."""
+    if adapter.family == "ultralytics":
+        from .ultralytics import save_ultralytics
+
+        return save_ultralytics(module, path, info)
+    if adapter.family == "yolov5":
+        from .yolov5 import save_yolov5
+
+        return save_yolov5(module, path, info)
+    from .classifier import save_classifier  # torchvision, --arch classifiers and --arch detectors: a state dict
+
+    return save_classifier(module, path, info)

@@ -102,12 +102,51 @@ def _more(items: list, shown: int) -> str:
 
 
 def load_weights(model: nn.Module, path: Path, arch: str) -> None:
-    """The state dict in `path` into `model`, or one line saying how they differ."""
-    state = extract_state_dict(torch_load(path), path)
+    """The state dict in `path` into `model`, or one line saying how they differ.
+
+    A checkpoint that `orinflow prune` wrote has fewer channels than `arch` builds: its layers are
+    resized to the stored shapes first (and only then: a plain mismatch stays an error)."""
+    saved = torch_load(path)
+    state = extract_state_dict(saved, path)
+    if isinstance(saved, dict) and isinstance(saved.get(PRUNED_KEY), dict):
+        resize_to_state(model, state)
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
         raise OrinflowError(f"{path} does not fit --arch {arch}: {state_dict_mismatch(e)}") from e
+
+
+PRUNED_KEY = "orinflow_pruned"  # what `orinflow prune` writes beside the state dict of a pruned model
+
+
+def resize_to_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Rebuild every Conv2d/BatchNorm2d/Linear whose stored weight has other channel counts."""
+    for name, layer in list(model.named_modules()):
+        weight = state.get(f"{name}.weight")
+        if weight is None or tuple(weight.shape) == tuple(layer.weight.shape):
+            continue
+        parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+        if isinstance(layer, nn.Conv2d):
+            depthwise = layer.groups == layer.in_channels == layer.out_channels and layer.groups > 1
+            groups = weight.shape[0] if depthwise else layer.groups
+            new = nn.Conv2d(weight.shape[1] * groups, weight.shape[0], layer.kernel_size, layer.stride,
+                            layer.padding, layer.dilation, groups, layer.bias is not None, layer.padding_mode)
+        elif isinstance(layer, nn.BatchNorm2d):
+            new = nn.BatchNorm2d(weight.shape[0], layer.eps, layer.momentum, layer.affine,
+                                 layer.track_running_stats)
+        elif isinstance(layer, nn.Linear):
+            new = nn.Linear(weight.shape[1], weight.shape[0], layer.bias is not None)
+        else:
+            continue
+        setattr(parent, name.rpartition(".")[2], new)
+
+
+def save_classifier(model: nn.Module, path: Path, info: dict) -> None:
+    """A state dict (what --arch loads) with the note that marks it pruned."""
+    from ..io import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save({"state_dict": model.state_dict(), PRUNED_KEY: info}, tmp)
 
 
 def load_classifier(path: Path | None, arch: str | None, imgsz: int | None = None, mean=None, std=None,

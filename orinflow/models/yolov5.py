@@ -41,13 +41,16 @@ class _Placeholder:
         pass
 
 
-def load_yolov5(path: Path, imgsz: int | None = None, provided: dict[str, type] | None = None) -> ModelAdapter:
+def load_yolov5(path: Path, imgsz: int | None = None, provided: dict[str, type] | None = None,
+                fuse: bool = True) -> ModelAdapter:
     unpickler = type("YOLOv5UserUnpickler", (YOLOv5Unpickler,), {"provided": dict(provided or {})})
     ckpt = torch_load(path, unpickler)
     model = (ckpt.get("ema") or ckpt.get("model")) if isinstance(ckpt, dict) else ckpt
     if model is None or not isinstance(model, yolov5_modules.Model):
         raise OrinflowError(f"{path} has no YOLOv5 model inside (expected a 'model' or 'ema' entry)")
-    model = fuse_conv_bn(model.float().eval())
+    model = model.float().eval()
+    if fuse:
+        model = fuse_conv_bn(model)
     names = model.names if isinstance(model.names, dict) else dict(enumerate(model.names))
     size = imgsz or DEFAULT_DET_IMGSZ
     _check_stride(size, int(max(model.stride)))
@@ -59,3 +62,33 @@ def load_yolov5(path: Path, imgsz: int | None = None, provided: dict[str, type] 
 def _check_stride(imgsz: int, stride: int) -> None:
     if imgsz % stride:
         raise OrinflowError(f"--imgsz {imgsz} must be a multiple of the model's stride {stride}")
+
+
+class YOLOv5Pickler(pickle._Pickler):
+    """Pickles orinflow's YOLOv5 classes under the yolov5 repository's names, as the original checkpoints do."""
+
+    names = {cls: key for key, cls in reversed(list(yolov5_modules.PICKLE_CLASSES.items()))}
+
+    def save_global(self, obj, name=None):
+        key = self.names.get(obj) if isinstance(obj, type) else None
+        if key is None:
+            return super().save_global(obj, name)
+        module, qualname = key
+        if self.proto >= 4:
+            self.save(module)
+            self.save(qualname)
+            self.write(pickle.STACK_GLOBAL)
+        else:
+            self.write(pickle.GLOBAL + f"{module}\n{qualname}\n".encode())
+        self.memoize(obj)
+
+
+def save_yolov5(model, path: Path, info: dict) -> None:
+    """A YOLOv5 checkpoint of `model` ({"model": ..., "epoch": -1}), loadable by orinflow and the yolov5 repository."""
+    import torch
+
+    from ..io import atomic_path
+
+    pickle_module = type("YOLOv5PickleModule", (), {"Pickler": YOLOv5Pickler, "__name__": "orinflow_yolov5_pickle"})
+    with atomic_path(path) as tmp:
+        torch.save({"model": model, "epoch": -1, "orinflow": info}, tmp, pickle_module=pickle_module)

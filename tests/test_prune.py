@@ -1,0 +1,188 @@
+"""Route 5, `orinflow prune`: dependency-aware channel pruning on real torch-pruning, Ultralytics and torchvision
+models, tiny inputs. The pruned checkpoints go through the other routes with torch-pruning made unimportable."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import DEMO_MODEL, ROOT
+from orinflow.cli import app
+
+runner = CliRunner()
+
+
+def _prune(args: list[str]):
+    return runner.invoke(app, ["prune", *args])
+
+
+def _without_torch_pruning(code: str, cwd) -> subprocess.CompletedProcess:
+    """Run `code` in a fresh interpreter where `import torch_pruning` fails (a pruned model must not need it)."""
+    guard = "import sys; sys.modules['torch_pruning'] = None\n"
+    return subprocess.run([sys.executable, "-c", guard + code], cwd=cwd, capture_output=True, text=True,
+                          env={"YOLO_OFFLINE": "1", "ORINFLOW_QUIET": "1", "PATH": "/usr/bin:/bin",
+                               "PYTHONPATH": str(ROOT)})
+
+
+@pytest.mark.parametrize("yaml", ["yolo11n.yaml", "yolo26n.yaml"])
+def test_ultralytics_yaml_prunes_exports_quantizes_and_evaluates(yaml, tiny_shapes, tmp_path):
+    """C2f/C3k2 halves, C2PSA attention and the (end-to-end) Detect head: 30% fewer FLOPs with every concat,
+    add and split consistent, then export, quantize (tensorrt, lint 0) and evaluate without torch-pruning."""
+    output = tmp_path / f"{yaml[:-5]}_pruned.pt"
+    result = _prune(["-m", yaml, "--imgsz", "64", "--flops", "0.7", "--round-to", "8", "--epochs", "0",
+                     "--runs", "0", "-o", str(output)])
+    assert result.exit_code == 0, result.output
+    record = json.loads(output.with_name(output.name + ".json").read_text())
+    assert record["flops_share"] <= 0.7 and record["after"]["params"] < record["before"]["params"]
+    changed = [row for row in record["layers"] if row["channels_after"] != row["channels_before"]]
+    assert len(changed) > 10
+    assert all(why in ("output layer", "frozen") or why.startswith("coupled through")
+               for why in record["protected"].values())
+    assert any(why.startswith("coupled through") for why in record["protected"].values())  # the attention block
+    code = f"""
+from orinflow.models import load_model
+from orinflow.export import export_onnx
+import orinflow, json
+adapter = load_model({str(output)!r}, imgsz=64)
+assert adapter.family == "ultralytics", adapter.family
+onnx = export_onnx(adapter, {str(tmp_path / 'pruned.onnx')!r})
+quantized = orinflow.quantize(onnx.path, data={str(tiny_shapes)!r}, num_images=4, output={str(tmp_path / 'q.onnx')!r})
+assert quantized["qdq_report"]["lint"] == [], quantized["qdq_report"]["lint"]
+record = orinflow.evaluate({str(tmp_path / 'q.onnx')!r}, {str(tiny_shapes)!r}, runs=0)
+print(json.dumps(record["metrics"]))
+"""
+    done = _without_torch_pruning(code, tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "mAP50-95" in done.stdout
+
+
+def _pruned_yolov8(monkeypatch, split_blocks: bool, guard: bool):
+    from orinflow.models import load_model, prunable_copy
+    from orinflow.optimize import prune
+
+    if not split_blocks:
+        monkeypatch.setattr("orinflow.models.ultralytics.split_chunked_blocks", lambda model: 0)
+    if not guard:
+        monkeypatch.setattr(prune, "_channel_wise", lambda name: True)
+    module = prunable_copy(load_model("yolov8n.yaml", imgsz=64, fuse=False))
+    example = torch.zeros(1, 3, 64, 64)
+    protected = prune.protected_layers(module, example)
+    names = {m: n for n, m in module.named_modules()}
+    named = {names[m]: why for m, why in protected.items()}
+    trial = prune.pruned_copy(module, example, prune.PruneConfig(flops=None, ratio=0.3, round_to=8), 0.3, named)
+    trial(torch.zeros(1, 3, 64, 64))
+    return named
+
+
+def test_chunked_blocks_are_split_so_their_halves_prune(monkeypatch):
+    assert not any("Split" in why for why in _pruned_yolov8(monkeypatch, split_blocks=True, guard=True).values())
+
+
+def test_without_the_split_rewrite_the_guard_protects_the_halves(monkeypatch):
+    protected = _pruned_yolov8(monkeypatch, split_blocks=False, guard=True)
+    assert any("Split" in why for why in protected.values())
+
+
+def test_without_either_the_pruned_graph_breaks(monkeypatch):
+    """Remove the dependency handling (the rewrite and the guard): torch-pruning alone breaks C2f."""
+    with pytest.raises(Exception):
+        _pruned_yolov8(monkeypatch, split_blocks=False, guard=False)
+
+
+def test_demo_detector_prunes_with_distillation_and_keeps_its_family(tiny_shapes, tmp_path):
+    """The embedded detector: one pruning step and a few distillation steps; the checkpoint is Ultralytics', the
+    record holds params, FLOPs and the side-by-side ONNX latency with the CPU's name."""
+    output = tmp_path / "shapes_pruned.pt"
+    result = _prune(["-m", str(DEMO_MODEL), "--imgsz", "128", "--yaml", str(tiny_shapes), "--flops", "0.8",
+                     "--round-to", "8", "--epochs", "1", "--max-steps", "2", "--batch", "4", "--runs", "3",
+                     "-o", str(output)])
+    assert result.exit_code == 0, result.output
+    assert "ONNX Runtime CPU batch 1" in result.output
+    record = json.loads(output.with_name(output.name + ".json").read_text())
+    assert record["steps"][0]["losses"] and record["onnx"]["cpu"]
+    assert record["onnx"]["size_bytes"]["pruned"] < record["onnx"]["size_bytes"]["original"]
+    from orinflow.models import load_model
+
+    adapter = load_model(output, imgsz=128)
+    assert adapter.family == "ultralytics" and adapter.num_params() < load_model(DEMO_MODEL).num_params()
+
+
+def test_yolov5_checkpoint_keeps_yolov5_class_paths(tmp_path):
+    """A pruned original-YOLOv5 model pickles models.common/models.yolo names, as the yolov5 repository does."""
+    from orinflow.models import load_model
+    from orinflow.models.base import pickle_classes
+    from orinflow.optimize import prune
+    from test_yolov5_modules import _pickle_classes, _v7_model
+
+    paths = _pickle_classes()
+    sys.modules.update(paths)
+    try:
+        torch.manual_seed(0)
+        source = tmp_path / "v7.pt"
+        torch.save({"model": _v7_model(paths), "epoch": -1}, source)
+    finally:
+        for name in paths:
+            del sys.modules[name]
+    adapter = load_model(source, imgsz=64, fuse=False)
+    output = tmp_path / "v7_pruned.pt"
+    record = prune.run_prune(adapter, prune.PruneConfig(flops=None, ratio=0.3, round_to=8), output, say=lambda *_: 0)
+    modules = {module for module, _ in pickle_classes(output)}
+    assert {"models.common", "models.yolo"} <= modules and not any(m.startswith("orinflow") for m in modules)
+    # Contract/Expand and the transformer reshape channels: those groups are protected, not broken
+    assert any(why.startswith("coupled through") for why in record["protected"].values())
+    pruned = load_model(output, imgsz=64)
+    assert pruned.family == "yolov5" and pruned.num_params() < adapter.num_params()
+    assert pruned.module(torch.zeros(1, 3, 64, 64)).shape[-1] == 8
+
+
+def test_resnet_prunes_to_a_state_dict_that_loads_with_its_arch(class_tree, tmp_path):
+    """torchvision-style residual classifier (option-A shortcuts pad channels: protected), label fine-tuning."""
+    arch = f"{ROOT / 'tests' / 'assets' / 'resnet_cifar.py'}:resnet20"
+    output = tmp_path / "r20_pruned.pt"
+    result = _prune(["--arch", arch, "-m", "", "--imgsz", "32", "--yaml", str(class_tree), "--flops", "0.7",
+                     "--round-to", "4", "--epochs", "1", "--batch", "4", "--runs", "0", "--importance", "l2",
+                     "-o", str(output)])
+    assert result.exit_code == 0, result.output
+    record = json.loads(output.with_name(output.name + ".json").read_text())
+    assert record["flops_share"] <= 0.7
+    saved = torch.load(output, weights_only=True)
+    assert "orinflow_pruned" in saved
+    from orinflow.models import load_model
+
+    adapter = load_model(output, arch=arch, imgsz=32)
+    assert adapter.num_params() == record["after"]["params"]
+    assert adapter.module(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_dry_run_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = _prune(["-m", "yolov8n.yaml", "--imgsz", "64", "--epochs", "0", "--dry-run", "--round-to", "8"])
+    assert result.exit_code == 0, result.output
+    assert "dry run: nothing written" in result.output and "->" in result.output
+    assert not any(tmp_path.rglob("*.pt"))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--importance", "random"], "unknown --importance 'random'"),
+    (["--flops", "0"], "--flops is the share of the original FLOPs to keep"),
+    (["--flops", "1"], "--flops is the share of the original FLOPs to keep"),
+    (["--flops", "0.01"], "out of reach"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(args, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = _prune(["-m", "yolov8n.yaml", "--imgsz", "64", "--epochs", "0", "--round-to", "8", *args])
+    assert result.exit_code != 0
+    assert message in result.output and "Traceback" not in result.output
+    assert not any(tmp_path.rglob("*.pt"))
+
+
+def test_every_layer_protected_is_refused(tmp_path):
+    model_file = tmp_path / "linear.py"
+    model_file.write_text("import torch\ndef build():\n    return torch.nn.Sequential(torch.nn.Flatten(), "
+                          "torch.nn.Linear(3 * 8 * 8, 10))\n")
+    result = _prune(["--arch", f"{model_file}:build", "-m", "", "--imgsz", "8", "--epochs", "0",
+                     "-o", str(tmp_path / "out.pt")])
+    assert result.exit_code != 0 and "nothing to prune" in result.output
+    assert not (tmp_path / "out.pt").exists()
