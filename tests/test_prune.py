@@ -107,6 +107,16 @@ def test_demo_detector_prunes_with_distillation_and_keeps_its_family(tiny_shapes
 
     adapter = load_model(output, imgsz=128)
     assert adapter.family == "ultralytics" and adapter.num_params() < load_model(DEMO_MODEL).num_params()
+    # the report knows the pruned model through its export and quantization records: routes prune, prune+ptq
+    import orinflow
+    from orinflow.report.records import make_row
+
+    fp32 = tmp_path / "pruned.onnx"
+    orinflow.export(output, imgsz=128, output=fp32)
+    orinflow.quantize(fp32, data=tiny_shapes, num_images=4, output=tmp_path / "pruned_int8.onnx", say=lambda *_: 0)
+    routes = [make_row(orinflow.evaluate(path, tiny_shapes, runs=0, say=lambda *_: 0)).route
+              for path in (fp32, tmp_path / "pruned_int8.onnx")]
+    assert routes == ["prune", "prune+ptq"]
 
 
 def test_yolov5_checkpoint_keeps_yolov5_class_paths(tmp_path):
@@ -176,6 +186,26 @@ def test_bad_input_is_one_line_and_writes_nothing(args, message, tmp_path, monke
     assert result.exit_code != 0
     assert message in result.output and "Traceback" not in result.output
     assert not any(tmp_path.rglob("*.pt"))
+
+
+def test_max_drop_undoes_the_step_that_loses_too_much(tiny_shapes, tmp_path):
+    """Two steps without fine-tuning, scored on a selection split: a budget between the two steps' drops undoes the
+    second and keeps the first; a budget the first step already breaks writes nothing."""
+    output = tmp_path / "budget.pt"
+    args = ["-m", str(DEMO_MODEL), "--imgsz", "128", "--yaml", str(tiny_shapes), "--flops", "0.5", "--round-to", "8",
+            "--steps", "2", "--epochs", "0", "--select-split", "val", "--runs", "0", "-o", str(output)]
+    assert _prune([*args, "--max-drop", "1"]).exit_code == 0
+    record = json.loads(output.with_name(output.name + ".json").read_text())
+    drops = [record["selection"]["before"] - step["selection_score"] for step in record["steps"]]
+    assert len(drops) == 2 and drops[0] < drops[1], drops
+    output.unlink()
+    result = _prune([*args, "--max-drop", str((drops[0] + drops[1]) / 2)])
+    assert result.exit_code == 0, result.output
+    kept = json.loads(output.with_name(output.name + ".json").read_text())
+    assert kept["steps"][1]["undone"] and kept["after"]["params"] == kept["steps"][0]["params"]
+    output.unlink()
+    result = _prune([*args, "--max-drop", str(drops[0] / 2)])
+    assert result.exit_code != 0 and "nothing written" in result.output and not output.exists()
 
 
 def test_every_layer_protected_is_refused(tmp_path):

@@ -452,6 +452,8 @@ def run_prune(adapter, config: PruneConfig, output, dataset=None, train_config=N
     steps, kept = [], copy.deepcopy(module)
     for step in range(config.steps):
         prune_step(pruner, module, gradients)
+        if dataset is not None:
+            recalibrate_batchnorm(pruned_adapter, module, dataset)
         entry = {"step": step + 1, **_totals(summary(module, full))}
         if train_config is not None and train_config.epochs:
             from .qat import train
@@ -463,6 +465,10 @@ def run_prune(adapter, config: PruneConfig, output, dataset=None, train_config=N
             say(f"step {step + 1}/{config.steps}: {entry['macs'] / before['macs']:.3f} of the FLOPs, selection "
                 f"score {entry['selection_score']:.4f} (drop {drop:.4f})")
             if max_drop is not None and drop > max_drop:
+                if step == 0:
+                    raise OrinflowError(f"the first pruning step already drops the selection score by {drop:.4f} "
+                                        f"(> --max-drop {max_drop}); nothing written: use more --steps, more "
+                                        "--epochs or a milder --flops")
                 entry["undone"] = True
                 steps.append(entry)
                 module = kept
@@ -478,6 +484,33 @@ def run_prune(adapter, config: PruneConfig, output, dataset=None, train_config=N
                                               "flops_share": record["flops_share"]})
     record["seconds"] = round(time.perf_counter() - started, 1)
     return record
+
+
+BN_IMAGES = 64
+
+
+def recalibrate_batchnorm(adapter, module: nn.Module, dataset, images: int = BN_IMAGES, batch: int = 8) -> None:
+    """Re-estimate every BatchNorm's statistics on `images` images: a layer that lost input channels sees other
+    pre-activations than its stored statistics describe (fine-tuning keeps BatchNorm frozen)."""
+    from .qat import _batches
+
+    layers = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not layers:
+        return
+    saved = [(m, m.momentum) for m in layers]
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the batches below
+        m.train()
+    order = list(range(min(images, len(dataset))))
+    try:
+        with torch.no_grad():
+            for batch_images, _, _ in _batches(dataset, adapter, order, batch):
+                module(batch_images)
+    finally:
+        for m, momentum in saved:
+            m.momentum = momentum
+        module.eval()
 
 
 def trace_size(adapter) -> tuple[int, int]:

@@ -94,21 +94,37 @@ def load_evaluations(paths: list[Path]) -> list[dict]:
     return list(chosen.values())
 
 
-def _artifact_record(record: dict) -> dict:
-    """What the command that wrote the model recorded beside it (<model>.json), if anything."""
-    sibling = Path(record["model"]).with_suffix(".json")
-    if sibling.suffix == Path(record["model"]).suffix or not sibling.is_file():
+def _artifact_record(model: str | None) -> dict:
+    """What the command that wrote `model` recorded beside it (io.record_path), if anything."""
+    from ..io import record_path
+
+    if not model:
+        return {}
+    sibling = record_path(model)
+    if sibling == Path(model) or not sibling.is_file():
         return {}
     try:
-        return json.loads(sibling.read_text())
+        found = json.loads(sibling.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         return {}
+    return found if isinstance(found, dict) else {}
+
+
+def pruned_ancestor(made: dict, depth: int = 4) -> dict | None:
+    """The prune record among the model's sources (a pruned checkpoint, exported, then quantized)."""
+    for _ in range(depth):
+        if made.get("command") == "prune":
+            return made
+        made = _artifact_record(made.get("source"))
+    return None
 
 
 def make_row(record: dict) -> Row:
-    made = {**_artifact_record(record), **record}
+    made = {**_artifact_record(record["model"]), **record}
     quant = made.get("quantization") or {}
     route = made.get("route") or ("ptq" if quant else BASELINE_ROUTE)
+    if pruned_ancestor(made) is not None:  # route 5, alone or followed by another route
+        route = "prune" if route in (BASELINE_ROUTE, "prune") else f"prune+{route}"
     qdq, sparsity = made.get("qdq_report") or {}, made.get("sparsity") or {}
     mode = quant.get("mode") or ("int8" if route in ("qat", "sparse-qat") else "fp32")
     method = quant.get("method") or {"qat": "qat", "sparse-qat": "qat", "sat": made.get("method", "")}.get(route, "-")
@@ -132,7 +148,7 @@ def link_baselines(rows: list[Row]) -> None:
 def build_rows(paths: list[Path]) -> list[Row]:
     rows = [make_row(r) for r in load_evaluations(paths)]
     link_baselines(rows)
-    order = {BASELINE_ROUTE: 0, "ptq": 1, "qat": 2, "sat": 3, "sparse-qat": 4}
+    order = {BASELINE_ROUTE: 0, "ptq": 1, "qat": 2, "sat": 3, "sparse-qat": 4, "prune": 5, "prune+ptq": 6}
     rows.sort(key=lambda r: (r.record.get("data") or "", order.get(r.route, 9), r.target, r.method, r.name))
     return rows
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from .records import Row, pareto_front
 
-ROUTE_COLOURS = {"fp32": "#4c72b0", "ptq": "#dd8452", "qat": "#55a868", "sat": "#8172b3", "sparse-qat": "#c44e52"}
+ROUTE_COLOURS = {"fp32": "#4c72b0", "ptq": "#dd8452", "qat": "#55a868", "sat": "#8172b3", "sparse-qat": "#c44e52",
+                 "prune": "#937860", "prune+ptq": "#da8bc3"}
 FRONT_COLOUR = "#d62728"
 
 
