@@ -119,8 +119,9 @@ def test_demo_detector_prunes_with_distillation_and_keeps_its_family(tiny_shapes
     assert routes == ["prune", "prune+ptq"]
 
 
-def test_yolov5_checkpoint_keeps_yolov5_class_paths(tmp_path):
-    """A pruned original-YOLOv5 model pickles models.common/models.yolo names, as the yolov5 repository does."""
+def test_yolov5_checkpoint_keeps_yolov5_class_paths(tmp_path, tiny_shapes):
+    """A pruned original-YOLOv5 model pickles models.common/models.yolo names, as the yolov5 repository does; a
+    step of YOLOv5's own label loss leaves no training state in it."""
     from orinflow.models import load_model
     from orinflow.models.base import pickle_classes
     from orinflow.optimize import prune
@@ -137,7 +138,13 @@ def test_yolov5_checkpoint_keeps_yolov5_class_paths(tmp_path):
             del sys.modules[name]
     adapter = load_model(source, imgsz=64, fuse=False)
     output = tmp_path / "v7_pruned.pt"
-    record = prune.run_prune(adapter, prune.PruneConfig(flops=None, ratio=0.3, round_to=8), output, say=lambda *_: 0)
+    from orinflow.data import load_dataset
+    from orinflow.optimize.qat import QATConfig
+
+    labels = QATConfig(epochs=1, max_steps=1, batch=2, distill=False, labels=True)
+    record = prune.run_prune(adapter, prune.PruneConfig(flops=None, ratio=0.3, round_to=8), output,
+                             load_dataset(tiny_shapes, "train"), labels, say=lambda *_: 0)
+    assert record["steps"][0]["losses"]
     modules = {module for module, _ in pickle_classes(output)}
     assert {"models.common", "models.yolo"} <= modules and not any(m.startswith("orinflow") for m in modules)
     # Contract/Expand and the transformer reshape channels: those groups are protected, not broken
@@ -145,6 +152,7 @@ def test_yolov5_checkpoint_keeps_yolov5_class_paths(tmp_path):
     pruned = load_model(output, imgsz=64)
     assert pruned.family == "yolov5" and pruned.num_params() < adapter.num_params()
     assert pruned.module(torch.zeros(1, 3, 64, 64)).shape[-1] == 8
+    assert "raw" not in vars(pruned.module.model[-1]) and not pruned.module.model[-1].keep_raw
 
 
 def test_resnet_prunes_to_a_state_dict_that_loads_with_its_arch(class_tree, tmp_path):

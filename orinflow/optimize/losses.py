@@ -73,6 +73,12 @@ class YOLOv5DetectionLoss:
                       "cls": YOLOV5_HYP["cls"] * nc / 80 * 3 / nl}
         self.balance = YOLOV5_BALANCE if nl == 3 else (4.0, 1.0, 0.25, 0.06, 0.02)[:nl]
 
+    def close(self) -> None:
+        """The raw outputs kept for the loss hold the autograd graph: a trained model must not keep (or pickle)
+        them."""
+        self.detect.keep_raw = False
+        self.detect.__dict__.pop("raw", None)
+
     def __call__(self, outputs, targets: torch.Tensor) -> torch.Tensor:
         raw = self.detect.raw
         device = raw[0].device

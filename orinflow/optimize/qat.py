@@ -156,6 +156,8 @@ def train(adapter: ModelAdapter, student: torch.nn.Module, teacher: torch.nn.Mod
         if checkpoint and losses:
             say(f"interrupted: {len(losses)} epoch(s) saved in {checkpoint}; run again with --resume to continue")
         raise
+    finally:
+        objective.close()
     distributed.check_in_sync(student)
     return losses
 
@@ -196,6 +198,11 @@ class Objective:
             self.detection_loss = detection_label_loss(adapter.family, student.module)
 
         self.rng = np.random.default_rng(config.seed + 1)
+
+    def close(self) -> None:
+        """Leave the student as it came: a loss that hooks into the model takes its state back out."""
+        if hasattr(self.detection_loss, "close"):
+            self.detection_loss.close()
 
     def __call__(self, images: torch.Tensor, labels, metas) -> torch.Tensor:
         flipped = torch.from_numpy(self.rng.random(len(images)) < 0.5 if self.config.flip
