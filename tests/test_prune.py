@@ -65,7 +65,7 @@ def _pruned_yolov8(monkeypatch, split_blocks: bool, guard: bool):
     if not split_blocks:
         monkeypatch.setattr("orinflow.models.ultralytics.split_chunked_blocks", lambda model: 0)
     if not guard:
-        monkeypatch.setattr(prune, "_channel_wise", lambda name: True)
+        monkeypatch.setattr(prune, "_node_channel_wise", lambda node: True)
     module = prunable_copy(load_model("yolov8n.yaml", imgsz=64, fuse=False))
     example = torch.zeros(1, 3, 64, 64)
     protected = prune.protected_layers(module, example)
@@ -172,6 +172,17 @@ def test_resnet_prunes_to_a_state_dict_that_loads_with_its_arch(class_tree, tmp_
     adapter = load_model(output, arch=arch, imgsz=32)
     assert adapter.num_params() == record["after"]["params"]
     assert adapter.module(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_torchvision_resnet_prunes_its_last_stage_through_pooling_and_fc():
+    """Global average pooling and the classifier's weight transpose keep channels: the last stage (coupled to the
+    fc through them) is prunable; only the fc itself is protected."""
+    from orinflow.models import load_model, prunable_copy
+    from orinflow.optimize import prune
+
+    module = prunable_copy(load_model(None, arch="resnet18", imgsz=64))
+    protected = prune.protected_layers(module, torch.zeros(1, 3, 64, 64))
+    assert {type(m).__name__ for m in protected} == {"Linear"}, set(protected.values())
 
 
 def test_dry_run_writes_nothing(tmp_path, monkeypatch):

@@ -258,6 +258,20 @@ def _channel_wise(name: str) -> bool:
     return name.removesuffix("0").removesuffix("1").removesuffix("Backward") in CHANNEL_WISE_OPS
 
 
+def _node_channel_wise(node) -> bool:
+    """Whether channel i before this graph node is channel i after it: module nodes are mapped by
+    torch-pruning; an op that reads no activation (a Linear's weight.t()) moves no channel; a mean keeps
+    channels when it does not reduce over dimension 1 (global average pooling)."""
+    name = _op_name(node)
+    if name is None or not node.inputs or _channel_wise(name):
+        return True
+    grad_fn = getattr(node, "grad_fn", None)
+    if name.startswith("MeanBackward") and hasattr(grad_fn, "_saved_dim"):
+        rank = len(getattr(grad_fn, "_saved_self_sym_sizes", ())) or 4
+        return all(d % rank != 1 for d in grad_fn._saved_dim)
+    return False
+
+
 def protected_layers(module: nn.Module, example: torch.Tensor) -> dict[nn.Module, str]:
     """Every Conv/Linear whose output channels stay, with the reason (from the traced graph)."""
     outputs = output_layers(module, example)
@@ -265,8 +279,8 @@ def protected_layers(module: nn.Module, example: torch.Tensor) -> dict[nn.Module
     reasons.update({m: "frozen" for m in frozen_layers(module)})
     graph = build_graph(module, example, outputs)
     for group in graph.get_all_groups(ignored_layers=list(reasons), root_module_types=PRUNABLE):
-        odd = sorted({name for dep, _ in group for node in (dep.source, dep.target)
-                      if (name := _op_name(node)) is not None and not _channel_wise(name)})
+        odd = sorted({_op_name(node) for dep, _ in group for node in (dep.source, dep.target)
+                      if not _node_channel_wise(node)})
         if odd:
             for dep, _ in group:
                 target = dep.target.module
