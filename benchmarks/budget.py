@@ -30,7 +30,7 @@ from ptq import add_model_and_data, default_to_demo, print_table  # noqa: E402
 
 from orinflow.data import load_dataset  # noqa: E402
 from orinflow.evaluate import EvalOptions  # noqa: E402
-from orinflow.evaluate.latency import interleaved_latency  # noqa: E402
+from orinflow.evaluate.latency import cpu_name, interleaved_latency  # noqa: E402
 from orinflow.io import write_json  # noqa: E402
 from orinflow.models import load_model  # noqa: E402
 from orinflow.optimize.ptq import QuantizeSpec  # noqa: E402
@@ -85,16 +85,6 @@ def main() -> int:
     if args.json:
         write_json(args.json, {"full": full, "budgeted": budgeted, "latency": latency, "threads": args.threads})
     return 0
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 if __name__ == "__main__":

@@ -120,24 +120,22 @@ PRUNED_KEY = "orinflow_pruned"  # what `orinflow prune` writes beside the state 
 
 
 def resize_to_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Rebuild every Conv2d/BatchNorm2d/Linear whose stored weight has other channel counts (or that gained a
-    bias: pruning folds removed channels' mean into their consumers' biases)."""
+    """Rebuild every Conv2d/BatchNorm2d/Linear whose stored weight has other channel counts."""
     for name, layer in list(model.named_modules()):
-        weight, has_bias = state.get(f"{name}.weight"), f"{name}.bias" in state
-        if weight is None or not isinstance(layer, (nn.Conv2d, nn.BatchNorm2d, nn.Linear)) or (
-                tuple(weight.shape) == tuple(layer.weight.shape) and has_bias == (layer.bias is not None)):
+        weight = state.get(f"{name}.weight")
+        if weight is None or tuple(weight.shape) == tuple(layer.weight.shape):
             continue
         parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
         if isinstance(layer, nn.Conv2d):
             depthwise = layer.groups == layer.in_channels == layer.out_channels and layer.groups > 1
             groups = weight.shape[0] if depthwise else layer.groups
             new = nn.Conv2d(weight.shape[1] * groups, weight.shape[0], layer.kernel_size, layer.stride,
-                            layer.padding, layer.dilation, groups, has_bias, layer.padding_mode)
+                            layer.padding, layer.dilation, groups, layer.bias is not None, layer.padding_mode)
         elif isinstance(layer, nn.BatchNorm2d):
             new = nn.BatchNorm2d(weight.shape[0], layer.eps, layer.momentum, layer.affine,
                                  layer.track_running_stats)
         elif isinstance(layer, nn.Linear):
-            new = nn.Linear(weight.shape[1], weight.shape[0], has_bias)
+            new = nn.Linear(weight.shape[1], weight.shape[0], layer.bias is not None)
         else:
             continue
         setattr(parent, name.rpartition(".")[2], new)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
@@ -365,27 +365,23 @@ def pruned_copy(module: nn.Module, example: torch.Tensor, config: PruneConfig, r
     """A copy pruned at `ratio` in one step with L1 importance (channel counts do not depend on importance)."""
     trial = copy.deepcopy(module)
     by_name = dict(trial.named_modules())
-    pruner = make_pruner(trial, example, replace_importance(config), ratio,
+    pruner = make_pruner(trial, example, replace(config, importance="l1"), ratio,
                          {by_name[n]: why for n, why in protected_names.items()}, 1)
     prune_step(pruner, trial)
     return trial
 
 
-def replace_importance(config: PruneConfig) -> PruneConfig:
-    return PruneConfig(**{**asdict(config), "importance": "l1"})
-
-
 def search_ratio(module: nn.Module, example: torch.Tensor, config: PruneConfig, protected_names: dict[str, str],
-                 say=print) -> tuple[float, float]:
-    """(ratio, FLOP share reached): the smallest uniform ratio whose pruned copy meets config.flops."""
+                 say=print) -> float:
+    """The smallest uniform ratio whose pruned copy meets config.flops (config.ratio when given)."""
+    if config.ratio is not None:
+        return config.ratio
     base = sum(layer_macs(module, example).values())
 
     def share(ratio: float) -> float:
         trial = pruned_copy(module, example, config, ratio, protected_names)
         return sum(layer_macs(trial, example).values()) / base
 
-    if config.ratio is not None:
-        return config.ratio, share(config.ratio)
     highest = 1 - config.min_share
     deepest = share(highest)
     if deepest > config.flops + 1e-9:
@@ -401,7 +397,7 @@ def search_ratio(module: nn.Module, example: torch.Tensor, config: PruneConfig, 
         else:
             low = middle
     say(f"pruning ratio {high:.3f} per layer reaches {reached:.3f} of the original FLOPs")
-    return high, reached
+    return high
 
 
 def layer_table(before: dict, after: dict) -> list[dict]:
@@ -420,7 +416,6 @@ def check_prunable(module: nn.Module, protected: dict[nn.Module, str]) -> None:
         kinds = sorted(set(protected.values()))
         raise OrinflowError(f"nothing to prune: every one of the {len(layers)} conv/linear layers is protected "
                             f"({'; '.join(kinds)})")
-
 
 
 # ---- the route
@@ -450,7 +445,7 @@ def run_prune(adapter, config: PruneConfig, output, dataset=None, train_config=N
     say(f"{len(protected)} layer(s) protected: " + ", ".join(f"{n} ({why})" for n, why in
                                                            list(protected_names.items())[:6])
         + (" ..." if len(protected) > 6 else ""))
-    ratio, _ = search_ratio(module, example, config, protected_names, say)
+    ratio = search_ratio(module, example, config, protected_names, say)
     before = summary(module, full)
     record = {"command": "prune", "route": "prune", "source": adapter.source, "family": adapter.family,
               "config": asdict(config), "ratio": ratio, "protected": protected_names, "before": _totals(before)}
@@ -463,7 +458,8 @@ def run_prune(adapter, config: PruneConfig, output, dataset=None, train_config=N
     gradients = taylor_gradients(pruned_adapter, teacher, dataset, train_config) \
         if config.importance == "taylor" else None
     baseline = _score(adapter, selection) if selection is not None else None
-    steps, kept = [], copy.deepcopy(module)
+    undoable = selection is not None and max_drop is not None
+    steps, kept = [], copy.deepcopy(module) if undoable else None
     for step in range(config.steps):
         prune_step(pruner, module, gradients)
         if dataset is not None:
@@ -478,7 +474,7 @@ def run_prune(adapter, config: PruneConfig, output, dataset=None, train_config=N
             drop = baseline - entry["selection_score"]
             say(f"step {step + 1}/{config.steps}: {entry['macs'] / before['macs']:.3f} of the FLOPs, selection "
                 f"score {entry['selection_score']:.4f} (drop {drop:.4f})")
-            if max_drop is not None and drop > max_drop:
+            if undoable and drop > max_drop:
                 if step == 0:
                     raise OrinflowError(f"the first pruning step already drops the selection score by {drop:.4f} "
                                         f"(> --max-drop {max_drop}); nothing written: use more --steps, more "
@@ -489,7 +485,7 @@ def run_prune(adapter, config: PruneConfig, output, dataset=None, train_config=N
                 say(f"stopped: the drop {drop:.4f} exceeds --max-drop {max_drop}; the model of step {step} is kept")
                 break
         steps.append(entry)
-        kept = copy.deepcopy(module)
+        kept = copy.deepcopy(module) if undoable else None
     after = summary(module, full)
     record.update(model=str(output), after=_totals(after), steps=steps, layers=layer_table(before, after),
                   flops_share=after["macs"] / before["macs"],
