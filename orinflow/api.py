@@ -7,6 +7,7 @@ docs/python.md shows a worked example; the CLI in cli.py is a thin layer over th
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -15,6 +16,37 @@ from .errors import OrinflowError
 
 PathLike = str | Path
 Say = Callable[[str], object]
+
+
+# Folders of the workspace that hold copies (deploy bundles) or caches, never a file to pick up by name.
+LOOKUP_SKIPPED = ("deploy", "cache")
+
+
+def locate(path: PathLike | None, say: Say = print) -> Path | None:
+    """The file a bare name means (docs/workspace.md): `path` itself when it exists or names a folder; otherwise a
+    file of that name in the workspace, where orinflow writes by default (`--calib coco128.npy`), or for NAME.onnx
+    the export NAME_<imgsz>.onnx (`-m yolo26n.onnx`). One match is used and named through `say`; several are an
+    error that lists them; none leaves `path` as given (the command then says it is missing)."""
+    if path is None:
+        return None
+    given = Path(path)
+    root = workspace()
+    if given.exists() or given.parent != Path(".") or not given.suffix or not root.is_dir():
+        return given
+    files = [p for p in root.rglob("*") if p.is_file()
+             and not set(LOOKUP_SKIPPED) & set(p.relative_to(root).parts[:-1])]
+    found = [p for p in files if p.name == given.name]
+    if not found and given.suffix.lower() == ".onnx":
+        export_name = re.compile(re.escape(given.stem) + r"_\d+\.onnx")
+        found = [p for p in files if export_name.fullmatch(p.name)]
+    if len(found) > 1:
+        raise OrinflowError(f"{given} is not in the current folder and {len(found)} files in {root} match it "
+                            f"({', '.join(map(str, sorted(found)[:4]))}{', ...' if len(found) > 4 else ''}): "
+                            "give the path")
+    if not found:
+        return given
+    say(f"{given}: not in the current folder; using {found[0]} from the workspace")
+    return found[0]
 
 
 def _triple(value: str | float | Sequence[float] | None, flag: str) -> tuple[float, float, float] | None:
@@ -90,7 +122,8 @@ def export(model: PathLike, *, output: PathLike | None = None, opset: int = DEFA
            half: bool = False, simplify: bool = True, image: PathLike | None = None, nms: str | None = None,
            pre_topk: int = 30000, keep_topk: int = 300, iou: float | None = None, conf: float = 0.25,
            arch: str | None = None, imgsz: int | None = None, mean=None, std=None, crop: float | None = None,
-           modules: Sequence[PathLike] | None = None, head: str | None = None, names: str | None = None) -> dict:
+           modules: Sequence[PathLike] | None = None, head: str | None = None, names: str | None = None,
+           say: Say = print) -> dict:
     """Export a PyTorch model to ONNX (default workspace/models/onnx/raw/<name>_<imgsz>.onnx), simplify it,
     and check PyTorch against ONNX Runtime on a real image (`image`, default one of the demo recipe).
 
@@ -104,6 +137,7 @@ def export(model: PathLike, *, output: PathLike | None = None, opset: int = DEFA
     from .export.nms import NmsSpec
     from .io import check_output
 
+    model = locate(model, say)
     spec = NmsSpec(flavour=nms, pre_topk=pre_topk, keep_topk=keep_topk, iou=iou, conf=conf) if nms else None
     if spec is not None:
         spec.validate()
@@ -121,7 +155,7 @@ def export(model: PathLike, *, output: PathLike | None = None, opset: int = DEFA
 def calibrate(model: PathLike | None, data: PathLike, *, split: str = "train", num_images: int = 512, seed: int = 0,
               output: PathLike | None = None, arch: str | None = None, imgsz: int | None = None, mean=None,
               std=None, crop: float | None = None, modules: Sequence[PathLike] | None = None, head: str | None = None,
-              names: str | None = None) -> dict:
+              names: str | None = None, say: Say = print) -> dict:
     """A calibration set (N,3,H,W float32 .npy, default workspace/calib/<model>_<data>_<split>_<N>.npy) of
     `num_images` images drawn with `seed` from `data`, preprocessed exactly as the model expects.
 
@@ -135,6 +169,7 @@ def calibrate(model: PathLike | None, data: PathLike, *, split: str = "train", n
 
     if num_images <= 0:
         raise OrinflowError("--num-images must be positive")
+    model = locate(model, say)
     dataset = load_dataset(data, split)
     count = min(num_images, len(dataset))
     if model is None and any(v is not None for v in (arch, mean, std, crop, modules, head, names)):
@@ -189,6 +224,7 @@ def quantize(model: PathLike, *, calib: PathLike | None = None, data: PathLike |
     from .optimize.route import quantized_name
 
     spec = quantize_spec(mode, method, target, percentile, exclude, head_protect, high_precision)
+    model, calib = locate(model, say), locate(calib, say)
     if calib is None and not data:
         raise OrinflowError("give calibration data: --calib calib.npy, or --yaml data.yaml to build it")
     output = Path(output) if output else workspace() / "models" / "onnx" / target / quantized_name(Path(model).stem,
@@ -288,6 +324,7 @@ def compare(a: PathLike, b: PathLike, data: PathLike | None = None, *, split: st
         raise OrinflowError(f"--conf must lie in (0, 1), got {conf}")
     if not data:
         raise OrinflowError("give the images with --yaml data.yaml (and --split) or --data folder/")
+    a, b = locate(a, say), locate(b, say)
     for path in (a, b):
         require_file(path, "model")
     folder = check_output_folder(output or workspace() / "compare" / f"{Path(a).stem}_vs_{Path(b).stem}", [a, b, data])
@@ -314,6 +351,7 @@ def evaluate_many(models: Sequence[PathLike], data: PathLike | None = None, *, s
 
     if not models:
         raise OrinflowError("give a model with -m, or several with --compare A B ...")
+    models = [locate(path, say) for path in models]
     dataset = _evaluation_data(data, coco_json, images)
     options = EvalOptions(conf=conf, iou=iou, max_det=max_det, batch=batch, latency_runs=runs, warmup=warmup,
                           threads=threads, measure_latency=runs > 0, runtime=runtime,
@@ -373,7 +411,7 @@ def _evaluation_data(data, coco_json, images):
 def deploy(model: PathLike, *, output: PathLike | None = None, trt: str = "10", fp16: bool = True,
            min_batch: int = 1, opt_batch: int | None = None, max_batch: int | None = None,
            workspace_mib: int | None = None, nms: str = "trt", pre_topk: int = 30000, keep_topk: int = 300,
-           iou: float | None = None, conf: float = 0.25, overwrite: bool = False) -> dict:
+           iou: float | None = None, conf: float = 0.25, overwrite: bool = False, say: Say = print) -> dict:
     """A Jetson bundle (default workspace/deploy/<model>): the ONNX, build_engine.sh with trtexec flags read from
     the model, bench.sh, infer.py and a README. Dynamic-batch models get a profile from min/opt/max batch
     (opt default 8).
@@ -391,7 +429,7 @@ def deploy(model: PathLike, *, output: PathLike | None = None, trt: str = "10", 
     from .export.nms import FLAVOURS, NmsSpec
     from .io import check_output_folder, private_folder, require_file
 
-    path = require_file(model, "model")
+    path = require_file(locate(model, say), "model")
     if path.suffix.lower() != ".onnx":
         raise OrinflowError(f"{path} is not ONNX: export or quantize it first (orinflow export / quantize)")
     if nms not in (*FLAVOURS, "none"):
@@ -452,6 +490,7 @@ def ptq(model: PathLike, data: PathLike, *, split: str = "train", val_data: Path
 
     if not data:
         raise OrinflowError("give the data with --yaml data.yaml (calibration split and evaluation split)")
+    model = locate(model, say)
     spec = quantize_spec(mode, "entropy", "tensorrt", percentile, exclude, head_protect, high_precision)
     method_list, target_list = names_list(methods), names_list(targets)
     check_variants(spec, method_list, target_list)
@@ -482,6 +521,7 @@ def sensitivity(model: PathLike, calib: PathLike, data: PathLike, *, split: str 
     from .report.sensitivity import write_sensitivity
 
     spec = quantize_spec("int8", method, target, percentile, None, head_protect, "fp32")
+    model, calib = locate(model, say), locate(calib, say)
     options = SensitivityOptions(sqnr_images=sqnr_images, select_images=select_images, top=top, threads=threads)
     options.validate()
     if not data:
@@ -498,7 +538,7 @@ def sensitivity(model: PathLike, calib: PathLike, data: PathLike, *, split: str 
     return dict(record, files=write_sensitivity(record, Path(folder)))
 
 
-def inspect(model: PathLike, *, target: str = "tensorrt", json: PathLike | None = None) -> dict:
+def inspect(model: PathLike, *, target: str = "tensorrt", json: PathLike | None = None, say: Say = print) -> dict:
     """The Q/DQ report (quantized share, TensorRT lint; Q/DQ models only) and the 2:4 sparsity check of an ONNX
     model; `json` also writes the record there."""
     import onnx
@@ -508,7 +548,7 @@ def inspect(model: PathLike, *, target: str = "tensorrt", json: PathLike | None 
     from .optimize.report import qdq_report
     from .optimize.sparsity_check import sparsity_report
 
-    path = require_file(model, "model")
+    path = require_file(locate(model, say), "model")
     if json is not None:
         check_output(json, (".json",), [path], flag="--json")
         check_record_slot(Path(json), "inspect", json)
@@ -544,6 +584,7 @@ def qat(model: PathLike, data: PathLike, *, split: str = "train", val_data: Path
         raise OrinflowError(f"--mode {mode}: QAT supports int8")
     if epochs < 1:
         raise OrinflowError("--epochs must be >= 1")
+    model = locate(model, say)
     stem = Path(model).stem
     output = _training_output(output or workspace() / "qat" / stem / f"{stem}_qat_int8.onnx", "_fp32_ref.onnx",
                               [model, data, val_data], "qat", resume, ("qat",))
@@ -567,11 +608,17 @@ def sparsify(model: PathLike, data: PathLike, *, split: str = "train", val_data:
              names: str | None = None,
              say: Say = print) -> dict:
     """Route 3: 2:4 sparsity (method magnitude or sparsegpt) and `epochs` of sparsity-aware fine-tuning (0: masks
-    only), written as a sparse FP32 ONNX (default workspace/sat/<model>/<model>_sparse24.onnx) for `ptq`.
+    only), written as a sparse FP32 ONNX (default workspace/sat/<model>/<model>_sparse24.onnx) for `ptq`, and
+    beside it as an ordinary checkpoint of the model's family, <model>_sparse.pt (BatchNorm folded).
     Returns the run record with "compare": the dense and sparse evaluation records (no latency)."""
+    from .io import check_output
+
+    model = locate(model, say)
     stem = Path(model).stem
     output = _training_output(output or workspace() / "sat" / stem / f"{stem}_sparse24.onnx", "_dense_ref.onnx",
                               [model, data, val_data], "sparsify", resume, ("sat",))
+    sparse_checkpoint = output.with_name(f"{stem}_sparse.pt")  # the original design's name
+    check_output(sparse_checkpoint, (".pt",), [model, data, val_data], command="sparsify")
     adapter, train_set = _training_setup(model, data, split, epochs, batch, lr, device, arch, imgsz, mean, std, crop,
                                          modules, head, names, "sparsify")
     config = _train_config(epochs, lr, batch, calib_images, distill, labels, device, max_steps, resume, flip)
@@ -579,7 +626,7 @@ def sparsify(model: PathLike, data: PathLike, *, split: str = "train", val_data:
     from .optimize.sat import run_sat
 
     dense = _reference_onnx(adapter, output, "_dense_ref.onnx")
-    record = run_sat(adapter, train_set, method, config, output, say=say)
+    record = run_sat(adapter, train_set, method, config, output, say=say, sparse_checkpoint=sparse_checkpoint)
     return _with_comparison(record, [dense, output], data, val_data, val_split, batch, 0, say)
 
 
@@ -602,6 +649,7 @@ def sparse_qat(model: PathLike, data: PathLike, *, split: str = "train", val_dat
         raise OrinflowError("--qat-epochs must be >= 1")
     if qat_lr is not None and qat_lr <= 0:
         raise OrinflowError("--qat-lr must be > 0")
+    model = locate(model, say)
     stem = Path(model).stem
     output = _training_output(output or workspace() / "sparse_qat" / stem / f"{stem}_sparse24_qat_int8.onnx",
                               "_fp32_ref.onnx", [model, data, val_data], "sparse-qat", resume, ("sat", "qat"))
@@ -651,6 +699,7 @@ def prune(model: PathLike, data: PathLike | None = None, *, split: str = "train"
         raise OrinflowError("--max-drop must be >= 0")
     if epochs and not data:
         raise OrinflowError("fine-tuning needs data: give --yaml data.yaml, or --epochs 0 to prune only")
+    model = locate(model, say)
     stem = Path(model).stem if model else str(arch or "model").rpartition(":")[2]
     output = Path(output or workspace() / "prune" / stem / f"{stem}_pruned.pt")
     if not dry_run:

@@ -129,8 +129,9 @@ def export(
     from . import api
 
     record = api.export(model, output=output, opset=opset, dynamic=dynamic, half=half, simplify=simplify,
-                        image=image, nms=nms, pre_topk=pre_topk, keep_topk=keep_topk, iou=iou, conf=conf, arch=arch, imgsz=imgsz, mean=mean, std=std, crop=crop,
-                        modules=modules, head=head, names=names)
+                        image=image, nms=nms, pre_topk=pre_topk, keep_topk=keep_topk, iou=iou, conf=conf, arch=arch,
+                        imgsz=imgsz, mean=mean, std=std, crop=crop, modules=modules, head=head, names=names,
+                        say=console.print)
     parity = record["parity"]
     console.print(f"exported [bold]{record['model']}[/bold] ({record['size_bytes'] / 1e6:.2f} MB, opset {opset}, "
                   f"{'dynamic' if dynamic else 'static'} batch) in {record['seconds']} s")
@@ -206,8 +207,8 @@ def calibrate(
     if not data:
         raise OrinflowError("give the images with --yaml data.yaml (and --split) or --data folder/")
     record = api.calibrate(model, data, split=split, num_images=num_images, seed=seed, output=output, arch=arch,
-                           imgsz=imgsz, mean=mean, std=std, crop=crop,
-                           modules=modules, head=head, names=names)
+                           imgsz=imgsz, mean=mean, std=std, crop=crop, modules=modules, head=head, names=names,
+                           say=console.print)
     console.print(f"calibration set [bold]{record['output']}[/bold]: {record['images']} images, shape "
                   f"{tuple(record['shape'])}")
 
@@ -800,7 +801,7 @@ def inspect(
     from . import api
     from .optimize.sparsity_check import describe
 
-    record = api.inspect(model, target=target, json=json_out)
+    record = api.inspect(model, target=target, json=json_out, say=console.print)
     if "qdq_report" in record:
         _print_qdq(record["qdq_report"])
     else:
@@ -847,7 +848,8 @@ def deploy(
 
     record = api.deploy(model, output=output, trt=trt, fp16=fp16, min_batch=min_batch, opt_batch=opt_batch,
                         max_batch=max_batch, workspace_mib=workspace_mib, nms=nms, pre_topk=pre_topk,
-                        keep_topk=keep_topk, iou=iou, conf=conf, overwrite=overwrite)
+                        keep_topk=keep_topk, iou=iou, conf=conf, overwrite=overwrite,
+                        say=console.print)
     console.print(f"bundle [bold]{record['bundle']}[/bold]: {len(record['build_engine'])} trtexec arguments")
     if "nms" in record:
         console.print(f"end-to-end: {record['nms']['flavour']} NMS inside the engine (keep-topk "

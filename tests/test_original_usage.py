@@ -78,3 +78,91 @@ def test_evaluate_name_with_the_compare_switch(tiny_shapes, tmp_path, monkeypatc
     with pytest.raises(SystemExit) as done:
         evaluate_alias()
     assert done.value.code in (0, None)
+
+
+def _original(tmp_path, line: str):
+    """One usage line run as written, through its installed console script, in `tmp_path` (default workspace)."""
+    import os
+    import shlex
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    argv = shlex.split(line)
+    env = {k: v for k, v in os.environ.items() if k != "ORINFLOW_WORKSPACE"}
+    done = subprocess.run([str(Path(sys.executable).parent / argv[0]), *argv[1:]], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"{line}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return " ".join(done.stdout.split())  # rich wraps long paths
+
+
+def test_the_original_usage_lines_run_verbatim_route_by_route(tmp_path):
+    """Issue 15: the original design's lines, in order. Stand-ins only: YOLO26n from its YAML saved as yolo26n.pt,
+    four images of the demo recipe named coco128.yaml, one epoch where the lines say ten."""
+    import shutil
+
+    import onnx
+    from ultralytics import YOLO
+
+    from orinflow.demo import shapes
+    from orinflow.optimize.sparsity_check import sparsity_summary
+
+    shutil.copy(shapes.generate(tmp_path / "data", {"train": (4, 0), "val": (4, 1)}), tmp_path / "coco128.yaml")
+    YOLO("yolo26n.yaml").save(str(tmp_path / "yolo26n.pt"))
+    original = (tmp_path / "yolo26n.pt").read_bytes()
+    ws = tmp_path / "workspace"
+
+    # route 1
+    _original(tmp_path, "orinflow-export -m yolo26n.pt --imgsz 640 --opset 13")
+    out = _original(tmp_path, "orinflow-calibrate --yaml coco128.yaml --split train --num-images 500")
+    assert "workspace/calib/coco128.npy: 4 images, shape (4, 3, 640, 640)" in out
+    out = _original(tmp_path, "orinflow-quantize -m yolo26n.onnx --calib coco128.npy --mode int8 --method entropy")
+    assert "yolo26n.onnx: not in the current folder; using workspace/models/onnx/raw/yolo26n_640.onnx" in out
+    assert "coco128.npy: not in the current folder; using workspace/calib/coco128.npy" in out
+    assert (ws / "models/onnx/tensorrt/yolo26n_640_int8_entropy_tensorrt.onnx").is_file()
+    out = _original(tmp_path, "orinflow-evaluate -m yolo26n --yaml coco128.yaml --compare")
+    assert "found for yolo26n: yolo26n.pt" in out and "yolo26n_640_int8_entropy_tensorrt.onnx" in out
+    assert out.count("evaluating ") == 3  # the checkpoint, the raw ONNX, the INT8 ONNX
+
+    # route 2
+    _original(tmp_path, "orinflow-qat -m yolo26n.pt --data coco128.yaml --mode int8 --epochs 1")
+    out = _original(tmp_path, "orinflow-evaluate -m yolo26n_qat_int8.onnx --yaml coco128.yaml")
+    assert "using workspace/qat/yolo26n/yolo26n_qat_int8.onnx" in out and "mAP50-95" in out
+
+    # route 3: the sparse checkpoint yolo26n_sparse.pt, exported, calibrated and quantized; still 2:4
+    _original(tmp_path, "orinflow-sparsify -m yolo26n.pt --data coco128.yaml --epochs 1")
+    out = _original(tmp_path, "orinflow-export -m yolo26n_sparse.pt --imgsz 640 --opset 13")
+    assert "using workspace/sat/yolo26n/yolo26n_sparse.pt" in out
+    _original(tmp_path, "orinflow-calibrate --yaml coco128.yaml --split train --num-images 500")
+    _original(tmp_path, "orinflow-quantize -m yolo26n_sparse.onnx --calib coco128.npy --mode int8 --method entropy")
+    sparse_int8 = onnx.load(str(ws / "models/onnx/tensorrt/yolo26n_sparse_640_int8_entropy_tensorrt.onnx"))
+    summary = sparsity_summary(sparse_int8)
+    assert summary["sparse_layers"] == summary["eligible_layers"] > 0
+
+    # route 4
+    _original(tmp_path, "orinflow-sparse-qat -m yolo26n.pt --data coco128.yaml --sat-epochs 1 --qat-epochs 1 "
+                        "--qat-mode int8")
+    assert (ws / "sparse_qat/yolo26n/yolo26n_sparse24_qat_int8.onnx").is_file()
+    assert (tmp_path / "yolo26n.pt").read_bytes() == original  # no line touched the user's checkpoint
+
+
+def test_a_bare_name_is_looked_up_in_the_workspace_only_when_it_is_not_here(tmp_path, monkeypatch):
+    from orinflow.api import locate
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ORINFLOW_WORKSPACE", str(tmp_path / "ws"))
+    for name in ("models/onnx/raw/det_640.onnx", "models/onnx/raw/det_320.onnx", "calib/c.npy", "deploy/b/c.npy",
+                 "models/onnx/raw/one_640.onnx", "models/onnx/tensorrt/one_640_int8_max_tensorrt.onnx"):
+        (tmp_path / "ws" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "ws" / name).write_bytes(b"x")
+    said = []
+    assert locate("c.npy", said.append) == tmp_path / "ws" / "calib" / "c.npy"  # the deploy bundle's copy is not
+    assert locate("one.onnx", said.append) == tmp_path / "ws" / "models/onnx/raw/one_640.onnx"
+    assert said == [f"c.npy: not in the current folder; using {tmp_path}/ws/calib/c.npy from the workspace",
+                    f"one.onnx: not in the current folder; using {tmp_path}/ws/models/onnx/raw/one_640.onnx from "
+                    "the workspace"]
+    with pytest.raises(OrinflowError, match="det.onnx is not in the current folder and 2 files .* give the path"):
+        locate("det.onnx", said.append)
+    (tmp_path / "c.npy").write_bytes(b"here")  # a file here always wins; a path with a folder is never looked up
+    assert str(locate("c.npy", said.append)) == "c.npy" and len(said) == 2
+    assert str(locate("sub/one.onnx")) == "sub/one.onnx" and str(locate("missing.pt")) == "missing.pt"

@@ -20,7 +20,7 @@ from ..data import Dataset
 from ..errors import OrinflowError
 from ..export import export_onnx
 from ..io import write_record
-from ..models import ModelAdapter
+from ..models import ModelAdapter, save_checkpoint
 from . import distributed, import_quietly, quietly
 from .masks import sparse_masks
 from .qat import QATConfig, _batches, check_trainable, checkpoint_path, run_qat, train
@@ -65,15 +65,20 @@ def sat_stage(adapter: ModelAdapter, dataset: Dataset, method: str, config: QATC
 
 
 def run_sat(adapter: ModelAdapter, dataset: Dataset, method: str, config: QATConfig, output: Path,
-            say=print) -> dict:
-    """Route 3: a 2:4-sparse FP32 ONNX (route 1 then quantizes it)."""
+            say=print, sparse_checkpoint: Path | None = None) -> dict:
+    """Route 3: a 2:4-sparse FP32 ONNX (route 1 then quantizes it) and, with `sparse_checkpoint`, the sparse model
+    as an ordinary checkpoint of its family (BatchNorm folded) for `export` at other sizes or further routes."""
     started = time.perf_counter()
     sparse, losses = sat_stage(adapter, dataset, method, config, checkpoint_path(output, "sat"), say)
     if not distributed.is_main():
         return {"rank": distributed.rank(), "losses": losses}  # rank 0 exports and records
     exported = export_onnx(_with_module(adapter, sparse), output)
+    if sparse_checkpoint is not None:
+        save_checkpoint(adapter, sparse, sparse_checkpoint, {"route": "sat", "method": method, "source": adapter.source})
+        say(f"sparse checkpoint {sparse_checkpoint}")
     record = {"command": "sparsify", "route": "sat", "model": str(output), "source": adapter.source,
               "method": method, "config": asdict(config), "losses": losses, "parity": exported.record["parity"],
+              "checkpoint": None if sparse_checkpoint is None else str(sparse_checkpoint),
               "sparsity": sparsity_summary(onnx.load(str(output))),
               "seconds": round(time.perf_counter() - started, 1)}
     write_record(output, record)
