@@ -600,38 +600,46 @@ def qat(model: PathLike, data: PathLike, *, split: str = "train", val_data: Path
 
 
 def sparsify(model: PathLike, data: PathLike, *, split: str = "train", val_data: PathLike | None = None,
-             val_split: str = "val", method: str = "magnitude", epochs: int = 1, lr: float = 1e-4, batch: int = 8,
-             calib_images: int = 64, distill: bool = True, labels: bool | None = None, device: str = "cpu",
-             max_steps: int | None = None, flip: bool = False, resume: bool = False,
+             val_split: str = "val", method: str = "magnitude", sparse_flops: float | None = None, epochs: int = 1,
+             lr: float = 1e-4, batch: int = 8, calib_images: int = 64, distill: bool = True,
+             labels: bool | None = None, device: str = "cpu", max_steps: int | None = None, flip: bool = False,
+             resume: bool = False,
              output: PathLike | None = None, arch: str | None = None, imgsz: int | None = None, mean=None,
              std=None, crop: float | None = None, modules: Sequence[PathLike] | None = None, head: str | None = None,
              names: str | None = None,
              say: Say = print) -> dict:
     """Route 3: 2:4 sparsity (method magnitude or sparsegpt) and `epochs` of sparsity-aware fine-tuning (0: masks
     only), written as a sparse FP32 ONNX (default workspace/sat/<model>/<model>_sparse24.onnx) for `ptq`, and
-    beside it as an ordinary checkpoint of the model's family, <model>_sparse.pt (BatchNorm folded).
+    beside it as an ordinary checkpoint of the model's family (BatchNorm folded): <model>_sparse.pt by default,
+    <output>_sparse.pt with `output`.
+
+    sparse_flops: the share of conv FLOPs to make 2:4, the layers chosen by the accuracy they cost per FLOP on
+    the training images (docs/sparsity.md); default every eligible layer.
     Returns the run record with "compare": the dense and sparse evaluation records (no latency)."""
     from .io import check_output
 
     model = locate(model, say)
     stem = Path(model).stem
+    checkpoint_name = f"{Path(output).stem}_sparse.pt" if output else f"{stem}_sparse.pt"  # default: the original's
     output = _training_output(output or workspace() / "sat" / stem / f"{stem}_sparse24.onnx", "_dense_ref.onnx",
                               [model, data, val_data], "sparsify", resume, ("sat",))
-    sparse_checkpoint = output.with_name(f"{stem}_sparse.pt")  # the original design's name
+    sparse_checkpoint = output.with_name(checkpoint_name)
     check_output(sparse_checkpoint, (".pt",), [model, data, val_data], command="sparsify")
     adapter, train_set = _training_setup(model, data, split, epochs, batch, lr, device, arch, imgsz, mean, std, crop,
                                          modules, head, names, "sparsify")
     config = _train_config(epochs, lr, batch, calib_images, distill, labels, device, max_steps, resume, flip)
-    _ready_to_train(adapter, config, train_set, method)
+    _ready_to_train(adapter, config, train_set, method, sparse_flops)
     from .optimize.sat import run_sat
 
     dense = _reference_onnx(adapter, output, "_dense_ref.onnx")
-    record = run_sat(adapter, train_set, method, config, output, say=say, sparse_checkpoint=sparse_checkpoint)
+    record = run_sat(adapter, train_set, method, config, output, say=say, sparse_checkpoint=sparse_checkpoint,
+                     sparse_flops=sparse_flops)
     return _with_comparison(record, [dense, output], data, val_data, val_split, batch, 0, say)
 
 
 def sparse_qat(model: PathLike, data: PathLike, *, split: str = "train", val_data: PathLike | None = None,
-               val_split: str = "val", method: str = "magnitude", sat_epochs: int = 1, qat_epochs: int = 1,
+               val_split: str = "val", method: str = "magnitude", sparse_flops: float | None = None,
+               sat_epochs: int = 1, qat_epochs: int = 1,
                qat_mode: str = "int8",
                lr: float = 1e-4, qat_lr: float | None = None, batch: int = 8, calib_images: int = 64,
                distill: bool = True, labels: bool | None = None, device: str = "cpu", max_steps: int | None = None,
@@ -642,7 +650,8 @@ def sparse_qat(model: PathLike, data: PathLike, *, split: str = "train", val_dat
     """Route 4: SAT, then QAT with the 2:4 masks held, exported as Q/DQ + 2:4 ONNX (default
     workspace/sparse_qat/<model>/<model>_sparse24_qat_int8.onnx). qat_lr defaults to `lr`.
     qat_mode: the QAT stage's quantization (int8, the original design's --qat-mode).
-    Returns the run record with "compare": the FP32 and sparse INT8 evaluation records."""
+    sparse_flops: as in `sparsify`. Returns the run record with "compare": the FP32 and sparse INT8 evaluation
+    records."""
     if qat_mode != "int8":
         raise OrinflowError(f"--qat-mode {qat_mode}: QAT supports int8")
     if qat_epochs < 1:
@@ -658,11 +667,12 @@ def sparse_qat(model: PathLike, data: PathLike, *, split: str = "train", val_dat
     sat_config = _train_config(sat_epochs, lr, batch, calib_images, distill, labels, device, max_steps, resume, flip)
     qat_config = _train_config(qat_epochs, qat_lr or lr, batch, calib_images, distill, labels, device, max_steps,
                                resume, flip)
-    _ready_to_train(adapter, sat_config, train_set, method)
+    _ready_to_train(adapter, sat_config, train_set, method, sparse_flops)
     from .optimize.sat import run_sparse_qat
 
     fp32 = _reference_onnx(adapter, output, "_fp32_ref.onnx")
-    record = run_sparse_qat(adapter, train_set, method, sat_config, qat_config, output, say=say)
+    record = run_sparse_qat(adapter, train_set, method, sat_config, qat_config, output, say=say,
+                            sparse_flops=sparse_flops)
     return _with_comparison(record, [fp32, output], data, val_data, val_split, batch, runs, say)
 
 
@@ -776,14 +786,14 @@ def _train_config(epochs, lr, batch, calib_images, distill, labels, device, max_
     return config
 
 
-def _ready_to_train(adapter, config, train_set, method: str | None = None) -> None:
+def _ready_to_train(adapter, config, train_set, method: str | None = None, sparse_flops: float | None = None) -> None:
     """What the training functions would refuse, refused before the FP32 reference is written."""
     from .optimize.qat import check_trainable
     from .optimize.sat import check_method
 
     check_trainable(adapter, config, train_set)
     if method is not None:
-        check_method(method)
+        check_method(method, sparse_flops)
 
 
 def _reference_onnx(adapter, output: Path, suffix: str) -> Path | None:

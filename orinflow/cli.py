@@ -570,8 +570,11 @@ FlipOpt = Annotated[bool, typer.Option("--flip/--no-flip", help="Mirror a random
                                        "student and labels alike).")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from the checkpoint "
                                          "saved after each epoch (<output>.qat.pt / .sat.pt).")]
-SparseMethodOpt = Annotated[str, typer.Option("--method", help="2:4 mask: magnitude, or sparsegpt (uses "
-                                              "--calib-images).")]
+SparseMethodOpt = Annotated[str, typer.Option("--method", help="2:4 mask: magnitude, or sparsegpt (weights "
+                                              "rebuilt from --calib-images' activations).")]
+SparseFlopsOpt = Annotated[Optional[float], typer.Option("--sparse-flops", help="Share of the conv FLOPs to make "
+                                                         "2:4, the layers that lose least per FLOP first (measured "
+                                                         "on the training images; default: every eligible layer).")]
 
 
 def _print_comparison(records: list[dict], title: str) -> None:
@@ -630,6 +633,7 @@ def sparsify(
     val_data: ValYamlOpt = None,
     val_split: ValSplitOpt = "val",
     method: SparseMethodOpt = "magnitude",
+    sparse_flops: SparseFlopsOpt = None,
     epochs: Annotated[int, typer.Option("--epochs", help="Sparsity-aware fine-tuning epochs (0: masks only).")] = 1,
     lr: LrOpt = 1e-4,
     batch: BatchOpt = 8,
@@ -646,12 +650,14 @@ def sparsify(
     modules: ModulesOpt = None, head: LayoutOpt = None, names: NamesOpt = None,
     verbose: VerboseOpt = False,
 ):
-    """Route 3: 2:4 sparsity (ModelOpt) + sparsity-aware fine-tuning; writes a sparse FP32 ONNX for `ptq`."""
+    """Route 3: 2:4 sparsity + sparsity-aware fine-tuning; writes a sparse FP32 ONNX for `ptq` and the sparse
+    checkpoint."""
     from . import api
     from .optimize.sparsity_check import describe
 
     record = api.sparsify(model, data, split=split, val_data=val_data, val_split=val_split, method=method,
-                          epochs=epochs, lr=lr, batch=batch, calib_images=calib_images, distill=distill, labels=labels,
+                          sparse_flops=sparse_flops, epochs=epochs, lr=lr, batch=batch, calib_images=calib_images,
+                          distill=distill, labels=labels,
                           device=device, max_steps=max_steps, flip=flip, resume=resume, output=output, arch=arch,
                           imgsz=imgsz, mean=mean, std=std, crop=crop,
                           modules=modules, head=head, names=names, say=console.print)
@@ -669,6 +675,7 @@ def sparse_qat(
     val_data: ValYamlOpt = None,
     val_split: ValSplitOpt = "val",
     method: SparseMethodOpt = "magnitude",
+    sparse_flops: SparseFlopsOpt = None,
     sat_epochs: Annotated[int, typer.Option("--sat-epochs", help="Sparsity-aware fine-tuning epochs.")] = 1,
     qat_epochs: Annotated[int, typer.Option("--qat-epochs", help="QAT epochs, 2:4 masks held.")] = 1,
     qat_mode: Annotated[str, typer.Option("--qat-mode", help="Quantization of the QAT stage (int8).")] = "int8",
@@ -695,7 +702,8 @@ def sparse_qat(
     from .optimize.sparsity_check import describe
 
     record = api.sparse_qat(model, data, split=split, val_data=val_data, val_split=val_split, method=method,
-                            sat_epochs=sat_epochs, qat_epochs=qat_epochs, qat_mode=qat_mode, lr=lr, qat_lr=qat_lr, batch=batch,
+                            sparse_flops=sparse_flops, sat_epochs=sat_epochs, qat_epochs=qat_epochs,
+                            qat_mode=qat_mode, lr=lr, qat_lr=qat_lr, batch=batch,
                             calib_images=calib_images, distill=distill, labels=labels, device=device,
                             max_steps=max_steps, flip=flip, resume=resume, runs=runs, output=output, arch=arch,
                             imgsz=imgsz, mean=mean, std=std, crop=crop,

@@ -50,7 +50,7 @@ def variants(demo_adapter, tiny_shapes, demo_onnx, tmp_path_factory):
     work = tmp_path_factory.mktemp("variants")
     calib = build_calibration(load_model(demo_onnx).processing, load_dataset(tiny_shapes, "train"), 4)
     int8 = quantize_onnx(load_model(demo_onnx), calib, QuantizeSpec(), work / "int8.onnx")["model"]
-    sparse, _ = sat_stage(demo_adapter, load_dataset(tiny_shapes, "train"), "magnitude", QATConfig(epochs=0),
+    sparse, _, _ = sat_stage(demo_adapter, load_dataset(tiny_shapes, "train"), "magnitude", QATConfig(epochs=0),
                           work / "s.pt")
     sparse_fp32 = export_onnx(_with_module(demo_adapter, sparse), work / "sparse.onnx").path
     sparse_int8 = quantize_onnx(load_model(sparse_fp32), calib, QuantizeSpec(), work / "sparse_int8.onnx")["model"]

@@ -1,9 +1,10 @@
-"""Routes 3 and 4: 2:4 structured sparsity with ModelOpt plus sparsity-aware fine-tuning (SAT), then QAT.
+"""Routes 3 and 4: 2:4 structured sparsity plus sparsity-aware fine-tuning (SAT), then QAT.
 
-The masks are computed once (magnitude, or SparseGPT on calibration images) and held
-fixed while the model is fine-tuned with the same trainer as QAT (distillation from the
-FP32 model and/or the family's label loss); the result is exported as an FP32 ONNX whose
-eligible weights are 2:4 sparse, ready for route 1 (`orinflow ptq`), which keeps zeros zero.
+The masks are computed once and held fixed while the model is fine-tuned: ModelOpt's magnitude
+masks on every eligible layer, or (sparse_select.py) our SparseGPT and/or a choice of layers by
+the accuracy they cost per FLOP (`--sparse-flops`). Fine-tuning uses the same trainer as QAT
+(distillation from the FP32 model and/or the family's label loss); the result is exported as an
+FP32 ONNX whose sparse weights are 2:4, ready for route 1 (`orinflow ptq`), which keeps zeros zero.
 """
 from __future__ import annotations
 
@@ -22,54 +23,72 @@ from ..export import export_onnx
 from ..io import write_record
 from ..models import ModelAdapter, save_checkpoint
 from . import distributed, import_quietly, quietly
-from .masks import sparse_masks
+from .masks import hold_masks, sparse_masks
 from .qat import QATConfig, _batches, check_trainable, checkpoint_path, run_qat, train
 from .sparsity_check import sparsity_summary
 
 MODELOPT_STATE = "_modelopt_state"  # where ModelOpt records the modes applied to a model
-METHODS = {"magnitude": "sparse_magnitude", "sparsegpt": "sparsegpt"}
+METHODS = {"magnitude": "sparse_magnitude", "sparsegpt": "sparsegpt"}  # sparsegpt: our own (sparse_select.py)
+SENSITIVITY_IMAGES = 16  # calibration images whose head outputs rank the layers for --sparse-flops
 
 
-def check_method(method: str) -> None:
+def check_method(method: str, sparse_flops: float | None = None) -> None:
     if method not in METHODS:
         raise OrinflowError(f"unknown --method {method!r}; choose one of {', '.join(METHODS)}")
+    if sparse_flops is not None and not 0 < sparse_flops <= 1:
+        raise OrinflowError(f"--sparse-flops is a share of the conv FLOPs in (0, 1], got {sparse_flops}")
 
 
-def sparsify_module(adapter: ModelAdapter, dataset: Dataset, method: str, config: QATConfig) -> torch.nn.Module:
-    """A copy of the model with 2:4 masks on the layers ModelOpt (ASP rules) can sparsify."""
-    check_method(method)
+def sparsify_module(adapter: ModelAdapter, config: QATConfig) -> torch.nn.Module:
+    """A copy of the model with ModelOpt's magnitude 2:4 masks on every layer its ASP rules allow."""
     mts = import_quietly("modelopt.torch.sparsity")
     module = copy.deepcopy(adapter.export_module()).to(config.device).eval()
-    options = {}
-    if method == "sparsegpt":
-        order = np.random.default_rng(config.seed).permutation(len(dataset))[:config.calib_images]
-        loader = [images.to(config.device) for images, _, _ in _batches(dataset, adapter, order, config.batch)]
-        options = {"config": {"data_loader": loader, "collect_func": lambda batch: batch}}
     with quietly():
-        return mts.sparsify(module, mode=METHODS[method], **options)
+        return mts.sparsify(module, mode=METHODS["magnitude"])
+
+
+def selected_module(adapter: ModelAdapter, dataset: Dataset, method: str, config: QATConfig,
+                    sparse_flops: float | None, say=print) -> tuple[torch.nn.Module, dict, dict]:
+    """A copy of the model whose chosen layers are 2:4 (sparse_select.py), their masks, and the choice."""
+    from .sparse_select import select_24
+
+    module = copy.deepcopy(adapter.export_module()).eval()
+    order = np.random.default_rng(config.seed).permutation(len(dataset))[:config.calib_images]
+    calib = [images for images, _, _ in _batches(dataset, adapter, order, config.batch)]
+    probe = torch.cat(calib)[:SENSITIVITY_IMAGES]
+    masks, selection = select_24(module, method, sparse_flops, calib, probe, say)
+    return module.to(config.device), masks, selection
 
 
 def sat_stage(adapter: ModelAdapter, dataset: Dataset, method: str, config: QATConfig, checkpoint: Path,
-              say=print) -> tuple[torch.nn.Module, list[float]]:
-    """2:4 masks, then fine-tuning with the masks fixed; returns the plain module with the zeros baked in."""
+              say=print, sparse_flops: float | None = None) -> tuple[torch.nn.Module, list[float], dict | None]:
+    """2:4 masks, then fine-tuning with the masks fixed; returns the plain module with the zeros baked in, the
+    losses and the layer choice (None when ModelOpt's magnitude masks went on every eligible layer)."""
+    check_method(method, sparse_flops)
     check_trainable(adapter, config)
-    student = sparsify_module(adapter, dataset, method, config)
-    say(f"2:4 masks computed ({method})")
     teacher = adapter.export_module()
-    losses = train(adapter, student, teacher, dataset, config, say, checkpoint) if config.epochs else []
-    mts = import_quietly("modelopt.torch.sparsity")
-    plain = mts.export(student).cpu().eval()  # masks multiplied into the weights
-    if hasattr(plain, MODELOPT_STATE):  # a plain module again, so route 4 can quantize it afresh
-        delattr(plain, MODELOPT_STATE)
-    return plain.module, losses  # unwrapped from export_module()'s RawOutput
+    if method == "magnitude" and sparse_flops is None:
+        student = sparsify_module(adapter, config)
+        say(f"2:4 masks computed ({method})")
+        losses = train(adapter, student, teacher, dataset, config, say, checkpoint) if config.epochs else []
+        mts = import_quietly("modelopt.torch.sparsity")
+        plain = mts.export(student).cpu().eval()  # masks multiplied into the weights
+        if hasattr(plain, MODELOPT_STATE):  # a plain module again, so route 4 can quantize it afresh
+            delattr(plain, MODELOPT_STATE)
+        return plain.module, losses, None  # unwrapped from export_module()'s RawOutput
+    student, masks, selection = selected_module(adapter, dataset, method, config, sparse_flops, say)
+    losses = (train(adapter, student, teacher, dataset, config, say, checkpoint, hold_masks(student, masks))
+              if config.epochs else [])
+    return student.cpu().eval().module, losses, selection
 
 
 def run_sat(adapter: ModelAdapter, dataset: Dataset, method: str, config: QATConfig, output: Path,
-            say=print, sparse_checkpoint: Path | None = None) -> dict:
+            say=print, sparse_checkpoint: Path | None = None, sparse_flops: float | None = None) -> dict:
     """Route 3: a 2:4-sparse FP32 ONNX (route 1 then quantizes it) and, with `sparse_checkpoint`, the sparse model
     as an ordinary checkpoint of its family (BatchNorm folded) for `export` at other sizes or further routes."""
     started = time.perf_counter()
-    sparse, losses = sat_stage(adapter, dataset, method, config, checkpoint_path(output, "sat"), say)
+    sparse, losses, selection = sat_stage(adapter, dataset, method, config, checkpoint_path(output, "sat"), say,
+                                          sparse_flops)
     if not distributed.is_main():
         return {"rank": distributed.rank(), "losses": losses}  # rank 0 exports and records
     exported = export_onnx(_with_module(adapter, sparse), output)
@@ -79,21 +98,22 @@ def run_sat(adapter: ModelAdapter, dataset: Dataset, method: str, config: QATCon
     record = {"command": "sparsify", "route": "sat", "model": str(output), "source": adapter.source,
               "method": method, "config": asdict(config), "losses": losses, "parity": exported.record["parity"],
               "checkpoint": None if sparse_checkpoint is None else str(sparse_checkpoint),
-              "sparsity": sparsity_summary(onnx.load(str(output))),
+              "sparsity": sparsity_summary(onnx.load(str(output))), "selection": selection,
               "seconds": round(time.perf_counter() - started, 1)}
     write_record(output, record)
     return record
 
 
 def run_sparse_qat(adapter: ModelAdapter, dataset: Dataset, method: str, sat_config: QATConfig,
-                   qat_config: QATConfig, output: Path, say=print) -> dict:
+                   qat_config: QATConfig, output: Path, say=print, sparse_flops: float | None = None) -> dict:
     """Route 4: SAT, then QAT of the sparse model with its 2:4 masks re-applied after every step.
 
     The dense FP32 model stays the teacher in both stages. The export is Q/DQ ONNX whose
     quantized weights are still 2:4 (symmetric quantization maps zero to zero).
     """
     started = time.perf_counter()
-    sparse, sat_losses = sat_stage(adapter, dataset, method, sat_config, checkpoint_path(output, "sat"), say)
+    sparse, sat_losses, selection = sat_stage(adapter, dataset, method, sat_config, checkpoint_path(output, "sat"),
+                                              say, sparse_flops)
     if qat_config.resume and not checkpoint_path(output, "qat").exists():  # interrupted during SAT
         qat_config = replace(qat_config, resume=False)
     sparse_adapter = _with_module(adapter, sparse)
@@ -103,7 +123,7 @@ def run_sparse_qat(adapter: ModelAdapter, dataset: Dataset, method: str, sat_con
     if not distributed.is_main():
         return record
     record.update({"command": "sparse-qat", "route": "sparse-qat", "source": adapter.source, "method": method,
-                   "sat_config": asdict(sat_config), "sat_losses": sat_losses,
+                   "sat_config": asdict(sat_config), "sat_losses": sat_losses, "selection": selection,
                    "sparsity": sparsity_summary(onnx.load(str(output))),
                    "seconds": round(time.perf_counter() - started, 1)})
     write_record(output, record)
