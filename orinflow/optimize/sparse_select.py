@@ -143,8 +143,7 @@ class HeadOutputs:
         return [captured[h] for h in self.heads]
 
 
-def layer_sensitivity(module: nn.Module, candidates: dict[str, torch.Tensor], images: torch.Tensor,
-                      say=print) -> dict[str, float]:
+def layer_sensitivity(module: nn.Module, candidates: dict[str, torch.Tensor], images: torch.Tensor) -> dict[str, float]:
     """SQNR (dB) of the raw head outputs with only this layer's weight replaced by its 2:4 candidate."""
     layers = dict(module.named_modules())
     outputs = HeadOutputs(module, images)
@@ -185,19 +184,19 @@ def select_24(module: nn.Module, method: str, share: float | None, calib: list[t
     calib: batches for SparseGPT's Hessians; probe: the images whose head outputs rank the layers (only
     when `share` is below 1).
     """
-    layers = eligible_layers(module)
+    module.eval()
+    macs = layer_macs(module, probe[:1])
+    layers = {n: layer for n, layer in eligible_layers(module).items() if macs.get(n)}  # skip branches never run
     if not layers:
         raise OrinflowError("no layer can be 2:4 (Conv/Linear without grouping, input channels a multiple of 16 and "
                             "output channels of 8)")
-    module.eval()
     if method == "sparsegpt":
         found = hessians(module, layers, calib)
         candidates = {n: sparsegpt_24(layers[n].weight, found[n]) for n in progress(list(layers), "SparseGPT")}
     else:
         candidates = {n: magnitude_24(layer.weight) for n, layer in layers.items()}
-    macs = layer_macs(module, probe[:1])
     total = sum(macs.values())
-    sensitivity = layer_sensitivity(module, candidates, probe, say) if share is not None and share < 1 else {}
+    sensitivity = layer_sensitivity(module, candidates, probe) if share is not None and share < 1 else {}
     chosen = choose_layers(sensitivity, macs, share) if sensitivity else list(layers)
     chosen = [name for name in layers if name in chosen]  # model order
     with torch.no_grad():  # one shot: every Hessian comes from the dense model (sequential measured no better)
