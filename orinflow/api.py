@@ -22,17 +22,17 @@ Say = Callable[[str], object]
 LOOKUP_SKIPPED = ("deploy", "cache")
 
 
-def locate(path: PathLike | None, say: Say = print) -> Path | None:
+def locate(path: PathLike | None, say: Say = print) -> PathLike | None:
     """The file a bare name means (docs/workspace.md): `path` itself when it exists or names a folder; otherwise a
     file of that name in the workspace, where orinflow writes by default (`--calib coco128.npy`), or for NAME.onnx
     the export NAME_<imgsz>.onnx (`-m yolo26n.onnx`). One match is used and named through `say`; several are an
-    error that lists them; none leaves `path` as given (the command then says it is missing)."""
-    if path is None:
-        return None
+    error that lists them; otherwise `path` comes back as given (a missing file is then reported as missing)."""
+    if not path:
+        return path  # no model (an --arch factory alone)
     given = Path(path)
     root = workspace()
     if given.exists() or given.parent != Path(".") or not given.suffix or not root.is_dir():
-        return given
+        return path
     files = [p for p in root.rglob("*") if p.is_file()
              and not set(LOOKUP_SKIPPED) & set(p.relative_to(root).parts[:-1])]
     found = [p for p in files if p.name == given.name]
@@ -44,7 +44,7 @@ def locate(path: PathLike | None, say: Say = print) -> Path | None:
                             f"({', '.join(map(str, sorted(found)[:4]))}{', ...' if len(found) > 4 else ''}): "
                             "give the path")
     if not found:
-        return given
+        return path
     say(f"{given}: not in the current folder; using {found[0]} from the workspace")
     return found[0]
 
