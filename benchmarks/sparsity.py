@@ -1,8 +1,8 @@
 """Route 3 benchmark: accuracy against the share of conv FLOPs made 2:4, FP32 and after INT8.
 
     python benchmarks/sparsity.py                   # the embedded demo detector on its generated data (minutes)
-    python benchmarks/sparsity.py -m ../shared/weights/yolov5n.pt --data ../shared/data/coco-tune/coco-tune.yaml \
-        --val-data ../shared/data/coco-val-dev/coco-val-dev.yaml --shares 0.3,0.5,0.7,1 --epochs 0
+    python benchmarks/sparsity.py -m ../shared/weights/yolov5n.pt --yaml ../shared/data/coco-tune/coco-tune.yaml \
+        --val-yaml ../shared/data/coco-val-dev/coco-val-dev.yaml -n 256 --shares 0.3,0.5,0.7,1 --epochs 0
 
 For every share, `orinflow sparsify --sparse-flops SHARE` chooses the layers on the tuning data and
 (with --epochs) fine-tunes there; the sparse ONNX is then quantized to INT8 (ModelOpt, TensorRT target,
@@ -13,47 +13,39 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 from pathlib import Path
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("ORINFLOW_QUIET", "1")
+sys.path.insert(0, str(Path(__file__).parent))
+
+from ptq import add_model_and_data, default_to_demo  # noqa: E402
 
 import orinflow  # noqa: E402
 from orinflow.evaluate import EvalOptions, evaluate_model  # noqa: E402
 from orinflow.io import write_json  # noqa: E402
 from orinflow.models import load_model  # noqa: E402
 
-DEMO_MODEL = Path(orinflow.__file__).parent / "demo" / "assets" / "shapes_yolov8p.pt"
-
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-m", "--model", default=str(DEMO_MODEL))
-    parser.add_argument("--imgsz", type=int)
-    parser.add_argument("--data", help="tuning data: layer choice, fine-tuning, INT8 calibration (default: the "
-                                       "demo's generated shapes, split train)")
-    parser.add_argument("--split", default="train")
-    parser.add_argument("--val-data", help="held-out data the figures are claimed on (default: --data)")
-    parser.add_argument("--val-split", default="val")
+    add_model_and_data(parser, "tuning (layer choice, fine-tuning, INT8 calibration)", "claim")
     parser.add_argument("--shares", default="0.3,0.5,0.7,1", help="shares of the conv FLOPs to make 2:4")
     parser.add_argument("--method", default="sparsegpt")
     parser.add_argument("--epochs", type=int, default=0)
     parser.add_argument("--max-steps", type=int)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--calib-images", type=int, default=64)
+    parser.add_argument("--calib-images", type=int, default=64, help="images for SparseGPT's Hessians")
     parser.add_argument("--int8-method", default="max")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="orinflow-bench-sparsity-"))
-    data, imgsz = args.data, args.imgsz
-    if data is None:
-        from orinflow.demo import shapes
-
-        data, imgsz = str(shapes.generate(work / "shapes")), imgsz or shapes.IMAGE_SIZE
-    val_data = args.val_data or data
+    default_to_demo(args, work)
+    data, imgsz, val_data = args.yaml, args.imgsz, args.val_yaml or args.yaml
     rows = []
     for share in [float(s) for s in args.shares.split(",")]:
         record = orinflow.sparsify(args.model, data, split=args.split, method=args.method, sparse_flops=share,
@@ -68,7 +60,7 @@ def main() -> int:
     metric = "mAP50-95" if "mAP50-95" in rows[0]["fp32_metric"] else "top1"
     for row in rows:
         row["fp32_metric"] = row["fp32_metric"][metric]
-        int8 = orinflow.quantize(row["fp32"], data=data, split=args.split, num_images=args.calib_images * 4,
+        int8 = orinflow.quantize(row["fp32"], data=data, split=args.split, num_images=args.num_images,
                                  method=args.int8_method, output=work / f"{Path(row['fp32']).stem}_int8.onnx",
                                  say=lambda m: None)
         found = evaluate_model(load_model(int8["model"]), val_data, args.val_split, EvalOptions(measure_latency=False))

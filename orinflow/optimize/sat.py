@@ -28,7 +28,7 @@ from .qat import QATConfig, _batches, check_trainable, checkpoint_path, run_qat,
 from .sparsity_check import sparsity_summary
 
 MODELOPT_STATE = "_modelopt_state"  # where ModelOpt records the modes applied to a model
-METHODS = {"magnitude": "sparse_magnitude", "sparsegpt": "sparsegpt"}  # sparsegpt: our own (sparse_select.py)
+METHODS = ("magnitude", "sparsegpt")  # sparsegpt is our own (sparse_select.py): ModelOpt's is not 2:4 along channels
 SENSITIVITY_IMAGES = 16  # calibration images whose head outputs rank the layers for --sparse-flops
 
 
@@ -44,7 +44,7 @@ def sparsify_module(adapter: ModelAdapter, config: QATConfig) -> torch.nn.Module
     mts = import_quietly("modelopt.torch.sparsity")
     module = copy.deepcopy(adapter.export_module()).to(config.device).eval()
     with quietly():
-        return mts.sparsify(module, mode=METHODS["magnitude"])
+        return mts.sparsify(module, mode="sparse_magnitude")
 
 
 def selected_module(adapter: ModelAdapter, dataset: Dataset, method: str, config: QATConfig,
