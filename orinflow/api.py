@@ -679,23 +679,26 @@ def sparse_qat(model: PathLike, data: PathLike, *, split: str = "train", val_dat
 # ---- route 5
 def prune(model: PathLike, data: PathLike | None = None, *, split: str = "train", flops: float | None = 0.7,
           ratio: float | None = None, importance: str = "l1", round_to: int = 32, steps: int = 1,
-          min_share: float = 0.25, epochs: int = 1, lr: float = 1e-4, batch: int = 8, distill: bool = True,
-          labels: bool | None = None, max_drop: float | None = None, select_yaml: PathLike | None = None,
+          min_share: float = 0.25, reconstruct: bool = True, epochs: int = 1, lr: float = 1e-4, batch: int = 8,
+          distill: bool = True, labels: bool | None = None, max_drop: float | None = None, select_yaml: PathLike | None = None,
           select_split: str = "val", select_images: int = 200, device: str = "cpu", max_steps: int | None = None,
-          dry_run: bool = False, runs: int = 20, output: PathLike | None = None, arch: str | None = None,
-          imgsz: int | None = None, mean=None, std=None, crop: float | None = None,
+          dry_run: bool = False, runs: int = 20, seed: int = 0, output: PathLike | None = None,
+          arch: str | None = None, imgsz: int | None = None, mean=None, std=None, crop: float | None = None,
           modules: Sequence[PathLike] | None = None, head: str | None = None, names: str | None = None,
           say: Say = print) -> dict:
     """Route 5: dependency-aware channel pruning (torch-pruning's DependencyGraph) to `flops` of the original
     conv/linear FLOPs (or `ratio` of every prunable layer's channels), in `steps` steps, each followed by
     `epochs` of fine-tuning on `data`/`split` (distillation from the unpruned model and/or the family's label
     loss; epochs 0 prunes only). Channel counts are rounded to `round_to` and every layer keeps `min_share`.
+    reconstruct: after each step, refit every layer that lost input channels by least squares to its output
+    before the step, on 64 images of `data` (optimize/reconstruct.py); off, or without data, BatchNorm
+    statistics are re-estimated instead.
 
     max_drop: score the model on `select_yaml`/`select_split` (default `data`, `select_images` drawn) after every
     step and undo the step that loses more than this (absolute mAP50-95 or top-1). dry_run: per-layer channels,
     params and FLOPs before and after, nothing written. Writes an ordinary checkpoint of the model's family
     (default workspace/prune/<model>/<model>_pruned.pt) and its record; `runs` > 0 times both models as ONNX
-    on ONNX Runtime, side by side. Returns the record.
+    on ONNX Runtime, side by side. seed: the fine-tuning's image order and initialisation. Returns the record.
     """
     from .data import draw_images, load_dataset
     from .io import check_output, write_record
@@ -703,7 +706,7 @@ def prune(model: PathLike, data: PathLike | None = None, *, split: str = "train"
     from .optimize.prune import PruneConfig, run_prune
 
     config = PruneConfig(flops=None if ratio is not None else flops, ratio=ratio, importance=importance,
-                         round_to=round_to, steps=steps, min_share=min_share)
+                         round_to=round_to, steps=steps, min_share=min_share, reconstruct=reconstruct)
     config.validate()
     if max_drop is not None and max_drop < 0:
         raise OrinflowError("--max-drop must be >= 0")
@@ -721,7 +724,7 @@ def prune(model: PathLike, data: PathLike | None = None, *, split: str = "train"
     dataset = load_dataset(data, split) if data else None
     train_config = None
     if epochs and not dry_run:
-        train_config = _train_config(epochs, lr, batch, 1, distill, labels, device, max_steps, False, False)
+        train_config = _train_config(epochs, lr, batch, 1, distill, labels, device, max_steps, False, False, seed)
         _ready_to_train(adapter, train_config, dataset)
     selection = None
     if max_drop is not None and not dry_run:
@@ -774,13 +777,13 @@ def _training_setup(model, data, split, epochs, batch, lr, device, arch, imgsz, 
     return adapter, load_dataset(data, split)
 
 
-def _train_config(epochs, lr, batch, calib_images, distill, labels, device, max_steps, resume, flip):
+def _train_config(epochs, lr, batch, calib_images, distill, labels, device, max_steps, resume, flip, seed=0):
     """The training settings; under torchrun this also joins the process group and picks the rank's device."""
     from .optimize import distributed
     from .optimize.qat import QATConfig
 
     config = QATConfig(epochs=epochs, lr=lr, batch=batch, calib_images=calib_images, distill=distill, labels=labels,
-                       device=device, max_steps=max_steps, resume=resume, flip=flip)
+                       device=device, max_steps=max_steps, resume=resume, flip=flip, seed=seed)
     config.validate()
     config.device = distributed.setup(device)
     return config

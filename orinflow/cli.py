@@ -733,6 +733,9 @@ def prune(
     steps: Annotated[int, typer.Option("--steps", help="Prune in this many steps, fine-tuning after each.")] = 1,
     min_share: Annotated[float, typer.Option("--min-share", help="Share of its channels every layer "
                                              "keeps.")] = 0.25,
+    reconstruct: Annotated[bool, typer.Option("--reconstruct/--no-reconstruct", help="Refit the layers that lost "
+                                              "input channels by least squares on 64 --yaml images (without: "
+                                              "re-estimate BatchNorm only).")] = True,
     epochs: Annotated[int, typer.Option("--epochs", help="Fine-tuning epochs after each step (0: prune "
                                         "only).")] = 1,
     lr: LrOpt = 1e-4,
@@ -750,6 +753,7 @@ def prune(
                                           "and after; write nothing.")] = False,
     runs: Annotated[int, typer.Option("--runs", help="Timed ONNX Runtime runs of both models, side by side (0 "
                                       "skips).")] = 20,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the fine-tuning's image order.")] = 0,
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output checkpoint (default: "
                                                    "workspace/prune/<model>/<model>_pruned.pt).")] = None,
     arch: ArchOpt = None, imgsz: ImgszOpt = None, mean: MeanOpt = None, std: StdOpt = None, crop: CropOpt = None,
@@ -760,11 +764,11 @@ def prune(
     from . import api
 
     record = api.prune(model, data, split=split, flops=flops, ratio=ratio, importance=importance,
-                       round_to=round_to, steps=steps, min_share=min_share, epochs=epochs, lr=lr, batch=batch,
-                       distill=distill, labels=labels, max_drop=max_drop, select_yaml=select_yaml,
+                       round_to=round_to, steps=steps, min_share=min_share, reconstruct=reconstruct, epochs=epochs,
+                       lr=lr, batch=batch, distill=distill, labels=labels, max_drop=max_drop, select_yaml=select_yaml,
                        select_split=select_split, select_images=select_images, device=device, max_steps=max_steps,
-                       dry_run=dry_run, runs=runs, output=output, arch=arch, imgsz=imgsz, mean=mean, std=std,
-                       crop=crop, modules=modules, head=head, names=names, say=console.print)
+                       dry_run=dry_run, runs=runs, seed=seed, output=output, arch=arch, imgsz=imgsz, mean=mean,
+                       std=std, crop=crop, modules=modules, head=head, names=names, say=console.print)
     _print_prune(record)
 
 

@@ -15,7 +15,8 @@ docs/prune.md), and every layer keeps at least `min_share` of its channels.
 A FLOP target is met by searching the uniform per-layer pruning ratio on a copy (channel
 counts depend on the ratio only, not on the weights), then pruning in `steps` steps with
 fine-tuning between them (optimize/qat.py's trainer: distillation from the unpruned model
-and/or the family's label loss).
+and/or the family's label loss). Before fine-tuning, each step's changed layers are refitted by least
+squares on training images (optimize/reconstruct.py), or without data, BatchNorm is re-estimated.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ import torch
 from torch import nn
 
 from ..errors import OrinflowError
+from .reconstruct import pruned_and_refitted
 
 IMPORTANCES = ("l1", "l2", "bn", "taylor", "lamp")
 DEFAULT_ROUND_TO = 32  # TensorRT's INT8 convolutions read channels in vectors of 32 (NC/32HW32)
@@ -52,6 +54,7 @@ class PruneConfig:
     round_to: int = DEFAULT_ROUND_TO
     steps: int = 1
     min_share: float = DEFAULT_MIN_SHARE
+    reconstruct: bool = True  # refit the layers that lost inputs by least squares (optimize/reconstruct.py)
 
     def validate(self) -> None:
         if self.importance not in IMPORTANCES:
@@ -460,11 +463,16 @@ def run_prune(adapter, config: PruneConfig, output, dataset=None, train_config=N
     baseline = _score(adapter, selection) if selection is not None else None
     undoable = selection is not None and max_drop is not None
     steps, kept = [], copy.deepcopy(module) if undoable else None
+    refit_batches = list(_images(adapter, dataset)) if config.reconstruct and dataset is not None else None
     for step in range(config.steps):
-        prune_step(pruner, module, gradients)
-        if dataset is not None:
-            recalibrate_batchnorm(pruned_adapter, module, dataset)
-        entry = {"step": step + 1, **_totals(summary(module, full))}
+        entry = {"step": step + 1}
+        if refit_batches:
+            entry["refitted_layers"] = pruned_and_refitted(pruner, module, refit_batches, gradients, say)
+        else:
+            prune_step(pruner, module, gradients)
+            if dataset is not None:
+                recalibrate_batchnorm(pruned_adapter, module, dataset)
+        entry.update(_totals(summary(module, full)))
         if train_config is not None and train_config.epochs:
             from .qat import train
 
