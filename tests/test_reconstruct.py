@@ -81,3 +81,16 @@ def test_demo_detector_refit_keeps_its_head_outputs_closer_than_batchnorm_alone(
     assert records[True]["steps"][0]["refitted_layers"] > 0
     assert "refitted_layers" not in records[False]["steps"][0]
     assert sqnr[True] > sqnr[False] + 1.0, sqnr
+
+
+def test_taylor_importance_fills_gradients_before_the_refitted_step(tiny_shapes, tmp_path):
+    """Taylor ranking reads .grad from the label loss: the refitted step takes them before it ranks, and the
+    gradients are gone from the written model."""
+    import orinflow
+    from orinflow.models import load_model
+
+    output = tmp_path / "taylor.pt"
+    record = orinflow.prune(DEMO_MODEL, tiny_shapes, imgsz=128, flops=0.8, round_to=8, importance="taylor",
+                            epochs=0, runs=0, output=output, say=lambda *_: 0)
+    assert record["steps"][0]["refitted_layers"] > 0 and record["flops_share"] <= 0.8
+    assert all(p.grad is None for p in load_model(output, imgsz=128).module.parameters())

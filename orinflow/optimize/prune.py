@@ -229,20 +229,30 @@ def traceable(module: nn.Module, example: torch.Tensor):
     """Gradients on for every parameter but the frozen layers' (tracing follows autograd), attention blocks
     made opaque, all restored after."""
     opaque = attention_modules(module, example)
-    frozen = {id(p) for m in frozen_layers(module) for p in m.parameters()}
-    flags = [(p, p.requires_grad) for p in module.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(id(p) not in frozen)
     hooks = [m.register_forward_hook(_opaque) for m in opaque]
     try:
-        with torch.enable_grad():
+        with trainable(module):
             yield tracing_mode(module)
     finally:
         for hook in hooks:
             hook.remove()
+        module.eval()
+
+
+@contextlib.contextmanager
+def trainable(module: nn.Module):
+    """Gradients on for every parameter but the frozen layers' (checkpoints often store requires_grad off),
+    restored after."""
+    frozen = {id(p) for m in frozen_layers(module) for p in m.parameters()}
+    flags = [(p, p.requires_grad) for p in module.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(id(p) not in frozen)
+    try:
+        with torch.enable_grad():
+            yield module
+    finally:
         for p, flag in flags:
             p.requires_grad_(flag)
-        module.eval()
 
 
 def _op_name(node) -> str | None:
@@ -574,7 +584,8 @@ def taylor_gradients(adapter, teacher, dataset, train_config):
         images, labels, metas = next(_batches(dataset, adapter, list(range(min(len(dataset), config.batch))),
                                               config.batch))
         module.zero_grad(set_to_none=True)
-        objective(images, labels, metas).backward()
+        with trainable(module):
+            objective(images, labels, metas).backward()
 
     return gradients
 
