@@ -682,7 +682,7 @@ def prune(model: PathLike, data: PathLike | None = None, *, split: str = "train"
           min_share: float = 0.25, reconstruct: bool = True, epochs: int = 1, lr: float = 1e-4, batch: int = 8,
           distill: bool = True, labels: bool | None = None, max_drop: float | None = None, select_yaml: PathLike | None = None,
           select_split: str = "val", select_images: int = 200, device: str = "cpu", max_steps: int | None = None,
-          dry_run: bool = False, runs: int = 20, seed: int = 0, output: PathLike | None = None,
+          dry_run: bool = False, runs: int = 20, flip: bool = False, seed: int = 0, output: PathLike | None = None,
           arch: str | None = None, imgsz: int | None = None, mean=None, std=None, crop: float | None = None,
           modules: Sequence[PathLike] | None = None, head: str | None = None, names: str | None = None,
           say: Say = print) -> dict:
@@ -698,7 +698,8 @@ def prune(model: PathLike, data: PathLike | None = None, *, split: str = "train"
     step and undo the step that loses more than this (absolute mAP50-95 or top-1). dry_run: per-layer channels,
     params and FLOPs before and after, nothing written. Writes an ordinary checkpoint of the model's family
     (default workspace/prune/<model>/<model>_pruned.pt) and its record; `runs` > 0 times both models as ONNX
-    on ONNX Runtime, side by side. seed: the fine-tuning's image order and initialisation. Returns the record.
+    on ONNX Runtime, side by side. flip: mirror a random half of each fine-tuning batch. seed: the fine-tuning's
+    image order. Returns the record.
     """
     from .data import draw_images, load_dataset
     from .io import check_output, write_record
@@ -724,7 +725,7 @@ def prune(model: PathLike, data: PathLike | None = None, *, split: str = "train"
     dataset = load_dataset(data, split) if data else None
     train_config = None
     if epochs and not dry_run:
-        train_config = _train_config(epochs, lr, batch, 1, distill, labels, device, max_steps, False, False, seed)
+        train_config = _train_config(epochs, lr, batch, 1, distill, labels, device, max_steps, False, flip, seed)
         _ready_to_train(adapter, train_config, dataset)
     selection = None
     if max_drop is not None and not dry_run:

@@ -753,6 +753,7 @@ def prune(
                                           "and after; write nothing.")] = False,
     runs: Annotated[int, typer.Option("--runs", help="Timed ONNX Runtime runs of both models, side by side (0 "
                                       "skips).")] = 20,
+    flip: FlipOpt = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the fine-tuning's image order.")] = 0,
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output checkpoint (default: "
                                                    "workspace/prune/<model>/<model>_pruned.pt).")] = None,
@@ -767,7 +768,7 @@ def prune(
                        round_to=round_to, steps=steps, min_share=min_share, reconstruct=reconstruct, epochs=epochs,
                        lr=lr, batch=batch, distill=distill, labels=labels, max_drop=max_drop, select_yaml=select_yaml,
                        select_split=select_split, select_images=select_images, device=device, max_steps=max_steps,
-                       dry_run=dry_run, runs=runs, seed=seed, output=output, arch=arch, imgsz=imgsz, mean=mean,
+                       dry_run=dry_run, runs=runs, flip=flip, seed=seed, output=output, arch=arch, imgsz=imgsz, mean=mean,
                        std=std, crop=crop, modules=modules, head=head, names=names, say=console.print)
     _print_prune(record)
 
