@@ -22,7 +22,7 @@ import warnings
 import torch
 from torch import nn
 
-DAMP = 0.01  # a share of the Hessian's mean diagonal, as in sparse_select
+DAMP = 0.01  # added to the Hessian's diagonal, as a share of its mean (SparseGPT's value, as sparse_select.DAMP)
 
 
 def tracked_step(pruner, module: nn.Module) -> dict[nn.Module, tuple[list[int], list[int]]]:
@@ -96,8 +96,8 @@ def pruned_and_refitted(pruner, module: nn.Module, batches: list[torch.Tensor], 
     if not changed:
         return 0
     found = hessians(before, {n: by_name[n] for n in changed}, batches)
-    for name, layer in changed.items():
-        refit(layer, by_name[name].weight.detach(), found[name], *kept[layer])
-    say(f"refitted {len(changed)} layer(s) that lost input channels (least squares on {sum(map(len, batches))} "
-        "images)")
-    return len(changed)
+    ran = [name for name in changed if found[name] is not None]  # a branch that inference skips sees no input
+    for name in ran:
+        refit(changed[name], by_name[name].weight.detach(), found[name], *kept[changed[name]])
+    say(f"refitted {len(ran)} layer(s) that lost input channels (least squares on {sum(map(len, batches))} images)")
+    return len(ran)
