@@ -36,7 +36,7 @@ def tracked_step(pruner, module: nn.Module) -> dict[nn.Module, tuple[list[int], 
     for group in pruner.step(interactive=True):
         for dep, idxs in group:
             layer = dep.target.module
-            if dep.pruning_fn not in inputs | outputs:
+            if dep.pruning_fn not in inputs and dep.pruning_fn not in outputs:
                 continue
             if layer not in kept:
                 kept[layer] = (list(range(_width(layer, "in"))), list(range(_width(layer, "out"))))
