@@ -133,10 +133,12 @@ def output_layers(module: nn.Module, example: torch.Tensor) -> set[nn.Module]:
     frozen = frozen_layers(module)
     weights = {m.weight: m for m in module.modules() if isinstance(m, PRUNABLE) and m not in frozen}
     found: set[nn.Module] = set()
-    consumed: set[int] = set()  # tensors some module reads: a head that also returns its input features
+    # Tensors some module reads (a head that also returns its input features). They are held, not only
+    # their ids: a temporary freed mid-forward hands its id on, and the model's output could inherit it.
+    consumed: dict[int, torch.Tensor] = {}
 
     def note_inputs(_layer, inputs) -> None:
-        consumed.update(id(t) for t in flat_tensors(list(inputs)))
+        consumed.update((id(t), t) for t in flat_tensors(list(inputs)))
 
     hooks = [m.register_forward_pre_hook(note_inputs) for m in module.modules()]
     try:
@@ -145,6 +147,10 @@ def output_layers(module: nn.Module, example: torch.Tensor) -> set[nn.Module]:
     finally:
         for hook in hooks:
             hook.remove()
+        consumed.clear()
+    if not outputs:  # nothing could be protected, and the output layer would lose channels
+        raise OrinflowError("the model's forward returned no tensor that is not also a layer's input: "
+                            "its output layers cannot be found")
     stack = [t.grad_fn for t in outputs if t.grad_fn is not None]
     seen = set()
     while stack:
