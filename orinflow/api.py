@@ -682,7 +682,8 @@ def prune(model: PathLike, data: PathLike | None = None, *, split: str = "train"
           min_share: float = 0.25, reconstruct: bool = True, epochs: int = 1, lr: float = 1e-4, batch: int = 8,
           distill: bool = True, labels: bool | None = None, max_drop: float | None = None, select_yaml: PathLike | None = None,
           select_split: str = "val", select_images: int = 200, device: str = "cpu", max_steps: int | None = None,
-          dry_run: bool = False, runs: int = 20, flip: bool = False, seed: int = 0, output: PathLike | None = None,
+          dry_run: bool = False, runs: int = 20, flip: bool = False, mixup: bool = False, schedule: str = "constant",
+          seed: int = 0, output: PathLike | None = None,
           arch: str | None = None, imgsz: int | None = None, mean=None, std=None, crop: float | None = None,
           modules: Sequence[PathLike] | None = None, head: str | None = None, names: str | None = None,
           say: Say = print) -> dict:
@@ -698,14 +699,17 @@ def prune(model: PathLike, data: PathLike | None = None, *, split: str = "train"
     step and undo the step that loses more than this (absolute mAP50-95 or top-1). dry_run: per-layer channels,
     params and FLOPs before and after, nothing written. Writes an ordinary checkpoint of the model's family
     (default workspace/prune/<model>/<model>_pruned.pt) and its record; `runs` > 0 times both models as ONNX
-    on ONNX Runtime, side by side. flip: mirror a random half of each fine-tuning batch. seed: the fine-tuning's
-    image order. Returns the record.
+    on ONNX Runtime, side by side. flip: mirror a random half of each fine-tuning batch. mixup: blend each image
+    with another of its batch. schedule: the learning rate, constant or cosine. seed: the fine-tuning's image
+    order and augmentation draws. Returns the record.
     """
     from .data import draw_images, load_dataset
     from .io import check_output, write_record
     from .models import ModelAdapter
     from .optimize.prune import PruneConfig, run_prune
+    from .optimize.qat import check_schedule
 
+    check_schedule(schedule)  # checked with --epochs 0 too: a typo is not silently ignored
     config = PruneConfig(flops=None if ratio is not None else flops, ratio=ratio, importance=importance,
                          round_to=round_to, steps=steps, min_share=min_share, reconstruct=reconstruct)
     config.validate()
@@ -725,7 +729,8 @@ def prune(model: PathLike, data: PathLike | None = None, *, split: str = "train"
     dataset = load_dataset(data, split) if data else None
     train_config = None
     if epochs and not dry_run:
-        train_config = _train_config(epochs, lr, batch, 1, distill, labels, device, max_steps, False, flip, seed)
+        train_config = _train_config(epochs, lr, batch, 1, distill, labels, device, max_steps, False, flip, seed,
+                                     mixup, schedule)
         _ready_to_train(adapter, train_config, dataset)
     selection = None
     if max_drop is not None and not dry_run:
@@ -735,6 +740,10 @@ def prune(model: PathLike, data: PathLike | None = None, *, split: str = "train"
     record = run_prune(adapter, config, output, dataset, train_config, selection, max_drop, dry_run, say)
     if dry_run:
         return record
+    if train_config is not None:  # how it was fine-tuned, so the figure can be reproduced
+        from dataclasses import asdict
+
+        record["training"] = {**asdict(train_config), "device": str(train_config.device)}
     if runs:
         from .optimize.prune import onnx_side_by_side
 
@@ -778,13 +787,15 @@ def _training_setup(model, data, split, epochs, batch, lr, device, arch, imgsz, 
     return adapter, load_dataset(data, split)
 
 
-def _train_config(epochs, lr, batch, calib_images, distill, labels, device, max_steps, resume, flip, seed=0):
+def _train_config(epochs, lr, batch, calib_images, distill, labels, device, max_steps, resume, flip, seed=0,
+                  mixup=False, schedule="constant"):
     """The training settings; under torchrun this also joins the process group and picks the rank's device."""
     from .optimize import distributed
     from .optimize.qat import QATConfig
 
     config = QATConfig(epochs=epochs, lr=lr, batch=batch, calib_images=calib_images, distill=distill, labels=labels,
-                       device=device, max_steps=max_steps, resume=resume, flip=flip, seed=seed)
+                       device=device, max_steps=max_steps, resume=resume, flip=flip, seed=seed, mixup=mixup,
+                       schedule=schedule)
     config.validate()
     config.device = distributed.setup(device)
     return config

@@ -754,7 +754,12 @@ def prune(
     runs: Annotated[int, typer.Option("--runs", help="Timed ONNX Runtime runs of both models, side by side (0 "
                                       "skips).")] = 20,
     flip: FlipOpt = False,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the fine-tuning's image order.")] = 0,
+    mixup: Annotated[bool, typer.Option("--mixup/--no-mixup", help="Blend each image with another of its batch "
+                                        "(a uniform share; the labels of both count).")] = False,
+    schedule: Annotated[str, typer.Option("--schedule", help="Learning rate: constant, or cosine (decays to 0 "
+                                          "over the run).")] = "constant",
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the fine-tuning's image order and "
+                                      "augmentation.")] = 0,
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output checkpoint (default: "
                                                    "workspace/prune/<model>/<model>_pruned.pt).")] = None,
     arch: ArchOpt = None, imgsz: ImgszOpt = None, mean: MeanOpt = None, std: StdOpt = None, crop: CropOpt = None,
@@ -768,8 +773,9 @@ def prune(
                        round_to=round_to, steps=steps, min_share=min_share, reconstruct=reconstruct, epochs=epochs,
                        lr=lr, batch=batch, distill=distill, labels=labels, max_drop=max_drop, select_yaml=select_yaml,
                        select_split=select_split, select_images=select_images, device=device, max_steps=max_steps,
-                       dry_run=dry_run, runs=runs, flip=flip, seed=seed, output=output, arch=arch, imgsz=imgsz, mean=mean,
-                       std=std, crop=crop, modules=modules, head=head, names=names, say=console.print)
+                       dry_run=dry_run, runs=runs, flip=flip, mixup=mixup, schedule=schedule, seed=seed,
+                       output=output, arch=arch, imgsz=imgsz, mean=mean, std=std, crop=crop, modules=modules,
+                       head=head, names=names, say=console.print)
     _print_prune(record)
 
 

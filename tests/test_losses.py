@@ -97,3 +97,38 @@ def test_label_loss_needs_labels(demo_adapter, tmp_path):
     config = QATConfig(epochs=1, batch=2, calib_images=2, max_steps=1, distill=False, labels=True)
     with pytest.raises(OrinflowError, match="label loss needs detect labels"):
         run_qat(demo_adapter, load_dataset(tmp_path / "imgs"), config, tmp_path / "q.onnx", say=lambda m: 0)
+
+
+def test_mixup_readdresses_each_images_objects_to_the_image_that_blends_it_in():
+    from orinflow.optimize.qat import _moved_to_partners
+
+    targets = torch.tensor([[0, 5, .1, .1, .1, .1], [2, 7, .2, .2, .2, .2], [2, 8, .3, .3, .3, .3]])
+    partner = torch.tensor([2, 0, 1])  # image 0 blends in image 2, image 1 image 0, image 2 image 1
+    moved = _moved_to_partners(targets, partner)
+    assert moved[:, 0].tolist() == [1, 0, 0] and torch.equal(moved[:, 1:], targets[:, 1:])
+
+
+def test_mixup_class_loss_weighs_both_labels_by_their_share():
+    from orinflow.optimize.qat import _class_loss
+
+    logits, labels = torch.randn(3, 4), torch.tensor([0, 1, 2])
+    partner = torch.tensor([1, 2, 0])
+    ce = torch.nn.functional.cross_entropy
+    assert torch.isclose(_class_loss(logits, labels, partner, torch.ones(3)), ce(logits, labels))
+    assert torch.isclose(_class_loss(logits, labels, partner, torch.zeros(3)), ce(logits, labels[partner]))
+
+
+def test_detector_mixup_blends_images_and_trains_on_both_images_labels(demo_adapter, tiny_shapes):
+    """A blended batch scores against the union of both images' boxes: lower than against one image's only."""
+    dataset = load_dataset(tiny_shapes, "val")
+    student = copy.deepcopy(demo_adapter.export_module()).eval()
+    objective = Objective(demo_adapter, student, demo_adapter.export_module(),
+                          QATConfig(distill=False, labels=True, mixup=True))
+    images, labels, metas = next(_batches(dataset, demo_adapter, np.arange(min(4, len(dataset))), 4))
+    objective._mixing = lambda n, device: (torch.roll(torch.arange(n), 1), torch.full((n,), 0.5))
+    with torch.no_grad():
+        union = objective(images, labels, metas).item()
+        objective.config.mixup, objective._mixing = False, lambda n, device: (None, None)
+        half = 0.5 * images + 0.5 * images[torch.roll(torch.arange(len(images)), 1)]
+        own_only = objective(half, labels, metas).item()
+    assert np.isfinite(union) and union < own_only

@@ -93,15 +93,16 @@ def test_without_either_the_pruned_graph_breaks(monkeypatch):
 
 def test_demo_detector_prunes_with_distillation_and_keeps_its_family(tiny_shapes, tmp_path):
     """The embedded detector: one pruning step and a few distillation steps; the checkpoint is Ultralytics', the
-    record holds params, FLOPs and the side-by-side ONNX latency with the CPU's name."""
+    record holds params, FLOPs, the fine-tuning's settings and the side-by-side ONNX latency with the CPU's name."""
     output = tmp_path / "shapes_pruned.pt"
     result = _prune(["-m", str(DEMO_MODEL), "--imgsz", "128", "--yaml", str(tiny_shapes), "--flops", "0.8",
                      "--round-to", "8", "--epochs", "1", "--max-steps", "2", "--batch", "4", "--runs", "3",
-                     "-o", str(output)])
+                     "--mixup", "--schedule", "cosine", "-o", str(output)])
     assert result.exit_code == 0, result.output
     assert "ONNX Runtime CPU batch 1" in result.output
     record = json.loads(output.with_name(output.name + ".json").read_text())
     assert record["steps"][0]["losses"] and record["onnx"]["cpu"]
+    assert record["training"]["mixup"] and record["training"]["schedule"] == "cosine"
     assert record["onnx"]["size_bytes"]["pruned"] < record["onnx"]["size_bytes"]["original"]
     from orinflow.models import load_model
 
@@ -240,6 +241,7 @@ def test_dry_run_writes_nothing(tmp_path, monkeypatch):
     (["--flops", "0"], "--flops is the share of the original FLOPs to keep"),
     (["--flops", "1"], "--flops is the share of the original FLOPs to keep"),
     (["--flops", "0.01"], "out of reach"),
+    (["--schedule", "linear"], "--schedule must be one of constant, cosine"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(args, message, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -125,3 +125,11 @@ def test_qat_data_parallel_under_torchrun(tiny_shapes, tmp_path):
     record = json.loads(out.with_suffix(".json").read_text())
     assert record["processes"] == 2 and len(record["losses"]) == 2 and record["qdq_report"]["lint"] == []
     assert result.stdout.count("route 2: QAT") == 1  # one report, from rank 0
+
+
+def test_cosine_schedule_decays_to_zero_and_constant_holds():
+    from orinflow.optimize.qat import QATConfig, learning_rate
+
+    cosine, constant = QATConfig(lr=1e-3, schedule="cosine"), QATConfig(lr=1e-3)
+    assert [round(learning_rate(cosine, t), 7) for t in (0, 0.5, 1)] == [1e-3, 5e-4, 0]
+    assert {learning_rate(constant, t) for t in (0, 0.5, 1)} == {1e-3}

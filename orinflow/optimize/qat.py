@@ -12,6 +12,7 @@ cross-entropy for classifiers, Ultralytics' or YOLOv5's detection loss (losses.p
 from __future__ import annotations
 
 import copy
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,6 +40,14 @@ from .report import qdq_report
 DFL_PATTERN = "*dfl*"
 
 
+SCHEDULES = ("constant", "cosine")
+
+
+def check_schedule(schedule: str) -> None:
+    if schedule not in SCHEDULES:
+        raise OrinflowError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+
+
 @dataclass
 class QATConfig:
     epochs: int = 1
@@ -53,6 +62,8 @@ class QATConfig:
     max_steps: int | None = None  # cap per epoch (quick runs, tests)
     resume: bool = False  # continue from the checkpoint of an interrupted run
     flip: bool = False  # mirror a random half of each batch (teacher, student and labels alike)
+    mixup: bool = False  # blend each image with another of its batch (share ~ U(0, 1)); labels of both count
+    schedule: str = "constant"  # learning rate: constant, or cosine (decays to 0 over the run)
 
     def validate(self) -> None:
         if self.epochs < 0 or self.batch < 1 or self.lr <= 0:
@@ -62,6 +73,7 @@ class QATConfig:
             raise OrinflowError(f"--calib-images must be >= 1, got {self.calib_images}")
         if self.max_steps is not None and self.max_steps < 1:
             raise OrinflowError(f"--max-steps must be >= 1, got {self.max_steps}")
+        check_schedule(self.schedule)
 
     def fingerprint(self) -> dict:
         """What must match for a checkpoint to be resumed (the epoch count may grow)."""
@@ -170,8 +182,11 @@ def _epoch(adapter, objective, dataset, config: QATConfig, order, epoch: int, op
         steps = min(steps, config.max_steps)
         order = order[:steps * config.batch]
     total = 0.0
-    for images, labels, metas in progress(_batches(dataset, adapter, order, config.batch),
-                                          f"epoch {epoch + 1}/{config.epochs}", total=steps):
+    batches = progress(_batches(dataset, adapter, order, config.batch), f"epoch {epoch + 1}/{config.epochs}",
+                       total=steps)
+    for step, (images, labels, metas) in enumerate(batches):
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(config, (epoch * steps + step) / (config.epochs * steps))
         loss = objective(images.to(config.device), labels, metas)
         optimizer.zero_grad()
         loss.backward()
@@ -181,6 +196,13 @@ def _epoch(adapter, objective, dataset, config: QATConfig, order, epoch: int, op
             after_step()
         total += loss.item()
     return distributed.mean_across_ranks(total / max(steps, 1), images.device)
+
+
+def learning_rate(config: QATConfig, progress_share: float) -> float:
+    """The rate at this share of the run (a pure function of it, so a resumed run follows the same curve)."""
+    if config.schedule == "cosine":
+        return config.lr * 0.5 * (1 + math.cos(math.pi * progress_share))
+    return config.lr
 
 
 def uses_labels(adapter: ModelAdapter, config: QATConfig) -> bool:
@@ -210,6 +232,10 @@ class Objective:
         if flipped.any():
             images = images.clone()
             images[flipped] = images[flipped].flip(-1)
+        partner, share = self._mixing(len(images), images.device)
+        if partner is not None:
+            weight = share.view(-1, 1, 1, 1)
+            images = weight * images + (1 - weight) * images[partner]
         outputs = self.student.module(images)  # beneath RawOutput: Ultralytics heads add their training outputs
         first = outputs[0] if isinstance(outputs, (tuple, list)) else outputs
         processing = self.adapter.processing
@@ -222,13 +248,40 @@ class Objective:
             if labels is None:
                 raise OrinflowError("the label loss needs a labelled dataset; train with --distill --no-labels")
             if self.detection_loss is None:
-                loss = loss + F.cross_entropy(first, torch.as_tensor(labels, device=images.device))
+                loss = loss + _class_loss(first, torch.as_tensor(labels, device=images.device), partner, share)
             else:
                 targets = input_targets(labels, metas, processing.imgsz)
                 mirrored = flipped[targets[:, 0].long()]
                 targets[mirrored, 2] = 1 - targets[mirrored, 2]  # x centre, normalised to the input
+                if partner is not None:  # a blended image holds both images' objects (as YOLO's own mixup)
+                    targets = torch.cat([targets, _moved_to_partners(targets, partner)])
+                    targets = targets[targets[:, 0].argsort(stable=True)]  # Ultralytics' loss reads them by image
                 loss = loss + self.detection_loss(outputs, targets)
         return loss
+
+    def _mixing(self, count: int, device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """With --mixup: each image's partner in the batch and the image's own share of the blend."""
+        if not self.config.mixup:
+            return None, None
+        partner = torch.from_numpy(self.rng.permutation(count)).to(device)
+        share = torch.from_numpy(self.rng.random(count).astype(np.float32)).to(device)
+        return partner, share
+
+
+def _class_loss(logits: torch.Tensor, labels: torch.Tensor, partner, share) -> torch.Tensor:
+    if partner is None:
+        return F.cross_entropy(logits, labels)
+    own = F.cross_entropy(logits, labels, reduction="none")
+    other = F.cross_entropy(logits, labels[partner], reduction="none")
+    return (share * own + (1 - share) * other).mean()
+
+
+def _moved_to_partners(targets: torch.Tensor, partner: torch.Tensor) -> torch.Tensor:
+    """Image j's target rows, re-addressed to the image i that blends j in (partner[i] == j)."""
+    blended_into = torch.argsort(partner.cpu()).to(targets.device)
+    moved = targets.clone()
+    moved[:, 0] = blended_into[targets[:, 0].long()].to(targets.dtype)
+    return moved
 
 
 def _save_checkpoint(path: Path, student, optimizer, config: QATConfig, losses: list[float]) -> None:
