@@ -133,3 +133,18 @@ def test_cosine_schedule_decays_to_zero_and_constant_holds():
     cosine, constant = QATConfig(lr=1e-3, schedule="cosine"), QATConfig(lr=1e-3)
     assert [round(learning_rate(cosine, t), 7) for t in (0, 0.5, 1)] == [1e-3, 5e-4, 0]
     assert {learning_rate(constant, t) for t in (0, 0.5, 1)} == {1e-3}
+
+
+def test_a_checkpoint_from_before_a_setting_existed_resumes_with_its_default(tmp_path):
+    """Checkpoints written before --mixup/--schedule existed hold no such keys: they resume as the defaults."""
+    import orinflow.optimize.qat as qat
+
+    student = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(student.parameters())
+    config = QATConfig(resume=True)
+    older = {k: v for k, v in config.fingerprint().items() if k not in ("mixup", "schedule")}
+    torch.save({"config": older, "student": student.state_dict(), "optimizer": optimizer.state_dict(),
+                "losses": [0.5]}, tmp_path / "c.pt")
+    assert qat._resume(student, optimizer, config, tmp_path / "c.pt", lambda *_: 0) == [0.5]
+    with pytest.raises(OrinflowError, match="different settings.*mixup"):
+        qat._resume(student, optimizer, QATConfig(resume=True, mixup=True), tmp_path / "c.pt", lambda *_: 0)

@@ -300,8 +300,10 @@ def _resume(student, optimizer, config: QATConfig, checkpoint: Path | None, say)
         state = torch.load(checkpoint, map_location=config.device, weights_only=True)
     except Exception as e:
         raise OrinflowError(f"--resume: {checkpoint} is not a readable orinflow checkpoint ({type(e).__name__})") from e
-    if state.get("config") != config.fingerprint():
-        changed = sorted(k for k, v in config.fingerprint().items() if state.get("config", {}).get(k) != v)
+    # a setting added since the checkpoint was written reads as its default, which that run used
+    saved = {**QATConfig().fingerprint(), **state.get("config", {})}
+    if saved != config.fingerprint():
+        changed = sorted(k for k, v in config.fingerprint().items() if saved.get(k) != v)
         raise OrinflowError(f"--resume: {checkpoint} was written with different settings ({', '.join(changed)})")
     student.load_state_dict(state["student"])
     optimizer.load_state_dict(state["optimizer"])
