@@ -792,7 +792,7 @@ def _print_prune(record: dict) -> None:
         console.print(table)
     before, after = record["before"], record["after"]
     console.print(f"params {before['params']:,} -> {after['params']:,}; GFLOPs {before['gflops']} -> "
-                  f"{after['gflops']} ({after['gflops'] / before['gflops']:.3f} of the original)")
+                  f"{after['gflops']} ({after['macs'] / before['macs']:.3f} of the original)")
     if "onnx" in record:
         onnx_ = record["onnx"]
         console.print(f"ONNX Runtime CPU batch 1 ({onnx_['cpu']}): {onnx_['latency_ms']['original']['median']:.2f} -> "

@@ -71,7 +71,7 @@ def _pruned_yolov8(monkeypatch, split_blocks: bool, guard: bool):
     protected = prune.protected_layers(module, example)
     names = {m: n for n, m in module.named_modules()}
     named = {names[m]: why for m, why in protected.items()}
-    trial = prune.pruned_copy(module, example, prune.PruneConfig(flops=None, ratio=0.3, round_to=8), 0.3, named)
+    trial = prune.pruned_copy(module, example, prune.PruneConfig(flops=None, ratio=0.3, round_to=8), named)
     trial(torch.zeros(1, 3, 64, 64))
     return named
 

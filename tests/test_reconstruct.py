@@ -23,7 +23,7 @@ def _net() -> nn.Module:
 def _pruner(module: nn.Module, example: torch.Tensor):
     config = prune.PruneConfig(flops=None, ratio=0.5, round_to=1)
     protected = prune.protected_layers(module, example)
-    return prune.make_pruner(module, example, config, 0.5, protected, 1)
+    return prune.make_pruner(module, example, config, protected, 1)
 
 
 def test_tracked_step_names_the_channels_each_layer_kept():

@@ -12,8 +12,8 @@ not be pruned:
 Channel counts are rounded to `round_to` (TensorRT's INT8 kernels use 32-channel vectors;
 docs/prune.md), and every layer keeps at least `min_share` of its channels.
 
-A FLOP target is met by searching the uniform per-layer pruning ratio on a copy (channel
-counts depend on the ratio only, not on the weights), then pruning in `steps` steps with
+A FLOP target is met by choosing each group's channel count on the rounding grid, as close to one share
+for all as the rounding allows (optimize/allocation.py), then pruning in `steps` steps with
 fine-tuning between them (optimize/qat.py's trainer: distillation from the unpruned model
 and/or the family's label loss). Before fine-tuning, each step's changed layers are refitted by least
 squares on training images (optimize/reconstruct.py), or without data, BatchNorm is re-estimated.
@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from ..errors import OrinflowError
+from .allocation import Group, LayerShape, even_allocation
 from .reconstruct import pruned_and_refitted
 
 IMPORTANCES = ("l1", "l2", "bn", "taylor", "lamp")
@@ -96,9 +97,12 @@ def layer_macs(module: nn.Module, example: torch.Tensor) -> dict[str, int]:
     return macs
 
 
+def out_width(layer: nn.Module) -> int:
+    return layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features
+
+
 def channels(module: nn.Module) -> dict[str, int]:
-    return {n: (m.out_channels if isinstance(m, nn.Conv2d) else m.out_features)
-            for n, m in module.named_modules() if isinstance(m, PRUNABLE)}
+    return {n: out_width(m) for n, m in module.named_modules() if isinstance(m, PRUNABLE)}
 
 
 def summary(module: nn.Module, example: torch.Tensor) -> dict:
@@ -347,8 +351,10 @@ def _importance(name: str):
             "lamp": lambda: tp.importance.LAMPImportance(p=2)}[name]()
 
 
-def make_pruner(module: nn.Module, example: torch.Tensor, config: PruneConfig, ratio: float,
-                protected: dict[nn.Module, str], steps: int):
+def make_pruner(module: nn.Module, example: torch.Tensor, config: PruneConfig, protected: dict[nn.Module, str],
+                steps: int, keep: dict[str, int] | None = None):
+    """A pruner that takes every group to the channels `keep` gives its layers (by name, from plan_channels) or,
+    without it, prunes config.ratio of every group; in `steps` equal steps."""
     import torch_pruning as tp
 
     class RoundedPruner(tp.pruner.BasePruner):
@@ -360,10 +366,13 @@ def make_pruner(module: nn.Module, example: torch.Tensor, config: PruneConfig, r
             keep = min(max(keep, round_to), current_channels)
             return current_channels - keep
 
+    by_name = dict(module.named_modules())
+    ratios = {by_name[name]: 1 - count / out_width(by_name[name]) for name, count in (keep or {}).items()}
     with warnings.catch_warnings(), traceable(module, example) as traced:
         warnings.simplefilter("ignore")
         return RoundedPruner(traced, example, importance=_importance(config.importance),
-                             pruning_ratio=ratio, max_pruning_ratio=1 - config.min_share, iterative_steps=steps,
+                             pruning_ratio=0.0 if keep is not None else config.ratio, pruning_ratio_dict=ratios,
+                             max_pruning_ratio=1 - config.min_share, iterative_steps=steps,
                              ignored_layers=list(protected), round_to=config.round_to,
                              forward_fn=traced_forward({m for m, why in protected.items() if why == OUTPUT_LAYER}),
                              root_module_types=list(PRUNABLE))
@@ -379,44 +388,77 @@ def prune_step(pruner, module: nn.Module, gradients=None) -> None:
     module.zero_grad(set_to_none=True)
 
 
-def pruned_copy(module: nn.Module, example: torch.Tensor, config: PruneConfig, ratio: float,
-                protected_names: dict[str, str]) -> nn.Module:
-    """A copy pruned at `ratio` in one step with L1 importance (channel counts do not depend on importance)."""
+def pruned_copy(module: nn.Module, example: torch.Tensor, config: PruneConfig, protected_names: dict[str, str],
+                keep: dict[str, int] | None = None) -> nn.Module:
+    """A copy pruned as make_pruner would, in one step with L1 importance (channel counts do not depend on
+    importance)."""
     trial = copy.deepcopy(module)
     by_name = dict(trial.named_modules())
-    pruner = make_pruner(trial, example, replace(config, importance="l1"), ratio,
-                         {by_name[n]: why for n, why in protected_names.items()}, 1)
+    pruner = make_pruner(trial, example, replace(config, importance="l1"),
+                         {by_name[n]: why for n, why in protected_names.items()}, 1, keep)
     prune_step(pruner, trial)
     return trial
 
 
-def search_ratio(module: nn.Module, example: torch.Tensor, config: PruneConfig, protected_names: dict[str, str],
-                 say=print) -> float:
-    """The smallest uniform ratio whose pruned copy meets config.flops (config.ratio when given)."""
+def prunable_groups(module: nn.Module, example: torch.Tensor, protected: dict[nn.Module, str]) -> list[Group]:
+    """Every group the pruner may cut, with the layers whose outputs and inputs it narrows, from the graph."""
+    graph = build_graph(module, example, {m for m, why in protected.items() if why == OUTPUT_LAYER})
+    names = {m: n for n, m in module.named_modules()}
+    groups = []
+    for found in graph.get_all_groups(ignored_layers=list(protected), root_module_types=PRUNABLE):
+        root = found[0].dep.target.module
+        group = Group(out_width(root))
+        for dep, indices in found:  # the indices of all the root's channels, as each layer sees them
+            layer = dep.target.module
+            if not isinstance(layer, PRUNABLE):
+                continue
+            side = group.writers if graph.is_out_channel_pruning_fn(dep.handler) else group.readers
+            side[names[layer]] = side.get(names[layer], 0.0) + len(indices) / group.channels
+        groups.append(group)
+    return groups
+
+
+def layer_shapes(module: nn.Module, example: torch.Tensor) -> dict[str, LayerShape]:
+    layers = dict(module.named_modules())
+    shapes = {}
+    for name, macs in layer_macs(module, example).items():
+        layer = layers[name]
+        conv = isinstance(layer, nn.Conv2d)
+        shapes[name] = LayerShape(macs, out_width(layer), layer.in_channels if conv else layer.in_features,
+                                  depthwise=conv and layer.groups > 1)
+    return shapes
+
+
+def plan_channels(module: nn.Module, example: torch.Tensor, config: PruneConfig, protected: dict[nn.Module, str],
+                  say=print) -> dict[str, int] | None:
+    """Channels every pruned layer keeps to meet config.flops (optimize/allocation.py), checked on a pruned
+    copy; None with config.ratio (every group loses that share)."""
     if config.ratio is not None:
-        return config.ratio
-    base = sum(layer_macs(module, example).values())
-
-    def share(ratio: float) -> float:
-        trial = pruned_copy(module, example, config, ratio, protected_names)
-        return sum(layer_macs(trial, example).values()) / base
-
-    highest = 1 - config.min_share
-    deepest = share(highest)
-    if deepest > config.flops + 1e-9:
-        raise OrinflowError(f"--flops {config.flops} is out of reach: with every layer keeping {config.min_share:.0%} "
-                            f"of its channels (rounded to {config.round_to}), pruning gets to {deepest:.3f} of the "
-                            f"original FLOPs")
-    low, high, reached = 0.0, highest, deepest
-    for _ in range(8):  # channel counts change in steps; 8 halvings resolve the ratio to 0.3%
-        middle = (low + high) / 2
-        value = share(middle)
-        if value <= config.flops + 1e-9:
-            high, reached = middle, value
-        else:
-            low = middle
-    say(f"pruning ratio {high:.3f} per layer reaches {reached:.3f} of the original FLOPs")
-    return high
+        return None
+    names = {m: n for n, m in module.named_modules()}
+    protected_names = {names[m]: why for m, why in protected.items()}
+    shapes = layer_shapes(module, example)
+    groups = prunable_groups(module, example, protected)
+    base = sum(shape.macs for shape in shapes.values())
+    goal = config.flops
+    for _ in range(4):  # the estimate misses ops it does not model (a flatten's features): aim lower and retry
+        counts, estimated = even_allocation(shapes, groups, goal * base, config.round_to, config.min_share)
+        keep = {name: count for group, count in zip(groups, counts) if count < group.channels
+                for name in group.writers}
+        reached = sum(layer_macs(pruned_copy(module, example, config, protected_names, keep), example).values()) / base
+        if estimated > goal * base:
+            raise OrinflowError(f"--flops {config.flops} is out of reach: with every layer keeping "
+                                f"{config.min_share:.0%} of its channels (rounded to {config.round_to}), pruning gets to "
+                                f"{reached:.3f} of the original FLOPs")
+        if reached <= config.flops + 1e-9:
+            break
+        goal *= config.flops / reached
+    else:
+        raise OrinflowError(f"--flops {config.flops}: the pruned copies stay at {reached:.3f} of the original FLOPs")
+    pruned = sum(count < group.channels for group, count in zip(groups, counts))
+    say(f"{pruned} of {len(groups)} prunable groups cut to multiples of {config.round_to}; {reached:.3f} of the "
+        "original FLOPs")
+    return keep
 
 
 def layer_table(before: dict, after: dict) -> list[dict]:
@@ -464,15 +506,15 @@ def run_prune(adapter, config: PruneConfig, output, dataset=None, train_config=N
     say(f"{len(protected)} layer(s) protected: " + ", ".join(f"{n} ({why})" for n, why in
                                                            list(protected_names.items())[:6])
         + (" ..." if len(protected) > 6 else ""))
-    ratio = search_ratio(module, example, config, protected_names, say)
+    keep = plan_channels(module, example, config, protected, say)
     before = summary(module, full)
     record = {"command": "prune", "route": "prune", "source": adapter.source, "family": adapter.family,
-              "config": asdict(config), "ratio": ratio, "protected": protected_names, "before": _totals(before)}
+              "config": asdict(config), "protected": protected_names, "before": _totals(before)}
     if dry_run:
-        after = summary(pruned_copy(module, example, config, ratio, protected_names), full)
+        after = summary(pruned_copy(module, example, config, protected_names, keep), full)
         return dict(record, dry_run=True, after=_totals(after), layers=layer_table(before, after))
     teacher = RawOutput(prunable_copy(adapter)).eval()
-    pruner = make_pruner(module, example, config, ratio, protected, config.steps)
+    pruner = make_pruner(module, example, config, protected, config.steps, keep)
     pruned_adapter = ModelAdapter(adapter.family, adapter.source, module, adapter.processing, adapter.extra)
     gradients = taylor_gradients(pruned_adapter, teacher, dataset, train_config) \
         if config.importance == "taylor" else None
@@ -514,7 +556,7 @@ def run_prune(adapter, config: PruneConfig, output, dataset=None, train_config=N
     record.update(model=str(output), after=_totals(after), steps=steps, layers=layer_table(before, after),
                   flops_share=after["macs"] / before["macs"],
                   selection={"data": selection.name, "before": baseline} if selection is not None else None)
-    save_checkpoint(adapter, module, output, {"source": adapter.source, "ratio": ratio,
+    save_checkpoint(adapter, module, output, {"source": adapter.source, "ratio": config.ratio,
                                               "flops_share": record["flops_share"]})
     record["seconds"] = round(time.perf_counter() - started, 1)
     return record
@@ -556,7 +598,7 @@ def _images(adapter, dataset, images: int = BN_IMAGES, batch: int = 8):
 
 
 def trace_size(adapter) -> tuple[int, int]:
-    """A small input for tracing and the ratio search: channel counts do not depend on it."""
+    """A small input for tracing and the channel plan: channel counts do not depend on it."""
     height, width = adapter.processing.imgsz
     if adapter.task != "detect":
         return height, width

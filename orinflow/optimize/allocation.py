@@ -1,0 +1,103 @@
+"""How many channels each prunable group keeps to meet a FLOP target (`orinflow prune --flops`).
+
+One ratio for every group, rounded to the hardware multiple, moves in coarse jumps: at `--round-to 16`
+every 32-channel group of yolov5n goes to 16 at once, so `--flops 0.7` could only be met at 0.572.
+Here each group's count is chosen on the rounding grid instead. One multiple at a time is taken from
+the group that would then have lost the smallest share of its channels (ties: the widest group), until
+the estimated FLOPs reach the target. The result is the allocation closest to uniform that the
+rounding allows, and it passes the target by at most one multiple of one group.
+
+FLOPs are estimated from the dependency graph: a layer's multiply-accumulates scale with the share of
+its output channels and of its input features that are left (a depthwise conv's with its outputs only).
+orinflow checks the estimate by pruning a copy (optimize/prune.py).
+"""
+from __future__ import annotations
+
+import heapq
+import math
+from dataclasses import dataclass, field
+
+
+@dataclass
+class LayerShape:
+    macs: float  # at full width
+    outputs: int
+    inputs: int
+    depthwise: bool = False  # its input width follows its output width
+
+
+@dataclass
+class Group:
+    """Coupled channels: pruning one removes it from every writer's outputs and every reader's inputs."""
+    channels: int
+    writers: dict[str, float] = field(default_factory=dict)  # layer -> output channels lost per channel
+    readers: dict[str, float] = field(default_factory=dict)  # layer -> input features lost per channel
+
+    @property
+    def name(self) -> str:
+        return next(iter(self.writers))
+
+
+class FlopEstimate:
+    """Total MACs as groups lose channels, updated layer by layer."""
+
+    def __init__(self, layers: dict[str, LayerShape]):
+        self.layers = layers
+        self.lost_out = dict.fromkeys(layers, 0.0)
+        self.lost_in = dict.fromkeys(layers, 0.0)
+        self.macs = {name: shape.macs for name, shape in layers.items()}
+        self.total = sum(self.macs.values())
+
+    def remove(self, group: Group, count: int) -> None:
+        for name, per_channel in group.writers.items():
+            self.lost_out[name] += per_channel * count
+            self._update(name)
+        for name, per_channel in group.readers.items():
+            self.lost_in[name] += per_channel * count
+            self._update(name)
+
+    def _update(self, name: str) -> None:
+        if name not in self.layers:  # a layer the FLOP count does not reach
+            return
+        shape = self.layers[name]
+        share = max(0.0, 1 - self.lost_out[name] / shape.outputs)
+        if not shape.depthwise:
+            share *= max(0.0, 1 - self.lost_in[name] / shape.inputs)
+        self.total += shape.macs * share - self.macs[name]
+        self.macs[name] = shape.macs * share
+
+
+def lowest_count(channels: int, round_to: int, min_share: float) -> int:
+    """The fewest channels a group may keep: a multiple of round_to holding min_share (a group narrower
+    than one multiple keeps all)."""
+    return min(channels, max(round_to, math.ceil(min_share * channels / round_to) * round_to))
+
+
+def next_count(kept: int, round_to: int) -> int:
+    """The next multiple of round_to below `kept`."""
+    return (kept - 1) // round_to * round_to
+
+
+def even_allocation(layers: dict[str, LayerShape], groups: list[Group], target_macs: float, round_to: int,
+                    min_share: float) -> tuple[list[int], float]:
+    """Channels each group keeps, and the estimated MACs they reach (above target_macs when every group is
+    already at its lowest count)."""
+    estimate = FlopEstimate(layers)
+    kept = [group.channels for group in groups]
+    floors = [lowest_count(group.channels, round_to, min_share) for group in groups]
+    queue: list[tuple[float, int, int]] = []
+
+    def offer(index: int) -> None:
+        after = next_count(kept[index], round_to)
+        if after >= floors[index] and after > 0:
+            heapq.heappush(queue, (1 - after / groups[index].channels, -groups[index].channels, index))
+
+    for index in range(len(groups)):
+        offer(index)
+    while estimate.total > target_macs and queue:
+        _, _, index = heapq.heappop(queue)
+        after = next_count(kept[index], round_to)
+        estimate.remove(groups[index], kept[index] - after)
+        kept[index] = after
+        offer(index)
+    return kept, estimate.total
