@@ -342,11 +342,11 @@ def evaluate_many(models: Sequence[PathLike], data: PathLike | None = None, *, s
             crop: float | None = None, modules: Sequence[PathLike] | None = None, head: str | None = None,
             names: str | None = None, say: Say = print) -> list[dict]:
     """`evaluate` for several models on the same data and settings (`evaluate --compare`; the first is the
-    baseline of a table).
+    baseline of a table). Their batch-1 latencies are timed in turn, round by round, so drift hits all alike.
 
     `json` writes the record of one model, or {"compare": [records]} for several.
     """
-    from .evaluate import EvalOptions, evaluate_model
+    from .evaluate import EvalOptions, evaluate_model, evaluate_side_by_side
     from .io import check_output, check_record_slot, write_json
 
     if not models:
@@ -364,12 +364,12 @@ def evaluate_many(models: Sequence[PathLike], data: PathLike | None = None, *, s
     if json is not None:
         check_output(json, (".json",), [*models, data, coco_json], flag="--json")
         check_record_slot(Path(json), "evaluate", json)
-    records = []
-    for path in models:
-        loaded = load(path, arch=arch, imgsz=imgsz, mean=mean, std=std, crop=crop, modules=modules, head=head,
-                      names=names)
-        say(f"evaluating {path} ...")
-        records.append(evaluate_model(loaded, dataset, split, options))
+    loading = dict(arch=arch, imgsz=imgsz, mean=mean, std=std, crop=crop, modules=modules, head=head, names=names)
+    if len(models) == 1:
+        say(f"evaluating {models[0]} ...")
+        records = [evaluate_model(load(models[0], **loading), dataset, split, options)]
+    else:  # every model loaded before the first is scored: a bad one fails at once; latency timed in turn
+        records = evaluate_side_by_side([load(path, **loading) for path in models], dataset, split, options, say)
     if json is not None:
         write_json(json, records[0] if len(records) == 1 else {"compare": records})
     return records

@@ -61,7 +61,7 @@ def test_export_calibrate_evaluate_end_to_end(tmp_path, tiny_shapes):
         assert key in record
     assert set(record["metrics"]) >= {"mAP50", "mAP50-95"}
     # a static-batch graph cannot time batch 2: no such figure, and the record says why
-    assert set(record["latency_ms"]) == {"batch1", "threads"}
+    assert set(record["latency_ms"]) == {"batch1", "threads", "cpu"}
     assert "static batch of 1" in record["notes"][0] and "static batch" in result.output
     assert record["latency_ms"]["batch1"]["median"] > 0 and record["images"] == 8
 
@@ -74,6 +74,8 @@ def test_compare_table_with_deltas(tmp_path, tiny_shapes, demo_onnx):
     assert "mAP50-95 (Δ)" in result.output
     records = json.loads(out.read_text())["compare"]
     assert [r["runtime"] for r in records] == ["torch", "onnxruntime"]
+    assert all(r["latency_ms"]["interleaved"] and r["latency_ms"]["batch1"]["runs"] == 2 for r in records)
+    assert "timed in turn" in result.output and records[0]["latency_ms"]["cpu"] in result.output
     assert abs(records[0]["metrics"]["mAP50-95"] - records[1]["metrics"]["mAP50-95"]) < 0.01
 
 

@@ -22,39 +22,45 @@ def measure_latency(runner: Runner, input_shape: tuple[int, ...], runs: int = 50
             "runs": runs, "images_per_s": input_shape[0] * 1000 / median}
 
 
-def latency_profile(runner: Runner, image_shape: tuple[int, int, int], batch: int, runs: int, warmup: int) -> dict:
-    """Batch 1 and, when asked, a larger batch, with the thread count that produced them."""
-    result = {"batch1": measure_latency(runner, (1, *image_shape), runs, warmup)}
+def latency_profile(runner: Runner, image_shape: tuple[int, int, int], batch: int, runs: int, warmup: int,
+                    batch1: dict | None = None) -> dict:
+    """Batch 1 (`batch1` when already timed) and, when asked, a larger batch, with the thread count that
+    produced them."""
+    result = {"batch1": batch1 or measure_latency(runner, (1, *image_shape), runs, warmup)}
     if batch > 1:
         result[f"batch{batch}"] = measure_latency(runner, (batch, *image_shape), max(3, runs // batch), warmup=1)
     result["threads"] = runner.threads
+    result["cpu"] = cpu_name()
     return result
 
 
 SETTLE_S = 0.05  # ONNX Runtime's and OpenMP's idle workers spin this long at most before they sleep
 
 
-def interleaved_latency(runners: dict[str, Runner], input_shape: tuple[int, ...], rounds: int = 50,
-                        warmup: int = 5, settle_s: float = SETTLE_S) -> dict[str, dict]:
-    """Median/p90 ms per runner, timed in turn on the same input so drift hits all of them alike.
+def interleaved_latency(runners: dict, input_shape: tuple[int, ...] | dict, rounds: int = 50,
+                        warmup: int = 5, settle_s: float = SETTLE_S) -> dict:
+    """Median/p90 ms per runner, timed in turn on the same input so drift hits all of them alike
+    (`input_shape`: one for all, or one per runner's key).
 
     Each timed run waits `settle_s` first: without the pause, the previous runner's worker
     threads are still spinning when the next one starts, and on a 2-core machine that
     doubled every latency and skewed the ratios (measured: FP32 yolov5n 70 ms interleaved
     against 32 ms alone).
     """
-    batch = np.random.default_rng(0).random(input_shape, dtype=np.float32)
-    for runner in runners.values():
+    shapes = input_shape if isinstance(input_shape, dict) else dict.fromkeys(runners, input_shape)
+    batches = {name: np.random.default_rng(0).random(shapes[name], dtype=np.float32) for name in runners}
+    for name, runner in runners.items():
         for _ in range(warmup):
-            runner.run(batch)
-    times: dict[str, list[float]] = {name: [] for name in runners}
+            runner.run(batches[name])
+    times: dict = {name: [] for name in runners}
     for _ in range(rounds):
         for name, runner in runners.items():
             time.sleep(settle_s)
             start = time.perf_counter()
-            runner.run(batch)
+            runner.run(batches[name])
             times[name].append((time.perf_counter() - start) * 1000)
-    return {name: {"median": float(np.median(t)), "p90": float(np.percentile(t, 90)), "runs": rounds}
+    return {name: {"batch": shapes[name][0], "median": float(np.median(t)), "p90": float(np.percentile(t, 90)),
+                   "runs": rounds, "images_per_s": shapes[name][0] * 1000 / float(np.median(t))}
             for name, t in times.items()}
 
 

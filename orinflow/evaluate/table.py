@@ -42,6 +42,10 @@ def comparison_table(records: list[dict], title: str = "orinflow evaluate") -> T
             row.append("-" if record is base or speed is None else f"{speed:.2f}x")
         row += [f"{record['params']:,}", _fmt_size(record.get("size_bytes"))]
         table.add_row(*row)
+    timing = [r["latency_ms"] for r in records if "latency_ms" in r]
+    if timing and "cpu" in timing[0]:
+        table.caption = f"latency on {timing[0]['cpu']}" + (", batch 1 timed in turn (interleaved)"
+                                                           if timing[0].get("interleaved") else "")
     return table
 
 
