@@ -17,9 +17,7 @@ def measure_latency(runner: Runner, input_shape: tuple[int, ...], runs: int = 50
         start = time.perf_counter()
         runner.run(batch)
         times.append((time.perf_counter() - start) * 1000)
-    median = float(np.median(times))
-    return {"batch": input_shape[0], "median": median, "p90": float(np.percentile(times, 90)),
-            "runs": runs, "images_per_s": input_shape[0] * 1000 / median}
+    return _summary(times, input_shape[0])
 
 
 def latency_profile(runner: Runner, image_shape: tuple[int, int, int], batch: int, runs: int, warmup: int,
@@ -59,9 +57,13 @@ def interleaved_latency(runners: dict, input_shape: tuple[int, ...] | dict, roun
             start = time.perf_counter()
             runner.run(batches[name])
             times[name].append((time.perf_counter() - start) * 1000)
-    return {name: {"batch": shapes[name][0], "median": float(np.median(t)), "p90": float(np.percentile(t, 90)),
-                   "runs": rounds, "images_per_s": shapes[name][0] * 1000 / float(np.median(t))}
-            for name, t in times.items()}
+    return {name: _summary(t, shapes[name][0]) for name, t in times.items()}
+
+
+def _summary(times: list[float], batch: int) -> dict:
+    median = float(np.median(times))
+    return {"batch": batch, "median": median, "p90": float(np.percentile(times, 90)), "runs": len(times),
+            "images_per_s": batch * 1000 / median}
 
 
 def cpu_name() -> str:
