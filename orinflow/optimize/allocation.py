@@ -33,10 +33,6 @@ class Group:
     writers: dict[str, float] = field(default_factory=dict)  # layer -> output channels lost per channel
     readers: dict[str, float] = field(default_factory=dict)  # layer -> input features lost per channel
 
-    @property
-    def name(self) -> str:
-        return next(iter(self.writers))
-
 
 class FlopEstimate:
     """Total MACs as groups lose channels, updated layer by layer."""
@@ -49,16 +45,13 @@ class FlopEstimate:
         self.total = sum(self.macs.values())
 
     def remove(self, group: Group, count: int) -> None:
-        for name, per_channel in group.writers.items():
-            self.lost_out[name] += per_channel * count
-            self._update(name)
-        for name, per_channel in group.readers.items():
-            self.lost_in[name] += per_channel * count
-            self._update(name)
+        for side, lost in ((group.writers, self.lost_out), (group.readers, self.lost_in)):
+            for name, per_channel in side.items():
+                if name in lost:  # not a layer the inference pass skips (the FLOP count does not reach it)
+                    lost[name] += per_channel * count
+                    self._update(name)
 
     def _update(self, name: str) -> None:
-        if name not in self.layers:  # a layer the FLOP count does not reach
-            return
         shape = self.layers[name]
         share = max(0.0, 1 - self.lost_out[name] / shape.outputs)
         if not shape.depthwise:
