@@ -2,7 +2,7 @@
 
     python benchmarks/prune.py                      # the embedded demo detector on its generated data (minutes)
     python benchmarks/prune.py -m ../shared/weights/yolov5n.pt --data ../shared/data/coco-tune/coco-tune.yaml \
-        --val-data ../shared/data/coco-val-dev/coco-val-dev.yaml --round-to 8 --epochs 1 --batch 8
+        --val-data ../shared/data/coco-val-dev/coco-val-dev.yaml --epochs 1 --batch 8
 
 Each target is pruned twice from the same model with the same fine-tuning budget: distillation from
 the unpruned model, and the family's label loss alone. Every model is exported to ONNX and evaluated on
@@ -38,7 +38,7 @@ def main() -> int:
     parser.add_argument("--val-data", help="held-out data the figures are claimed on (default: --data)")
     parser.add_argument("--val-split", default="val")
     parser.add_argument("--targets", default="0.9,0.8,0.7,0.6", help="FLOP shares to keep")
-    parser.add_argument("--round-to", type=int, default=8)
+    parser.add_argument("--round-to", type=int, help="channel multiple (default: orinflow prune's)")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--max-steps", type=int)
     parser.add_argument("--batch", type=int, default=16)
@@ -55,6 +55,7 @@ def main() -> int:
 
         data, imgsz = str(shapes.generate(work / "shapes")), imgsz or shapes.IMAGE_SIZE
     val_data = args.val_data or data
+    rounding = {} if args.round_to is None else {"round_to": args.round_to}
     options = EvalOptions(measure_latency=False, batch=8)
     original = orinflow.export(args.model, imgsz=imgsz, output=work / "original.onnx")["model"]
     rows = [{"name": "original", "onnx": original, "flops_share": 1.0, "params": None,
@@ -62,7 +63,7 @@ def main() -> int:
     for target in [float(t) for t in args.targets.split(",")]:
         for distill in (True, False):
             name = f"{target:.2f}_{'distill' if distill else 'labels'}"
-            made = orinflow.prune(args.model, data, split=args.split, flops=target, round_to=args.round_to,
+            made = orinflow.prune(args.model, data, split=args.split, flops=target, **rounding,
                                   epochs=args.epochs, max_steps=args.max_steps, batch=args.batch, lr=args.lr,
                                   distill=distill, labels=not distill, imgsz=imgsz, runs=0,
                                   output=work / f"{name}.pt", say=lambda *_: None)
