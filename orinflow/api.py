@@ -679,8 +679,9 @@ def sparse_qat(model: PathLike, data: PathLike, *, split: str = "train", val_dat
 # ---- route 5
 def prune(model: PathLike, data: PathLike | None = None, *, split: str = "train", flops: float | None = 0.7,
           ratio: float | None = None, importance: str = "l1", round_to: int = 32, steps: int = 1,
-          min_share: float = 0.25, reconstruct: bool = True, epochs: int = 1, lr: float = 1e-4, batch: int = 8,
-          distill: bool = True, labels: bool | None = None, max_drop: float | None = None, select_yaml: PathLike | None = None,
+          min_share: float = 0.25, reconstruct: bool = True, plan: str = "even", epochs: int = 1,
+          lr: float = 1e-4, batch: int = 8, distill: bool = True, labels: bool | None = None,
+          max_drop: float | None = None, select_yaml: PathLike | None = None,
           select_split: str = "val", select_images: int = 200, device: str = "cpu", max_steps: int | None = None,
           dry_run: bool = False, runs: int = 20, flip: bool = False, mixup: bool = False, schedule: str = "constant",
           seed: int = 0, output: PathLike | None = None,
@@ -693,7 +694,10 @@ def prune(model: PathLike, data: PathLike | None = None, *, split: str = "train"
     loss; epochs 0 prunes only). Channel counts are rounded to `round_to` and every layer keeps `min_share`.
     reconstruct: after each step, refit every layer that lost input channels by least squares to its output
     before the step, on 64 images of `data` (optimize/reconstruct.py); off, or without data, BatchNorm
-    statistics are re-estimated instead.
+    statistics are re-estimated instead. plan: how the FLOPs to cut are shared among the coupled channel groups
+    (with `flops`): even takes the same share from every group, as the rounding allows; measured cuts first the
+    groups whose cuts add the least head-output noise per FLOP, each measured alone on 8 images of `data`
+    (without data: even). It helped yolov5n and ResNet-20 but hurt the demo detector (docs/prune.md).
 
     max_drop: score the model on `select_yaml`/`select_split` (default `data`, `select_images` drawn) after every
     step and undo the step that loses more than this (absolute mAP50-95 or top-1). dry_run: per-layer channels,
@@ -711,7 +715,8 @@ def prune(model: PathLike, data: PathLike | None = None, *, split: str = "train"
 
     check_schedule(schedule)  # checked with --epochs 0 too: a typo is not silently ignored
     config = PruneConfig(flops=None if ratio is not None else flops, ratio=ratio, importance=importance,
-                         round_to=round_to, steps=steps, min_share=min_share, reconstruct=reconstruct)
+                         round_to=round_to, steps=steps, min_share=min_share, reconstruct=reconstruct,
+                         plan=plan)
     config.validate()
     if max_drop is not None and max_drop < 0:
         raise OrinflowError("--max-drop must be >= 0")

@@ -736,6 +736,9 @@ def prune(
     reconstruct: Annotated[bool, typer.Option("--reconstruct/--no-reconstruct", help="Refit the layers that lost "
                                               "input channels by least squares on 64 --yaml images (without: "
                                               "re-estimate BatchNorm only).")] = True,
+    plan: Annotated[str, typer.Option("--plan", help="Share of the cut per channel group: even, or measured "
+                                      "(least head-output noise per FLOP, each group's cuts measured on 8 --yaml "
+                                      "images; see docs/prune.md before relying on it).")] = "even",
     epochs: Annotated[int, typer.Option("--epochs", help="Fine-tuning epochs after each step (0: prune "
                                         "only).")] = 1,
     lr: LrOpt = 1e-4,
@@ -770,10 +773,11 @@ def prune(
     from . import api
 
     record = api.prune(model, data, split=split, flops=flops, ratio=ratio, importance=importance,
-                       round_to=round_to, steps=steps, min_share=min_share, reconstruct=reconstruct, epochs=epochs,
-                       lr=lr, batch=batch, distill=distill, labels=labels, max_drop=max_drop, select_yaml=select_yaml,
-                       select_split=select_split, select_images=select_images, device=device, max_steps=max_steps,
-                       dry_run=dry_run, runs=runs, flip=flip, mixup=mixup, schedule=schedule, seed=seed,
+                       round_to=round_to, steps=steps, min_share=min_share, reconstruct=reconstruct, plan=plan,
+                       epochs=epochs, lr=lr, batch=batch, distill=distill, labels=labels, max_drop=max_drop,
+                       select_yaml=select_yaml, select_split=select_split, select_images=select_images,
+                       device=device, max_steps=max_steps, dry_run=dry_run, runs=runs, flip=flip, mixup=mixup,
+                       schedule=schedule, seed=seed,
                        output=output, arch=arch, imgsz=imgsz, mean=mean, std=std, crop=crop, modules=modules,
                        head=head, names=names, say=console.print)
     _print_prune(record)

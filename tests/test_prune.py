@@ -162,10 +162,13 @@ def test_resnet_prunes_to_a_state_dict_that_loads_with_its_arch(class_tree, tmp_
     output = tmp_path / "r20_pruned.pt"
     result = _prune(["--arch", arch, "-m", "", "--imgsz", "32", "--yaml", str(class_tree), "--flops", "0.7",
                      "--round-to", "4", "--epochs", "1", "--batch", "4", "--runs", "0", "--importance", "l2",
-                     "-o", str(output)])
+                     "--plan", "measured", "-o", str(output)])
     assert result.exit_code == 0, result.output
     record = json.loads(output.with_name(output.name + ".json").read_text())
     assert record["flops_share"] <= 0.7
+    plan = record["plan"]  # with data, each group's cuts were measured on the classifier's logits
+    assert plan["plan"] == "measured" and plan["probe_images"] > 0
+    assert all(group["sqnr_db"] for group in plan["groups"] if group["kept"] < group["channels"])
     saved = torch.load(output, weights_only=True)
     assert "orinflow_pruned" in saved
     from orinflow.models import load_model
@@ -230,14 +233,17 @@ def test_a_model_without_an_own_output_is_refused():
 
 def test_dry_run_writes_nothing(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    result = _prune(["-m", "yolov8n.yaml", "--imgsz", "64", "--epochs", "0", "--dry-run", "--round-to", "8"])
+    result = _prune(["-m", "yolov8n.yaml", "--imgsz", "64", "--epochs", "0", "--dry-run", "--round-to", "8", "--plan",
+                     "measured"])
     assert result.exit_code == 0, result.output
     assert "dry run: nothing written" in result.output and "->" in result.output
+    assert "cut evenly" in result.output and "(even plan)" in result.output  # no data to measure the cuts on
     assert not any(tmp_path.rglob("*.pt"))
 
 
 @pytest.mark.parametrize("args, message", [
     (["--importance", "random"], "unknown --importance 'random'"),
+    (["--plan", "greedy"], "unknown --plan 'greedy'"),
     (["--flops", "0"], "--flops is the share of the original FLOPs to keep"),
     (["--flops", "1"], "--flops is the share of the original FLOPs to keep"),
     (["--flops", "0.01"], "out of reach"),

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import warnings
 from dataclasses import asdict, dataclass, replace
 
@@ -29,10 +30,14 @@ import torch
 from torch import nn
 
 from ..errors import OrinflowError
-from .allocation import Group, LayerShape, even_allocation
+from ..progress import progress
+from .allocation import Group, LayerShape, allocate, lowest_count, next_count
 from .reconstruct import pruned_and_refitted
 
 IMPORTANCES = ("l1", "l2", "bn", "taylor", "lamp")
+PLANS = ("measured", "even")  # how the FLOPs to cut are shared among the groups (optimize/allocation.py)
+PROBE_IMAGES = 8  # images of --yaml whose head outputs measure each group's cuts (the measured plan)
+MAX_LEVELS = 8  # counts measured per group, spread over its grid; between them the noise is interpolated
 DEFAULT_ROUND_TO = 32  # TensorRT's INT8 convolutions read channels in vectors of 32 (NC/32HW32)
 DEFAULT_MIN_SHARE = 0.25
 PRUNABLE = (nn.Conv2d, nn.Linear)
@@ -56,10 +61,13 @@ class PruneConfig:
     steps: int = 1
     min_share: float = DEFAULT_MIN_SHARE
     reconstruct: bool = True  # refit the layers that lost inputs by least squares (optimize/reconstruct.py)
+    plan: str = "even"  # or measured (needs data; without it the cut is even)
 
     def validate(self) -> None:
         if self.importance not in IMPORTANCES:
             raise OrinflowError(f"unknown --importance {self.importance!r}; choose one of {', '.join(IMPORTANCES)}")
+        if self.plan not in PLANS:
+            raise OrinflowError(f"unknown --plan {self.plan!r}; choose one of {', '.join(PLANS)}")
         if (self.flops is None) == (self.ratio is None):
             raise OrinflowError("give either --flops (target share of FLOPs) or --ratio (share of channels to prune)")
         if self.flops is not None and not 0 < self.flops < 1:
@@ -400,15 +408,22 @@ def pruned_copy(module: nn.Module, example: torch.Tensor, config: PruneConfig, p
     return trial
 
 
-def prunable_groups(module: nn.Module, example: torch.Tensor, protected: dict[nn.Module, str]) -> list[Group]:
-    """Every group the pruner may cut, with the layers whose outputs and inputs it narrows, from the graph."""
+def graph_groups(module: nn.Module, example: torch.Tensor, protected: dict[nn.Module, str]) -> tuple:
+    """The dependency graph and its groups: every set of coupled channels the pruner may cut."""
     graph = build_graph(module, example, {m for m, why in protected.items() if why == OUTPUT_LAYER})
+    return graph, list(graph.get_all_groups(ignored_layers=list(protected), root_module_types=PRUNABLE))
+
+
+def prunable_groups(module: nn.Module, example: torch.Tensor, protected: dict[nn.Module, str],
+                    found: tuple | None = None) -> list[Group]:
+    """Every group the pruner may cut, with the layers whose outputs and inputs it narrows (`found`: what
+    graph_groups returned for this module)."""
+    graph, coupled_groups = found or graph_groups(module, example, protected)
     names = {m: n for n, m in module.named_modules()}
     groups = []
-    for found in graph.get_all_groups(ignored_layers=list(protected), root_module_types=PRUNABLE):
-        root = found[0].dep.target.module
-        group = Group(out_width(root))
-        for dep, indices in found:  # the indices of all the root's channels, as each layer sees them
+    for coupled in coupled_groups:
+        group = Group(out_width(coupled[0].dep.target.module))
+        for dep, indices in coupled:  # the indices of all the root's channels, as each layer sees them
             layer = dep.target.module
             if not isinstance(layer, PRUNABLE):
                 continue
@@ -429,20 +444,87 @@ def layer_shapes(module: nn.Module, example: torch.Tensor) -> dict[str, LayerSha
     return shapes
 
 
+def grid_counts(channels: int, round_to: int, min_share: float) -> list[int]:
+    """The counts a group may be cut to, widest first: multiples of round_to down to its floor."""
+    counts, floor = [], lowest_count(channels, round_to, min_share)
+    after = next_count(channels, round_to)
+    while after >= floor and after > 0:
+        counts.append(after)
+        after = next_count(after, round_to)
+    return counts
+
+
+def measured_noise(module: nn.Module, found: tuple, groups: list[Group], config: PruneConfig,
+                   images: torch.Tensor) -> list[dict[int, float]]:
+    """Per group: the noise power of the head outputs on `images` (relative to their signal) with only that
+    group cut, to each of up to MAX_LEVELS counts of its grid (0 at full width).
+
+    A cut is simulated, not made: the channels the L1 rank would remove are zeroed in every layer that reads
+    them, which gives the outputs of the pruned model (before any refit) without building a graph per trial."""
+    from .probes import sqnr_db
+    from .sparse_select import HeadOutputs
+
+    graph, coupled_groups = found
+    probe = HeadOutputs(module, images)
+    reference = probe()
+    rank = _importance("l1")
+    noise = []
+    for group, coupled in progress(list(zip(groups, coupled_groups)), "measuring each group's cuts"):
+        counts = grid_counts(group.channels, config.round_to, config.min_share)
+        if len(counts) > MAX_LEVELS:  # spread over the grid, the floor always among them
+            counts = [counts[round(i * (len(counts) - 1) / (MAX_LEVELS - 1))] for i in range(MAX_LEVELS)]
+        scores = rank(coupled)
+        order = (torch.argsort(scores) if scores is not None else torch.arange(group.channels)).tolist()
+        readers = [(item.dep.target.module, list(item.idxs), item.root_idxs) for item in coupled
+                   if graph.is_in_channel_pruning_fn(item.dep.handler) and _mixes_inputs(item.dep.target.module)]
+        table = {group.channels: 0.0}
+        for count in counts:
+            with _inputs_zeroed(readers, set(order[:group.channels - count])):
+                table[count] = 10 ** (-sqnr_db(reference, probe()) / 10)
+        noise.append(table)
+    return noise
+
+
+def _mixes_inputs(layer: nn.Module) -> bool:
+    """A Conv/Linear that sums over its input channels (a depthwise conv passes them on to later readers)."""
+    return isinstance(layer, nn.Linear) or (isinstance(layer, nn.Conv2d) and layer.groups == 1)
+
+
+@contextlib.contextmanager
+def _inputs_zeroed(readers: list, removed: set[int]):
+    """Every reader's input columns of the `removed` root channels set to zero, then restored."""
+    saved = []
+    with torch.no_grad():
+        for layer, idxs, roots in readers:
+            columns = [index for index, root in zip(idxs, roots) if root in removed]
+            saved.append((layer, columns, layer.weight[:, columns].clone()))
+            layer.weight[:, columns] = 0
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for layer, columns, weights in saved:
+                layer.weight[:, columns] = weights
+
+
 def plan_channels(module: nn.Module, example: torch.Tensor, config: PruneConfig, protected: dict[nn.Module, str],
-                  say=print) -> dict[str, int] | None:
+                  images: torch.Tensor | None = None, say=print) -> tuple[dict[str, int] | None, dict | None]:
     """Channels every pruned layer keeps to meet config.flops (optimize/allocation.py), checked on a pruned
-    copy; None with config.ratio (every group loses that share)."""
+    copy, and the plan's record; None, None with config.ratio (every group loses that share). `images`: the
+    probe of the measured plan (without them, the cut is even)."""
     if config.ratio is not None:
-        return None
+        return None, None
     names = {m: n for n, m in module.named_modules()}
     protected_names = {names[m]: why for m, why in protected.items()}
     shapes = layer_shapes(module, example)
-    groups = prunable_groups(module, example, protected)
+    found = graph_groups(module, example, protected)
+    groups = prunable_groups(module, example, protected, found)
     base = sum(shape.macs for shape in shapes.values())
+    plan = config.plan if images is not None else "even"
+    noise = measured_noise(module, found, groups, config, images) if plan == "measured" else None
     goal = config.flops
     for _ in range(4):  # the estimate misses ops it does not model (a flatten's features): aim lower and retry
-        counts, estimated = even_allocation(shapes, groups, goal * base, config.round_to, config.min_share)
+        counts, estimated = allocate(shapes, groups, goal * base, config.round_to, config.min_share, noise)
         keep = {name: count for group, count in zip(groups, counts) if count < group.channels
                 for name in group.writers}
         reached = sum(layer_macs(pruned_copy(module, example, config, protected_names, keep), example).values()) / base
@@ -456,9 +538,25 @@ def plan_channels(module: nn.Module, example: torch.Tensor, config: PruneConfig,
     else:
         raise OrinflowError(f"--flops {config.flops}: the pruned copies stay at {reached:.3f} of the original FLOPs")
     pruned = sum(count < group.channels for group, count in zip(groups, counts))
-    say(f"{pruned} of {len(groups)} prunable groups cut to multiples of {config.round_to}; {reached:.3f} of the "
-        "original FLOPs")
-    return keep
+    say(f"{pruned} of {len(groups)} prunable groups cut to multiples of {config.round_to} ({plan} plan"
+        f"{f', each cut measured on {len(images)} images' if noise else ''}); {reached:.3f} of the original FLOPs")
+    return keep, plan_record(plan, groups, counts, noise, len(images) if noise else 0)
+
+
+def plan_record(plan: str, groups: list[Group], counts: list[int], noise: list[dict[int, float]] | None,
+                probe_images: int) -> dict:
+    """Each group's layers, width and kept count; for the measured plan, the head-output SQNR of its cuts."""
+    entries = []
+    for index, (group, count) in enumerate(zip(groups, counts)):
+        entry = {"layers": list(group.writers), "channels": group.channels, "kept": count}
+        if noise:
+            entry["sqnr_db"] = {cut: _db(power) for cut, power in noise[index].items() if cut < group.channels}
+        entries.append(entry)
+    return {"plan": plan, "probe_images": probe_images, "groups": entries}
+
+
+def _db(noise: float) -> float:
+    return round(99.0 if noise <= 1e-10 else -10 * math.log10(noise), 2)
 
 
 def layer_table(before: dict, after: dict) -> list[dict]:
@@ -506,10 +604,16 @@ def run_prune(adapter, config: PruneConfig, output, dataset=None, train_config=N
     say(f"{len(protected)} layer(s) protected: " + ", ".join(f"{n} ({why})" for n, why in
                                                            list(protected_names.items())[:6])
         + (" ..." if len(protected) > 6 else ""))
-    keep = plan_channels(module, example, config, protected, say)
+    probe = None
+    if config.plan == "measured" and config.ratio is None:
+        if dataset is None:
+            say("no data to measure the cuts on (--yaml): the channels are cut evenly")
+        else:
+            probe = torch.cat(list(_images(adapter, dataset, PROBE_IMAGES)))
+    keep, plan = plan_channels(module, example, config, protected, probe, say)
     before = summary(module, full)
     record = {"command": "prune", "route": "prune", "source": adapter.source, "family": adapter.family,
-              "config": asdict(config), "protected": protected_names, "before": _totals(before)}
+              "config": asdict(config), "protected": protected_names, "before": _totals(before), "plan": plan}
     if dry_run:
         after = summary(pruned_copy(module, example, config, protected_names, keep), full)
         return dict(record, dry_run=True, after=_totals(after), layers=layer_table(before, after))
