@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
 import warnings
 from dataclasses import asdict, dataclass, replace
 
@@ -461,7 +460,7 @@ def measured_noise(module: nn.Module, found: tuple, groups: list[Group], config:
 
     A cut is simulated, not made: the channels the L1 rank would remove are zeroed in every layer that reads
     them, which gives the outputs of the pruned model (before any refit) without building a graph per trial."""
-    from .probes import sqnr_db
+    from .probes import noise_ratio
     from .sparse_select import HeadOutputs
 
     graph, coupled_groups = found
@@ -480,7 +479,7 @@ def measured_noise(module: nn.Module, found: tuple, groups: list[Group], config:
         table = {group.channels: 0.0}
         for count in counts:
             with _inputs_zeroed(readers, set(order[:group.channels - count])):
-                table[count] = 10 ** (-sqnr_db(reference, probe()) / 10)
+                table[count] = noise_ratio(reference, probe())
         noise.append(table)
     return noise
 
@@ -546,17 +545,16 @@ def plan_channels(module: nn.Module, example: torch.Tensor, config: PruneConfig,
 def plan_record(plan: str, groups: list[Group], counts: list[int], noise: list[dict[int, float]] | None,
                 probe_images: int) -> dict:
     """Each group's layers, width and kept count; for the measured plan, the head-output SQNR of its cuts."""
+    from .probes import to_db
+
     entries = []
     for index, (group, count) in enumerate(zip(groups, counts)):
         entry = {"layers": list(group.writers), "channels": group.channels, "kept": count}
         if noise:
-            entry["sqnr_db"] = {cut: _db(power) for cut, power in noise[index].items() if cut < group.channels}
+            entry["sqnr_db"] = {cut: round(to_db(power), 2) for cut, power in noise[index].items()
+                                if cut < group.channels}
         entries.append(entry)
     return {"plan": plan, "probe_images": probe_images, "groups": entries}
-
-
-def _db(noise: float) -> float:
-    return round(99.0 if noise <= 1e-10 else -10 * math.log10(noise), 2)
 
 
 def layer_table(before: dict, after: dict) -> list[dict]:
