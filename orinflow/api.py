@@ -679,7 +679,7 @@ def sparse_qat(model: PathLike, data: PathLike, *, split: str = "train", val_dat
 # ---- route 5
 def prune(model: PathLike, data: PathLike | None = None, *, split: str = "train", flops: float | None = 0.7,
           ratio: float | None = None, importance: str = "l1", round_to: int = 32, steps: int = 1,
-          min_share: float = 0.25, reconstruct: bool = True, plan: str = "even", epochs: int = 1,
+          min_share: float = 0.25, reconstruct: bool = True, plan: str = "measured", epochs: int = 1,
           lr: float = 1e-4, batch: int = 8, distill: bool = True, labels: bool | None = None,
           max_drop: float | None = None, select_yaml: PathLike | None = None,
           select_split: str = "val", select_images: int = 200, device: str = "cpu", max_steps: int | None = None,
@@ -695,9 +695,9 @@ def prune(model: PathLike, data: PathLike | None = None, *, split: str = "train"
     reconstruct: after each step, refit every layer that lost input channels by least squares to its output
     before the step, on 64 images of `data` (optimize/reconstruct.py); off, or without data, BatchNorm
     statistics are re-estimated instead. plan: how the FLOPs to cut are shared among the coupled channel groups
-    (with `flops`): even takes the same share from every group, as the rounding allows; measured cuts first the
-    groups whose cuts add the least head-output noise per FLOP, each measured alone on 8 images of `data`
-    (without data: even). It helped yolov5n and ResNet-20 but hurt the demo detector (docs/prune.md).
+    (with `flops`): measured cuts first the groups whose cuts add the least distillation loss against the
+    unpruned model per FLOP, each measured alone on 8 images of `data` (without data, or for an end-to-end
+    head: even); even takes the same share from every group, as the rounding allows (docs/prune.md).
 
     max_drop: score the model on `select_yaml`/`select_split` (default `data`, `select_images` drawn) after every
     step and undo the step that loses more than this (absolute mAP50-95 or top-1). dry_run: per-layer channels,

@@ -736,9 +736,10 @@ def prune(
     reconstruct: Annotated[bool, typer.Option("--reconstruct/--no-reconstruct", help="Refit the layers that lost "
                                               "input channels by least squares on 64 --yaml images (without: "
                                               "re-estimate BatchNorm only).")] = True,
-    plan: Annotated[str, typer.Option("--plan", help="Share of the cut per channel group: even, or measured "
-                                      "(least head-output noise per FLOP, each group's cuts measured on 8 --yaml "
-                                      "images; see docs/prune.md before relying on it).")] = "even",
+    plan: Annotated[str, typer.Option("--plan", help="Share of the cut per channel group: measured (first the "
+                                      "groups whose cuts add the least distillation loss per FLOP, each measured "
+                                      "on 8 --yaml images; without --yaml: even), or even (the same share from "
+                                      "every group).")] = "measured",
     epochs: Annotated[int, typer.Option("--epochs", help="Fine-tuning epochs after each step (0: prune "
                                         "only).")] = 1,
     lr: LrOpt = 1e-4,

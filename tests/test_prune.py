@@ -29,12 +29,14 @@ def _without_torch_pruning(code: str, cwd) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("yaml", ["yolo11n.yaml", "yolo26n.yaml"])
 def test_ultralytics_yaml_prunes_exports_quantizes_and_evaluates(yaml, tiny_shapes, tmp_path):
     """C2f/C3k2 halves, C2PSA attention and the (end-to-end) Detect head: 30% fewer FLOPs with every concat,
-    add and split consistent, then export, quantize (tensorrt, lint 0) and evaluate without torch-pruning."""
+    add and split consistent, then export, quantize (tensorrt, lint 0) and evaluate without torch-pruning. The
+    measured plan reads both heads' decoded outputs."""
     output = tmp_path / f"{yaml[:-5]}_pruned.pt"
     result = _prune(["-m", yaml, "--imgsz", "64", "--flops", "0.7", "--round-to", "8", "--epochs", "0",
-                     "--runs", "0", "-o", str(output)])
+                     "--yaml", str(tiny_shapes), "--plan", "measured", "--runs", "0", "-o", str(output)])
     assert result.exit_code == 0, result.output
     record = json.loads(output.with_name(output.name + ".json").read_text())
+    assert record["plan"]["plan"] == "measured"
     assert record["flops_share"] <= 0.7 and record["after"]["params"] < record["before"]["params"]
     changed = [row for row in record["layers"] if row["channels_after"] != row["channels_before"]]
     assert len(changed) > 10
@@ -168,7 +170,7 @@ def test_resnet_prunes_to_a_state_dict_that_loads_with_its_arch(class_tree, tmp_
     assert record["flops_share"] <= 0.7
     plan = record["plan"]  # with data, each group's cuts were measured on the classifier's logits
     assert plan["plan"] == "measured" and plan["probe_images"] > 0
-    assert all(group["sqnr_db"] for group in plan["groups"] if group["kept"] < group["channels"])
+    assert all(group["loss_increase"] for group in plan["groups"] if group["kept"] < group["channels"])
     saved = torch.load(output, weights_only=True)
     assert "orinflow_pruned" in saved
     from orinflow.models import load_model
@@ -262,7 +264,7 @@ def test_max_drop_undoes_the_step_that_loses_too_much(tiny_shapes, tmp_path):
     second and keeps the first; a budget the first step already breaks writes nothing."""
     output = tmp_path / "budget.pt"
     args = ["-m", str(DEMO_MODEL), "--imgsz", "128", "--yaml", str(tiny_shapes), "--flops", "0.5", "--round-to", "8",
-            "--steps", "2", "--epochs", "0", "--select-split", "val", "--runs", "0", "-o", str(output)]
+            "--steps", "2", "--epochs", "0", "--select-split", "val", "--plan", "even", "--runs", "0", "-o", str(output)]
     assert _prune([*args, "--max-drop", "1"]).exit_code == 0
     record = json.loads(output.with_name(output.name + ".json").read_text())
     drops = [record["selection"]["before"] - step["selection_score"] for step in record["steps"]]

@@ -5,14 +5,12 @@ every 32-channel group of yolov5n goes to 16 at once, so `--flops 0.7` could onl
 Here each group's count is chosen on the rounding grid instead, one multiple at a time, until the
 estimated FLOPs reach the target; the plan passes the target by at most one multiple of one group.
 Which group gives the next multiple:
-- even (the default): the one that would then have lost the smallest share of its channels (ties: the
+- measured (`noise` given; the default of `orinflow prune` with data): the one whose cut adds the least
+  noise per MAC it saves. Each group's noise was measured with that group alone cut to each count
+  (optimize/prune.py: the growth of the distillation loss against the unpruned model), and the noises of
+  several groups are taken to add up.
+- even (no noise): the one that would then have lost the smallest share of its channels (ties: the
   widest). This is the allocation closest to uniform that the rounding allows.
-- measured (`noise` given): the one whose cut adds the least noise to the head outputs per MAC it saves.
-  Each group's noise was measured with that group alone cut to each count (optimize/prune.py), and the
-  noises of several groups are taken to add up. On yolov5n, 32 of 256 channels cut from the last neck
-  block leave the head outputs at 41 dB SQNR, from the backbone's widest layers at 23-26 dB (about 50
-  times the noise). It is not the default: on the demo detector a plan with less head-output noise
-  scored far lower (docs/prune.md).
 
 FLOPs are estimated from the dependency graph: a layer's multiply-accumulates scale with the share of
 its output channels and of its input features that are left (a depthwise conv's with its outputs only).

@@ -125,15 +125,10 @@ def hessians(module: nn.Module, layers: dict[str, nn.Module], batches, seed: int
 class HeadOutputs:
     """The raw outputs of the model's output layers (what a detector's decode reads), as numpy arrays."""
 
-    def __init__(self, module: nn.Module, images: torch.Tensor, head_names: list[str] | None = None):
-        """head_names: the output layers by name (a pruned copy's, named as in the model they came from)."""
+    def __init__(self, module: nn.Module, images: torch.Tensor):
         self.module, self.images = module, images
-        if head_names is None:
-            found = output_layers(module, images[:1])
-            self.heads = [m for m in module.modules() if m in found]  # in model order
-        else:
-            layers = dict(module.named_modules())
-            self.heads = [layers[name] for name in head_names]
+        found = output_layers(module, images[:1])
+        self.heads = [m for m in module.modules() if m in found]  # in model order
 
     def __call__(self) -> list[np.ndarray]:
         captured = {}
