@@ -463,19 +463,18 @@ class CutProbe:
     head: str | None  # the detector's output format; None for a classifier
     imgsz: int
 
-    def loss(self, module: nn.Module, reference: torch.Tensor) -> float:
-        from ..models.base import RawOutput
-        from .qat import QATConfig, distillation_loss
-
-        with torch.no_grad():
-            output = RawOutput(module).eval()(self.images)
-            return float(distillation_loss(output, reference, self.head, self.imgsz, QATConfig.temperature))
-
     def reference(self, module: nn.Module) -> torch.Tensor:
+        """The model's raw output on the probe images (what the distillation loss compares)."""
         from ..models.base import RawOutput
 
         with torch.no_grad():
             return RawOutput(module).eval()(self.images)
+
+    def loss(self, module: nn.Module, reference: torch.Tensor) -> float:
+        from .qat import QATConfig, distillation_loss
+
+        return float(distillation_loss(self.reference(module), reference, self.head, self.imgsz,
+                                       QATConfig.temperature))
 
 
 def cut_probe(adapter, dataset, config: PruneConfig, say=print) -> CutProbe | None:
