@@ -25,24 +25,15 @@ def head_tensors(model: onnx.ModelProto, task: str) -> list[str]:
     return heads or outputs
 
 
-def noise_ratio(reference: list[np.ndarray], test: list[np.ndarray]) -> float:
-    """Noise power over signal power, averaged over the head tensors."""
+def sqnr_db(reference: list[np.ndarray], test: list[np.ndarray]) -> float:
+    """Signal-to-quantization-noise ratio over all head tensors (mean noise/signal ratio, in dB)."""
     ratios = []
     for ref, out in zip(reference, test):
         signal = float(np.sum(ref.astype(np.float64) ** 2))
         noise = float(np.sum((ref.astype(np.float64) - out) ** 2))
         ratios.append(noise / max(signal, 1e-30))
-    return float(np.mean(ratios))
-
-
-def to_db(ratio: float) -> float:
-    """A noise/signal ratio as SQNR in dB (99 for no noise)."""
+    ratio = float(np.mean(ratios))
     return 99.0 if ratio <= 1e-10 else float(-10 * np.log10(ratio))
-
-
-def sqnr_db(reference: list[np.ndarray], test: list[np.ndarray]) -> float:
-    """Signal-to-quantization-noise ratio over all head tensors (mean noise/signal ratio, in dB)."""
-    return to_db(noise_ratio(reference, test))
 
 
 class HeadProbe:

@@ -560,8 +560,8 @@ def plan_channels(module: nn.Module, example: torch.Tensor, config: PruneConfig,
     found = graph_groups(module, example, protected)
     groups = prunable_groups(module, example, protected, found)
     base = sum(shape.macs for shape in shapes.values())
-    plan = config.plan if probe is not None else "even"
-    noise = measured_noise(module, found, groups, config, probe) if plan == "measured" else None
+    plan = "measured" if probe is not None else "even"  # cut_probe gives a probe only to a plan it can measure
+    noise = measured_noise(module, found, groups, config, probe) if probe is not None else None
     goal = config.flops
     for _ in range(4):  # the estimate misses ops it does not model (a flatten's features): aim lower and retry
         counts, estimated = allocate(shapes, groups, goal * base, config.round_to, config.min_share, noise)
