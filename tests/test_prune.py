@@ -287,3 +287,25 @@ def test_every_layer_protected_is_refused(tmp_path):
                      "-o", str(tmp_path / "out.pt")])
     assert result.exit_code != 0 and "nothing to prune" in result.output
     assert not (tmp_path / "out.pt").exists()
+
+
+def test_a_pruned_model_prunes_again_and_keeps_its_output_layers(tiny_shapes, tmp_path):
+    """Was: torch-pruning's new parameters require gradients while the checkpoint's others did not, so a pruned
+    copy read every layer the step left whole as frozen; walking back through them, output_layers lost the
+    stride-8 Detect convs, and pruning the pruned model again could cut its box and class channels."""
+    import orinflow
+    from orinflow.models import load_model
+    from orinflow.optimize import prune
+
+    def output_convs(path) -> dict[str, int]:
+        module = load_model(path, imgsz=128).export_module()
+        names = {m: n for n, m in module.named_modules()}
+        return {names[m]: m.out_channels for m in prune.output_layers(module, torch.zeros(1, 3, 128, 128))}
+
+    first, second = tmp_path / "once.pt", tmp_path / "twice.pt"
+    for source, target in ((DEMO_MODEL, first), (first, second)):
+        orinflow.prune(source, tiny_shapes, imgsz=128, flops=0.8, round_to=8, plan="even", epochs=0, runs=0,
+                       output=target, say=lambda *_: 0)
+    original = output_convs(DEMO_MODEL)
+    assert len(original) == 6 and output_convs(first) == original and output_convs(second) == original
+    assert load_model(second).num_params() < load_model(first).num_params()

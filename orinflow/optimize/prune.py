@@ -273,6 +273,19 @@ def trainable(module: nn.Module):
             p.requires_grad_(flag)
 
 
+@contextlib.contextmanager
+def same_gradient_flags(module: nn.Module):
+    """Each parameter's requires_grad as it was on entry, by name. torch-pruning gives a pruned layer new
+    parameters that require gradients and the trainer turns every flag on, while frozen_layers reads the
+    flags: a checkpoint that stores them all off would, once pruned, read every layer left whole as frozen."""
+    flags = {name: p.requires_grad for name, p in module.named_parameters()}
+    try:
+        yield module
+    finally:
+        for name, p in module.named_parameters():
+            p.requires_grad_(flags.get(name, p.requires_grad))
+
+
 def _op_name(node) -> str | None:
     """The autograd name of a torch-pruning op node, or None for a module/parameter node."""
     from torch_pruning import ops
@@ -404,7 +417,8 @@ def pruned_copy(module: nn.Module, example: torch.Tensor, config: PruneConfig, p
     by_name = dict(trial.named_modules())
     pruner = make_pruner(trial, example, replace(config, importance="l1"),
                          {by_name[n]: why for n, why in protected_names.items()}, 1, keep)
-    prune_step(pruner, trial)
+    with same_gradient_flags(trial):
+        prune_step(pruner, trial)
     return trial
 
 
@@ -662,17 +676,18 @@ def run_prune(adapter, config: PruneConfig, output, dataset=None, train_config=N
     refit_batches = list(_images(adapter, dataset)) if config.reconstruct and dataset is not None else None
     for step in range(config.steps):
         entry = {"step": step + 1}
-        if refit_batches:
-            entry["refitted_layers"] = pruned_and_refitted(pruner, module, refit_batches, gradients, say)
-        else:
-            prune_step(pruner, module, gradients)
-            if dataset is not None:
-                recalibrate_batchnorm(pruned_adapter, module, dataset)
-        entry.update(_totals(summary(module, full)))
-        if train_config is not None and train_config.epochs:
-            from .qat import train
+        with same_gradient_flags(module):
+            if refit_batches:
+                entry["refitted_layers"] = pruned_and_refitted(pruner, module, refit_batches, gradients, say)
+            else:
+                prune_step(pruner, module, gradients)
+                if dataset is not None:
+                    recalibrate_batchnorm(pruned_adapter, module, dataset)
+            entry.update(_totals(summary(module, full)))
+            if train_config is not None and train_config.epochs:
+                from .qat import train
 
-            entry["losses"] = train(pruned_adapter, RawOutput(module), teacher, dataset, train_config, say)
+                entry["losses"] = train(pruned_adapter, RawOutput(module), teacher, dataset, train_config, say)
         if selection is not None:
             entry["selection_score"] = _score(pruned_adapter, selection)
             drop = baseline - entry["selection_score"]
