@@ -690,8 +690,9 @@ def prune(model: PathLike, data: PathLike | None = None, *, split: str = "train"
           say: Say = print) -> dict:
     """Route 5: dependency-aware channel pruning (torch-pruning's DependencyGraph) to `flops` of the original
     conv/linear FLOPs (or `ratio` of every prunable layer's channels), in `steps` steps, each followed by
-    `epochs` of fine-tuning on `data`/`split` (distillation from the unpruned model and/or the family's label
-    loss; epochs 0 prunes only). Channel counts are rounded to `round_to` and every layer keeps `min_share`.
+    `epochs` of fine-tuning on `data`/`split` (distillation from the unpruned model, a detector's score term
+    also averaged over the teacher's confident anchors (QATConfig.foreground), and/or the family's label loss;
+    epochs 0 prunes only). Channel counts are rounded to `round_to` and every layer keeps `min_share`.
     reconstruct: after each step, refit every layer that lost input channels by least squares to its output
     before the step, on 64 images of `data` (optimize/reconstruct.py); off, or without data, BatchNorm
     statistics are re-estimated instead. plan: how the FLOPs to cut are shared among the coupled channel groups
@@ -735,7 +736,7 @@ def prune(model: PathLike, data: PathLike | None = None, *, split: str = "train"
     train_config = None
     if epochs and not dry_run:
         train_config = _train_config(epochs, lr, batch, 1, distill, labels, device, max_steps, False, flip, seed,
-                                     mixup, schedule)
+                                     mixup, schedule, foreground=True)
         _ready_to_train(adapter, train_config, dataset)
     selection = None
     if max_drop is not None and not dry_run:
@@ -793,14 +794,14 @@ def _training_setup(model, data, split, epochs, batch, lr, device, arch, imgsz, 
 
 
 def _train_config(epochs, lr, batch, calib_images, distill, labels, device, max_steps, resume, flip, seed=0,
-                  mixup=False, schedule="constant"):
+                  mixup=False, schedule="constant", foreground=False):
     """The training settings; under torchrun this also joins the process group and picks the rank's device."""
     from .optimize import distributed
     from .optimize.qat import QATConfig
 
     config = QATConfig(epochs=epochs, lr=lr, batch=batch, calib_images=calib_images, distill=distill, labels=labels,
                        device=device, max_steps=max_steps, resume=resume, flip=flip, seed=seed, mixup=mixup,
-                       schedule=schedule)
+                       schedule=schedule, foreground=foreground)
     config.validate()
     config.device = distributed.setup(device)
     return config

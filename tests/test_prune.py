@@ -104,7 +104,7 @@ def test_demo_detector_prunes_with_distillation_and_keeps_its_family(tiny_shapes
     assert "ONNX Runtime CPU batch 1" in result.output
     record = json.loads(output.with_name(output.name + ".json").read_text())
     assert record["steps"][0]["losses"] and record["onnx"]["cpu"]
-    assert record["training"]["mixup"] and record["training"]["schedule"] == "cosine"
+    assert record["training"]["mixup"] and record["training"]["schedule"] == "cosine" and record["training"]["foreground"]
     assert record["onnx"]["size_bytes"]["pruned"] < record["onnx"]["size_bytes"]["original"]
     from orinflow.models import load_model
 

@@ -33,6 +33,25 @@ def test_distillation_loss_is_zero_for_identical_outputs_and_grows_with_error():
     assert distillation_loss(logits, logits, None, 32, 2.0).abs() < 1e-6
 
 
+def test_the_foreground_term_weighs_an_object_as_the_box_term_does_not_as_one_anchor_of_many():
+    """One confident anchor among 1,000 background ones whose class scores the student gets wrong: the plain mean
+    counts it once in 1,000, the foreground term (pruning's default) as a whole anchor, weighted by confidence."""
+    anchors = 1000
+    teacher = torch.zeros(1, anchors, 5 + 3)
+    teacher[..., 4] = 1e-4  # background objectness
+    teacher[0, 0, 4], teacher[0, 0, 5:] = 0.9, torch.tensor([0.9, 0.05, 0.05])
+    student = teacher.clone()
+    student[0, 0, 5:] = torch.tensor([0.05, 0.9, 0.05])  # the object's class is wrong
+    def loss(outputs, foreground=False) -> float:
+        return float(distillation_loss(outputs, teacher, HEAD_OBJECTNESS, 64, 2.0, foreground))
+
+    plain, with_foreground, same = loss(student), loss(student, True), loss(teacher, True)
+    wrong = float(torch.nn.functional.binary_cross_entropy(student[0, 0, 4:], teacher[0, 0, 4:]))
+    right = float(torch.nn.functional.binary_cross_entropy(teacher[0, 0, 4:], teacher[0, 0, 4:]))
+    assert plain - loss(teacher) == pytest.approx((wrong - right) / anchors, rel=1e-3)
+    assert with_foreground - same > 0.8 * (wrong - right) > 100 * (plain - same)  # not diluted by the background
+
+
 def test_detector_qat_exports_qdq_with_decode_in_high_precision(demo_adapter, tiny_shapes, tmp_path):
     record = run_qat(demo_adapter, load_dataset(tiny_shapes, "train"), QUICK, tmp_path / "qat.onnx", say=lambda m: 0)
     report = record["qdq_report"]

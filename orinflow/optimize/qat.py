@@ -64,6 +64,9 @@ class QATConfig:
     flip: bool = False  # mirror a random half of each batch (teacher, student and labels alike)
     mixup: bool = False  # blend each image with another of its batch (share ~ U(0, 1)); labels of both count
     schedule: str = "constant"  # learning rate: constant, or cosine (decays to 0 over the run)
+    # Detectors: also weigh the score term over the teacher's confident anchors (distillation_loss). Pruning turns
+    # it on: its student starts far from the teacher, and the background-dominated mean barely moves it.
+    foreground: bool = False
 
     def validate(self) -> None:
         if self.epochs < 0 or self.batch < 1 or self.lr <= 0:
@@ -115,8 +118,11 @@ def insert_quantizers(adapter: ModelAdapter, dataset: Dataset, config: QATConfig
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, head: str | None, imgsz: int,
-                      temperature: float) -> torch.Tensor:
-    """Match the FP32 model's raw outputs: soft labels for scores, confidence-weighted L1 for boxes."""
+                      temperature: float, foreground: bool = False) -> torch.Tensor:
+    """Match the FP32 model's raw outputs: soft labels for scores, confidence-weighted L1 for boxes.
+
+    foreground (detectors): add the score BCE averaged over anchors by the teacher's confidence, as the box term
+    is. The plain mean runs over every anchor, nearly all background, so the few objects weigh little in it."""
     if head is None:  # classifier logits
         t = temperature
         return F.kl_div(F.log_softmax(student / t, 1), F.softmax(teacher / t, 1), reduction="batchmean") * t * t
@@ -131,10 +137,14 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, head: str | 
         weight = teacher[..., 4:5]
     else:
         raise OrinflowError(f"distillation for head format {head} ({HEAD_END2END}) is not supported yet")
-    box = (weight * (boxes_s - boxes_t).abs() / imgsz).sum() / weight.sum().clamp_min(1e-6)
     eps = 1e-6
-    score = F.binary_cross_entropy(scores_s.clamp(eps, 1 - eps), scores_t.clamp(0, 1))
-    return box + score
+    box = (weight * (boxes_s - boxes_t).abs() / imgsz).sum() / weight.sum().clamp_min(eps)
+    per_anchor = F.binary_cross_entropy(scores_s.clamp(eps, 1 - eps), scores_t.clamp(0, 1),
+                                        reduction="none").mean(-1, keepdim=True)
+    loss = box + per_anchor.mean()
+    if foreground:
+        loss = loss + (weight * per_anchor).sum() / weight.sum().clamp_min(eps)
+    return loss
 
 
 def train(adapter: ModelAdapter, student: torch.nn.Module, teacher: torch.nn.Module, dataset: Dataset,
@@ -243,7 +253,8 @@ class Objective:
         if self.config.distill:
             with torch.no_grad():
                 target = self.teacher(images)
-            loss = distillation_loss(first, target, processing.head, processing.imgsz[0], self.config.temperature)
+            loss = distillation_loss(first, target, processing.head, processing.imgsz[0], self.config.temperature,
+                                     self.config.foreground)
         if self.labels:
             if labels is None:
                 raise OrinflowError("the label loss needs a labelled dataset; train with --distill --no-labels")
