@@ -26,7 +26,9 @@ DEMO_MODEL = Path(__file__).parent / "assets" / "shapes_yolov8p.pt"
 CALIB_IMAGES = 64
 DEMO_BUDGET = BudgetSpec(max_drop=0.3, max_fallback=0.10, max_steps=6)
 DEMO_SELECTION = SensitivityOptions(select_images=200, top=2)
-PRUNE_DEMO = {"flops": 0.7, "round_to": 8, "epochs": 1, "max_steps": 20, "batch": 16, "lr": 1e-3}
+# lr chosen on the train split after the 20 steps (measured plan, foreground distillation): 1e-3 0.883,
+# 3e-4 0.969, 1e-4 0.980 (0.977 refitted, before fine-tuning)
+PRUNE_DEMO = {"flops": 0.7, "round_to": 8, "epochs": 1, "max_steps": 20, "batch": 16, "lr": 1e-4}
 QAT_DEMO = QATConfig(epochs=1, batch=16, lr=1e-5, calib_images=CALIB_IMAGES, max_steps=10)  # a taste: ~15 s
 
 
