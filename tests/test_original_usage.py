@@ -80,68 +80,96 @@ def test_evaluate_name_with_the_compare_switch(tiny_shapes, tmp_path, monkeypatc
     assert done.value.code in (0, None)
 
 
-def _original(tmp_path, line: str):
-    """One usage line run as written, through its installed console script, in `tmp_path` (default workspace)."""
+def _console_script(name: str):
+    """The function an installed console script runs, found by the script's name as pip registered it."""
+    from importlib.metadata import entry_points
+
+    (script,) = entry_points(group="console_scripts", name=name)
+    return script.load()
+
+
+def _original(line: str, capsys, monkeypatch, executable: bool = False) -> str:
+    """One usage line run as written, in the current folder (the default workspace): through its installed
+    console script's executable when `executable`, else through the same entry point in this process."""
     import os
     import shlex
+    import signal
     import subprocess
     import sys
     from pathlib import Path
 
     argv = shlex.split(line)
-    env = {k: v for k, v in os.environ.items() if k != "ORINFLOW_WORKSPACE"}
-    done = subprocess.run([str(Path(sys.executable).parent / argv[0]), *argv[1:]], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, f"{line}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    return " ".join(done.stdout.split())  # rich wraps long paths
+    if executable:
+        env = {k: v for k, v in os.environ.items() if k != "ORINFLOW_WORKSPACE"}
+        done = subprocess.run([str(Path(sys.executable).parent / argv[0]), *argv[1:]], env=env,
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, f"{line}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        return " ".join(done.stdout.split())  # rich wraps long paths
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    monkeypatch.setattr("sys.argv", argv)
+    capsys.readouterr()
+    try:
+        _console_script(argv[0])()
+    except SystemExit as done:
+        assert done.code in (0, None), f"{line}\n{capsys.readouterr()}"
+    finally:
+        for sig, handler in handlers.items():  # the script installs its Ctrl-C handling: give pytest's back
+            signal.signal(sig, handler)
+    return " ".join(capsys.readouterr().out.split())
 
 
-def test_the_original_usage_lines_run_verbatim_route_by_route(tmp_path):
-    """Issue 15: the original design's lines, in order. Stand-ins only: YOLO26n from its YAML saved as yolo26n.pt,
-    four images of the demo recipe named coco128.yaml, one epoch where the lines say ten."""
+def test_the_original_usage_lines_run_verbatim_route_by_route(tmp_path, capsys, monkeypatch):
+    """Issue 15: the original design's lines, in order, in a folder with the default workspace. Stand-ins only:
+    the embedded detector saved as yolo26n.pt, four images of the demo recipe named coco128.yaml, one epoch
+    where the lines say ten. The first line runs through its console script's executable, the others through
+    the same installed entry points in this process."""
     import shutil
 
     import onnx
-    from ultralytics import YOLO
 
+    from conftest import DEMO_MODEL
     from orinflow.demo import shapes
     from orinflow.optimize.sparsity_check import sparsity_summary
 
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ORINFLOW_WORKSPACE", raising=False)
     shutil.copy(shapes.generate(tmp_path / "data", {"train": (4, 0), "val": (4, 1)}), tmp_path / "coco128.yaml")
-    YOLO("yolo26n.yaml").save(str(tmp_path / "yolo26n.pt"))
+    shutil.copy(DEMO_MODEL, tmp_path / "yolo26n.pt")
     original = (tmp_path / "yolo26n.pt").read_bytes()
     ws = tmp_path / "workspace"
 
+    def run(line: str, executable: bool = False) -> str:
+        return _original(line, capsys, monkeypatch, executable)
+
     # route 1
-    _original(tmp_path, "orinflow-export -m yolo26n.pt --imgsz 640 --opset 13")
-    out = _original(tmp_path, "orinflow-calibrate --yaml coco128.yaml --split train --num-images 500")
+    run("orinflow-export -m yolo26n.pt --imgsz 640 --opset 13", executable=True)
+    out = run("orinflow-calibrate --yaml coco128.yaml --split train --num-images 500")
     assert "workspace/calib/coco128.npy: 4 images, shape (4, 3, 640, 640)" in out
-    out = _original(tmp_path, "orinflow-quantize -m yolo26n.onnx --calib coco128.npy --mode int8 --method entropy")
+    out = run("orinflow-quantize -m yolo26n.onnx --calib coco128.npy --mode int8 --method entropy")
     assert "yolo26n.onnx: not in the current folder; using workspace/models/onnx/raw/yolo26n_640.onnx" in out
     assert "coco128.npy: not in the current folder; using workspace/calib/coco128.npy" in out
     assert (ws / "models/onnx/tensorrt/yolo26n_640_int8_entropy_tensorrt.onnx").is_file()
-    out = _original(tmp_path, "orinflow-evaluate -m yolo26n --yaml coco128.yaml --compare")
+    out = run("orinflow-evaluate -m yolo26n --yaml coco128.yaml --compare")
     assert "found for yolo26n: yolo26n.pt" in out and "yolo26n_640_int8_entropy_tensorrt.onnx" in out
     assert out.count("evaluating ") == 3  # the checkpoint, the raw ONNX, the INT8 ONNX
 
     # route 2
-    _original(tmp_path, "orinflow-qat -m yolo26n.pt --data coco128.yaml --mode int8 --epochs 1")
-    out = _original(tmp_path, "orinflow-evaluate -m yolo26n_qat_int8.onnx --yaml coco128.yaml")
+    run("orinflow-qat -m yolo26n.pt --data coco128.yaml --mode int8 --epochs 1")
+    out = run("orinflow-evaluate -m yolo26n_qat_int8.onnx --yaml coco128.yaml")
     assert "using workspace/qat/yolo26n/yolo26n_qat_int8.onnx" in out and "mAP50-95" in out
 
     # route 3: the sparse checkpoint yolo26n_sparse.pt, exported, calibrated and quantized; still 2:4
-    _original(tmp_path, "orinflow-sparsify -m yolo26n.pt --data coco128.yaml --epochs 1")
-    out = _original(tmp_path, "orinflow-export -m yolo26n_sparse.pt --imgsz 640 --opset 13")
+    run("orinflow-sparsify -m yolo26n.pt --data coco128.yaml --epochs 1")
+    out = run("orinflow-export -m yolo26n_sparse.pt --imgsz 640 --opset 13")
     assert "using workspace/sat/yolo26n/yolo26n_sparse.pt" in out
-    _original(tmp_path, "orinflow-calibrate --yaml coco128.yaml --split train --num-images 500")
-    _original(tmp_path, "orinflow-quantize -m yolo26n_sparse.onnx --calib coco128.npy --mode int8 --method entropy")
+    run("orinflow-calibrate --yaml coco128.yaml --split train --num-images 500")
+    run("orinflow-quantize -m yolo26n_sparse.onnx --calib coco128.npy --mode int8 --method entropy")
     sparse_int8 = onnx.load(str(ws / "models/onnx/tensorrt/yolo26n_sparse_640_int8_entropy_tensorrt.onnx"))
     summary = sparsity_summary(sparse_int8)
     assert summary["sparse_layers"] == summary["eligible_layers"] > 0
 
     # route 4
-    _original(tmp_path, "orinflow-sparse-qat -m yolo26n.pt --data coco128.yaml --sat-epochs 1 --qat-epochs 1 "
-                        "--qat-mode int8")
+    run("orinflow-sparse-qat -m yolo26n.pt --data coco128.yaml --sat-epochs 1 --qat-epochs 1 --qat-mode int8")
     assert (ws / "sparse_qat/yolo26n/yolo26n_sparse24_qat_int8.onnx").is_file()
     assert (tmp_path / "yolo26n.pt").read_bytes() == original  # no line touched the user's checkpoint
 
