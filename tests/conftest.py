@@ -68,6 +68,23 @@ def calib(fp32, tiny_shapes):
     return build_calibration(fp32.processing, load_dataset(tiny_shapes, "train"), 8)
 
 
+@pytest.fixture(scope="session")
+def demo_int8(fp32, calib, tmp_path_factory):
+    """The embedded detector quantized once per (method, target) on `calib`, shared by every file that only reads
+    it: `demo_int8("max", "cpu")` is the quantization record (its `model` is the path)."""
+    from orinflow.optimize.ptq import QuantizeSpec, quantize_onnx
+
+    made: dict[tuple[str, str], dict] = {}
+
+    def quantized(method: str = "entropy", target: str = "tensorrt") -> dict:
+        if (method, target) not in made:
+            out = tmp_path_factory.mktemp("int8") / f"shapes_{method}_{target}.onnx"
+            made[method, target] = quantize_onnx(fp32, calib, QuantizeSpec(method=method, target=target), out)
+        return made[method, target]
+
+    return quantized
+
+
 @pytest.fixture
 def class_tree(tmp_path) -> Path:
     """Three classes of solid-colour 32x32 images."""

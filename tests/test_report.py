@@ -23,11 +23,12 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 
 
 @pytest.fixture(scope="module")
-def benchmark_record(tmp_path_factory) -> Path:
-    """A real, small run of benchmarks/ptq.py on the embedded detector."""
+def benchmark_record(tmp_path_factory, tiny_shapes) -> Path:
+    """A real, small run of benchmarks/ptq.py on the embedded detector and a few images of its recipe."""
     work = tmp_path_factory.mktemp("bench")
     record = work / "ptq_bench.json"
-    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ptq.py"), "--num-images", "8", "--methods",
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ptq.py"), "--yaml", str(tiny_shapes),
+                    "--num-images", "8", "--methods",
                     "entropy", "--targets", "tensorrt,cpu", "--rounds", "3", "--batch", "2", "--json", str(record),
                     "--workdir", str(work / "run")], check=True, capture_output=True, text=True)
     return record

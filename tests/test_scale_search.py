@@ -17,16 +17,27 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def max_model(fp32, calib, tmp_path_factory):
-    out = tmp_path_factory.mktemp("max") / "max.onnx"
-    quantize_onnx(fp32, calib, QuantizeSpec(method="max"), out)
-    return onnx.load(str(out))
+def max_model(demo_int8):
+    return onnx.load(demo_int8("max", "tensorrt")["model"])
 
 
 @pytest.fixture(scope="module")
-def searched(fp32, calib, tmp_path_factory):
-    out = tmp_path_factory.mktemp("search") / "search.onnx"
-    record = quantize_onnx(fp32, calib, QuantizeSpec(method="search"), out, say=lambda m: None)
+def searched_by_the_cli(demo_onnx, calib, tmp_path_factory):
+    """`orinflow quantize --method search`, run once: its output, its record and the model it wrote."""
+    import json
+
+    work = tmp_path_factory.mktemp("search")
+    save_calibration(calib, work / "calib.npy")
+    out = work / "searched.onnx"
+    result = runner.invoke(app, ["quantize", "-m", str(demo_onnx), "--calib", str(work / "calib.npy"),
+                                 "--method", "search", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    return result.output, json.loads(out.with_suffix(".json").read_text()), out
+
+
+@pytest.fixture(scope="module")
+def searched(searched_by_the_cli):
+    _, record, out = searched_by_the_cli
     return record, onnx.load(str(out))
 
 
@@ -119,13 +130,9 @@ def test_search_is_for_tensorrt_int8_only(fp32, calib, tmp_path):
         assert not (tmp_path / "x.onnx").exists()
 
 
-def test_quantize_cli_method_search(demo_onnx, calib, tmp_path):
-    save_calibration(calib, tmp_path / "calib.npy")
-    out = tmp_path / "searched.onnx"
-    result = runner.invoke(app, ["quantize", "-m", str(demo_onnx), "--calib", str(tmp_path / "calib.npy"),
-                                 "--method", "search", "-o", str(out)])
-    assert result.exit_code == 0, result.output
-    assert "scale search: head SQNR" in result.output and out.is_file()
+def test_quantize_cli_method_search(searched_by_the_cli):
+    output, _, out = searched_by_the_cli
+    assert "scale search: head SQNR" in output and out.is_file()
 
 
 def test_ptq_refuses_search_on_cpu_before_any_work(fp32, tiny_shapes, tmp_path):

@@ -29,16 +29,28 @@ def select(tiny_shapes):
 
 
 @pytest.fixture(scope="module", params=["tensorrt", "cpu"])
-def quantized(request, fp32, calib, tmp_path_factory):
-    out = tmp_path_factory.mktemp("q") / f"{request.param}.onnx"
-    quantize_onnx(fp32, calib, QuantizeSpec(method="max", target=request.param), out)
-    return request.param, onnx.load(str(out))
+def quantized(request, demo_int8):
+    return request.param, onnx.load(demo_int8("max", request.param)["model"])
 
 
 @pytest.fixture
 def private_workspace(tmp_path, monkeypatch):
     monkeypatch.setenv("ORINFLOW_WORKSPACE", str(tmp_path / "ws"))
     return tmp_path / "ws"
+
+
+@pytest.fixture(scope="module")
+def shared_workspace(tmp_path_factory):
+    """One workspace for the tests of the embedded detector's ranking: its sensitivity cache is measured once."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ORINFLOW_WORKSPACE", str(tmp_path_factory.mktemp("ws")))
+        yield
+
+
+@pytest.fixture(scope="module")
+def study(fp32, calib, select, shared_workspace):
+    """The embedded detector's ranking, measured (not read from a cache) in the shared workspace."""
+    return measure_sensitivity(fp32, calib, QuantizeSpec(method="max"), select, FAST, say=lambda m: None)
 
 
 def test_every_quantized_conv_is_in_exactly_one_group(quantized):
@@ -86,8 +98,8 @@ def test_sqnr():
     assert 15 < sqnr_db(ref, noisy) < 25
 
 
-def test_sensitivity_ranks_groups_and_caches(fp32, calib, select, private_workspace):
-    record = measure_sensitivity(fp32, calib, QuantizeSpec(method="max"), select, FAST, say=lambda m: None)
+def test_sensitivity_ranks_groups_and_caches(study, fp32, calib, select, shared_workspace):
+    record = study
     gains = [g["gain_db"] for g in record["groups"]]
     assert gains == sorted(gains, reverse=True) and len(gains) >= 10
     assert record["lint"] == [] and not record["cached"]
@@ -100,7 +112,7 @@ def test_sensitivity_ranks_groups_and_caches(fp32, calib, select, private_worksp
     assert not other["cached"]  # a different calibration set is a different measurement
 
 
-def test_budget_falls_back_groups_and_writes_the_model(fp32, calib, select, tmp_path, private_workspace):
+def test_budget_falls_back_groups_and_writes_the_model(fp32, calib, select, tmp_path, study):
     out = tmp_path / "budget.onnx"
     record = fit_budget(fp32, calib, QuantizeSpec(method="max"), select,
                         BudgetSpec(max_drop=0.0, max_fallback=1.0, max_steps=3), out, FAST, say=lambda m: None)
@@ -117,8 +129,7 @@ def test_budget_falls_back_groups_and_writes_the_model(fp32, calib, select, tmp_
     assert json.loads({p.key: p.value for p in model.metadata_props}["orinflow.fallback"]) == kept
 
 
-def test_budget_within_a_zero_cap_reports_not_met_and_still_writes(fp32, calib, select, tmp_path,
-                                                                    private_workspace):
+def test_budget_within_a_zero_cap_reports_not_met_and_still_writes(fp32, calib, select, tmp_path, study):
     out = tmp_path / "capped.onnx"
     record = fit_budget(fp32, calib, QuantizeSpec(method="max"), select,
                         BudgetSpec(max_drop=-0.0, max_fallback=0.0, max_steps=2), out, FAST, say=lambda m: None)
@@ -141,13 +152,16 @@ def test_budget_refuses_bad_input(fp32, calib, select, tmp_path):
     assert not (tmp_path / "x.onnx").exists()
 
 
-def test_cli_sensitivity_and_budget(fp32, calib, tiny_shapes, tmp_path, private_workspace):
+def test_cli_sensitivity_and_budget(fp32, calib, tiny_shapes, tmp_path, study):
+    """The command takes the ranking measured with the same inputs from the workspace's cache."""
     calib_path = tmp_path / "calib.npy"
     np.save(calib_path, calib)
     yaml = tiny_shapes
     result = runner.invoke(app, ["sensitivity", "-m", str(fp32.path), "--calib", str(calib_path), "--yaml", str(yaml),
-                                 "--split", "train", "--sqnr-images", "2", "--top", "1", "-o", str(tmp_path / "s")])
+                                 "--split", "train", "--sqnr-images", str(FAST.sqnr_images), "--top", str(FAST.top),
+                                 "--select-images", str(FAST.select_images), "-o", str(tmp_path / "s")])
     assert result.exit_code == 0, result.output
+    assert "read from cache" in result.output
     assert (tmp_path / "s" / "sensitivity.png").stat().st_size > 1000
     assert "sensitivity of" in result.output
     record = json.loads((tmp_path / "s" / "sensitivity.json").read_text())
@@ -170,13 +184,12 @@ def test_cli_sensitivity_and_budget(fp32, calib, tiny_shapes, tmp_path, private_
         assert not bad.exists()
 
 
-def test_report_has_sensitivity_and_budget_sections(fp32, calib, select, tmp_path, private_workspace):
+def test_report_has_sensitivity_and_budget_sections(fp32, calib, select, tmp_path, study):
     from orinflow.evaluate import EvalOptions, evaluate_model
     from orinflow.io import write_json
     from orinflow.report import write_report
     from orinflow.report.sensitivity import write_sensitivity
 
-    study = measure_sensitivity(fp32, calib, QuantizeSpec(method="max"), select, FAST, say=lambda m: None)
     write_sensitivity(study, tmp_path / "records" / "sens")
     out = tmp_path / "b.onnx"
     fit_budget(fp32, calib, QuantizeSpec(method="max"), select, BudgetSpec(max_drop=50.0), out, FAST,

@@ -20,8 +20,10 @@ def output_shapes(model: onnx.ModelProto, tensors: list[str]) -> dict[str, list[
     probe.CopyFrom(model)
     known = {o.name for o in probe.graph.output}
     probe.graph.output.extend(onnx.ValueInfoProto(name=t) for t in tensors if t not in known)
+    options = ort.SessionOptions()  # shapes only: the graph as written, without the costly Q/DQ fusion passes
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
-        session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
     except Exception:  # unrunnable here: FLOPs then read 0
         return {}
     feeds = {}
