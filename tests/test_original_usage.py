@@ -118,60 +118,73 @@ def _original(line: str, capsys, monkeypatch, executable: bool = False) -> str:
     return " ".join(capsys.readouterr().out.split())
 
 
-def test_the_original_usage_lines_run_verbatim_route_by_route(tmp_path, capsys, monkeypatch):
-    """Issue 15: the original design's lines, in order, in a folder with the default workspace. Stand-ins only:
-    the embedded detector saved as yolo26n.pt, four images of the demo recipe named coco128.yaml, one epoch
-    where the lines say ten. The first line runs through its console script's executable, the others through
-    the same installed entry points in this process."""
+@pytest.fixture(scope="module")
+def original_folder(tmp_path_factory):
+    """Issue 15's stand-ins: the embedded detector saved as yolo26n.pt and four images of the demo recipe named
+    coco128.yaml, in a folder whose workspace is the default one (the lines say one epoch where they said ten)."""
     import shutil
-
-    import onnx
 
     from conftest import DEMO_MODEL
     from orinflow.demo import shapes
-    from orinflow.optimize.sparsity_check import sparsity_summary
 
-    monkeypatch.chdir(tmp_path)
+    folder = tmp_path_factory.mktemp("original")
+    shutil.copy(shapes.generate(folder / "data", {"train": (4, 0), "val": (4, 1)}), folder / "coco128.yaml")
+    shutil.copy(DEMO_MODEL, folder / "yolo26n.pt")
+    return folder
+
+
+@pytest.fixture
+def run_original(original_folder, capsys, monkeypatch):
+    """Runs one original line as written in the stand-ins' folder; the user's checkpoint stays as it was."""
+    monkeypatch.chdir(original_folder)
     monkeypatch.delenv("ORINFLOW_WORKSPACE", raising=False)
-    shutil.copy(shapes.generate(tmp_path / "data", {"train": (4, 0), "val": (4, 1)}), tmp_path / "coco128.yaml")
-    shutil.copy(DEMO_MODEL, tmp_path / "yolo26n.pt")
-    original = (tmp_path / "yolo26n.pt").read_bytes()
-    ws = tmp_path / "workspace"
+    checkpoint = (original_folder / "yolo26n.pt").read_bytes()
+    yield lambda line, executable=False: _original(line, capsys, monkeypatch, executable)
+    assert (original_folder / "yolo26n.pt").read_bytes() == checkpoint  # no line touched the user's checkpoint
 
-    def run(line: str, executable: bool = False) -> str:
-        return _original(line, capsys, monkeypatch, executable)
 
-    # route 1
-    run("orinflow-export -m yolo26n.pt --imgsz 640 --opset 13", executable=True)
-    out = run("orinflow-calibrate --yaml coco128.yaml --split train --num-images 500")
+def test_the_original_route_1_lines_run_verbatim(run_original, original_folder):
+    """The first line runs through its console script's executable, the others through the same installed entry
+    points in this process."""
+    ws = original_folder / "workspace"
+    run_original("orinflow-export -m yolo26n.pt --imgsz 640 --opset 13", executable=True)
+    out = run_original("orinflow-calibrate --yaml coco128.yaml --split train --num-images 500")
     assert "workspace/calib/coco128.npy: 4 images, shape (4, 3, 640, 640)" in out
-    out = run("orinflow-quantize -m yolo26n.onnx --calib coco128.npy --mode int8 --method entropy")
+    out = run_original("orinflow-quantize -m yolo26n.onnx --calib coco128.npy --mode int8 --method entropy")
     assert "yolo26n.onnx: not in the current folder; using workspace/models/onnx/raw/yolo26n_640.onnx" in out
     assert "coco128.npy: not in the current folder; using workspace/calib/coco128.npy" in out
     assert (ws / "models/onnx/tensorrt/yolo26n_640_int8_entropy_tensorrt.onnx").is_file()
-    out = run("orinflow-evaluate -m yolo26n --yaml coco128.yaml --compare")
+    out = run_original("orinflow-evaluate -m yolo26n --yaml coco128.yaml --compare")
     assert "found for yolo26n: yolo26n.pt" in out and "yolo26n_640_int8_entropy_tensorrt.onnx" in out
     assert out.count("evaluating ") == 3  # the checkpoint, the raw ONNX, the INT8 ONNX
 
-    # route 2
-    run("orinflow-qat -m yolo26n.pt --data coco128.yaml --mode int8 --epochs 1")
-    out = run("orinflow-evaluate -m yolo26n_qat_int8.onnx --yaml coco128.yaml")
+
+def test_the_original_route_2_lines_run_verbatim(run_original):
+    run_original("orinflow-qat -m yolo26n.pt --data coco128.yaml --mode int8 --epochs 1")
+    out = run_original("orinflow-evaluate -m yolo26n_qat_int8.onnx --yaml coco128.yaml")
     assert "using workspace/qat/yolo26n/yolo26n_qat_int8.onnx" in out and "mAP50-95" in out
 
-    # route 3: the sparse checkpoint yolo26n_sparse.pt, exported, calibrated and quantized; still 2:4
-    run("orinflow-sparsify -m yolo26n.pt --data coco128.yaml --epochs 1")
-    out = run("orinflow-export -m yolo26n_sparse.pt --imgsz 640 --opset 13")
+
+def test_the_original_route_3_lines_run_verbatim(run_original, original_folder):
+    """The sparse checkpoint yolo26n_sparse.pt, exported, calibrated and quantized; still 2:4."""
+    import onnx
+
+    from orinflow.optimize.sparsity_check import sparsity_summary
+
+    run_original("orinflow-sparsify -m yolo26n.pt --data coco128.yaml --epochs 1")
+    out = run_original("orinflow-export -m yolo26n_sparse.pt --imgsz 640 --opset 13")
     assert "using workspace/sat/yolo26n/yolo26n_sparse.pt" in out
-    run("orinflow-calibrate --yaml coco128.yaml --split train --num-images 500")
-    run("orinflow-quantize -m yolo26n_sparse.onnx --calib coco128.npy --mode int8 --method entropy")
-    sparse_int8 = onnx.load(str(ws / "models/onnx/tensorrt/yolo26n_sparse_640_int8_entropy_tensorrt.onnx"))
+    run_original("orinflow-calibrate --yaml coco128.yaml --split train --num-images 500")
+    run_original("orinflow-quantize -m yolo26n_sparse.onnx --calib coco128.npy --mode int8 --method entropy")
+    sparse_int8 = onnx.load(str(original_folder / "workspace/models/onnx/tensorrt/"
+                                                  "yolo26n_sparse_640_int8_entropy_tensorrt.onnx"))
     summary = sparsity_summary(sparse_int8)
     assert summary["sparse_layers"] == summary["eligible_layers"] > 0
 
-    # route 4
-    run("orinflow-sparse-qat -m yolo26n.pt --data coco128.yaml --sat-epochs 1 --qat-epochs 1 --qat-mode int8")
-    assert (ws / "sparse_qat/yolo26n/yolo26n_sparse24_qat_int8.onnx").is_file()
-    assert (tmp_path / "yolo26n.pt").read_bytes() == original  # no line touched the user's checkpoint
+
+def test_the_original_route_4_line_runs_verbatim(run_original, original_folder):
+    run_original("orinflow-sparse-qat -m yolo26n.pt --data coco128.yaml --sat-epochs 1 --qat-epochs 1 --qat-mode int8")
+    assert (original_folder / "workspace/sparse_qat/yolo26n/yolo26n_sparse24_qat_int8.onnx").is_file()
 
 
 def test_a_bare_name_is_looked_up_in_the_workspace_only_when_it_is_not_here(tmp_path, monkeypatch):

@@ -26,7 +26,7 @@ def _without_torch_pruning(code: str, cwd) -> subprocess.CompletedProcess:
                                "PYTHONPATH": str(ROOT)})
 
 
-@pytest.mark.parametrize("yaml", ["yolo11n.yaml", "yolo26n.yaml"])
+@pytest.mark.parametrize("yaml", ["yolo26n.yaml"])  # YOLO11n has the same blocks; the demo has its DFL head
 def test_ultralytics_yaml_prunes_exports_quantizes_and_evaluates(yaml, tiny_shapes, tmp_path, monkeypatch):
     """C2f/C3k2 halves, C2PSA attention and the (end-to-end) Detect head: 30% fewer FLOPs with every concat,
     add and split consistent, then export, quantize (tensorrt, lint 0) and evaluate without torch-pruning. The

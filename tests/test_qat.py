@@ -136,7 +136,7 @@ def test_qat_data_parallel_under_torchrun(tiny_shapes, tmp_path):
     out = tmp_path / "ddp.onnx"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ORINFLOW_QUIET": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
-               "orinflow.cli", "qat", "-m", str(DEMO_MODEL), "--imgsz", "256", "--yaml", str(tiny_shapes),
+               "orinflow.cli", "qat", "-m", str(DEMO_MODEL), "--imgsz", "128", "--yaml", str(tiny_shapes),
                "--epochs", "2", "--batch", "2", "--max-steps", "2", "--calib-images", "4", "--runs", "0",
                "--lr", "1e-4", "-o", str(out)]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)

@@ -11,9 +11,11 @@ from orinflow.errors import OrinflowError
 from orinflow.optimize.graph import GraphIndex
 from orinflow.optimize.probes import HeadProbe, head_tensors, sqnr_db
 from orinflow.optimize.ptq import QuantizeSpec, align_concat_scales, quantize_onnx
-from orinflow.optimize.scale_search import SEARCH_IMAGES, apply_scales, mse_clip, scale_units
+from orinflow.optimize import scale_search
+from orinflow.optimize.scale_search import apply_scales, mse_clip, scale_units
 
 runner = CliRunner()
+SEARCH_IMAGES = 4  # calibration images that score each trial here
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +31,10 @@ def searched_by_the_cli(demo_onnx, calib, tmp_path_factory):
     work = tmp_path_factory.mktemp("search")
     save_calibration(calib, work / "calib.npy")
     out = work / "searched.onnx"
-    result = runner.invoke(app, ["quantize", "-m", str(demo_onnx), "--calib", str(work / "calib.npy"),
-                                 "--method", "search", "-o", str(out)])
+    with pytest.MonkeyPatch.context() as patch:  # the mechanics on 4 images, not the search's quality
+        patch.setattr(scale_search, "SEARCH_IMAGES", SEARCH_IMAGES)
+        result = runner.invoke(app, ["quantize", "-m", str(demo_onnx), "--calib", str(work / "calib.npy"),
+                                     "--method", "search", "-o", str(out)])
     assert result.exit_code == 0, result.output
     return result.output, json.loads(out.with_suffix(".json").read_text()), out
 

@@ -16,11 +16,13 @@ from orinflow.optimize.graph import GraphIndex
 from orinflow.optimize.groups import dequantize_groups, quantization_groups
 from orinflow.optimize.ptq import QuantizeSpec, quantize_onnx
 from orinflow.optimize.report import ComputeNode, qdq_report
-from orinflow.optimize.sensitivity import (BudgetSpec, HeadProbe, SensitivityOptions, fit_budget, head_tensors,
-                                           measure_sensitivity, sqnr_db)
+from orinflow.optimize.sensitivity import (BudgetSpec, HeadProbe, SensitivityOptions, cache_key, fit_budget,
+                                           head_tensors, measure_sensitivity, sqnr_db)
 
 runner = CliRunner()
-FAST = SensitivityOptions(sqnr_images=2, select_images=0, top=2)
+# The CLI's defaults but every selection image: `quantize --max-drop --select-images 0` reads the ranking that
+# the module measures once, from the workspace's cache.
+FAST = SensitivityOptions(select_images=0)
 
 
 @pytest.fixture(scope="module")
@@ -104,12 +106,14 @@ def test_sensitivity_ranks_groups_and_caches(study, fp32, calib, select, shared_
     assert gains == sorted(gains, reverse=True) and len(gains) >= 10
     assert record["lint"] == [] and not record["cached"]
     measured = [g for g in record["groups"] if "all_but_mAP50-95" in g]
-    assert len(measured) == 2 and measured == record["groups"][:2]
+    assert len(measured) == FAST.top and measured == record["groups"][:FAST.top]
     assert abs(sum(g["flop_share"] for g in record["groups"]) - 1) < 1e-6
     again = measure_sensitivity(fp32, calib, QuantizeSpec(method="max"), select, FAST, say=lambda m: None)
     assert again["cached"] and again["groups"] == record["groups"]
-    other = measure_sensitivity(fp32, calib[:4], QuantizeSpec(method="max"), select, FAST, say=lambda m: None)
-    assert not other["cached"]  # a different calibration set is a different measurement
+    # a different calibration set (or method) is a different measurement: its own cache entry
+    keys = {cache_key(fp32, c, QuantizeSpec(method=m), select, FAST) for c, m in ((calib, "max"), (calib[:4], "max"),
+                                                                                  (calib, "entropy"))}
+    assert record["key"] in keys and len(keys) == 3
 
 
 def test_budget_falls_back_groups_and_writes_the_model(fp32, calib, select, tmp_path, study):
@@ -170,9 +174,9 @@ def test_cli_sensitivity_and_budget(fp32, calib, tiny_shapes, tmp_path, study):
     out = tmp_path / "b.onnx"
     result = runner.invoke(app, ["quantize", "-m", str(fp32.path), "--calib", str(calib_path), "--method", "max",
                                  "--max-drop", "5", "--select-yaml", str(yaml), "--select-split", "train",
-                                 "-o", str(out)])
+                                 "--select-images", "0", "-o", str(out)])
     assert result.exit_code == 0, result.output
-    assert "budget 5.00 points" in result.output and out.is_file()
+    assert "budget 5.00 points" in result.output and out.is_file() and "read from cache" in result.output
 
     for args, message in ((["--max-drop", "-1", "--select-yaml", str(yaml)], "--max-drop must be >= 0"),
                           (["--max-drop", "0.3"], "--select-yaml"),
@@ -240,7 +244,8 @@ def _graph_properties_hold(fp32_model, quantized_path, calib, task):
     assert sqnr_db(probe.outputs(reference), restored) > 80
 
 
-@pytest.mark.parametrize("family", ["yolov8n.yaml", "yolo11n.yaml", "yolo26n.yaml", "convtranspose"])
+# YOLOv8 is the embedded detector (above); YOLO11n has YOLO26n's blocks and the embedded detector's DFL head
+@pytest.mark.parametrize("family", ["yolo26n.yaml", "convtranspose"])
 def test_groups_on_ultralytics_families_built_from_yaml(family, tmp_path, tiny_shapes):
     from orinflow.export import export_onnx
 
