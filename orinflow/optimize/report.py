@@ -9,11 +9,16 @@ from .graph import LEARNED_COMPUTE, GraphIndex
 
 
 def output_shapes(model: onnx.ModelProto, tensors: list[str]) -> dict[str, list[int]]:
-    """Actual shapes of `tensors`, from one ONNX Runtime pass on zeros.
+    """Actual shapes of `tensors`: from static shape inference when it knows every dim, else from one
+    ONNX Runtime pass on zeros.
 
     Static shape inference leaves dims unknown after Split/Slice in unsimplified exports
-    (QAT), and fails on some FP8 graphs; running the graph once is exact for any of them.
+    (QAT), and fails on some FP8 graphs; running the graph once is exact for any of them, but
+    building the session costs far more than inference where inference is complete.
     """
+    inferred = _inferred_shapes(model, tensors)
+    if inferred is not None:
+        return inferred
     import onnxruntime as ort
 
     probe = onnx.ModelProto()
@@ -32,6 +37,26 @@ def output_shapes(model: onnx.ModelProto, tensors: list[str]) -> dict[str, list[
         feeds[graph_input.name] = np.zeros(shape, np.float32)
     outputs = session.run(tensors, feeds)
     return {name: list(value.shape) for name, value in zip(tensors, outputs)}
+
+
+def _inferred_shapes(model: onnx.ModelProto, tensors: list[str]) -> dict[str, list[int]] | None:
+    """Every shape of `tensors` from static shape inference, or None when any dim is unknown or symbolic."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001 - some FP8 graphs; the ONNX Runtime pass answers instead
+        return None
+    graph = inferred.graph
+    infos = {v.name: v for v in [*graph.value_info, *graph.output, *graph.input]}
+    shapes = {}
+    for name in tensors:
+        info = infos.get(name)
+        if info is None or not info.type.tensor_type.HasField("shape"):
+            return None
+        dims = info.type.tensor_type.shape.dim
+        if not all(d.HasField("dim_value") and d.dim_value > 0 for d in dims):
+            return None
+        shapes[name] = [d.dim_value for d in dims]
+    return shapes
 
 
 class ComputeNode:
