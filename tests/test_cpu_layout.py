@@ -7,7 +7,6 @@ from onnx import TensorProto, helper, numpy_helper
 
 from orinflow.models import load_model
 from orinflow.optimize.cpu_layout import align_conv_channels, quantize_before_space_to_depth
-from orinflow.optimize.ptq import QuantizeSpec, quantize_onnx
 
 RNG = np.random.default_rng(0)
 
@@ -93,14 +92,8 @@ def test_quantize_moves_before_space_to_depth_exactly():
 
 
 @pytest.fixture(scope="module")
-def demo_quantized(demo_onnx, tiny_shapes, tmp_path_factory):
-    from orinflow.data import load_dataset
-    from orinflow.data.calibration import build_calibration
-
-    fp32 = load_model(demo_onnx)
-    calib = build_calibration(fp32.processing, load_dataset(tiny_shapes, "train"), 4)
-    work = tmp_path_factory.mktemp("layout")
-    return fp32, calib, quantize_onnx(fp32, calib, QuantizeSpec(target="cpu", method="max"), work / "cpu.onnx")
+def demo_quantized(fp32, calib, demo_int8):
+    return fp32, calib, demo_int8("max", "cpu")
 
 
 def test_cpu_target_pads_the_detect_convs_and_keeps_outputs(demo_quantized, tmp_path):
@@ -117,7 +110,7 @@ def test_cpu_target_pads_the_detect_convs_and_keeps_outputs(demo_quantized, tmp_
     assert np.allclose(reference, _run(padded, calib[:1])[0], atol=1e-3)
 
 
-def test_padding_filters_do_not_count_as_2to4_layers(demo_quantized, tmp_path):
+def test_padding_filters_do_not_count_as_2to4_layers(demo_quantized, demo_int8):
     fp32, calib, record = demo_quantized
-    trt = quantize_onnx(fp32, calib, QuantizeSpec(target="tensorrt", method="max"), tmp_path / "trt.onnx")
+    trt = demo_int8("max", "tensorrt")
     assert record["sparsity"]["eligible_layers"] == trt["sparsity"]["eligible_layers"]

@@ -18,8 +18,8 @@ NO_LATENCY = EvalOptions(measure_latency=False, batch=4)
 
 
 @pytest.fixture(scope="module")
-def trt_int8(fp32, calib, tmp_path_factory):
-    return quantize_onnx(fp32, calib, QuantizeSpec(), tmp_path_factory.mktemp("q") / "trt.onnx")
+def trt_int8(demo_int8):
+    return demo_int8()  # the defaults: entropy, tensorrt
 
 
 def _decode_reads_quantized(path):
