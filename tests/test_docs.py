@@ -84,7 +84,7 @@ def test_docs_have_an_index_and_a_short_summary_each():
     for page in pages:
         lines = (DOCS / page).read_text().splitlines()
         assert lines[0].startswith("# ") and lines[1] == "", page
-        summary = [line for line in lines[2:lines.index("", 2)]]
+        summary = lines[2:lines.index("", 2)]
         assert summary and len(summary) <= 3 and all(line.startswith("> ") for line in summary), page
 
 

@@ -120,8 +120,8 @@ def _original(line: str, capsys, monkeypatch, executable: bool = False) -> str:
 
 @pytest.fixture(scope="module")
 def original_folder(tmp_path_factory):
-    """Issue 15's stand-ins: the embedded detector saved as yolo26n.pt and four images of the demo recipe named
-    coco128.yaml, in a folder whose workspace is the default one (the lines say one epoch where they said ten)."""
+    """The original lines' stand-ins: the embedded detector saved as yolo26n.pt and four images of the demo recipe
+    named coco128.yaml, in a folder whose workspace is the default one (the lines say one epoch where they said ten)."""
     import shutil
 
     from conftest import DEMO_MODEL
