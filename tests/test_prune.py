@@ -30,10 +30,12 @@ def _without_torch_pruning(code: str, cwd) -> subprocess.CompletedProcess:
 def test_ultralytics_yaml_prunes_exports_quantizes_and_evaluates(yaml, tiny_shapes, tmp_path, monkeypatch):
     """C2f/C3k2 halves, C2PSA attention and the (end-to-end) Detect head: 30% fewer FLOPs with every concat,
     add and split consistent, then export, quantize (tensorrt, lint 0) and evaluate without torch-pruning. The
-    measured plan reads both heads' decoded outputs (on 2 probe images: the mechanics, not the plan's quality)."""
+    measured plan reads both heads' decoded outputs (on 2 probe images and 3 counts per group: the mechanics, not
+    the plan's quality, which tests/test_allocation.py measures on the embedded detector)."""
     from orinflow.optimize import prune
 
     monkeypatch.setattr(prune, "PROBE_IMAGES", 2)
+    monkeypatch.setattr(prune, "MAX_LEVELS", 3)
     output = tmp_path / f"{yaml[:-5]}_pruned.pt"
     result = _prune(["-m", yaml, "--imgsz", "64", "--flops", "0.7", "--round-to", "8", "--epochs", "0",
                      "--yaml", str(tiny_shapes), "--plan", "measured", "--runs", "0", "-o", str(output)])

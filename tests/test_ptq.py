@@ -11,7 +11,8 @@ from orinflow.errors import OrinflowError
 from orinflow.evaluate import EvalOptions, evaluate_model
 from orinflow.models import load_model
 from orinflow.optimize.graph import decode_nodes
-from orinflow.optimize.ptq import QuantizeSpec, calibration_stride, quantize_onnx
+from orinflow.optimize.ort_worker import calibration_stride
+from orinflow.optimize.ptq import QuantizeSpec, quantize_onnx
 from orinflow.optimize.report import DATA_MOVEMENT
 
 NO_LATENCY = EvalOptions(measure_latency=False, batch=4)

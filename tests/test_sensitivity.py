@@ -277,22 +277,25 @@ def test_sensitivity_on_a_classifier_with_hard_swish_and_squeeze_excite(tmp_path
     select = load_dataset(class_tree)
     calib = build_calibration(fp32.processing, select, 8)
     out = tmp_path / "q.onnx"
-    quantize_onnx(fp32, calib, QuantizeSpec(method="max"), out)
+    quantized = quantize_onnx(fp32, calib, QuantizeSpec(method="max"), out)
     _graph_properties_hold(fp32, out, calib, "classify")
     record = measure_sensitivity(fp32, calib, QuantizeSpec(method="max"), select,
-                                 SensitivityOptions(sqnr_images=2, select_images=0, top=1), say=lambda m: None)
+                                 SensitivityOptions(sqnr_images=2, select_images=0, top=1), say=lambda m: None,
+                                 quantized=(onnx.load(out), quantized))
     assert record["metric"] == "top1" and record["head_tensors"] == [o.name for o in onnx.load(out).graph.output]
     assert "all_but_top1" in record["groups"][0]
 
 
-def test_ptq_route_under_a_budget(tiny_shapes, tmp_path, private_workspace):
+def test_ptq_route_under_a_budget(tiny_shapes, tmp_path, study):
+    """The route exports the embedded detector as `fp32` was and calibrates on the same 8 images, so its budget
+    reads the module's cached ranking instead of measuring it again."""
     result = runner.invoke(app, ["ptq", "-m", str(DEMO_MODEL), "--imgsz", "256", "--yaml", str(tiny_shapes),
-                                 "--split", "train", "--val-split", "val", "-n", "4", "--method", "max",
+                                 "--split", "train", "--val-split", "val", "-n", "8", "--method", "max",
                                  "--target", "tensorrt", "--runs", "0", "--max-drop", "50",
-                                 "--select-yaml", str(tiny_shapes), "--select-split", "train",
+                                 "--select-yaml", str(tiny_shapes), "--select-split", "train", "--select-images", "0",
                                  "-o", str(tmp_path / "ptq")])
     assert result.exit_code == 0, result.output
     route = json.loads((tmp_path / "ptq" / "ptq_record.json").read_text())
     budget = route["variants"][0]["budget"]
     assert budget["met"] and budget["select_data"].startswith("shapes:train") and budget["max_drop"] == 50
-    assert "budget 50.00 points" in result.output
+    assert "budget 50.00 points" in result.output and "read from cache" in result.output

@@ -24,6 +24,7 @@ from ..models.onnx_model import OnnxModel, read_metadata, write_metadata
 from ..progress import status
 from . import quietly
 from .cpu_layout import ALIGNED_METADATA, align_conv_channels, quantize_before_space_to_depth
+from .ort_worker import CALIB_CHUNK
 from .graph import QDQ_OPS, decode_nodes, drop_unused_initializers
 from .report import qdq_report
 from .sparsity_check import sparsity_summary
@@ -32,7 +33,6 @@ MODES = ("int8", "fp8", "int4")
 METHODS = ("entropy", "max", "percentile", "search")
 TARGETS = ("tensorrt", "cpu")
 HIGH_PRECISION = ("fp32", "fp16")
-CALIB_CHUNK = 16  # images per calibration pass: bounds the activations held in memory
 QUANTIZABLE_INPUT_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Concat", "MaxPool", "AveragePool",
                          "GlobalAveragePool", "Resize", "Mul"}
 
@@ -284,38 +284,6 @@ def activation_histograms(src: Path, calib: np.ndarray, tensors: list[str] | Non
             if amax[t] > 0:
                 hist[t] += np.histogram(np.abs(value), bins=bins, range=(0.0, amax[t]))[0]
     return {t: (amax[t], hist[t]) for t in tensors}
-
-
-class CalibReader:
-    """ONNX Runtime CalibrationDataReader over a (N,3,H,W) array, one image per call.
-
-    `set_range` lets ONNX Runtime calibrate a slice at a time (its CalibStridedMinMax option,
-    which works for every method), so activations of only `stride` images are held at once.
-    """
-
-    def __init__(self, input_name: str, images: np.ndarray):
-        self.input_name, self.images = input_name, images
-        self.index, self.end = 0, len(images)
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def set_range(self, start_index: int, end_index: int) -> None:
-        self.index, self.end = start_index, min(end_index, len(self.images))
-
-    def get_next(self):
-        if self.index >= self.end:
-            return None
-        self.index += 1
-        return {self.input_name: np.ascontiguousarray(self.images[self.index - 1:self.index], dtype=np.float32)}
-
-    def rewind(self):
-        self.index, self.end = 0, len(self.images)
-
-
-def calibration_stride(count: int, limit: int = CALIB_CHUNK) -> int:
-    """The largest slice size up to `limit` that divides the set (ONNX Runtime requires it)."""
-    return max(d for d in range(1, min(limit, count) + 1) if count % d == 0)
 
 
 # ------------------------------------------------------------------ cpu target (ONNX Runtime)
