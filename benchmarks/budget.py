@@ -33,9 +33,9 @@ from orinflow.evaluate import EvalOptions  # noqa: E402
 from orinflow.evaluate.latency import cpu_name, interleaved_latency  # noqa: E402
 from orinflow.io import write_json  # noqa: E402
 from orinflow.models import load_model  # noqa: E402
-from orinflow.optimize.ptq import QuantizeSpec  # noqa: E402
-from orinflow.optimize.route import run_ptq  # noqa: E402
-from orinflow.optimize.sensitivity import BudgetSpec, SensitivityOptions  # noqa: E402
+from orinflow.optimize.quantize.ptq import QuantizeSpec  # noqa: E402
+from orinflow.optimize.quantize.route import run_ptq  # noqa: E402
+from orinflow.optimize.quantize.sensitivity import BudgetSpec, SensitivityOptions  # noqa: E402
 from orinflow.runtime import OrtRunner  # noqa: E402
 
 

@@ -28,8 +28,9 @@ from orinflow.evaluate import EvalOptions, evaluate_model, headline  # noqa: E40
 from orinflow.export import export_onnx  # noqa: E402
 from orinflow.io import write_json  # noqa: E402
 from orinflow.models import load_model  # noqa: E402
-from orinflow.optimize.ptq import QuantizeSpec, quantize_onnx  # noqa: E402
-from orinflow.optimize.qat import QATConfig, run_qat  # noqa: E402
+from orinflow.optimize.quantize.ptq import QuantizeSpec, quantize_onnx  # noqa: E402
+from orinflow.optimize.quantize.qat import run_qat  # noqa: E402
+from orinflow.optimize.train.config import QATConfig  # noqa: E402
 
 
 def subset(dataset: Dataset, parity: int) -> Dataset:

@@ -4,12 +4,12 @@ The Python API (docs/python.md) is one function per command, with the CLI's name
 `orinflow.load`, `adopt`, `export`, `calibrate`, `quantize`, `ptq`, `sensitivity`, `evaluate`,
 `evaluate_many`, `named_models`, `compare`,
 `qat`, `sparsify`, `sparse_qat`, `prune`, `inspect`, `deploy`, `report`.
-They live in orinflow/api.py and are imported on first use, so `import orinflow` stays light.
+They live in orinflow/api/ and are imported on first use, so `import orinflow` stays light.
 """
 import sys as _sys
 import types as _types
 
-__version__ = "0.1.0"
+from .version import VERSION as __version__  # noqa: E402
 API = ("load", "adopt", "export", "calibrate", "quantize", "ptq", "sensitivity", "evaluate", "evaluate_many",
        "named_models", "compare", "qat", "sparsify", "sparse_qat", "prune", "inspect", "deploy", "report")
 __all__ = list(API)

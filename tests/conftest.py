@@ -72,7 +72,7 @@ def calib(fp32, tiny_shapes):
 def demo_int8(fp32, calib, tmp_path_factory):
     """The embedded detector quantized once per (method, target) on `calib`, shared by every file that only reads
     it: `demo_int8("max", "cpu")` is the quantization record (its `model` is the path)."""
-    from orinflow.optimize.ptq import QuantizeSpec, quantize_onnx
+    from orinflow.optimize.quantize.ptq import QuantizeSpec, quantize_onnx
 
     made: dict[tuple[str, str], dict] = {}
 

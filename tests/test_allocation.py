@@ -6,8 +6,12 @@ import pytest
 import torch
 
 from conftest import DEMO_MODEL
-from orinflow.optimize import prune
-from orinflow.optimize.allocation import FlopEstimate, Group, LayerShape, allocate, interpolated, lowest_count
+from orinflow.optimize.common import layers
+from orinflow.optimize.prune import graph as prune_graph
+from orinflow.optimize.prune import plan as prune_plan
+from orinflow.optimize.prune import pruner
+from orinflow.optimize.train.loop import first_images
+from orinflow.optimize.prune.allocation import FlopEstimate, Group, LayerShape, allocate, interpolated, lowest_count
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +21,7 @@ def demo_graph():
 
     module = prunable_copy(load_model(DEMO_MODEL, imgsz=64, fuse=False))
     example = torch.zeros(1, 3, 64, 64)
-    protected = prune.protected_layers(module, example)
+    protected = prune_graph.protected_layers(module, example)
     names = {m: n for n, m in module.named_modules()}
     return module, example, protected, {names[m]: why for m, why in protected.items()}
 
@@ -26,8 +30,8 @@ def test_the_estimate_matches_pruned_copies(demo_graph):
     """Random channel counts per group: the MACs estimated from the groups' readers and writers are the MACs of
     the copy pruned to those counts (wrong coupling, a concat's offsets say, would miss them)."""
     module, example, protected, protected_names = demo_graph
-    groups = prune.prunable_groups(module, example, protected)
-    shapes = prune.layer_shapes(module, example)
+    groups = prune_graph.prunable_groups(module, example, protected)
+    shapes = prune_graph.layer_shapes(module, example)
     assert len(groups) > 10 and any(len(group.readers) > 1 for group in groups)
     draw = random.Random(0)
     for _ in range(3):
@@ -36,9 +40,9 @@ def test_the_estimate_matches_pruned_copies(demo_graph):
         estimate = FlopEstimate(shapes)
         for group, count in zip(groups, counts):
             estimate.remove(group, group.channels - count)
-        copy = prune.pruned_copy(module, example, prune.PruneConfig(round_to=1), protected_names, keep)
-        assert prune.channels(copy)[next(iter(groups[0].writers))] == counts[0]
-        assert estimate.total == pytest.approx(sum(prune.layer_macs(copy, example).values()), rel=1e-9)
+        copy = pruner.pruned_copy(module, example, pruner.PruneConfig(round_to=1), protected_names, keep)
+        assert layers.channels(copy)[next(iter(groups[0].writers))] == counts[0]
+        assert estimate.total == pytest.approx(sum(layers.layer_macs(copy, example).values()), rel=1e-9)
 
 
 def _chain(widths: list[int], size: int = 8) -> tuple[dict, list[Group]]:
@@ -108,7 +112,7 @@ def test_the_measured_plan_takes_the_flops_where_the_cuts_add_least_noise():
 
 
 def _probe(adapter, dataset, images: int):
-    return prune.CutProbe(torch.cat(list(prune._images(adapter, dataset, images))), adapter.processing.head,
+    return prune_plan.CutProbe(torch.cat(list(first_images(adapter, dataset, images))), adapter.processing.head,
                           adapter.processing.imgsz[0])
 
 
@@ -122,16 +126,16 @@ def test_the_measured_plan_moves_the_outputs_less_than_the_even_one(demo_graph, 
     module, example, protected, protected_names = demo_graph
     adapter = load_model(DEMO_MODEL, imgsz=64, fuse=False)
     probe = _probe(adapter, load_dataset(tiny_shapes, "train"), 8)
-    config = prune.PruneConfig(flops=0.7, round_to=8, plan="measured")
-    measured, record = prune.plan_channels(module, example, config, protected, probe, say=lambda *_: None)
-    even, even_record = prune.plan_channels(module, example, config, protected, None, say=lambda *_: None)
+    config = pruner.PruneConfig(flops=0.7, round_to=8, plan="measured")
+    measured, record = prune_plan.plan_channels(module, example, config, protected, probe, say=lambda *_: None)
+    even, even_record = prune_plan.plan_channels(module, example, config, protected, None, say=lambda *_: None)
     assert record["plan"] == "measured" and even_record["plan"] == "even" and measured != even
     assert all(entry["loss_increase"] for entry in record["groups"] if entry["kept"] < entry["channels"])
     reference = probe.reference(module)
     loss = {}
     for name, keep in (("measured", measured), ("even", even)):
-        copy = prune.pruned_copy(module, example, config, protected_names, keep)
-        assert sum(prune.layer_macs(copy, example).values()) <= 0.7 * sum(prune.layer_macs(module, example).values())
+        copy = pruner.pruned_copy(module, example, config, protected_names, keep)
+        assert sum(layers.layer_macs(copy, example).values()) <= 0.7 * sum(layers.layer_macs(module, example).values())
         loss[name] = probe.loss(copy, reference) - probe.loss(module, reference)
     assert 0 < loss["measured"] < 0.8 * loss["even"]
 
@@ -146,13 +150,13 @@ def test_a_simulated_cut_moves_the_outputs_as_the_pruned_copy_does(demo_graph, t
     module, example, protected, protected_names = demo_graph
     adapter = load_model(DEMO_MODEL, imgsz=64, fuse=False)
     probe = _probe(adapter, load_dataset(tiny_shapes, "train"), 4)
-    graph, coupled = prune.graph_groups(module, example, protected)
-    groups = prune.prunable_groups(module, example, protected, (graph, coupled))
+    graph, coupled = prune_graph.graph_groups(module, example, protected)
+    groups = prune_graph.prunable_groups(module, example, protected, (graph, coupled))
     wide = [i for i, group in enumerate(groups) if group.channels >= 32]
     chosen = [i for i in wide if len(groups[i].writers) > 1][:2] + [i for i in wide if len(groups[i].readers) > 1][:2]
     assert len(chosen) == 4
-    config = prune.PruneConfig(flops=0.7, round_to=8)
-    noise = prune.measured_noise(module, (graph, [coupled[i] for i in chosen]), [groups[i] for i in chosen],
+    config = pruner.PruneConfig(flops=0.7, round_to=8)
+    noise = prune_plan.measured_noise(module, (graph, [coupled[i] for i in chosen]), [groups[i] for i in chosen],
                                  config, probe)
     reference = probe.reference(module)
     base = probe.loss(module, reference)
@@ -160,7 +164,7 @@ def test_a_simulated_cut_moves_the_outputs_as_the_pruned_copy_does(demo_graph, t
         cuts = sorted(count for count in table if count < groups[index].channels)
         assert cuts and table[cuts[0]] > 0
         for count in {cuts[0], cuts[-1]}:  # the floor and the first multiple
-            copy = prune.pruned_copy(module, example, config, protected_names,
+            copy = pruner.pruned_copy(module, example, config, protected_names,
                                      dict.fromkeys(groups[index].writers, count))
             assert table[count] == pytest.approx(probe.loss(copy, reference) - base, rel=1e-3, abs=1e-7)
 
@@ -176,11 +180,11 @@ def test_a_head_the_distillation_loss_cannot_read_is_cut_evenly(tiny_shapes):
 
     adapter = load_model(DEMO_MODEL, imgsz=64, fuse=False)
     dataset = load_dataset(tiny_shapes, "train")
-    config = prune.PruneConfig(plan="measured")
-    probe = prune.cut_probe(adapter, dataset, config, say=lambda *_: None)
-    assert probe is not None and len(probe.images) == prune.PROBE_IMAGES and probe.head == adapter.processing.head
+    config = pruner.PruneConfig(plan="measured")
+    probe = prune_plan.cut_probe(adapter, dataset, config, say=lambda *_: None)
+    assert probe is not None and len(probe.images) == prune_plan.PROBE_IMAGES and probe.head == adapter.processing.head
     adapter.processing = replace(adapter.processing, head=HEAD_END2END)
     said = []
-    assert prune.cut_probe(adapter, dataset, config, say=said.append) is None
+    assert prune_plan.cut_probe(adapter, dataset, config, say=said.append) is None
     assert said and "cut evenly" in said[0]
-    assert prune.cut_probe(adapter, None, config, say=said.append) is None and "--yaml" in said[1]
+    assert prune_plan.cut_probe(adapter, None, config, say=said.append) is None and "--yaml" in said[1]

@@ -6,7 +6,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from orinflow.models import load_model
-from orinflow.optimize.cpu_layout import align_conv_channels, quantize_before_space_to_depth
+from orinflow.optimize.quantize.cpu_layout import align_conv_channels, quantize_before_space_to_depth
 
 RNG = np.random.default_rng(0)
 

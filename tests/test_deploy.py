@@ -21,10 +21,10 @@ from orinflow.evaluate import EvalOptions, evaluate_model
 from orinflow.evaluate.accuracy import predictions
 from orinflow.export import export_onnx
 from orinflow.models import load_model
-from orinflow.optimize.ptq import QuantizeSpec, quantize_onnx
-from orinflow.optimize.qat import QATConfig
-from orinflow.optimize.sat import _with_module, sat_stage
-from orinflow.optimize.sparsity_check import sparsity_report
+from orinflow.optimize.quantize.ptq import QuantizeSpec, quantize_onnx
+from orinflow.optimize.train.config import QATConfig
+from orinflow.optimize.sparsity.sat import _with_module, sat_stage
+from orinflow.optimize.common.sparse24 import sparsity_report
 from orinflow.runtime import OrtRunner
 
 

@@ -10,8 +10,11 @@ from conftest import shared_path
 from orinflow.data import load_dataset
 from orinflow.models import load_model
 from orinflow.models.processing import ImageMeta, unletterbox
-from orinflow.optimize.losses import YOLOv5DetectionLoss, input_targets
-from orinflow.optimize.qat import Objective, QATConfig, _batches, run_qat
+from orinflow.optimize.train.losses import YOLOv5DetectionLoss, input_targets
+from orinflow.optimize.quantize.qat import run_qat
+from orinflow.optimize.train.config import QATConfig
+from orinflow.optimize.train.loop import batches
+from orinflow.optimize.train.objective import Objective
 
 
 def test_targets_follow_the_letterbox():
@@ -54,7 +57,7 @@ def _label_loss(adapter, data_yaml, shift: float, flip_all: bool = False) -> flo
                           QATConfig(distill=False, labels=True, flip=flip_all))
     if flip_all:
         objective.rng = SimpleNamespace(random=lambda n: np.zeros(n))  # every image mirrored
-    images, labels, metas = next(_batches(dataset, adapter, np.arange(min(4, len(dataset))), 4))
+    images, labels, metas = next(batches(dataset, adapter, np.arange(min(4, len(dataset))), 4))
     labels = [lb + np.array([0, shift, shift, 0, 0], np.float32) for lb in labels]
     with torch.no_grad():
         return objective(images, labels, metas).item()
@@ -100,7 +103,7 @@ def test_label_loss_needs_labels(demo_adapter, tmp_path):
 
 
 def test_mixup_readdresses_each_images_objects_to_the_image_that_blends_it_in():
-    from orinflow.optimize.qat import _moved_to_partners
+    from orinflow.optimize.train.objective import _moved_to_partners
 
     targets = torch.tensor([[0, 5, .1, .1, .1, .1], [2, 7, .2, .2, .2, .2], [2, 8, .3, .3, .3, .3]])
     partner = torch.tensor([2, 0, 1])  # image 0 blends in image 2, image 1 image 0, image 2 image 1
@@ -109,7 +112,7 @@ def test_mixup_readdresses_each_images_objects_to_the_image_that_blends_it_in():
 
 
 def test_mixup_class_loss_weighs_both_labels_by_their_share():
-    from orinflow.optimize.qat import _class_loss
+    from orinflow.optimize.train.objective import _class_loss
 
     logits, labels = torch.randn(3, 4), torch.tensor([0, 1, 2])
     partner = torch.tensor([1, 2, 0])
@@ -124,7 +127,7 @@ def test_detector_mixup_blends_images_and_trains_on_both_images_labels(demo_adap
     student = copy.deepcopy(demo_adapter.export_module()).eval()
     objective = Objective(demo_adapter, student, demo_adapter.export_module(),
                           QATConfig(distill=False, labels=True, mixup=True))
-    images, labels, metas = next(_batches(dataset, demo_adapter, np.arange(min(4, len(dataset))), 4))
+    images, labels, metas = next(batches(dataset, demo_adapter, np.arange(min(4, len(dataset))), 4))
     objective._mixing = lambda n, device: (torch.roll(torch.arange(n), 1), torch.full((n,), 0.5))
     with torch.no_grad():
         union = objective(images, labels, metas).item()

@@ -169,7 +169,7 @@ def test_the_original_route_3_lines_run_verbatim(run_original, original_folder):
     """The sparse checkpoint yolo26n_sparse.pt, exported, calibrated and quantized; still 2:4."""
     import onnx
 
-    from orinflow.optimize.sparsity_check import sparsity_summary
+    from orinflow.optimize.common.sparse24 import sparsity_summary
 
     run_original("orinflow-sparsify -m yolo26n.pt --data coco128.yaml --epochs 1")
     out = run_original("orinflow-export -m yolo26n_sparse.pt --imgsz 640 --opset 13")

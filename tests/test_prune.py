@@ -32,10 +32,10 @@ def test_ultralytics_yaml_prunes_exports_quantizes_and_evaluates(yaml, tiny_shap
     add and split consistent, then export, quantize (tensorrt, lint 0) and evaluate without torch-pruning. The
     measured plan reads both heads' decoded outputs (on 2 probe images and 3 counts per group: the mechanics, not
     the plan's quality, which tests/test_allocation.py measures on the embedded detector)."""
-    from orinflow.optimize import prune
+    from orinflow.optimize.prune import plan as prune_plan
 
-    monkeypatch.setattr(prune, "PROBE_IMAGES", 2)
-    monkeypatch.setattr(prune, "MAX_LEVELS", 3)
+    monkeypatch.setattr(prune_plan, "PROBE_IMAGES", 2)
+    monkeypatch.setattr(prune_plan, "MAX_LEVELS", 3)
     output = tmp_path / f"{yaml[:-5]}_pruned.pt"
     result = _prune(["-m", yaml, "--imgsz", "64", "--flops", "0.7", "--round-to", "8", "--epochs", "0",
                      "--yaml", str(tiny_shapes), "--plan", "measured", "--runs", "0", "-o", str(output)])
@@ -67,18 +67,19 @@ print(json.dumps(record["metrics"]))
 
 def _pruned_yolov8(monkeypatch, split_blocks: bool, guard: bool):
     from orinflow.models import load_model, prunable_copy
-    from orinflow.optimize import prune
+    from orinflow.optimize.prune import graph as prune_graph
+    from orinflow.optimize.prune import pruner
 
     if not split_blocks:
         monkeypatch.setattr("orinflow.models.ultralytics.split_chunked_blocks", lambda model: 0)
     if not guard:
-        monkeypatch.setattr(prune, "_node_channel_wise", lambda node: True)
+        monkeypatch.setattr(prune_graph, "_node_channel_wise", lambda node: True)
     module = prunable_copy(load_model("yolov8n.yaml", imgsz=64, fuse=False))
     example = torch.zeros(1, 3, 64, 64)
-    protected = prune.protected_layers(module, example)
+    protected = prune_graph.protected_layers(module, example)
     names = {m: n for n, m in module.named_modules()}
     named = {names[m]: why for m, why in protected.items()}
-    trial = prune.pruned_copy(module, example, prune.PruneConfig(flops=None, ratio=0.3, round_to=8), named)
+    trial = pruner.pruned_copy(module, example, pruner.PruneConfig(flops=None, ratio=0.3, round_to=8), named)
     trial(torch.zeros(1, 3, 64, 64))
     return named
 
@@ -132,7 +133,8 @@ def test_yolov5_checkpoint_keeps_yolov5_class_paths(tmp_path, tiny_shapes):
     step of YOLOv5's own label loss leaves no training state in it."""
     from orinflow.models import load_model
     from orinflow.models.base import pickle_classes
-    from orinflow.optimize import prune
+    from orinflow.optimize.prune import steps as prune_steps
+    from orinflow.optimize.prune import pruner
     from test_yolov5_modules import _pickle_classes, _v7_model
 
     paths = _pickle_classes()
@@ -147,10 +149,10 @@ def test_yolov5_checkpoint_keeps_yolov5_class_paths(tmp_path, tiny_shapes):
     adapter = load_model(source, imgsz=64, fuse=False)
     output = tmp_path / "v7_pruned.pt"
     from orinflow.data import load_dataset
-    from orinflow.optimize.qat import QATConfig
+    from orinflow.optimize.train.config import QATConfig
 
     labels = QATConfig(epochs=1, max_steps=1, batch=2, distill=False, labels=True)
-    record = prune.run_prune(adapter, prune.PruneConfig(flops=None, ratio=0.3, round_to=8), output,
+    record = prune_steps.run_prune(adapter, pruner.PruneConfig(flops=None, ratio=0.3, round_to=8), output,
                              load_dataset(tiny_shapes, "train"), labels, say=lambda *_: 0)
     assert record["steps"][0]["losses"]
     modules = {module for module, _ in pickle_classes(output)}
@@ -189,10 +191,10 @@ def test_torchvision_resnet_prunes_its_last_stage_through_pooling_and_fc():
     """Global average pooling and the classifier's weight transpose keep channels: the last stage (coupled to the
     fc through them) is prunable; only the fc itself is protected."""
     from orinflow.models import load_model, prunable_copy
-    from orinflow.optimize import prune
+    from orinflow.optimize.prune import graph as prune_graph
 
     module = prunable_copy(load_model(None, arch="resnet18", imgsz=64))
-    protected = prune.protected_layers(module, torch.zeros(1, 3, 64, 64))
+    protected = prune_graph.protected_layers(module, torch.zeros(1, 3, 64, 64))
     assert {type(m).__name__ for m in protected} == {"Linear"}, set(protected.values())
 
 
@@ -214,16 +216,16 @@ def test_output_layer_is_found_when_the_output_reuses_a_freed_tensors_id():
     """Was: the output looked 'consumed' by a module (ids compared after the temporary was freed), so the
     classifier's final layer went unprotected and lost classes: seen as 'size of tensor a (10) must match
     the size of tensor b (7)' in 2 of about 40 ResNet-20 prune runs."""
-    from orinflow.optimize import prune
+    from orinflow.optimize.common import tracing
 
     module = _FreesATemporaryBeforeItsOutput()
-    assert prune.output_layers(module, torch.zeros(1, 3, 8, 8)) == {module.fc}
+    assert tracing.output_layers(module, torch.zeros(1, 3, 8, 8)) == {module.fc}
 
 
 def test_a_model_without_an_own_output_is_refused():
     """Returning only what a layer also reads leaves no output layer to protect: refused, not pruned blind."""
     from orinflow.errors import OrinflowError
-    from orinflow.optimize import prune
+    from orinflow.optimize.common import tracing
 
     class ReturnsItsInput(torch.nn.Module):
         def __init__(self):
@@ -235,7 +237,7 @@ def test_a_model_without_an_own_output_is_refused():
             return x
 
     with pytest.raises(OrinflowError, match="output layers cannot be found"):
-        prune.output_layers(ReturnsItsInput(), torch.zeros(1, 3, 8, 8))
+        tracing.output_layers(ReturnsItsInput(), torch.zeros(1, 3, 8, 8))
 
 
 def test_dry_run_writes_nothing(tmp_path, monkeypatch):
@@ -300,12 +302,12 @@ def test_a_pruned_model_prunes_again_and_keeps_its_output_layers(tiny_shapes, tm
     stride-8 Detect convs, and pruning the pruned model again could cut its box and class channels."""
     import orinflow
     from orinflow.models import load_model
-    from orinflow.optimize import prune
+    from orinflow.optimize.common import tracing
 
     def output_convs(path) -> dict[str, int]:
         module = load_model(path, imgsz=128).export_module()
         names = {m: n for n, m in module.named_modules()}
-        return {names[m]: m.out_channels for m in prune.output_layers(module, torch.zeros(1, 3, 128, 128))}
+        return {names[m]: m.out_channels for m in tracing.output_layers(module, torch.zeros(1, 3, 128, 128))}
 
     first, second = tmp_path / "once.pt", tmp_path / "twice.pt"
     for source, target in ((DEMO_MODEL, first), (first, second)):

@@ -10,10 +10,10 @@ from orinflow.cli import app
 from orinflow.errors import OrinflowError
 from orinflow.evaluate import EvalOptions, evaluate_model
 from orinflow.models import load_model
-from orinflow.optimize.graph import decode_nodes
-from orinflow.optimize.ort_worker import calibration_stride
-from orinflow.optimize.ptq import QuantizeSpec, quantize_onnx
-from orinflow.optimize.report import DATA_MOVEMENT
+from orinflow.optimize.common.graph import decode_nodes
+from orinflow.optimize.quantize.ort_worker import calibration_stride
+from orinflow.optimize.quantize.ptq import QuantizeSpec, quantize_onnx
+from orinflow.optimize.common.qdq_report import DATA_MOVEMENT
 
 NO_LATENCY = EvalOptions(measure_latency=False, batch=4)
 

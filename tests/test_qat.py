@@ -11,7 +11,9 @@ from orinflow.data import load_dataset
 from orinflow.errors import OrinflowError
 from orinflow.evaluate import EvalOptions, evaluate_model
 from orinflow.models import load_model
-from orinflow.optimize.qat import QATConfig, distillation_loss, run_qat
+from orinflow.optimize.quantize.qat import run_qat
+from orinflow.optimize.train.config import QATConfig
+from orinflow.optimize.train.objective import distillation_loss
 from orinflow.models.processing import HEAD_ANCHOR_FREE, HEAD_OBJECTNESS
 
 TINY_CLASSIFIER = ("from torch import nn\n\ndef build():\n    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), "
@@ -96,7 +98,7 @@ def test_qat_cli_end_to_end(tiny_shapes, tmp_path):
 
 def test_interrupted_qat_resumes_from_its_checkpoint(class_tree, tmp_path, monkeypatch):
     """A run stopped after epoch 1 continues at epoch 2 with --resume; other settings are refused."""
-    import orinflow.optimize.qat as qat
+    import orinflow.optimize.train.loop as qat
 
     module_file = tmp_path / "tiny_cls.py"
     module_file.write_text(TINY_CLASSIFIER)
@@ -147,7 +149,8 @@ def test_qat_data_parallel_under_torchrun(tiny_shapes, tmp_path):
 
 
 def test_cosine_schedule_decays_to_zero_and_constant_holds():
-    from orinflow.optimize.qat import QATConfig, learning_rate
+    from orinflow.optimize.train.config import QATConfig
+    from orinflow.optimize.train.loop import learning_rate
 
     cosine, constant = QATConfig(lr=1e-3, schedule="cosine"), QATConfig(lr=1e-3)
     assert [round(learning_rate(cosine, t), 7) for t in (0, 0.5, 1)] == [1e-3, 5e-4, 0]
@@ -156,7 +159,7 @@ def test_cosine_schedule_decays_to_zero_and_constant_holds():
 
 def test_a_checkpoint_from_before_a_setting_existed_resumes_with_its_default(tmp_path):
     """Checkpoints written before --mixup/--schedule existed hold no such keys: they resume as the defaults."""
-    import orinflow.optimize.qat as qat
+    import orinflow.optimize.train.loop as qat
 
     student = torch.nn.Linear(2, 2)
     optimizer = torch.optim.AdamW(student.parameters())

@@ -97,7 +97,7 @@ def test_yolo26n_yaml_exports_and_evaluates_on_coco8(tmp_path):
 def test_resnet20_int8_both_targets_within_half_a_point(tmp_path):
     from orinflow.data import load_dataset
     from orinflow.data.calibration import build_calibration
-    from orinflow.optimize.ptq import QuantizeSpec, quantize_onnx
+    from orinflow.optimize.quantize.ptq import QuantizeSpec, quantize_onnx
 
     weights = shared_path("weights", "resnet20-cifar10.th")
     data = shared_path("data", "cifar10-test-dev")

@@ -5,7 +5,9 @@ import torch
 from torch import nn
 
 from conftest import DEMO_MODEL
-from orinflow.optimize import prune, reconstruct
+from orinflow.optimize.prune import graph as prune_graph
+from orinflow.optimize.prune import pruner
+from orinflow.optimize.prune import reconstruct
 
 
 def _smooth_images(count: int, seed: int) -> torch.Tensor:
@@ -21,9 +23,9 @@ def _net() -> nn.Module:
 
 
 def _pruner(module: nn.Module, example: torch.Tensor):
-    config = prune.PruneConfig(flops=None, ratio=0.5, round_to=1)
-    protected = prune.protected_layers(module, example)
-    return prune.make_pruner(module, example, config, protected, 1)
+    config = pruner.PruneConfig(flops=None, ratio=0.5, round_to=1)
+    protected = prune_graph.protected_layers(module, example)
+    return pruner.make_pruner(module, example, config, protected, 1)
 
 
 def test_tracked_step_names_the_channels_each_layer_kept():
@@ -65,12 +67,12 @@ def test_demo_detector_refit_keeps_its_head_outputs_closer_than_batchnorm_alone(
     import orinflow
     from orinflow.data import load_dataset
     from orinflow.models import load_model
-    from orinflow.optimize.probes import sqnr_db
-    from orinflow.optimize.qat import _batches
-    from orinflow.optimize.sparse_select import HeadOutputs
+    from orinflow.optimize.common.probes import sqnr_db
+    from orinflow.optimize.train.loop import batches
+    from orinflow.optimize.sparsity.select import HeadOutputs
 
     dense = load_model(DEMO_MODEL, imgsz=128)
-    images = next(_batches(load_dataset(tiny_shapes, "val"), dense, list(range(8)), 8))[0]
+    images = next(batches(load_dataset(tiny_shapes, "val"), dense, list(range(8)), 8))[0]
     reference = HeadOutputs(dense.export_module().eval(), images)()
     sqnr, records = {}, {}
     for refit in (True, False):

@@ -207,7 +207,7 @@ def test_interrupted_qat_leaves_nothing_partial(moment, tiny_shapes, tmp_path):
 
 def test_quantization_is_reproducible(fp32, calib, tmp_path):
     """The same model and calibration set give the same scales and weights, byte for byte."""
-    from orinflow.optimize.ptq import QuantizeSpec, quantize_onnx
+    from orinflow.optimize.quantize.ptq import QuantizeSpec, quantize_onnx
 
     spec = QuantizeSpec(method="max", target="tensorrt")
     models = [onnx.load(str(quantize_onnx(fp32, calib[:4], spec, tmp_path / f"{i}.onnx")["model"]))

@@ -8,11 +8,11 @@ from typer.testing import CliRunner
 from orinflow.cli import app
 from orinflow.data.calibration import save_calibration
 from orinflow.errors import OrinflowError
-from orinflow.optimize.graph import GraphIndex
-from orinflow.optimize.probes import HeadProbe, head_tensors, sqnr_db
-from orinflow.optimize.ptq import QuantizeSpec, align_concat_scales, quantize_onnx
-from orinflow.optimize import scale_search
-from orinflow.optimize.scale_search import apply_scales, mse_clip, scale_units
+from orinflow.optimize.common.graph import GraphIndex
+from orinflow.optimize.common.probes import HeadProbe, head_tensors, sqnr_db
+from orinflow.optimize.quantize.ptq import QuantizeSpec, align_concat_scales, quantize_onnx
+from orinflow.optimize.quantize import scale_search
+from orinflow.optimize.quantize.scale_search import apply_scales, mse_clip, scale_units
 
 runner = CliRunner()
 SEARCH_IMAGES = 4  # calibration images that score each trial here
@@ -141,7 +141,7 @@ def test_quantize_cli_method_search(searched_by_the_cli):
 
 def test_ptq_refuses_search_on_cpu_before_any_work(fp32, tiny_shapes, tmp_path):
     from orinflow.evaluate import EvalOptions
-    from orinflow.optimize.route import run_ptq
+    from orinflow.optimize.quantize.route import run_ptq
 
     with pytest.raises(OrinflowError, match="--method search"):
         run_ptq(fp32, tiny_shapes, "train", tiny_shapes, "val", tmp_path / "ptq", ["max", "search"],

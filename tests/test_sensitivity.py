@@ -12,11 +12,11 @@ from orinflow.data import Dataset, load_dataset
 from orinflow.data.calibration import build_calibration
 from orinflow.errors import OrinflowError
 from orinflow.models import load_model
-from orinflow.optimize.graph import GraphIndex
-from orinflow.optimize.groups import dequantize_groups, quantization_groups
-from orinflow.optimize.ptq import QuantizeSpec, quantize_onnx
-from orinflow.optimize.report import ComputeNode, qdq_report
-from orinflow.optimize.sensitivity import (BudgetSpec, HeadProbe, SensitivityOptions, cache_key, fit_budget,
+from orinflow.optimize.common.graph import GraphIndex
+from orinflow.optimize.quantize.groups import dequantize_groups, quantization_groups
+from orinflow.optimize.quantize.ptq import QuantizeSpec, quantize_onnx
+from orinflow.optimize.common.qdq_report import ComputeNode, qdq_report
+from orinflow.optimize.quantize.sensitivity import (BudgetSpec, HeadProbe, SensitivityOptions, cache_key, fit_budget,
                                            head_tensors, measure_sensitivity, sqnr_db)
 
 runner = CliRunner()

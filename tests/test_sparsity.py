@@ -11,10 +11,10 @@ from orinflow.data import load_dataset
 from orinflow.data.calibration import build_calibration
 from orinflow.errors import OrinflowError
 from orinflow.models import load_model
-from orinflow.optimize.ptq import QuantizeSpec, quantize_onnx
-from orinflow.optimize.qat import QATConfig
-from orinflow.optimize.sat import run_sat
-from orinflow.optimize.sparsity_check import is_2to4, sparsity_report
+from orinflow.optimize.quantize.ptq import QuantizeSpec, quantize_onnx
+from orinflow.optimize.train.config import QATConfig
+from orinflow.optimize.sparsity.sat import run_sat
+from orinflow.optimize.common.sparse24 import is_2to4, sparsity_report
 
 
 def _conv_model(weight: np.ndarray) -> onnx.ModelProto:
@@ -68,8 +68,8 @@ def test_inspect_and_sparsify_cli(tiny_shapes, demo_onnx, tmp_path):
 
 def test_sparse_qat_keeps_2to4_under_qdq(demo_adapter, tiny_shapes, tmp_path):
     """Route 4: the masks survive QAT (weights move, zeros stay) and the Q/DQ export is still 2:4."""
-    from orinflow.optimize.masks import hold_masks, sparse_masks
-    from orinflow.optimize.sat import run_sparse_qat, sat_stage
+    from orinflow.optimize.common.masks import hold_masks, sparse_masks
+    from orinflow.optimize.sparsity.sat import run_sparse_qat, sat_stage
 
     data = load_dataset(tiny_shapes, "train")
     config = QATConfig(epochs=1, max_steps=2, batch=4, calib_images=4, lr=1e-3)
@@ -111,7 +111,7 @@ def test_sparsegpt_is_2to4_along_input_channels_and_beats_magnitude_on_the_data(
     columns, which TensorRT cannot use on 3x3 kernels); its weight update moves the layer's output less."""
     from torch import nn
 
-    from orinflow.optimize.sparse_select import hessians, magnitude_24, sparsegpt_24
+    from orinflow.optimize.sparsity.select import hessians, magnitude_24, sparsegpt_24
 
     torch.manual_seed(0)
     conv = nn.Conv2d(32, 16, 3, padding=1, bias=False)

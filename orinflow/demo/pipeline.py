@@ -9,18 +9,19 @@ import numpy as np
 
 from rich.console import Console
 
+from . import shapes
+from ..data import load_dataset
 from ..evaluate import EvalOptions, evaluate_model
 from ..evaluate.table import comparison_table
 from ..io import write_json
 from ..models import load_model
-from ..data import load_dataset
-from ..optimize.ptq import QuantizeSpec
-from ..optimize.qat import QATConfig, run_qat
-from ..optimize.route import run_ptq
-from ..optimize.sensitivity import BudgetSpec, SensitivityOptions, cache_dir, fit_budget
-from ..report.sensitivity import write_sensitivity
+from ..optimize.quantize.ptq import QuantizeSpec
+from ..optimize.quantize.qat import run_qat
+from ..optimize.quantize.route import run_ptq
+from ..optimize.quantize.sensitivity import BudgetSpec, SensitivityOptions, cache_dir, fit_budget
+from ..optimize.train.config import QATConfig
 from ..report import write_report
-from . import shapes
+from ..report.sensitivity import write_sensitivity
 
 DEMO_MODEL = Path(__file__).parent / "assets" / "shapes_yolov8p.pt"
 CALIB_IMAGES = 64

@@ -6,9 +6,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .. import __version__
 from ..errors import OrinflowError
 from ..io import umask_mode, write_json
+from ..version import VERSION
 from .traits import ModelTraits, model_traits
 from .trtexec import BuildOptions, bench_commands, build_command
 
@@ -59,7 +59,7 @@ def write_bundle(model: Path, output: Path, options: BuildOptions, overwrite: bo
                 [build])
         _script(staging / "bench.sh", "Time the engine with trtexec (run build_engine.sh first).",
                 list(bench.values()))
-        (staging / "infer.py").write_text(LAUNCHER.format(version=__version__))
+        (staging / "infer.py").write_text(LAUNCHER.format(version=VERSION))
         (staging / "infer.py").chmod(umask_mode(0o777))
         _copy_package(staging / "orinflow")
         name = Path(source or model).name
@@ -67,7 +67,7 @@ def write_bundle(model: Path, output: Path, options: BuildOptions, overwrite: bo
         record = {"command": "deploy", "model": str(source or model), "bundle": str(output), "traits": traits.to_dict(),
                   **({"nms": nms} if nms else {}), **({"high_precision": high_precision} if high_precision else {}),
                   "options": vars(options), "build_engine": build, "bench": {str(b): c for b, c in bench.items()},
-                  "orinflow": __version__}
+                  "orinflow": VERSION}
         write_json(staging / "deploy.json", record)
         if output.exists():
             shutil.rmtree(output)
@@ -133,7 +133,7 @@ def bundle_readme(name: str, traits: ModelTraits, options: BuildOptions, build: 
                  "`--conf 0.001` for an mAP bundle" if nms else "")
     return f"""# orinflow deployment bundle: {name}
 
-Made by orinflow {__version__} from `{name}`: {what}.
+Made by orinflow {VERSION} from `{name}`: {what}.
 Expects {trt}, as trtexec (`/usr/src/tensorrt/bin/trtexec` on JetPack, or set `TRTEXEC`), and for
 `infer.py` the `tensorrt` Python package (JetPack ships it), PyTorch with CUDA (NVIDIA's Jetson
 wheels), torchvision, OpenCV, NumPy, PyYAML, onnx and rich.

@@ -18,7 +18,7 @@ import onnx
 from ..export.nms import NmsSpec, attach_nms, detach_nms
 from ..models.onnx_model import read_processing
 from ..models.processing import NMS_INSIDE
-from ..optimize.graph import QDQ_OPS
+from ..optimize.common.graph import QDQ_OPS
 
 
 def prepare_graph(path: Path, spec: NmsSpec | None, fp16_layers: bool, target: Path) -> tuple[Path, dict]:
@@ -53,7 +53,7 @@ def needs_fp16_layers(model: onnx.ModelProto) -> bool:
 def to_fp16_layers(model: onnx.ModelProto) -> onnx.ModelProto:
     from modelopt.onnx.autocast.convert import convert_to_f16
 
-    from ..optimize import quietly
+    from ..optimize.common import quietly
 
     metadata = list(model.metadata_props)
     with quietly():

@@ -8,8 +8,8 @@ import onnx
 
 from ..errors import OrinflowError
 from ..models.onnx_model import META_PROCESSING, read_metadata
-from ..optimize.graph import QDQ_OPS
-from ..optimize.sparsity_check import sparsity_summary
+from ..optimize.common.graph import QDQ_OPS
+from ..optimize.common.sparse24 import sparsity_summary
 
 _FLOAT8 = {onnx.TensorProto.FLOAT8E4M3FN, onnx.TensorProto.FLOAT8E4M3FNUZ, onnx.TensorProto.FLOAT8E5M2,
            onnx.TensorProto.FLOAT8E5M2FNUZ}

@@ -5,12 +5,12 @@ import platform
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .. import __version__
 from ..data import Dataset, load_dataset
 from ..errors import OrinflowError
+from ..io import write_json
 from ..models import ModelAdapter, OnnxModel
 from ..runtime import make_runner
-from ..io import write_json
+from ..version import VERSION
 from .accuracy import evaluate_classification, evaluate_detection
 from .coco import CocoCollector, coco_metrics
 from .latency import interleaved_latency, latency_profile
@@ -64,7 +64,7 @@ def versions() -> dict:
     import onnxruntime
     import torch
 
-    found = {"orinflow": __version__, "python": platform.python_version(), "torch": torch.__version__,
+    found = {"orinflow": VERSION, "python": platform.python_version(), "torch": torch.__version__,
              "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "numpy": numpy.__version__}
     try:
         import ultralytics

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import onnx
@@ -71,8 +72,9 @@ class Side:
 
 
 # ---------------------------------------------------------------- loading
-def load_side(path: str | Path, label: str, **load_options) -> Side:
-    from ..api import load
+def load_side(path: str | Path, label: str, load_checkpoint: Callable[[Path], object]) -> Side:
+    """One side of a comparison: an engine, an ONNX graph, or a PyTorch model that `load_checkpoint` loads
+    (the API's own loader, with the user's options)."""
     from ..runtime.tensorrt import ENGINE_SUFFIXES
 
     path = Path(path)
@@ -89,7 +91,7 @@ def load_side(path: str | Path, label: str, **load_options) -> Side:
         side = Side(label, "onnx", read_processing(graph), path, nms=None if spec is None else vars(spec))
         side.layers = onnx_layers(graph)
         return side
-    adapter = load(path, **load_options)
+    adapter = load_checkpoint(path)
     if not hasattr(adapter, "module"):
         raise OrinflowError(f"{path}: not a model compare can run")
     side = Side(label, "torch", adapter.processing, adapter)
@@ -100,7 +102,7 @@ def load_side(path: str | Path, label: str, **load_options) -> Side:
 def onnx_layers(graph: onnx.ModelProto) -> dict[str, dict]:
     """Float tensors made by the graph's nodes (not Q/DQ, not the NMS part), in graph order."""
     from ..export.nms import PREFIX
-    from ..optimize.graph import QDQ_OPS
+    from ..optimize.common.graph import QDQ_OPS
 
     source = {}  # a Q/DQ pair's output -> the float tensor it quantizes (so inputs reach through Q/DQ)
     for node in graph.graph.node:

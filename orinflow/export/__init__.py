@@ -12,15 +12,15 @@ import numpy as np
 import onnx
 import torch
 
-from .. import __version__
 from ..config import DEFAULT_OPSET, raw_onnx_dir
 from ..errors import OrinflowError
 from ..io import atomic_path, check_output, write_record
 from ..models import ModelAdapter
 from ..models.onnx_model import META_FAMILY, META_PROCESSING, META_SOURCE, write_metadata
 from ..models.processing import HEAD_ANCHOR_FREE
-from .nms import NmsSpec, attach_nms
 from ..runtime import OrtRunner, TorchRunner
+from ..version import VERSION
+from .nms import NmsSpec, attach_nms
 
 # Parity limits relative to the output's magnitude: float32 reordering stays far below the
 # fp32 limit; a wrong graph lands far above. FP16 weights round at about 1e-3 relative.
@@ -65,7 +65,7 @@ def export_onnx(adapter: ModelAdapter, output: Path | None = None, opset: int = 
         if half:
             model = _to_fp16(model)
         write_metadata(model, {META_PROCESSING: adapter.processing.to_json(), META_FAMILY: adapter.family,
-                               META_SOURCE: adapter.source, "orinflow.version": __version__})
+                               META_SOURCE: adapter.source, "orinflow.version": VERSION})
         onnx.save(model, str(tmp))
         onnx.checker.check_model(str(tmp))
         parity = check_parity(adapter, tmp, parity_image, "fp16" if half else "fp32")

@@ -8,12 +8,20 @@ from pathlib import Path
 import onnx
 
 from ..errors import OrinflowError
-from ..optimize.cpu_layout import true_output_channels
 from .processing import Processing, UsesProcessing
 
 META_PROCESSING = "orinflow.processing"
 META_FAMILY = "orinflow.family"
 META_SOURCE = "orinflow.source"
+ALIGNED_METADATA = "orinflow.channel_aligned"  # the cpu target's padded convs: JSON {conv: {"output_channels", ...}}
+
+
+def true_output_channels(model: onnx.ModelProto) -> dict[str, int]:
+    """Convs the cpu target padded with zero filters (from the model's metadata), with their real filter count."""
+    raw = next((p.value for p in model.metadata_props if p.key == ALIGNED_METADATA), "{}")
+    return {name: info["output_channels"] for name, info in json.loads(raw).items()}
+
+
 LEARNED_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization", "LayerNormalization"}
 
 

@@ -1,34 +1,17 @@
-"""Optimization routes: PTQ (ptq.py), QAT (qat.py), and what they share (graph.py, report.py)."""
-from __future__ import annotations
+"""Optimization, one subpackage per technique over the machinery they share:
 
-import contextlib
-import importlib
-import io
-import logging
-import warnings
+- quantize/  route 1 and 2: PTQ (ModelOpt for TensorRT, ONNX Runtime for the CPU), the calibration search,
+             quantization groups, sensitivity and the accuracy budget, the CPU layout, QAT;
+- sparsity/  2:4 structured sparsity: layer selection and SparseGPT, SAT and SAT+QAT (routes 3 and 4);
+- prune/     route 5: the dependency graph and what it protects, the channel plan, the pruning steps;
+- train/     the one training loop that QAT, SAT and pruning fine-tune with: distillation, label losses,
+             checkpoints and resume, data parallel;
+- common/    what they all read: the ONNX graph index, the Q/DQ report, head probes and SQNR, layer FLOPs,
+             traced output layers, the 2:4 check and held masks.
 
+A technique imports common/ and train/ and another technique's public functions, never its private names.
+The flat module paths of orinflow 0.1 (orinflow.optimize.ptq, ...) still import, for one release (legacy.py).
+"""
+from .legacy import install
 
-def import_quietly(module: str):
-    """Import a ModelOpt module without its import-time noise.
-
-    ModelOpt imports torch's C++-extension helper (a CUDA warning on CPU-only machines) and
-    scripts a few functions with the deprecated torch.jit.script (a FutureWarning).
-    """
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return importlib.import_module(module)
-
-
-@contextlib.contextmanager
-def quietly():
-    """ModelOpt, torch.onnx and ONNX Runtime log generously; keep the CLI's output to orinflow's own lines."""
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-            contextlib.redirect_stderr(io.StringIO()):
-        warnings.simplefilter("ignore")
-        previous = logging.root.manager.disable
-        logging.disable(logging.WARNING)
-        try:
-            yield
-        finally:
-            logging.disable(previous)
+install()

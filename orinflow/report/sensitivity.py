@@ -1,4 +1,4 @@
-"""Sensitivity records (optimize/sensitivity.py) → a ranked table, a bar plot, and a report section."""
+"""Sensitivity records (optimize/quantize/sensitivity.py) → a ranked table, a bar plot, and a report section."""
 from __future__ import annotations
 
 import html

@@ -1,0 +1,198 @@
+"""Measuring and shipping: evaluate one model or several side by side, compare two layer by layer, deploy
+a Jetson bundle, and the report of every run record."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from ..config import DYNAMIC_DEFAULT_BATCH, workspace
+from ..errors import OrinflowError
+from .common import PathLike, Say, locate
+from .prepare import load
+
+
+def evaluate(model: PathLike, data: PathLike | None = None, *, split: str = "val", conf: float = 0.001,
+             iou: float | None = None, max_det: int = 300, batch: int = 1, runs: int = 50, warmup: int = 5,
+             threads: int | None = None,
+             runtime: str = "auto", skip_bad_images: bool = False, metric: str = "yolov5",
+             save_json: PathLike | None = None, coco_json: PathLike | None = None, images: PathLike | None = None,
+             json: PathLike | None = None, arch: str | None = None, imgsz: int | None = None, mean=None, std=None,
+             crop: float | None = None, modules: Sequence[PathLike] | None = None, head: str | None = None,
+             names: str | None = None, say: Say = print) -> dict:
+    """Accuracy (mAP50 and mAP50-95, or top-1 and top-5), latency (`runs` timed runs; 0 skips) and size of one
+    model on `data`/`split`; `json` also writes the record there.
+
+    metric "coco" adds the COCO evaluation's AP, AP50, AP75, APs, APm, APl and AR (faster-coco-eval) under
+    the record's metrics["coco"]; `save_json` then writes the detections in COCO result format.
+    `coco_json` and `images` (a COCO instances JSON and its image folder) replace `data`.
+    """
+    return evaluate_many([model], data, split=split, conf=conf, iou=iou, max_det=max_det, batch=batch, runs=runs,
+                   warmup=warmup, threads=threads, runtime=runtime, skip_bad_images=skip_bad_images, metric=metric,
+                   save_json=save_json, coco_json=coco_json, images=images, json=json, arch=arch, imgsz=imgsz,
+                   mean=mean, std=std, crop=crop, modules=modules, head=head, names=names, say=say)[0]
+
+
+def compare(a: PathLike, b: PathLike, data: PathLike | None = None, *, split: str = "val", images: int = 16,
+            seed: int = 0, conf: float = 0.25, top: int = 5, output: PathLike | None = None, arch: str | None = None,
+            imgsz: int | None = None, mean=None, std=None, crop: float | None = None,
+            modules: Sequence[PathLike] | None = None, head: str | None = None, names: str | None = None,
+            say: Say = print) -> dict:
+    """Where two forms of one model part (docs/compare.md): any two of a checkpoint, an FP32/FP16/Q/DQ/end-to-end
+    ONNX and an engine, on `images` real images drawn with `seed` from `data`/`split`.
+
+    Layers: per paired tensor, cosine, SQNR (dB), max |A - B| and the SQNR lost there ("growth"), in graph order;
+    `top` worst by growth. Detections (score threshold `conf`): the raw head outputs before NMS, then the final
+    detections matched per image (same class, IoU >= 0.9), each unmatched one with its cause; the mAP of both on
+    those images when `data` is labelled. Writes compare.json and compare.png into `output` (default
+    workspace/compare/<A>_vs_<B>) and returns the record.
+    """
+    if isinstance(a, (list, tuple)):
+        raise OrinflowError("orinflow.compare(A, B) compares two models layer by layer; evaluate several side by "
+                            "side with orinflow.evaluate_many(models, data)")
+    from ..evaluate.alignment import load_side
+    from ..evaluate.compare_report import run_compare
+    from ..io import check_output_folder, require_file
+
+    if images < 1 or top < 1:
+        raise OrinflowError("--images and --top must be >= 1")
+    if not 0 < conf < 1:
+        raise OrinflowError(f"--conf must lie in (0, 1), got {conf}")
+    if not data:
+        raise OrinflowError("give the images with --yaml data.yaml (and --split) or --data folder/")
+    a, b = locate(a, say), locate(b, say)
+    for path in (a, b):
+        require_file(path, "model")
+    folder = check_output_folder(output or workspace() / "compare" / f"{Path(a).stem}_vs_{Path(b).stem}", [a, b, data])
+    options = {"arch": arch, "imgsz": imgsz, "mean": mean, "std": std, "crop": crop, "modules": modules,
+               "head": head, "names": names}
+    sides = tuple(load_side(path, label, lambda checkpoint: load(checkpoint, **options))
+                  for path, label in ((a, "A"), (b, "B")))
+    return run_compare(sides, (a, b), data, split, images, seed, conf, top, Path(folder), say)
+
+
+def evaluate_many(models: Sequence[PathLike], data: PathLike | None = None, *, split: str = "val", conf: float = 0.001,
+            iou: float | None = None, max_det: int = 300, batch: int = 1, runs: int = 50, warmup: int = 5,
+            threads: int | None = None, runtime: str = "auto", skip_bad_images: bool = False, metric: str = "yolov5",
+            save_json: PathLike | None = None, coco_json: PathLike | None = None, images: PathLike | None = None,
+            json: PathLike | None = None, arch: str | None = None, imgsz: int | None = None, mean=None, std=None,
+            crop: float | None = None, modules: Sequence[PathLike] | None = None, head: str | None = None,
+            names: str | None = None, say: Say = print) -> list[dict]:
+    """`evaluate` for several models on the same data and settings (`evaluate --compare`; the first is the
+    baseline of a table). Their batch-1 latencies are timed in turn, round by round, so drift hits all alike.
+
+    `json` writes the record of one model, or {"compare": [records]} for several.
+    """
+    from ..evaluate import EvalOptions, evaluate_model, evaluate_side_by_side
+    from ..io import check_output, check_record_slot, write_json
+
+    if not models:
+        raise OrinflowError("give a model with -m, or several with --compare A B ...")
+    models = [locate(path, say) for path in models]
+    dataset = _evaluation_data(data, coco_json, images)
+    options = EvalOptions(conf=conf, iou=iou, max_det=max_det, batch=batch, latency_runs=runs, warmup=warmup,
+                          threads=threads, measure_latency=runs > 0, runtime=runtime,
+                          skip_bad_images=skip_bad_images, metric=metric, save_json=save_json)
+    options.validate()
+    if save_json is not None:
+        if len(models) > 1:
+            raise OrinflowError("--save-json writes one model's detections: evaluate one model with -m")
+        check_output(save_json, (".json",), [*models, data, coco_json, json], flag="--save-json")
+    if json is not None:
+        check_output(json, (".json",), [*models, data, coco_json], flag="--json")
+        check_record_slot(Path(json), "evaluate", json)
+    loading = dict(arch=arch, imgsz=imgsz, mean=mean, std=std, crop=crop, modules=modules, head=head, names=names)
+    if len(models) == 1:
+        say(f"evaluating {models[0]} ...")
+        records = [evaluate_model(load(models[0], **loading), dataset, split, options)]
+    else:  # every model loaded before the first is scored: a bad one fails at once; latency timed in turn
+        records = evaluate_side_by_side([load(path, **loading) for path in models], dataset, split, options, say)
+    if json is not None:
+        write_json(json, records[0] if len(records) == 1 else {"compare": records})
+    return records
+
+
+def named_models(model: PathLike) -> list[Path]:
+    """`evaluate -m NAME --compare` (the original switch): NAME's checkpoint (NAME.pt here or in the workspace, or the
+    file given) first, then every ONNX of that name in the workspace (NAME.onnx, NAME_*.onnx: raw and optimized),
+    deploy bundles and caches left out."""
+    given = Path(model)
+    name = given.stem if given.suffix else given.name
+    candidates = [given] if given.suffix else [Path(f"{name}.pt"), workspace() / f"{name}.pt"]
+    checkpoint = next((p for p in candidates if p.suffix.lower() != ".onnx" and p.is_file()), None)
+    root = workspace()
+    found = sorted(p for p in root.rglob("*.onnx") if (p.stem == name or p.stem.startswith(name + "_"))
+                   and not {"deploy", "cache"} & set(p.relative_to(root).parts))
+    models = ([checkpoint] if checkpoint else []) + [p for p in found if p != checkpoint]
+    if len(models) < 2:
+        raise OrinflowError(f"-m {model} --compare: found {', '.join(map(str, models)) or 'nothing'}; it needs "
+                            f"{name}.pt (here or in {root}) and ONNX files named {name}*.onnx in {root}")
+    return models
+
+
+def _evaluation_data(data, coco_json, images):
+    """The evaluation Dataset: a dataset YAML or folder, or a COCO JSON with its image folder."""
+    from ..data import load_coco_json
+
+    if coco_json is not None:
+        if data is not None:
+            raise OrinflowError("give the evaluation data once: --yaml data.yaml, or --coco-json with --images")
+        if images is None:
+            raise OrinflowError("--coco-json needs --images, the folder its file names are in")
+        return load_coco_json(coco_json, images)
+    if not data:
+        raise OrinflowError("give the evaluation data with --yaml data.yaml or --data folder/ (or --coco-json)")
+    return data
+
+
+def deploy(model: PathLike, *, output: PathLike | None = None, trt: str = "10", fp16: bool = True,
+           min_batch: int = 1, opt_batch: int | None = None, max_batch: int | None = None,
+           workspace_mib: int | None = None, nms: str = "trt", pre_topk: int = 30000, keep_topk: int = 300,
+           iou: float | None = None, conf: float = 0.25, overwrite: bool = False, say: Say = print) -> dict:
+    """A Jetson bundle (default workspace/deploy/<model>): the ONNX, build_engine.sh with trtexec flags read from
+    the model, bench.sh, infer.py and a README. Dynamic-batch models get a profile from min/opt/max batch
+    (opt default 8).
+
+    nms: an orinflow detector without NMS inside is deployed end-to-end, so no NMS runs on the Jetson's CPU:
+    "trt" (EfficientNMS_TRT; the bundle also keeps model_raw.onnx for ONNX Runtime), "onnx"
+    (NonMaxSuppression) or "none". pre_topk, keep_topk, iou, conf: as `export`'s.
+    fp16: FP16 kernels for what is not quantized; with trt "10" a Q/DQ model's FP32 layers become FP16 in the
+    bundle's graph (--stronglyTyped builds the types the graph gives), see docs/deploy.md.
+    """
+    from ..deploy.bundle import write_bundle
+    from ..deploy.traits import model_traits
+    from ..deploy.trtexec import BuildOptions
+    from ..deploy.prepare import prepare_graph
+    from ..export.nms import FLAVOURS, NmsSpec
+    from ..io import check_output_folder, private_folder, require_file
+
+    path = require_file(locate(model, say), "model")
+    if path.suffix.lower() != ".onnx":
+        raise OrinflowError(f"{path} is not ONNX: export or quantize it first (orinflow export / quantize)")
+    if nms not in (*FLAVOURS, "none"):
+        raise OrinflowError(f"--nms {nms}: choose trt, onnx or none")
+    spec = NmsSpec(flavour=nms, pre_topk=pre_topk, keep_topk=keep_topk, iou=iou, conf=conf) if nms != "none" else None
+    if spec is not None:
+        spec.validate()
+    output = check_output_folder(output or workspace() / "deploy" / path.stem, [path], replaced=True)
+    with private_folder() as folder:
+        deployed, done = prepare_graph(path, spec, fp16 and trt == "10", folder / "model.onnx")
+        traits = model_traits(deployed)
+        default = DYNAMIC_DEFAULT_BATCH if traits.dynamic_batch else 1
+        opt = opt_batch or min(default, max_batch or default)
+        options = BuildOptions(trt=trt, fp16=fp16, min_batch=min_batch, opt_batch=opt, max_batch=max_batch or opt,
+                               workspace_mib=workspace_mib)
+        nms_done = done.get("nms")
+        keep_raw = nms_done is not None and nms_done["flavour"] == "trt"  # ONNX Runtime lacks the plugin
+        return write_bundle(deployed, Path(output), options, overwrite, traits, raw=path if keep_raw else None,
+                            nms=nms_done, source=path, high_precision=done.get("high_precision"))
+
+
+def report(sources: Sequence[PathLike] | None = None, *, output: PathLike | None = None) -> dict:
+    """report.md and a self-contained report.html (default workspace/report) of every evaluation record found in
+    `sources` (record files or folders; default the workspace). Returns the paths written and the row count."""
+    from ..io import check_output_folder
+    from ..report import write_report
+
+    sources = [Path(s) for s in (sources or [workspace()])]
+    output = check_output_folder(output or workspace() / "report", sources)
+    return write_report(sources, Path(output))

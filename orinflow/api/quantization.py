@@ -1,0 +1,183 @@
+"""Quantization commands: quantize (PTQ, optionally under an accuracy budget), the PTQ route, sensitivity,
+and inspect (the Q/DQ placement and 2:4 report of an ONNX)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from ..config import workspace
+from ..errors import OrinflowError
+from .common import PathLike, Say, locate, names_list
+from .prepare import load
+
+
+def quantize(model: PathLike, *, calib: PathLike | None = None, data: PathLike | None = None, split: str = "train",
+             num_images: int = 512, mode: str = "int8", method: str = "entropy", percentile: float = 99.999,
+             target: str = "tensorrt", exclude: Sequence[str] | None = None, head_protect: bool = True,
+             high_precision: str = "fp32", max_drop: float | None = None, max_fallback: float = 0.10,
+             max_steps: int = 12, select_yaml: PathLike | None = None, select_split: str = "val",
+             select_images: int = 300, output: PathLike | None = None,
+             say: Say = print) -> dict:
+    """Post-training quantization of an orinflow FP32 ONNX into Q/DQ ONNX (default
+    workspace/models/onnx/<target>/<name>_<mode>_<method>.onnx).
+
+    Calibration comes from `calib` (.npy from `calibrate`) or is built from `data`/`split`.
+    mode: int8, fp8, int4. method: entropy, max, percentile, search. target: tensorrt (ModelOpt) or cpu
+    (ONNX Runtime). With `max_drop`, the groups that cost most fall back to `high_precision` until the
+    main metric on `select_yaml` drops at most `max_drop` points (docs/sensitivity.md).
+    """
+    from ..data import load_dataset
+    from ..data.calibration import build_calibration, load_calibration
+    from ..io import check_output
+    from ..models import OnnxModel
+    from ..optimize.quantize.ptq import quantize_onnx
+    from ..optimize.quantize.route import quantized_name
+
+    spec = quantize_spec(mode, method, target, percentile, exclude, head_protect, high_precision)
+    model, calib = locate(model, say), locate(calib, say)
+    if calib is None and not data:
+        raise OrinflowError("give calibration data: --calib calib.npy, or --yaml data.yaml to build it")
+    output = Path(output) if output else workspace() / "models" / "onnx" / target / quantized_name(Path(model).stem,
+                                                                                                    spec)
+    check_output(output, (".onnx",), [model, calib, data, select_yaml], command="quantize")
+    budget = budget_inputs(max_drop, max_fallback, max_steps, select_yaml, select_split, select_images)
+    source = load(model)
+    if not isinstance(source, OnnxModel):
+        raise OrinflowError(f"{model} is not ONNX: export it first (`orinflow export`) or run `orinflow ptq`")
+    if calib is not None:
+        array = load_calibration(Path(calib), source.processing)
+    else:
+        array = build_calibration(source.processing, load_dataset(data, split), num_images)
+    from ..export.nms import with_nms_restored
+    from ..optimize.quantize.sensitivity import fit_budget
+
+    if budget is None:
+        return with_nms_restored(source, output, lambda raw, out: quantize_onnx(raw, array, spec, out, say=say))
+    return with_nms_restored(source, output, lambda raw, out: fit_budget(raw, array, spec, budget[1], budget[0], out,
+                                                                         budget[2], say=say))
+
+
+def quantize_spec(mode: str, method: str, target: str, percentile: float, exclude: Sequence[str] | None,
+                  head_protect: bool, high_precision: str):
+    """The checked QuantizeSpec of the quantization flags (shared by quantize, ptq and sensitivity)."""
+    from ..optimize.quantize.ptq import QuantizeSpec
+
+    spec = QuantizeSpec(mode=mode, method=method, target=target, percentile=percentile, exclude=list(exclude or []),
+                        head_protect=head_protect, high_precision=high_precision)
+    spec.validate()
+    return spec
+
+
+def budget_inputs(max_drop, max_fallback, max_steps, select_yaml, select_split, select_images, threads=None):
+    """(BudgetSpec, selection Dataset, SensitivityOptions), or None without max_drop; checked before any work."""
+    from ..data import load_dataset
+    from ..optimize.quantize.sensitivity import BudgetSpec, SensitivityOptions, selection_subset
+
+    if max_drop is None:
+        return None
+    budget = BudgetSpec(max_drop=max_drop, max_fallback=max_fallback, max_steps=max_steps)
+    budget.validate()
+    if not select_yaml:
+        raise OrinflowError("--max-drop needs labelled selection data: --select-yaml data.yaml (not your claim data)")
+    options = SensitivityOptions(select_images=select_images, threads=threads)
+    options.validate()
+    select = load_dataset(select_yaml, select_split)
+    selection_subset(select, 0, 0)  # refuses unlabelled data in one line
+    return budget, select, options
+
+
+def ptq(model: PathLike, data: PathLike, *, split: str = "train", val_data: PathLike | None = None,
+        val_split: str = "val", num_images: int = 512, mode: str = "int8", methods: str | Sequence[str] = "entropy",
+        targets: str | Sequence[str] = "tensorrt,cpu", percentile: float = 99.999,
+        exclude: Sequence[str] | None = None, head_protect: bool = True, high_precision: str = "fp32",
+        batch: int = 1, runs: int = 30, threads: int | None = None, max_drop: float | None = None,
+        max_fallback: float = 0.10, max_steps: int = 12, select_yaml: PathLike | None = None,
+        select_split: str = "val", select_images: int = 300, output: PathLike | None = None,
+        arch: str | None = None, imgsz: int | None = None, mean=None, std=None, crop: float | None = None,
+        modules: Sequence[PathLike] | None = None, head: str | None = None,
+        names: str | None = None, say: Say = print) -> dict:
+    """Route 1 in one call: export, calibrate on `data`/`split`, quantize for every method x target, evaluate
+    everything on `val_data` (default `data`)/`val_split`. Writes into `output` (default workspace/ptq/<model>).
+
+    Returns the route record: "fp32", "variants" (evaluation records), "best" per target, and "record" (the
+    ptq_record.json written).
+    """
+    from ..evaluate import EvalOptions
+    from ..io import check_output_folder
+    from ..optimize.quantize.route import check_variants, run_ptq
+
+    if not data:
+        raise OrinflowError("give the data with --yaml data.yaml (calibration split and evaluation split)")
+    model = locate(model, say)
+    spec = quantize_spec(mode, "entropy", "tensorrt", percentile, exclude, head_protect, high_precision)
+    method_list, target_list = names_list(methods), names_list(targets)
+    check_variants(spec, method_list, target_list)
+    options = EvalOptions(batch=batch, latency_runs=runs, threads=threads, measure_latency=runs > 0)
+    options.validate()
+    workdir = check_output_folder(output or workspace() / "ptq" / Path(model).stem,
+                                  [model, data, val_data, select_yaml])
+    budget = budget_inputs(max_drop, max_fallback, max_steps, select_yaml, select_split, select_images, threads)
+    loaded = load(model, arch=arch, imgsz=imgsz, mean=mean, std=std, crop=crop, modules=modules, head=head,
+                   names=names)
+    route = run_ptq(loaded, data, split, val_data or data, val_split, Path(workdir), method_list, target_list, spec,
+                    num_images, options, say=say, budget=budget)
+    return dict(route, record=str(Path(workdir) / "ptq_record.json"))
+
+
+def sensitivity(model: PathLike, calib: PathLike, data: PathLike, *, split: str = "val", method: str = "max",
+                target: str = "tensorrt", percentile: float = 99.999, head_protect: bool = True,
+                select_images: int = 300, sqnr_images: int = 16, top: int = 4, threads: int | None = None,
+                no_cache: bool = False, output: PathLike | None = None, say: Say = print) -> dict:
+    """Rank the quantization groups of an FP32 ONNX by the accuracy they cost (docs/sensitivity.md), on labelled
+    selection data `data` (never claim data). Writes sensitivity.json and .png into `output` (default
+    workspace/sensitivity/<model>_<method>_<target>); the record's "files" names them."""
+    from ..data import load_dataset
+    from ..data.calibration import load_calibration
+    from ..io import check_output_folder
+    from ..models import OnnxModel
+    from ..optimize.quantize.sensitivity import SensitivityOptions, measure_sensitivity, selection_subset
+    from ..report.sensitivity import write_sensitivity
+
+    spec = quantize_spec("int8", method, target, percentile, None, head_protect, "fp32")
+    model, calib = locate(model, say), locate(calib, say)
+    options = SensitivityOptions(sqnr_images=sqnr_images, select_images=select_images, top=top, threads=threads)
+    options.validate()
+    if not data:
+        raise OrinflowError("give labelled selection data with --yaml data.yaml (not the data you claim figures on)")
+    folder = check_output_folder(output or workspace() / "sensitivity" / f"{Path(model).stem}_{method}_{target}",
+                                 [model, calib, data])
+    select = load_dataset(data, split)
+    selection_subset(select, 0, 0)
+    source = load(model)
+    if not isinstance(source, OnnxModel):
+        raise OrinflowError(f"{model} is not ONNX: export it first (`orinflow export`)")
+    array = load_calibration(Path(calib), source.processing)
+    record = measure_sensitivity(source, array, spec, select, options, say=say, use_cache=not no_cache)
+    return dict(record, files=write_sensitivity(record, Path(folder)))
+
+
+def inspect(model: PathLike, *, target: str = "tensorrt", json: PathLike | None = None, say: Say = print) -> dict:
+    """The Q/DQ report (quantized share, TensorRT lint; Q/DQ models only) and the 2:4 sparsity check of an ONNX
+    model; `json` also writes the record there."""
+    import onnx
+
+    from ..io import check_output, check_record_slot, require_file, write_json
+    from ..optimize.common.graph import QDQ_OPS, decode_nodes
+    from ..optimize.common.qdq_report import qdq_report
+    from ..optimize.common.sparse24 import sparsity_report
+
+    path = require_file(locate(model, say), "model")
+    if json is not None:
+        check_output(json, (".json",), [path], flag="--json")
+        check_record_slot(Path(json), "inspect", json)
+    try:
+        graph = onnx.load(str(path))
+    except Exception as e:
+        raise OrinflowError(f"{path} is not a readable ONNX model ({type(e).__name__})") from e
+    record: dict = {"command": "inspect", "output": str(json), "model": str(path)}
+    if any(n.op_type in QDQ_OPS for n in graph.graph.node):
+        record["qdq_report"] = qdq_report(graph, target, "int8", set(decode_nodes(graph)))
+    record["sparsity"] = sparsity_report(graph)
+    if json is not None:
+        write_json(json, record)
+    return record
