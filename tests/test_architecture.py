@@ -139,3 +139,42 @@ def test_the_0_1_names_the_docs_used_still_import():
                                                                SensitivityOptions))
     with pytest.raises(ModuleNotFoundError):
         importlib.import_module("orinflow.optimize.no_such_module")
+
+
+def defined_names(path: Path) -> set[str]:
+    """The names a module defines or imports at its top level (what `from module import name` can read)."""
+    names = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for target in targets:
+                names.update(t.id for t in ast.walk(target) if isinstance(t, ast.Name))
+        elif isinstance(node, ast.If):  # names defined under an `if` at the top level
+            names.update(n.name for n in ast.walk(node) if isinstance(n, (ast.FunctionDef, ast.ClassDef)))
+    return names
+
+
+def test_every_import_of_an_orinflow_module_names_what_it_defines():
+    """Lazy imports inside functions run only when that path runs: a name that moved is found here first."""
+    modules = {module_name(p, ROOT): p for p in PACKAGE.rglob("*.py")}
+    lazy_exports = {name: set(ast.literal_eval(node.value)) for name, path in modules.items()
+                    for node in ast.parse(path.read_text()).body
+                    if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "PUBLIC" for t in node.targets)}
+    missing = []
+    for name, path in modules.items():
+        here = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            target = ".".join((here[:len(here) - node.level + 1] if node.level else []) + ([node.module] if node.module
+                                                                                            else []))
+            if target not in modules:
+                continue
+            known = defined_names(modules[target]) | lazy_exports.get(target, set())
+            missing += [f"{name}: {target}.{a.name}" for a in node.names
+                        if a.name not in known and f"{target}.{a.name}" not in modules]
+    assert missing == []

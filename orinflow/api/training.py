@@ -195,7 +195,7 @@ def prune(model: PathLike, data: PathLike | None = None, *, split: str = "train"
 
         record["training"] = {**asdict(train_config), "device": str(train_config.device)}
     if runs:
-        from ..optimize.prune.steps import onnx_side_by_side
+        from ..optimize.prune.side_by_side import onnx_side_by_side
 
         loading = dict(arch=arch, imgsz=imgsz, mean=mean, std=std, crop=crop, modules=modules, head=head, names=names)
         record["onnx"] = onnx_side_by_side(load(model, **loading), load(output, **loading), runs)
