@@ -3,7 +3,7 @@
 The Python API (docs/python.md) is one function per command, with the CLI's names and defaults:
 `orinflow.load`, `adopt`, `export`, `calibrate`, `quantize`, `ptq`, `sensitivity`, `evaluate`,
 `evaluate_many`, `named_models`, `compare`,
-`qat`, `sparsify`, `sparse_qat`, `prune`, `inspect`, `deploy`, `report`.
+`qat`, `sparsify`, `sparse_qat`, `prune`, `inspect`, `deploy`, `report`, `calib_cache`.
 They live in orinflow/api/ and are imported on first use, so `import orinflow` stays light.
 """
 import sys as _sys
@@ -11,7 +11,8 @@ import types as _types
 
 from .version import VERSION as __version__  # noqa: E402
 API = ("load", "adopt", "export", "calibrate", "quantize", "ptq", "sensitivity", "evaluate", "evaluate_many",
-       "named_models", "compare", "qat", "sparsify", "sparse_qat", "prune", "inspect", "deploy", "report")
+       "named_models", "compare", "qat", "sparsify", "sparse_qat", "prune", "inspect", "deploy", "report",
+       "calib_cache")
 __all__ = list(API)
 
 

@@ -26,7 +26,7 @@ def test_the_documented_example_runs_as_written(tmp_path, monkeypatch, capsys):
                                            ("deploy", "deploy"), ("report", "report"), ("ptq", "ptq"),
                                            ("sensitivity", "sensitivity"), ("qat", "qat"), ("sparsify", "sparsify"),
                                            ("sparse_qat", "sparse_qat"), ("prune", "prune"), ("inspect", "inspect"),
-                                           ("compare", "compare_command")])
+                                           ("compare", "compare_command"), ("calib_cache", "calib_cache")])
 def test_api_and_cli_share_names_and_defaults(name, command):
     from orinflow.cli import app
 

@@ -147,16 +147,20 @@ def _evaluation_data(data, coco_json, images):
 def deploy(model: PathLike, *, output: PathLike | None = None, trt: str = "10", fp16: bool = True,
            min_batch: int = 1, opt_batch: int | None = None, max_batch: int | None = None,
            workspace_mib: int | None = None, nms: str = "trt", pre_topk: int = 30000, keep_topk: int = 300,
-           iou: float | None = None, conf: float = 0.25, overwrite: bool = False, say: Say = print) -> dict:
+           iou: float | None = None, conf: float = 0.25, implicit: bool = False, calib_cache: PathLike | None = None,
+           dla: int | None = None, deepstream: bool = False, overwrite: bool = False, say: Say = print) -> dict:
     """A Jetson bundle (default workspace/deploy/<model>): the ONNX, build_engine.sh with trtexec flags read from
     the model, bench.sh, infer.py and a README. Dynamic-batch models get a profile from min/opt/max batch
-    (opt default 8).
+    (opt default 8; 1 on DLA).
 
     nms: an orinflow detector without NMS inside is deployed end-to-end, so no NMS runs on the Jetson's CPU:
     "trt" (EfficientNMS_TRT; the bundle also keeps model_raw.onnx for ONNX Runtime), "onnx"
     (NonMaxSuppression) or "none". pre_topk, keep_topk, iou, conf: as `export`'s.
     fp16: FP16 kernels for what is not quantized; with trt "10" a Q/DQ model's FP32 layers become FP16 in the
     bundle's graph (--stronglyTyped builds the types the graph gives), see docs/deploy.md.
+    implicit: build a floating-point ONNX in INT8 from `calib_cache` (`calib_cache`'s file, --int8 --fp16
+    --calib). dla: the DLA core (0 or 1) to build for, GPU fallback allowed. deepstream: add nvinfer's
+    config_infer_primary.txt and labels.txt (docs/deploy.md, "Implicit INT8, DLA and DeepStream").
     """
     from ..deploy.bundle import write_bundle
     from ..deploy.traits import model_traits
@@ -173,18 +177,40 @@ def deploy(model: PathLike, *, output: PathLike | None = None, trt: str = "10", 
     spec = NmsSpec(flavour=nms, pre_topk=pre_topk, keep_topk=keep_topk, iou=iou, conf=conf) if nms != "none" else None
     if spec is not None:
         spec.validate()
-    output = check_output_folder(output or workspace() / "deploy" / path.stem, [path], replaced=True)
+    cache = implicit_cache(implicit, calib_cache, say)
+    output = check_output_folder(output or workspace() / "deploy" / path.stem, [path, cache], replaced=True)
     with private_folder() as folder:
-        deployed, done = prepare_graph(path, spec, fp16 and trt == "10", folder / "model.onnx")
+        deployed, done = prepare_graph(path, spec, fp16 and trt == "10" and cache is None, folder / "model.onnx")
         traits = model_traits(deployed)
-        default = DYNAMIC_DEFAULT_BATCH if traits.dynamic_batch else 1
+        if deepstream and not traits.has_processing:
+            raise OrinflowError(f"{path} carries no orinflow preprocessing metadata, which --deepstream reads: "
+                                "export it with orinflow (or `orinflow adopt` a foreign ONNX)")
+        default = DYNAMIC_DEFAULT_BATCH if traits.dynamic_batch and dla is None else min_batch
         opt = opt_batch or min(default, max_batch or default)
         options = BuildOptions(trt=trt, fp16=fp16, min_batch=min_batch, opt_batch=opt, max_batch=max_batch or opt,
-                               workspace_mib=workspace_mib)
+                               workspace_mib=workspace_mib, calib="calib.cache" if cache else None, dla=dla)
         nms_done = done.get("nms")
         keep_raw = nms_done is not None and nms_done["flavour"] == "trt"  # ONNX Runtime lacks the plugin
         return write_bundle(deployed, Path(output), options, overwrite, traits, raw=path if keep_raw else None,
-                            nms=nms_done, source=path, high_precision=done.get("high_precision"))
+                            nms=nms_done, source=path, high_precision=done.get("high_precision"), calib_cache=cache,
+                            deepstream=deepstream)
+
+
+def implicit_cache(implicit: bool, calib_cache: PathLike | None, say: Say) -> Path | None:
+    """The checked calibration cache of an implicit build, or None."""
+    from ..io import require_file
+    from ..optimize.quantize.calib_cache import read_cache
+
+    if calib_cache is not None and not implicit:
+        raise OrinflowError("--calib-cache is read by implicit INT8 builds: add --implicit")
+    if not implicit:
+        return None
+    if calib_cache is None:
+        raise OrinflowError("--implicit builds INT8 from a calibration cache: give --calib-cache model.cache (made by "
+                            "`orinflow calib-cache`)")
+    cache = require_file(locate(calib_cache, say), "--calib-cache")
+    read_cache(cache)
+    return cache
 
 
 def report(sources: Sequence[PathLike] | None = None, *, output: PathLike | None = None) -> dict:

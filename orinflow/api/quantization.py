@@ -57,6 +57,80 @@ def quantize(model: PathLike, *, calib: PathLike | None = None, data: PathLike |
                                                                          budget[2], say=say))
 
 
+
+def calib_cache(model: PathLike | None = None, *, calib: PathLike | None = None, data: PathLike | None = None,
+                split: str = "train", num_images: int = 512, method: str = "entropy", percentile: float = 99.99,
+                head_protect: bool = True, from_qdq: PathLike | None = None, output: PathLike | None = None,
+                say: Say = print) -> dict:
+    """A TensorRT calibration cache for implicit INT8 (trtexec --calib, DLA, DeepStream's int8-calib-file), default
+    workspace/calib/<model>_<method>.cache, with its record beside it (docs/deploy.md).
+
+    From an FP32 ONNX `model` and a calibration set (`calib` .npy, or built from `data`/`split`): the scale of every
+    activation tensor, by `method` (entropy, max, percentile, mse); with `head_protect`, a detector's decode gets no
+    scale, so TensorRT keeps it in FP16 as the explicit Q/DQ models keep it in float. Or `from_qdq`: the scales a
+    Q/DQ model's activation quantizers carry, so an implicit build shares the explicit one's calibration (with
+    `model`, the record also says which of its activations the Q/DQ model leaves unquantized).
+    """
+    import onnx
+
+    from ..data import load_dataset
+    from ..data.calibration import build_calibration, load_calibration
+    from ..io import check_output, require_file, write_record
+    from ..models import OnnxModel
+    from ..optimize.quantize.calib_cache import (METHODS, activation_tensors, is_quantized, measured_scales,
+                                                 qdq_scales, write_cache)
+
+    model, calib, from_qdq = locate(model, say), locate(calib, say), locate(from_qdq, say)
+    if method not in METHODS:
+        raise OrinflowError(f"unknown --method {method!r}; choose one of {', '.join(METHODS)}")
+    if model is None and from_qdq is None:
+        raise OrinflowError("give the FP32 ONNX (-m model.onnx) with --calib or --yaml, or a Q/DQ model with --from-qdq")
+    if from_qdq is None and calib is None and not data:
+        raise OrinflowError("give calibration data: --calib calib.npy, or --yaml data.yaml to build it")
+    if from_qdq is not None and (calib is not None or data):
+        raise OrinflowError("--from-qdq reads the scales the Q/DQ model carries: --calib and --yaml have no use there")
+    stem = Path(from_qdq or model).stem
+    output = Path(output) if output else workspace() / "calib" / f"{stem}{'' if from_qdq else '_' + method}.cache"
+    check_output(output, (".cache",), [model, calib, data, from_qdq], command="calib-cache")
+    fp32 = None
+    if model is not None:
+        fp32 = load(model)
+        if not isinstance(fp32, OnnxModel):
+            raise OrinflowError(f"{model} is not ONNX: export it first (`orinflow export`)")
+        graph = onnx.load(str(fp32.path))
+        if is_quantized(graph):
+            raise OrinflowError(f"{model} is a Q/DQ model: read the scales it carries with --from-qdq {model}")
+        if any(n.op_type == "EfficientNMS_TRT" for n in graph.graph.node):
+            raise OrinflowError(f"{model} ends in EfficientNMS_TRT, which ONNX Runtime cannot run: give the raw "
+                                "export (deploy appends the NMS)")
+    if from_qdq is not None:
+        qdq = require_file(from_qdq, "--from-qdq model")
+        try:
+            quantized = onnx.load(str(qdq))
+        except Exception as e:
+            raise OrinflowError(f"--from-qdq {qdq} is not a readable ONNX model ({type(e).__name__})") from e
+        if not is_quantized(quantized):
+            raise OrinflowError(f"--from-qdq {qdq} has no Q/DQ nodes: give the quantized model")
+        scales, method = qdq_scales(quantized), "from-qdq"
+    else:
+        array = (load_calibration(Path(calib), fp32.processing) if calib is not None
+                 else build_calibration(fp32.processing, load_dataset(data, split), num_images))
+        say(f"measuring {method} ranges of every activation of {Path(model).name} on {len(array)} images")
+        scales = measured_scales(fp32.path, array, method, percentile)
+    protected = decode_outputs(fp32) if fp32 is not None and head_protect and from_qdq is None else set()
+    scales = {t: v for t, v in scales.items() if t not in protected}
+    write_cache(scales, output)
+    wanted = [t for t in activation_tensors(onnx.load(str(fp32.path))) if t not in protected] if fp32 is not None \
+        else list(scales)
+    record = {"command": "calib-cache", "output": str(output), "model": str(model) if model else None,
+              "from_qdq": str(from_qdq) if from_qdq else None, "method": method, "tensors": len(scales),
+              "head_protected": len(protected), "activations": len(wanted),
+              "coverage": sum(t in scales for t in wanted) / max(len(wanted), 1),
+              "missing": [t for t in wanted if t not in scales][:50],
+              "scale_range": [min(scales.values()), max(scales.values())]}
+    write_record(output, record)
+    return record
+
 def quantize_spec(mode: str, method: str, target: str, percentile: float, exclude: Sequence[str] | None,
                   head_protect: bool, high_precision: str):
     """The checked QuantizeSpec of the quantization flags (shared by quantize, ptq and sensitivity)."""
@@ -156,9 +230,11 @@ def sensitivity(model: PathLike, calib: PathLike, data: PathLike, *, split: str 
     return dict(record, files=write_sensitivity(record, Path(folder)))
 
 
-def inspect(model: PathLike, *, target: str = "tensorrt", json: PathLike | None = None, say: Say = print) -> dict:
+def inspect(model: PathLike, *, target: str = "tensorrt", calib_cache: PathLike | None = None,
+            json: PathLike | None = None, say: Say = print) -> dict:
     """The Q/DQ report (quantized share, TensorRT lint; Q/DQ models only) and the 2:4 sparsity check of an ONNX
-    model; `json` also writes the record there."""
+    model; `json` also writes the record there. A TensorRT calibration cache (`model` ending in .cache, or
+    `calib_cache` beside an ONNX): its tensors, scale range, and the model's activations it misses."""
     import onnx
 
     from ..io import check_output, check_record_slot, require_file, write_json
@@ -168,16 +244,52 @@ def inspect(model: PathLike, *, target: str = "tensorrt", json: PathLike | None 
 
     path = require_file(locate(model, say), "model")
     if json is not None:
-        check_output(json, (".json",), [path], flag="--json")
+        check_output(json, (".json",), [path, calib_cache], flag="--json")
         check_record_slot(Path(json), "inspect", json)
-    try:
-        graph = onnx.load(str(path))
-    except Exception as e:
-        raise OrinflowError(f"{path} is not a readable ONNX model ({type(e).__name__})") from e
     record: dict = {"command": "inspect", "output": str(json), "model": str(path)}
-    if any(n.op_type in QDQ_OPS for n in graph.graph.node):
-        record["qdq_report"] = qdq_report(graph, target, "int8", set(decode_nodes(graph)))
-    record["sparsity"] = sparsity_report(graph)
+    if path.suffix.lower() == ".cache":
+        if calib_cache is not None:
+            raise OrinflowError("give the cache with -m alone, or the ONNX with -m and the cache with --calib-cache")
+        record["calib_cache"] = cache_summary(path, None)
+    else:
+        try:
+            graph = onnx.load(str(path))
+        except Exception as e:
+            raise OrinflowError(f"{path} is not a readable ONNX model ({type(e).__name__})") from e
+        if any(n.op_type in QDQ_OPS for n in graph.graph.node):
+            record["qdq_report"] = qdq_report(graph, target, "int8", set(decode_nodes(graph)))
+        record["sparsity"] = sparsity_report(graph)
+        if calib_cache is not None:
+            record["calib_cache"] = cache_summary(require_file(locate(calib_cache, say), "--calib-cache"), graph)
     if json is not None:
         write_json(json, record)
     return record
+
+
+def decode_outputs(source) -> set[str]:
+    """The tensors a detector's decode writes (optimize/common/graph.decode_nodes), found from the graph."""
+    import onnx
+
+    from ..optimize.common.graph import decode_nodes
+
+    if source.task != "detect":
+        return set()
+    graph = onnx.load(str(source.path))
+    decode = set(decode_nodes(graph))
+    return {t for n in graph.graph.node if n.name in decode for t in n.output}
+
+
+def cache_summary(path: Path, graph) -> dict:
+    """A calibration cache's header, tensor count and scale range; with the model's graph, its activations that
+    the cache misses (TensorRT runs those in higher precision) and its names the graph does not have."""
+    from ..optimize.quantize.calib_cache import LEVELS, activation_tensors, read_cache
+
+    header, scales = read_cache(path)
+    summary = {"path": str(path), "header": header, "tensors": len(scales),
+               "scale_range": [min(scales.values()), max(scales.values())] if scales else None,
+               "amax_range": [min(scales.values()) * LEVELS, max(scales.values()) * LEVELS] if scales else None}
+    if graph is not None:
+        activations = activation_tensors(graph)
+        summary.update(activations=len(activations), missing=[t for t in activations if t not in scales],
+                       unknown=[t for t in scales if t not in set(activations)])
+    return summary

@@ -23,6 +23,8 @@ ExcludeOpt = Annotated[Optional[list[str]], typer.Option("--exclude", help="Node
                                                          "precision (repeatable).")]
 HeadOpt = Annotated[bool, typer.Option("--head-protect/--no-head-protect", help="Keep a detector's decode (DFL, "
                                        "sigmoid, box arithmetic, final concat) in high precision.")]
+CalibOpt = Annotated[Optional[Path], typer.Option("--calib", help="Calibration .npy from `orinflow calibrate`.")]
+NumImagesOpt = Annotated[int, typer.Option("--num-images", "-n", help="Images when building the set from --yaml.")]
 HighPrecisionOpt = Annotated[str, typer.Option("--high-precision", help="Dtype of what is not quantized "
                                                "(tensorrt target): fp16 for Jetson, fp32 to evaluate on CPU.")]
 
@@ -70,11 +72,10 @@ def _print_budget(budget: dict) -> None:
 @cli_errors
 def quantize(
     model: Annotated[str, typer.Option("-m", "--model", help="FP32 ONNX exported by `orinflow export`.")],
-    calib: Annotated[Optional[Path], typer.Option("--calib", help="Calibration .npy from `orinflow calibrate`.")] = None,
+    calib: CalibOpt = None,
     data: DataOpt = None,
     split: SplitOpt = "train",
-    num_images: Annotated[int, typer.Option("--num-images", "-n", help="Images when building the set from "
-                                            "--yaml.")] = 512,
+    num_images: NumImagesOpt = 512,
     mode: ModeOpt = "int8",
     method: Annotated[str, typer.Option("--method", help="Activation calibration: entropy, max, percentile, or "
                                         "search (per quantizer, whichever serves the head outputs best; tensorrt "
@@ -210,3 +211,41 @@ def ptq(
         console.print(f"best for {target}: {best['method']} ({best['metric']} {-best['drop'] * 100:+.2f} points "
                       "against FP32)")
     console.print(f"run record: {route['record']}")
+
+
+# ---------------------------------------------------------------- calib-cache (implicit INT8, DLA, DeepStream)
+@app.command("calib-cache")
+@cli_errors
+def calib_cache(
+    model: Annotated[Optional[str], typer.Option("-m", "--model", help="FP32 ONNX whose activations the cache "
+                                                 "covers.")] = None,
+    calib: CalibOpt = None,
+    data: DataOpt = None,
+    split: SplitOpt = "train",
+    num_images: NumImagesOpt = 512,
+    method: Annotated[str, typer.Option("--method", help="entropy (TensorRT's entropy calibration), max, "
+                                        "percentile or mse.")] = "entropy",
+    percentile: Annotated[float, typer.Option("--percentile", help="Percentile of |activation| for --method "
+                                              "percentile.")] = 99.99,
+    head_protect: HeadOpt = True,
+    from_qdq: Annotated[Optional[str], typer.Option("--from-qdq", help="Write the scales this Q/DQ model's "
+                                                    "quantizers carry instead of measuring.")] = None,
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output .cache (default: "
+                                                   "workspace/calib/<model>_<method>.cache).")] = None,
+    verbose: VerboseOpt = False,
+):
+    """TensorRT calibration cache for implicit INT8 (trtexec --calib, DLA, DeepStream int8-calib-file)."""
+    from .. import api
+
+    record = api.calib_cache(model, calib=calib, data=data, split=split, num_images=num_images, method=method,
+                             percentile=percentile, head_protect=head_protect, from_qdq=from_qdq, output=output,
+                             say=console.print)
+    low, high = record["scale_range"]
+    protected = (f"; the decode's {record['head_protected']} tensors left out (FP16 in TensorRT)"
+                 if record["head_protected"] else "")
+    console.print(f"wrote [bold]{record['output']}[/bold]: {record['tensors']} tensors ({record['method']}), "
+                  f"{record['coverage']:.1%} of the model's {record['activations']} activations, "
+                  f"scales {low:.3g}..{high:.3g}{protected}")
+    if record["missing"]:
+        console.print(f"not in the cache (TensorRT keeps them in higher precision): {', '.join(record['missing'][:8])}"
+                      f"{' ...' if len(record['missing']) > 8 else ''}")

@@ -15,20 +15,26 @@ from .quantization import print_qdq
 @app.command()
 @cli_errors
 def inspect(
-    model: Annotated[str, typer.Option("-m", "--model", help="ONNX model to inspect.")],
+    model: Annotated[str, typer.Option("-m", "--model", help="ONNX model (or TensorRT calibration cache) to inspect.")],
     target: Annotated[str, typer.Option("--target", help="Lint Q/DQ for this target (tensorrt or cpu).")]
     = "tensorrt",
+    calib_cache: Annotated[Optional[str], typer.Option("--calib-cache", help="A TensorRT calibration cache to "
+                                                       "check against the model's activations.")] = None,
     layers: Annotated[bool, typer.Option("--layers", help="Print every conv/GEMM layer.")] = False,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the inspection record here.")] = None,
     verbose: VerboseOpt = False,
 ):
-    """Q/DQ report and 2:4 sparsity check (TensorRT's rule, per conv/GEMM) of an ONNX model."""
+    """Q/DQ report and 2:4 sparsity check (TensorRT's rule, per conv/GEMM) of an ONNX model, or a calibration cache."""
     from rich.table import Table
 
     from .. import api
     from ..optimize.common.sparse24 import describe
 
-    record = api.inspect(model, target=target, json=json_out, say=console.print)
+    record = api.inspect(model, target=target, calib_cache=calib_cache, json=json_out, say=console.print)
+    if "calib_cache" in record:
+        _print_cache(record["calib_cache"])
+    if "sparsity" not in record:
+        return
     if "qdq_report" in record:
         print_qdq(record["qdq_report"])
     else:
@@ -44,6 +50,21 @@ def inspect(
                           str(layer["is_2to4"]), f"{layer['flops'] / 1e6:.1f}")
         console.print(table)
 
+
+
+def _print_cache(summary: dict) -> None:
+    scales = summary["scale_range"]
+    console.print(f"calibration cache {summary['path']} ({summary['header']}): {summary['tensors']} tensors"
+                  + (f", scales {scales[0]:.3g}..{scales[1]:.3g} (amax {summary['amax_range'][0]:.3g}.."
+                     f"{summary['amax_range'][1]:.3g})" if scales else ""))
+    if "activations" in summary:
+        missing = summary["missing"]
+        console.print(f"{summary['activations'] - len(missing)} of the model's {summary['activations']} activations "
+                      f"have a scale" + (f"; missing: {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}"
+                                         if missing else ""))
+        if summary["unknown"]:
+            console.print(f"{len(summary['unknown'])} cache entries name no tensor of the model "
+                          f"({', '.join(summary['unknown'][:4])})")
 
 # ---------------------------------------------------------------- deploy / report
 @app.command()
@@ -67,6 +88,14 @@ def deploy(
                                      "(EfficientNMS_TRT; model_raw.onnx kept for ONNX Runtime), onnx "
                                      "(NonMaxSuppression) or none.")] = "trt",
     pre_topk: PreTopkOpt = 30000, keep_topk: KeepTopkOpt = 300, iou: NmsIouOpt = None, conf: NmsConfOpt = 0.25,
+    implicit: Annotated[bool, typer.Option("--implicit", help="Implicit INT8: the floating-point ONNX built with "
+                                           "--int8 --fp16 --calib (JetPack 5, DLA, DeepStream).")] = False,
+    calib_cache: Annotated[Optional[str], typer.Option("--calib-cache", help="With --implicit: the TensorRT "
+                                                       "calibration cache from `orinflow calib-cache`.")] = None,
+    dla: Annotated[Optional[int], typer.Option("--dla", help="Build for this DLA core (0 or 1), GPU fallback "
+                                               "allowed.")] = None,
+    deepstream: Annotated[bool, typer.Option("--deepstream", help="Add nvinfer's config_infer_primary.txt and "
+                                             "labels.txt.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing bundle folder.")] = False,
     verbose: VerboseOpt = False,
 ):
@@ -75,8 +104,8 @@ def deploy(
 
     record = api.deploy(model, output=output, trt=trt, fp16=fp16, min_batch=min_batch, opt_batch=opt_batch,
                         max_batch=max_batch, workspace_mib=workspace_mib, nms=nms, pre_topk=pre_topk,
-                        keep_topk=keep_topk, iou=iou, conf=conf, overwrite=overwrite,
-                        say=console.print)
+                        keep_topk=keep_topk, iou=iou, conf=conf, implicit=implicit, calib_cache=calib_cache, dla=dla,
+                        deepstream=deepstream, overwrite=overwrite, say=console.print)
     console.print(f"bundle [bold]{record['bundle']}[/bold]: {len(record['build_engine'])} trtexec arguments")
     if "nms" in record:
         console.print(f"end-to-end: {record['nms']['flavour']} NMS inside the engine (keep-topk "
@@ -84,6 +113,12 @@ def deploy(
     if not record["traits"]["has_processing"]:
         console.print("[yellow]warning:[/yellow] the model carries no orinflow metadata, so the bundle's infer.py "
                       "cannot know its pre/post-processing (build_engine.sh and bench.sh work)")
+    if "dla" in record:
+        ops = record["dla"]["expected_gpu_ops"]
+        console.print(f"DLA core {record['dla']['core']}: expected on the GPU: "
+                      + (", ".join(f"{op} ({n})" for op, n in ops.items()) or "nothing read from the graph"))
+    for note in record.get("deepstream", {}).get("notes", {}).values():
+        console.print(f"[yellow]deepstream:[/yellow] {note}")
     console.print(" ".join(record["build_engine"]), highlight=False, soft_wrap=True)
 
 

@@ -68,6 +68,7 @@ def run_demo(workdir: Path, runs: int, console: Console) -> list[dict]:
     deployed = deploy(route["best"]["tensorrt"]["model"], output=bundle, overwrite=True)
     console.print(f"Jetson bundle (build_engine.sh, bench.sh, infer.py; {deployed['nms']['flavour']} NMS inside "
                   f"the engine): {bundle}")
+    _implicit_bundle(route, workdir, console)
     from ..api import compare
 
     aligned = compare(route["fp32"]["model"], route["best"]["tensorrt"]["model"], data_yaml, images=16,
@@ -122,3 +123,17 @@ def _budgeted_ptq(route: dict, data_yaml: Path, workdir: Path, options: EvalOpti
     record = evaluate_model(load_model(out), data_yaml, "val", options)
     record.update(route="ptq", quantization=made["quantization"], qdq_report=made["qdq_report"], budget=b)
     return record
+
+
+def _implicit_bundle(route: dict, workdir: Path, console: Console) -> None:
+    """Beside the explicit bundle: the FP32 export with a TensorRT calibration cache measured (entropy) on the
+    demo's calibration set (implicit INT8, as JetPack 5, DLA and DeepStream take it), with nvinfer's config."""
+    from ..api import calib_cache, deploy
+
+    cache = calib_cache(route["fp32"]["model"], calib=workdir / "ptq" / "calib.npy", method="entropy",
+                        output=workdir / "deploy" / "shapes_entropy.cache", say=lambda m: None)
+    bundle = workdir / "deploy" / "implicit"
+    deploy(route["fp32"]["model"], output=bundle, implicit=True, calib_cache=cache["output"], deepstream=True,
+           overwrite=True, say=lambda m: None)
+    console.print(f"implicit-INT8 bundle (FP32 ONNX + calib.cache: {cache['tensors']} activations, entropy; "
+                  f"DeepStream config): {bundle}")

@@ -10,6 +10,7 @@ from ..errors import OrinflowError
 from ..io import umask_mode, write_json
 from ..version import VERSION
 from .traits import ModelTraits, model_traits
+from .extras import device_extras, extras_readme
 from .trtexec import BuildOptions, bench_commands, build_command
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
@@ -34,12 +35,14 @@ sys.exit(main())
 
 def write_bundle(model: Path, output: Path, options: BuildOptions, overwrite: bool = False,
                  traits: ModelTraits | None = None, raw: Path | None = None, nms: dict | None = None,
-                 source: Path | None = None, high_precision: str | None = None) -> dict:
+                 source: Path | None = None, high_precision: str | None = None, calib_cache: Path | None = None,
+                 deepstream: bool = False) -> dict:
     """Write the bundle to `output` (built in a temporary folder and renamed, so never half-written).
 
     `nms`: `model` is the end-to-end graph deploy made from `source` (the user's model) with these NMS
     settings; `raw`, when given, is kept as model_raw.onnx (ONNX Runtime cannot run EfficientNMS_TRT).
     `high_precision`: what deploy did to the non-quantized layers (deploy/prepare.py), for the README and record.
+    `calib_cache`: implicit INT8 (options.calib names it in the bundle); `deepstream`: nvinfer's config and labels.
     """
     model, output = Path(model), Path(output)
     traits = traits or model_traits(model)
@@ -63,11 +66,15 @@ def write_bundle(model: Path, output: Path, options: BuildOptions, overwrite: bo
         (staging / "infer.py").chmod(umask_mode(0o777))
         _copy_package(staging / "orinflow")
         name = Path(source or model).name
-        (staging / "README.md").write_text(bundle_readme(name, traits, options, build, bench, nms, high_precision))
+        if calib_cache is not None:
+            shutil.copyfile(calib_cache, staging / options.calib)
+        extras = device_extras(model, traits, options, nms, staging if deepstream else None)
+        readme = bundle_readme(name, traits, options, build, bench, nms, high_precision) + extras_readme(extras)
+        (staging / "README.md").write_text(readme)
         record = {"command": "deploy", "model": str(source or model), "bundle": str(output), "traits": traits.to_dict(),
                   **({"nms": nms} if nms else {}), **({"high_precision": high_precision} if high_precision else {}),
                   "options": vars(options), "build_engine": build, "bench": {str(b): c for b, c in bench.items()},
-                  "orinflow": VERSION}
+                  **extras, "orinflow": VERSION}
         write_json(staging / "deploy.json", record)
         if output.exists():
             shutil.rmtree(output)
@@ -98,8 +105,11 @@ def _copy_package(target: Path) -> None:
 FLAG_NOTES = {
     "--stronglyTyped": "use the types the Q/DQ graph states (TensorRT 10+; the implicit INT8 calibrator is "
                        "deprecated in 10.1)",
-    "--int8": "allow INT8 kernels; with explicit Q/DQ, TensorRT 8 places INT8 exactly at the Q/DQ pairs",
+    "--int8": "allow INT8 kernels (explicit Q/DQ: exactly at the Q/DQ pairs; implicit: where a scale is known)",
     "--fp16": "allow FP16 kernels for the layers that are not INT8 (Orin runs FP16 at twice FP32)",
+    "--calib": "implicit INT8: each activation's scale from this calibration cache, no calibration on the device",
+    "--useDLACore": "build the layers DLA can run for this DLA core",
+    "--allowGPUFallback": "layers DLA cannot run go to the GPU instead of failing the build",
     "--sparsity=enable": "use 2:4 sparse tensor-core kernels where the weights are 2:4 sparse",
     "--timingCacheFile": "reuse kernel timings across builds (faster rebuilds)",
     "--minShapes": "dynamic batch: the optimisation profile (min/opt/max)",

@@ -17,16 +17,29 @@ class BuildOptions:
     opt_batch: int = 1
     max_batch: int = 1
     workspace_mib: int | None = None
+    calib: str | None = None  # implicit INT8: the calibration cache (a file name in the bundle)
+    dla: int | None = None  # the DLA core to build for (Orin NX / AGX Orin), GPU fallback allowed
 
     def check(self) -> None:
         if self.trt not in TRT_VERSIONS:
             raise OrinflowError(f"--trt {self.trt}: choose 10 (TensorRT 10+, JetPack 6) or 8 (JetPack 5)")
         if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
             raise OrinflowError("batch sizes must satisfy 1 <= --min-batch <= --opt-batch <= --max-batch")
+        if self.dla is not None and self.dla not in (0, 1):
+            raise OrinflowError(f"--dla {self.dla}: Orin has DLA cores 0 and 1")
 
 
 def precision_flags(traits: ModelTraits, options: BuildOptions) -> list[str]:
     """How TensorRT should honour the model's own precision."""
+    if options.calib:
+        if traits.explicit_quantization:
+            raise OrinflowError("implicit INT8 builds a floating-point ONNX with a calibration cache; this model has "
+                                "Q/DQ nodes: deploy its FP32 export, with `orinflow calib-cache --from-qdq` for the "
+                                "cache")
+        return ["--int8", "--fp16", f"--calib={options.calib}"]  # TensorRT 8 and 10 (deprecated in 10, still read)
+    if options.dla is not None and traits.explicit_quantization:
+        raise OrinflowError("DLA builds take implicit INT8 (--implicit with a calibration cache) or FP16: deploy the "
+                            "FP32 export")
     if traits.explicit_quantization:
         if "fp8" in traits.quant_types or "int4" in traits.quant_types:
             if options.trt != "10":
@@ -40,6 +53,9 @@ def precision_flags(traits: ModelTraits, options: BuildOptions) -> list[str]:
 
 
 def shape_flags(traits: ModelTraits, options: BuildOptions) -> list[str]:
+    one_batch = options.min_batch == options.opt_batch == options.max_batch
+    if traits.dynamic_batch and options.dla is not None and not one_batch:
+        raise OrinflowError("DLA has no dynamic shapes: give one batch (--min-batch = --opt-batch = --max-batch)")
     if not traits.dynamic_batch:
         if options.max_batch != 1 or options.opt_batch != 1:
             raise OrinflowError(f"the model has a fixed batch of {traits.input_shape[0]}; export it with "
@@ -57,6 +73,8 @@ def build_command(traits: ModelTraits, options: BuildOptions, onnx_name: str, en
                *precision_flags(traits, options)]
     if traits.sparse:
         command.append("--sparsity=enable")
+    if options.dla is not None:
+        command += [f"--useDLACore={options.dla}", "--allowGPUFallback"]
     command += shape_flags(traits, options)
     if options.workspace_mib:
         command.append(f"--memPoolSize=workspace:{options.workspace_mib}M")

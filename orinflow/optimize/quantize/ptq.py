@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import struct
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -27,6 +26,7 @@ from ..common.graph import QDQ_OPS, decode_nodes, drop_unused_initializers
 from ..common.qdq_report import qdq_report
 from ..common.sparse24 import sparsity_summary
 from .cpu_layout import align_conv_channels, quantize_before_space_to_depth
+from .calib_cache import LEVELS, write_cache
 from .histograms import percentile_amax
 from .ort_worker import CALIB_CHUNK
 
@@ -231,10 +231,8 @@ def _set_scale(model: onnx.ModelProto, index, node: onnx.NodeProto, value: float
 def _percentile_cache(src: Path, calib: np.ndarray, percentile: float, work: Path) -> Path:
     """Activation amax at a percentile of |x|, written as a TensorRT calibration cache for ModelOpt."""
     cache = work / "percentile.cache"
-    lines = ["TRT-8600-EntropyCalibration2"]
-    for name, amax in percentile_amax(src, calib, percentile).items():
-        lines.append(f"{name}: {struct.pack('!f', max(amax, 1e-8) / 127.0).hex()}")
-    cache.write_text("\n".join(lines) + "\n")
+    write_cache({name: max(amax, 1e-8) / LEVELS for name, amax in percentile_amax(src, calib, percentile).items()},
+                cache)
     return cache
 
 
