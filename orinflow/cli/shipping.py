@@ -66,7 +66,18 @@ def _print_cache(summary: dict) -> None:
             console.print(f"{len(summary['unknown'])} cache entries name no tensor of the model "
                           f"({', '.join(summary['unknown'][:4])})")
 
+
 # ---------------------------------------------------------------- deploy / report
+# implicit INT8, DLA and DeepStream (deploy/extras.py)
+ImplicitOpt = Annotated[bool, typer.Option("--implicit", help="Implicit INT8: the floating-point ONNX built with --int8 "
+                                           "--fp16 --calib (JetPack 5, DLA, DeepStream).")]
+CalibCacheOpt = Annotated[Optional[str], typer.Option("--calib-cache", help="With --implicit: the TensorRT calibration "
+                                                      "cache from `orinflow calib-cache`.")]
+DlaOpt = Annotated[Optional[int], typer.Option("--dla", help="Build for this DLA core (0 or 1), GPU fallback allowed.")]
+DeepStreamOpt = Annotated[bool, typer.Option("--deepstream", help="Add nvinfer's config_infer_primary.txt and "
+                                             "labels.txt.")]
+
+
 @app.command()
 @cli_errors
 def deploy(
@@ -88,14 +99,10 @@ def deploy(
                                      "(EfficientNMS_TRT; model_raw.onnx kept for ONNX Runtime), onnx "
                                      "(NonMaxSuppression) or none.")] = "trt",
     pre_topk: PreTopkOpt = 30000, keep_topk: KeepTopkOpt = 300, iou: NmsIouOpt = None, conf: NmsConfOpt = 0.25,
-    implicit: Annotated[bool, typer.Option("--implicit", help="Implicit INT8: the floating-point ONNX built with "
-                                           "--int8 --fp16 --calib (JetPack 5, DLA, DeepStream).")] = False,
-    calib_cache: Annotated[Optional[str], typer.Option("--calib-cache", help="With --implicit: the TensorRT "
-                                                       "calibration cache from `orinflow calib-cache`.")] = None,
-    dla: Annotated[Optional[int], typer.Option("--dla", help="Build for this DLA core (0 or 1), GPU fallback "
-                                               "allowed.")] = None,
-    deepstream: Annotated[bool, typer.Option("--deepstream", help="Add nvinfer's config_infer_primary.txt and "
-                                             "labels.txt.")] = False,
+    implicit: ImplicitOpt = False,
+    calib_cache: CalibCacheOpt = None,
+    dla: DlaOpt = None,
+    deepstream: DeepStreamOpt = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing bundle folder.")] = False,
     verbose: VerboseOpt = False,
 ):
