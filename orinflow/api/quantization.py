@@ -92,7 +92,7 @@ def calib_cache(model: PathLike | None = None, *, calib: PathLike | None = None,
     stem = Path(from_qdq or model).stem
     output = Path(output) if output else workspace() / "calib" / f"{stem}{'' if from_qdq else '_' + method}.cache"
     check_output(output, (".cache",), [model, calib, data, from_qdq], command="calib-cache")
-    fp32 = None
+    fp32 = graph = None
     if model is not None:
         fp32 = load(model)
         if not isinstance(fp32, OnnxModel):
@@ -117,10 +117,11 @@ def calib_cache(model: PathLike | None = None, *, calib: PathLike | None = None,
                  else build_calibration(fp32.processing, load_dataset(data, split), num_images))
         say(f"measuring {method} ranges of every activation of {Path(model).name} on {len(array)} images")
         scales = measured_scales(fp32.path, array, method, percentile)
-    protected = decode_outputs(fp32) if fp32 is not None and head_protect and from_qdq is None else set()
+    protected = decode_outputs(graph) if fp32 is not None and fp32.task == "detect" and head_protect \
+        and from_qdq is None else set()
     scales = {t: v for t, v in scales.items() if t not in protected}
     write_cache(scales, output)
-    wanted = [t for t in activation_tensors(onnx.load(str(fp32.path))) if t not in protected] if fp32 is not None \
+    wanted = [t for t in activation_tensors(graph) if t not in protected] if graph is not None \
         else list(scales)
     record = {"command": "calib-cache", "output": str(output), "model": str(model) if model else None,
               "from_qdq": str(from_qdq) if from_qdq else None, "method": method, "tensors": len(scales),
@@ -266,15 +267,10 @@ def inspect(model: PathLike, *, target: str = "tensorrt", calib_cache: PathLike 
     return record
 
 
-def decode_outputs(source) -> set[str]:
+def decode_outputs(graph) -> set[str]:
     """The tensors a detector's decode writes (optimize/common/graph.decode_nodes), found from the graph."""
-    import onnx
-
     from ..optimize.common.graph import decode_nodes
 
-    if source.task != "detect":
-        return set()
-    graph = onnx.load(str(source.path))
     decode = set(decode_nodes(graph))
     return {t for n in graph.graph.node if n.name in decode for t in n.output}
 
