@@ -57,9 +57,15 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def private_folder(prefix: str = "orinflow-") -> Iterator[Path]:
-    """A private temporary folder, always removed (also on an interrupt)."""
-    path = Path(tempfile.mkdtemp(prefix=prefix))
+def private_folder(prefix: str = "orinflow-", dir: str | os.PathLike | None = None) -> Iterator[Path]:
+    """A private temporary folder (in `dir`, default the system's), always removed (also on an interrupt).
+
+    Every temporary folder orinflow makes comes from here, so the interrupt handler knows it
+    (tests/test_architecture.py refuses `tempfile` anywhere else)."""
+    try:
+        path = Path(tempfile.mkdtemp(prefix=prefix, dir=dir))
+    except OSError as e:
+        raise OrinflowError(f"cannot write in {dir or tempfile.gettempdir()}: {e.strerror}") from e
     _unfinished.add(path)
     try:
         yield path
@@ -150,6 +156,51 @@ def check_output_folder(path: str | os.PathLike, inputs: Iterable = (), flag: st
         if _same_file(path, source) or (replaced and _inside(source, path)):
             raise OrinflowError(f"{flag} {path} would replace the input {source}")
     return path
+
+
+def check_replaceable_folder(path: Path, owner: str, marker: str, allowed: Iterable[str], flag: str = "-o") -> None:
+    """`--overwrite` replaces a folder whole only when orinflow made it: empty, or holding `marker` (a record
+    of `owner`) and nothing but the entries that record lists (`files`, `products`) or `allowed`. Never the
+    working folder, one above it, the home folder or the root."""
+    if not path.exists():
+        return
+    resolved = path.resolve()
+    if resolved == Path(resolved.anchor) or _inside(Path.cwd(), resolved) or _inside(Path.home(), resolved):
+        raise OrinflowError(f"{flag} {path} is the working folder, one above it, the home folder or the root: "
+                            "--overwrite never replaces it; give a new folder")
+    entries = sorted(entry.name for entry in path.iterdir())
+    if not entries:
+        return
+    record = _read_record(path / marker)
+    if record.get("command") != owner:
+        raise OrinflowError(f"{flag} {path} holds files orinflow did not write (no {marker} of `orinflow {owner}`): "
+                            "--overwrite only replaces a folder orinflow made; give a new folder")
+    known = set(allowed) | {marker} | set(record.get("files", [])) | set(record.get("products", []))
+    foreign = [name for name in entries if name not in known]
+    if foreign:
+        raise OrinflowError(f"{flag} {path} holds {len(foreign)} entr{'y' if len(foreign) == 1 else 'ies'} orinflow "
+                            f"did not write ({', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}): "
+                            "--overwrite only replaces a folder orinflow made; move them or give a new folder")
+
+
+def replace_folder(staging: Path, target: Path) -> None:
+    """Put the finished `staging` folder at `target`; an existing `target` is moved aside first and removed
+    only once the new folder is in place."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.replaced-{os.getpid()}")
+        os.replace(target, old)
+        _unfinished.add(old)
+    try:
+        os.replace(staging, target)
+    except OSError:
+        if old is not None:
+            os.replace(old, target)
+            _unfinished.discard(old)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+        _unfinished.discard(old)
 
 
 def _paths(values: Iterable) -> list[Path]:

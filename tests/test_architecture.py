@@ -110,6 +110,16 @@ def test_the_checks_find_what_they_are_meant_to(tmp_path):
     assert private == ["pkg.sub.b: from pkg.a import _own"]
 
 
+def test_every_temporary_path_comes_from_io_so_an_interrupt_removes_it():
+    """An interrupt removes only what orinflow/io.py registered: a `tempfile` call elsewhere would leave its
+    folder behind on Ctrl-C (a deploy's staging bundle and prune's ONNX pair once did)."""
+    users = sorted(str(p.relative_to(ROOT)) for p in PACKAGE.rglob("*.py")
+                   if p.name != "io.py" and any(isinstance(node, (ast.Import, ast.ImportFrom)) and
+                                                "tempfile" in {a.name for a in node.names} | {getattr(node, "module", None)}
+                                                for node in ast.walk(ast.parse(p.read_text()))))
+    assert users == []
+
+
 def test_no_source_file_over_500_lines():
     long = {str(p.relative_to(ROOT)): n for p in PACKAGE.rglob("*.py")
             if (n := len(p.read_text().splitlines())) > MAX_LINES}

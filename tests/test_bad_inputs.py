@@ -180,6 +180,8 @@ CASES = [
     ("deploy-pytorch-model", "deploy -m {inputs}/demo.pt", "not ONNX"),
     ("deploy-trt", "deploy -m {inputs}/m.onnx --trt 9 -o {out}/b", "--trt"),
     ("deploy-overwrite-input-folder", "deploy -m {inputs}/m.onnx -o {inputs} --overwrite", "replace the input"),
+    ("deploy-overwrite-foreign-folder", "deploy -m {inputs}/m.onnx -o {inputs}/bad_class --overwrite", "did not write"),
+    ("deploy-overwrite-working-folder", "deploy -m {inputs}/m.onnx -o . --overwrite", "never replaces it"),
     ("deploy-output-file", "deploy -m {inputs}/m.onnx -o {inputs}/c.npy", "is a file"),
     ("deploy-missing-model", "deploy -m {inputs}/none.onnx", "none.onnx"),
     ("deploy-nms", "deploy -m {inputs}/m.onnx --nms efficient -o {out}/b", "--nms"),

@@ -112,6 +112,29 @@ def test_bundle_refuses_bad_options_and_keeps_existing_folders(variants, tmp_pat
     assert not (tmp_path / "c").exists()
 
 
+def test_overwrite_replaces_only_a_bundle_orinflow_made(variants, tmp_path, monkeypatch):
+    bundle = tmp_path / "b"
+    write_bundle(variants["fp32"], bundle, BuildOptions())
+    (bundle / "model.engine").write_bytes(b"built on the device")  # what build_engine.sh leaves
+    write_bundle(variants["int8"], bundle, BuildOptions(), overwrite=True)
+    assert not (bundle / "model.engine").exists() and graph_facts(bundle / "model.onnx")["qdq"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # staging and the old bundle are gone
+    (bundle / "src").mkdir()
+    (bundle / "src" / "important.py").write_text("mine")
+    with pytest.raises(OrinflowError, match="did not write"):
+        write_bundle(variants["fp32"], bundle, BuildOptions(), overwrite=True)
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "main.py").write_text("mine")
+    with pytest.raises(OrinflowError, match="no deploy.json"):
+        write_bundle(variants["fp32"], project, BuildOptions(), overwrite=True)
+    monkeypatch.chdir(project)
+    for folder in (".", "..", str(Path.home())):
+        with pytest.raises(OrinflowError, match="never replaces it"):
+            write_bundle(variants["fp32"], Path(folder), BuildOptions(), overwrite=True)
+    assert (bundle / "src" / "important.py").read_text() == "mine" and (project / "main.py").read_text() == "mine"
+
+
 def run_infer(bundle, *args) -> subprocess.CompletedProcess:
     """The bundle's infer.py in a fresh interpreter, from another folder: it must use the bundled package."""
     return subprocess.run([sys.executable, str(bundle / "infer.py"), "--backend", "onnxruntime", *map(str, args)],

@@ -162,7 +162,7 @@ def deploy(model: PathLike, *, output: PathLike | None = None, trt: str = "10", 
     --calib). dla: the DLA core (0 or 1) to build for, GPU fallback allowed. deepstream: add nvinfer's
     config_infer_primary.txt and labels.txt (docs/deploy.md, "Implicit INT8, DLA and DeepStream").
     """
-    from ..deploy.bundle import write_bundle
+    from ..deploy.bundle import check_bundle_slot, write_bundle
     from ..deploy.traits import model_traits
     from ..deploy.trtexec import BuildOptions
     from ..deploy.prepare import prepare_graph
@@ -179,6 +179,7 @@ def deploy(model: PathLike, *, output: PathLike | None = None, trt: str = "10", 
         spec.validate()
     cache = implicit_cache(implicit, calib_cache, say)
     output = check_output_folder(output or workspace() / "deploy" / path.stem, [path, cache], replaced=True)
+    check_bundle_slot(Path(output), overwrite)
     with private_folder() as folder:
         deployed, done = prepare_graph(path, spec, fp16 and trt == "10" and cache is None, folder / "model.onnx")
         traits = model_traits(deployed)

@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import shlex
 import shutil
-import tempfile
 from pathlib import Path
 
 from ..errors import OrinflowError
-from ..io import umask_mode, write_json
+from ..io import check_replaceable_folder, private_folder, replace_folder, umask_mode, write_json
 from ..version import VERSION
 from .traits import ModelTraits, model_traits
 from .extras import device_extras, extras_readme
@@ -17,6 +16,20 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 SKIPPED_PACKAGES = ("demo",)  # not needed on the device (and holds the 2 MB demo checkpoint)
 ENGINE = "model.engine"
 RAW_MODEL = "model_raw.onnx"  # the model without the NMS deploy appended (ONNX Runtime cannot run EfficientNMS_TRT)
+RECORD = "deploy.json"
+# What the bundle's scripts write on the device: a bundle copied back may hold them, and --overwrite may replace it.
+DEVICE_PRODUCTS = (ENGINE, "timing.cache", "layers.json", "profile.json", "__pycache__")
+
+
+def check_bundle_slot(output: Path, overwrite: bool) -> None:
+    """Before any work: an existing non-empty `output` is refused, or with `overwrite` replaced only when it
+    is an orinflow bundle (io.check_replaceable_folder)."""
+    if output.exists() and not output.is_dir():
+        raise OrinflowError(f"-o {output} is a file; give a folder")
+    if output.exists() and any(output.iterdir()) and not overwrite:
+        raise OrinflowError(f"{output} exists and is not empty (use --overwrite to replace it)")
+    if overwrite:
+        check_replaceable_folder(output, "deploy", RECORD, DEVICE_PRODUCTS)
 
 LAUNCHER = '''#!/usr/bin/env python3
 """Inference with the engine (or ONNX) of this bundle; `python3 infer.py --help`.
@@ -49,11 +62,10 @@ def write_bundle(model: Path, output: Path, options: BuildOptions, overwrite: bo
     options.check()
     build = build_command(traits, options, "model.onnx", ENGINE)
     bench = bench_commands(traits, options, ENGINE)
-    if output.exists() and any(output.iterdir()) and not overwrite:
-        raise OrinflowError(f"{output} exists and is not empty (use --overwrite to replace it)")
+    check_bundle_slot(output, overwrite)
     output.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as tmp:
-        staging = Path(tmp) / "bundle"
+    with private_folder(prefix=f".{output.name}.", dir=output.parent) as tmp:
+        staging = tmp / "bundle"
         staging.mkdir()
         shutil.copyfile(model, staging / "model.onnx")
         if raw is not None:
@@ -75,10 +87,10 @@ def write_bundle(model: Path, output: Path, options: BuildOptions, overwrite: bo
                   **({"nms": nms} if nms else {}), **({"high_precision": high_precision} if high_precision else {}),
                   "options": vars(options), "build_engine": build, "bench": {str(b): c for b, c in bench.items()},
                   **extras, "orinflow": VERSION}
-        write_json(staging / "deploy.json", record)
-        if output.exists():
-            shutil.rmtree(output)
-        staging.rename(output)
+        record["files"] = sorted([RECORD, *(entry.name for entry in staging.iterdir())])
+        record["products"] = list(DEVICE_PRODUCTS)
+        write_json(staging / RECORD, record)
+        replace_folder(staging, output)
     return record
 
 

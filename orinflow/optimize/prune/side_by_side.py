@@ -6,14 +6,14 @@ from __future__ import annotations
 def onnx_side_by_side(original, pruned, runs: int) -> dict:
     """Both models (loaded as inference loads them) exported to ONNX: sizes, and ONNX Runtime CPU batch-1
     latency timed in turn."""
-    import tempfile
     from pathlib import Path
 
     from ...evaluate.latency import cpu_name, interleaved_latency
     from ...export import export_onnx
+    from ...io import private_folder
     from ...runtime import OrtRunner
 
-    with tempfile.TemporaryDirectory() as folder:
+    with private_folder() as folder:
         paths = {name: export_onnx(model, Path(folder) / f"{name}.onnx").path
                  for name, model in (("original", original), ("pruned", pruned))}
         latency = interleaved_latency({name: OrtRunner(path) for name, path in paths.items()},
