@@ -125,10 +125,13 @@ def _inside(path: Path, folder: Path) -> bool:
 
 
 def check_output(path: str | os.PathLike, suffixes: tuple[str, ...], inputs: Iterable = (), flag: str = "-o",
-                 command: str | None = None) -> Path:
+                 command: str | None = None, record_of: str | None = None) -> Path:
     """Refuse, before any work, an output file of the wrong kind, one that is an input, or a folder.
 
-    `command` also checks its run record (`record_path`): it must not be an input or another command's record.
+    `command`: the output gets a run record (`record_path`), which must not be an input or another command's
+    record. A JSON output never replaces an orinflow record: only one of `record_of`'s own when the output
+    is itself that command's record (`evaluate --json`). Every path-writing flag of every command goes
+    through here (tests/test_bad_inputs.py lists them from the CLI).
     """
     path = Path(path)
     if path.suffix.lower() not in suffixes:
@@ -143,6 +146,8 @@ def check_output(path: str | os.PathLike, suffixes: tuple[str, ...], inputs: Ite
                                     ("" if target == path else f" (with its record {target})"))
     if command:
         check_record_slot(record_path(path), command, path)
+    if path.suffix.lower() == ".json" and path.is_file():
+        check_record_slot(path, record_of, path, flag)
     return path
 
 
@@ -228,13 +233,17 @@ def _read_record(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def check_record_slot(path: Path, command: str, output: str | os.PathLike) -> None:
-    """A record never replaces the record of another command's output (a model's record goes with the model)."""
+def check_record_slot(path: Path, command: str | None, output: str | os.PathLike, flag: str | None = None) -> None:
+    """A record never replaces the record of another command's output (a model's record goes with the model);
+    `command` None: the file written there is no record, so it may replace none."""
     existing = _read_record(path) if Path(path).is_file() else {}
     owner, described = existing.get("command"), existing.get("output") or existing.get("model")
-    if isinstance(owner, str) and owner != command and not (described and _same_file(Path(described), Path(output))):
-        raise OrinflowError(f"{path} is the record of `orinflow {owner}` for {described}; writing the {command} record "
-                            "there would replace it: choose another output name")
+    if not isinstance(owner, str):
+        return
+    writing = f"writing the {command} record" if command else "writing there"
+    if command is None or (owner != command and not (described and _same_file(Path(described), Path(output)))):
+        raise OrinflowError(f"{(flag + ' ') if flag else ''}{path} is the record of `orinflow {owner}` for {described}; "
+                            f"{writing} would replace it: choose another output name")
 
 
 def write_json(target: str | os.PathLike, data: dict) -> Path:

@@ -47,7 +47,24 @@ def inputs(tmp_path_factory, demo_onnx, calib) -> Path:
     _bad_dataset(yaml_path, root / "bad_columns", lambda lines: ["0 0.5 0.5"] + lines)
     _bad_dataset(yaml_path, root / "bad_image", None)
     (root / "empty").mkdir()
+    _foreign_and_taken(root)
     return root
+
+
+def _foreign_and_taken(root: Path) -> None:
+    """An ONNX without orinflow's metadata (what `adopt` reads); records of other commands where each kind of
+    output would put its own, and folders named like outputs."""
+    import onnx
+
+    foreign = onnx.load(str(root / "m.onnx"))
+    del foreign.metadata_props[:]
+    onnx.save(foreign, str(root / "foreign.onnx"))
+    for suffix in (".onnx", ".npy", ".cache", ".pt", ".json"):
+        record = {"command": "export" if suffix == ".npy" else "calibrate", "output": str(root / "other.bin")}
+        (root / f"empty{suffix}").mkdir()
+        target = root / f"taken{suffix}"
+        (target.with_suffix(".json") if suffix in (".onnx", ".json") else
+         target.with_name(target.name + ".json")).write_text(json.dumps(record))
 
 
 def _bad_dataset(yaml_path: Path, target: Path, edit) -> Path:
@@ -235,3 +252,81 @@ def test_the_matrix_covers_every_command():
     commands = {c[1].split()[0] for c in CASES}
     assert len(CASES) >= 40
     assert commands >= {"export", "calibrate", "quantize", "ptq", "evaluate", "qat", "sparsify", "deploy", "report"}
+
+
+# ---------------------------------------------------------------- every flag that writes a file
+# How each command runs on the inputs folder; the output flag under test is appended.
+BASE = {
+    "adopt": "adopt -m {inputs}/foreign.onnx",
+    "calib-cache": "calib-cache -m {inputs}/m.onnx --calib {inputs}/c.npy",
+    "calibrate": "calibrate -m {inputs}/m.onnx --yaml " + D,
+    "compare": "compare {inputs}/m.onnx {inputs}/m.onnx --yaml " + D,
+    "demo": "demo --runs 0",
+    "deploy": "deploy -m {inputs}/m.onnx",
+    "evaluate": "evaluate -m {inputs}/m.onnx --yaml " + D + " --runs 0 --metric coco",
+    "export": "export -m {inputs}/demo.pt --imgsz 256",
+    "inspect": "inspect -m {inputs}/m.onnx",
+    "prune": "prune -m {inputs}/demo.pt --yaml " + D + " --flops 0.5",
+    "ptq": "ptq -m {inputs}/demo.pt --yaml " + D,
+    "qat": "qat -m {inputs}/demo.pt --yaml " + D,
+    "quantize": "quantize -m {inputs}/m.onnx --calib {inputs}/c.npy",
+    "report": "report {inputs}/m.json",
+    "sensitivity": "sensitivity -m {inputs}/m.onnx --calib {inputs}/c.npy --yaml " + D,
+    "sparse-qat": "sparse-qat -m {inputs}/demo.pt --yaml " + D,
+    "sparsify": "sparsify -m {inputs}/demo.pt --yaml " + D,
+}
+# Options that take a path or text but never write (inputs, names, choices): a new option must be placed here
+# or marked as an output (metavar OUT.<suffix> / OUT_FOLDER), which puts it under the checks below.
+READ_ONLY = {"model", "arch", "data", "split", "mean", "std", "head", "names", "modules", "calib", "method", "methods",
+             "exclude", "high_precision", "mode", "targets", "target", "val_data", "val_split", "select_yaml",
+             "select_split", "importance", "plan", "device", "schedule", "runtime", "metric", "coco_json", "images",
+             "more", "compare", "image", "a", "b", "sources", "trt", "nms", "calib_cache", "from_qdq", "layers", "qat_mode"}
+
+
+def output_options(unplaced: list | None = None) -> list[tuple[str, str, str]]:
+    """(command, flag, metavar) of every option that writes a path, read from the CLI itself; `unplaced` gets
+    the options that are neither outputs nor READ_ONLY."""
+    import typer.main
+
+    found, unplaced = [], unplaced if unplaced is not None else []
+    for name, command in sorted(typer.main.get_command(app).commands.items()):
+        for param in command.params:
+            if (param.metavar or "").startswith("OUT"):
+                found.append((name, param.opts[-1] if param.opts[0] == "-o" else param.opts[0], param.metavar))
+            elif param.bare_type() not in ("bool", "int", "float") and param.name not in READ_ONLY:
+                unplaced.append(f"{name} {param.name}")
+    return found
+
+
+def output_cases() -> list[tuple[str, str, str]]:
+    """Each output option aimed at: an input, another command's record, a file of the wrong kind, a folder where
+    a file goes (or a file where a folder goes)."""
+    cases = []
+    for command, flag, metavar in output_options():
+        line = BASE[command] + f" {flag} "
+        if metavar == "OUT_FOLDER":
+            cases.append((f"{command}{flag}-onto-a-file", line + "{inputs}/c.npy", "is a file"))
+            continue
+        suffix = metavar.removeprefix("OUT")
+        onto_input = "{inputs}/m.onnx" if suffix == ".onnx" else "{inputs}/c.npy" if suffix == ".npy" else None
+        if onto_input and onto_input.split("/")[-1] in BASE[command]:
+            cases.append((f"{command}{flag}-onto-an-input", line + onto_input, "would overwrite the input"))
+        cases += [(f"{command}{flag}-onto-a-record", line + "{inputs}/taken" + suffix, "record of `orinflow"),
+                  (f"{command}{flag}-wrong-suffix", line + "{out}/x.txt", f"must end in {suffix}"),
+                  (f"{command}{flag}-onto-a-folder", line + "{inputs}/empty" + suffix, "is a folder")]
+    return cases
+
+
+@pytest.mark.parametrize("name, line, expected", output_cases(), ids=[c[0] for c in output_cases()])
+def test_every_output_flag_refuses_inputs_records_and_the_wrong_kind(name, line, expected, inputs, tmp_path,
+                                                                      monkeypatch):
+    test_bad_input(name, line, expected, inputs, tmp_path, monkeypatch)
+
+
+def test_the_output_checks_reach_every_command_that_writes():
+    unplaced = []
+    output_options(unplaced)
+    assert unplaced == [], "options neither READ_ONLY nor marked as outputs (metavar OUT...)"
+    commands = {command for command, _, _ in output_options()}
+    assert commands == set(BASE)
+    assert {"--json", "--save-json", "--workdir"} <= {flag for _, flag, _ in output_options()}

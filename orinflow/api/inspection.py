@@ -83,7 +83,7 @@ def evaluate_many(models: Sequence[PathLike], data: PathLike | None = None, *, s
     `json` writes the record of one model, or {"compare": [records]} for several.
     """
     from ..evaluate import EvalOptions, evaluate_model, evaluate_side_by_side
-    from ..io import check_output, check_record_slot, write_json
+    from ..io import check_output, write_json
 
     if not models:
         raise OrinflowError("give a model with -m, or several with --compare A B ...")
@@ -98,8 +98,7 @@ def evaluate_many(models: Sequence[PathLike], data: PathLike | None = None, *, s
             raise OrinflowError("--save-json writes one model's detections: evaluate one model with -m")
         check_output(save_json, (".json",), [*models, data, coco_json, json], flag="--save-json")
     if json is not None:
-        check_output(json, (".json",), [*models, data, coco_json], flag="--json")
-        check_record_slot(Path(json), "evaluate", json)
+        check_output(json, (".json",), [*models, data, coco_json], flag="--json", record_of="evaluate")
     loading = dict(arch=arch, imgsz=imgsz, mean=mean, std=std, crop=crop, modules=modules, head=head, names=names)
     if len(models) == 1:
         say(f"evaluating {models[0]} ...")

@@ -238,15 +238,14 @@ def inspect(model: PathLike, *, target: str = "tensorrt", calib_cache: PathLike 
     `calib_cache` beside an ONNX): its tensors, scale range, and the model's activations it misses."""
     import onnx
 
-    from ..io import check_output, check_record_slot, require_file, write_json
+    from ..io import check_output, require_file, write_json
     from ..optimize.common.graph import QDQ_OPS, decode_nodes
     from ..optimize.common.qdq_report import qdq_report
     from ..optimize.common.sparse24 import sparsity_report
 
     path = require_file(locate(model, say), "model")
     if json is not None:
-        check_output(json, (".json",), [path, calib_cache], flag="--json")
-        check_record_slot(Path(json), "inspect", json)
+        check_output(json, (".json",), [path, calib_cache], flag="--json", record_of="inspect")
     record: dict = {"command": "inspect", "output": str(json), "model": str(path)}
     if path.suffix.lower() == ".cache":
         if calib_cache is not None:

@@ -55,12 +55,14 @@ def evaluate(
     metric: Annotated[str, typer.Option("--metric", help="yolov5: YOLOv5/Ultralytics-style mAP (val.py's); coco: "
                                         "also the COCO evaluation's AP/AP50/AP75/APs/APm/APl/AR (faster-coco-eval)."
                                         )] = "yolov5",
-    save_json: Annotated[Optional[Path], typer.Option("--save-json", help="With --metric coco: write the "
+    save_json: Annotated[Optional[Path], typer.Option("--save-json", metavar="OUT.json",
+                                                      help="With --metric coco: write the "
                                                       "detections in COCO result format here.")] = None,
     coco_json: Annotated[Optional[Path], typer.Option("--coco-json", help="A COCO instances JSON as the evaluation "
                                                       "data (with --images), instead of --yaml.")] = None,
     images: Annotated[Optional[Path], typer.Option("--images", help="The folder of --coco-json's images.")] = None,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the run record(s) here.")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", metavar="OUT.json",
+                                                     help="Write the run record(s) here.")] = None,
     arch: ArchOpt = None, imgsz: ImgszOpt = None, mean: MeanOpt = None, std: StdOpt = None, crop: CropOpt = None,
     modules: ModulesOpt = None, head: LayoutOpt = None, names: NamesOpt = None,
     verbose: VerboseOpt = False,
@@ -111,7 +113,8 @@ def compare_command(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the draw.")] = 0,
     conf: Annotated[float, typer.Option("--conf", help="Score threshold of the detections matched.")] = 0.25,
     top: Annotated[int, typer.Option("--top", help="Layers listed where the error grows most.")] = 5,
-    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Folder for compare.json and compare.png "
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", metavar="OUT_FOLDER",
+                                                   help="Folder for compare.json and compare.png "
                                                    "(default: workspace/compare/<A>_vs_<B>).")] = None,
     arch: ArchOpt = None, imgsz: ImgszOpt = None, mean: MeanOpt = None, std: StdOpt = None, crop: CropOpt = None,
     modules: ModulesOpt = None, head: LayoutOpt = None, names: NamesOpt = None,

@@ -30,7 +30,7 @@ def export(
                                                "(TensorRT's EfficientNMS_TRT plugin: num_dets, boxes, scores, "
                                                "classes).")] = None,
     pre_topk: PreTopkOpt = 30000, keep_topk: KeepTopkOpt = 300, iou: NmsIouOpt = None, conf: NmsConfOpt = 0.25,
-    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output .onnx (default: "
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", metavar="OUT.onnx", help="Output .onnx (default: "
                                                    "workspace/models/onnx/raw/<name>_<imgsz>.onnx).")] = None,
     mean: MeanOpt = None, std: StdOpt = None, crop: CropOpt = None, modules: ModulesOpt = None,
     head: LayoutOpt = None, names: NamesOpt = None,
@@ -79,7 +79,7 @@ def adopt(
                                                 "(default 0).")] = None,
     std: Annotated[Optional[str], typer.Option("--std", help="std 'r,g,b', fractions allowed (default 1, pixels "
                                                "0..1; yolox 1/255, pixels 0..255).")] = None,
-    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output .onnx (default: "
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", metavar="OUT.onnx", help="Output .onnx (default: "
                                                    "workspace/models/onnx/adopted/<name>.onnx).")] = None,
     verbose: VerboseOpt = False,
 ):
@@ -104,7 +104,7 @@ def calibrate(
     split: SplitOpt = "train",
     num_images: Annotated[int, typer.Option("--num-images", "-n", help="Images to draw (all if fewer).")] = 512,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the random selection.")] = 0,
-    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output .npy (default: "
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", metavar="OUT.npy", help="Output .npy (default: "
                                                    "workspace/calib/<model>_<data>_<split>_<N>.npy, or "
                                                    "workspace/calib/<data>.npy without -m).")] = None,
     arch: ArchOpt = None, imgsz: ImgszOpt = None, mean: MeanOpt = None, std: StdOpt = None, crop: CropOpt = None,

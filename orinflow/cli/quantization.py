@@ -91,7 +91,7 @@ def quantize(
     select_yaml: SelectYamlOpt = None,
     select_split: SelectSplitOpt = "val",
     select_images: SelectImagesOpt = 300,
-    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output .onnx (default: "
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", metavar="OUT.onnx", help="Output .onnx (default: "
                                                    "workspace/models/onnx/<target>/<name>_<mode>_<method>.onnx).")] = None,
     verbose: VerboseOpt = False,
 ):
@@ -136,7 +136,8 @@ def sensitivity(
     threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads (default: all).")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Measure again even when a cached result exists.")]
     = False,
-    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Folder for sensitivity.json and "
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", metavar="OUT_FOLDER",
+                                                   help="Folder for sensitivity.json and "
                                                    "sensitivity.png (default: workspace/sensitivity/<model>_<method>"
                                                    "_<target>).")] = None,
     verbose: VerboseOpt = False,
@@ -184,7 +185,8 @@ def ptq(
     select_yaml: SelectYamlOpt = None,
     select_split: SelectSplitOpt = "val",
     select_images: SelectImagesOpt = 300,
-    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Folder for the models and records "
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", metavar="OUT_FOLDER",
+                                                   help="Folder for the models and records "
                                                    "(default: workspace/ptq/<model>).")] = None,
     arch: ArchOpt = None, imgsz: ImgszOpt = None, mean: MeanOpt = None, std: StdOpt = None, crop: CropOpt = None,
     modules: ModulesOpt = None, head: LayoutOpt = None, names: NamesOpt = None,
@@ -230,7 +232,8 @@ def calib_cache(
     head_protect: HeadOpt = True,
     from_qdq: Annotated[Optional[str], typer.Option("--from-qdq", help="Write the scales this Q/DQ model's "
                                                     "quantizers carry instead of measuring.")] = None,
-    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output .cache (default: "
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", metavar="OUT.cache",
+                                                   help="Output .cache (default: "
                                                    "workspace/calib/<model>_<method>.cache).")] = None,
     verbose: VerboseOpt = False,
 ):

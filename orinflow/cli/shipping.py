@@ -21,7 +21,8 @@ def inspect(
     calib_cache: Annotated[Optional[str], typer.Option("--calib-cache", help="A TensorRT calibration cache to "
                                                        "check against the model's activations.")] = None,
     layers: Annotated[bool, typer.Option("--layers", help="Print every conv/GEMM layer.")] = False,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the inspection record here.")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", metavar="OUT.json",
+                                                     help="Write the inspection record here.")] = None,
     verbose: VerboseOpt = False,
 ):
     """Q/DQ report and 2:4 sparsity check (TensorRT's rule, per conv/GEMM) of an ONNX model, or a calibration cache."""
@@ -82,7 +83,8 @@ DeepStreamOpt = Annotated[bool, typer.Option("--deepstream", help="Add nvinfer's
 @cli_errors
 def deploy(
     model: Annotated[str, typer.Option("-m", "--model", help="ONNX model to deploy (FP32/FP16, Q/DQ, 2:4).")],
-    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Bundle folder (default: "
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", metavar="OUT_FOLDER",
+                                                   help="Bundle folder (default: "
                                                    "workspace/deploy/<model>).")] = None,
     trt: Annotated[str, typer.Option("--trt", help="TensorRT on the device: 10 (JetPack 6, --stronglyTyped for "
                                      "Q/DQ) or 8 (JetPack 5, --int8 --fp16).")] = "10",
@@ -134,7 +136,8 @@ def deploy(
 def report(
     sources: Annotated[Optional[list[Path]], typer.Argument(help="Run records (.json) or folders searched for them "
                                                             "(default: the workspace).", show_default=False)] = None,
-    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Report folder (default: "
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", metavar="OUT_FOLDER",
+                                                   help="Report folder (default: "
                                                    "workspace/report).")] = None,
     verbose: VerboseOpt = False,
 ):
@@ -150,12 +153,14 @@ def report(
 @app.command()
 @cli_errors
 def demo(
-    workdir: Annotated[Path, typer.Option("--workdir", help="Where the demo writes its data and models.")] = Path(
+    workdir: Annotated[Path, typer.Option("--workdir", metavar="OUT_FOLDER",
+                                          help="Where the demo writes its data and models.")] = Path(
         "workspace/demo"),
     runs: Annotated[int, typer.Option("--runs", help="Timed latency runs per model.")] = 30,
     verbose: VerboseOpt = False,
 ):
     """Offline run on the embedded shapes detector: export, PTQ for TensorRT and CPU, a short QAT, compare, then a Jetson bundle and the report."""
     from ..demo.pipeline import run_demo
+    from ..io import check_output_folder
 
-    run_demo(workdir, runs, console)
+    run_demo(check_output_folder(workdir, flag="--workdir"), runs, console)

@@ -66,7 +66,8 @@ def qat(
     flip: FlipOpt = False,
     resume: ResumeOpt = False,
     runs: Annotated[int, typer.Option("--runs", help="Timed latency runs in the comparison (0 skips).")] = 20,
-    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output Q/DQ .onnx (default: "
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", metavar="OUT.onnx",
+                                                   help="Output Q/DQ .onnx (default: "
                                                    "workspace/qat/<model>/<model>_qat_int8.onnx).")] = None,
     arch: ArchOpt = None, imgsz: ImgszOpt = None, mean: MeanOpt = None, std: StdOpt = None, crop: CropOpt = None,
     modules: ModulesOpt = None, head: LayoutOpt = None, names: NamesOpt = None,
@@ -106,7 +107,8 @@ def sparsify(
     max_steps: MaxStepsOpt = None,
     flip: FlipOpt = False,
     resume: ResumeOpt = False,
-    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output 2:4-sparse FP32 .onnx (default: "
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", metavar="OUT.onnx",
+                                                   help="Output 2:4-sparse FP32 .onnx (default: "
                                                    "workspace/sat/<model>/<model>_sparse24.onnx).")] = None,
     arch: ArchOpt = None, imgsz: ImgszOpt = None, mean: MeanOpt = None, std: StdOpt = None, crop: CropOpt = None,
     modules: ModulesOpt = None, head: LayoutOpt = None, names: NamesOpt = None,
@@ -152,7 +154,8 @@ def sparse_qat(
     flip: FlipOpt = False,
     resume: ResumeOpt = False,
     runs: Annotated[int, typer.Option("--runs", help="Timed latency runs in the comparison (0 skips).")] = 20,
-    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output Q/DQ + 2:4 .onnx (default: "
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", metavar="OUT.onnx",
+                                                   help="Output Q/DQ + 2:4 .onnx (default: "
                                                    "workspace/sparse_qat/<model>/<model>_sparse24_qat_int8.onnx).")]
     = None,
     arch: ArchOpt = None, imgsz: ImgszOpt = None, mean: MeanOpt = None, std: StdOpt = None, crop: CropOpt = None,
@@ -226,7 +229,8 @@ def prune(
                                           "over the run).")] = "constant",
     seed: Annotated[int, typer.Option("--seed", help="Seed of the fine-tuning's image order and "
                                       "augmentation.")] = 0,
-    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output checkpoint (default: "
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", metavar="OUT.pt",
+                                                   help="Output checkpoint (default: "
                                                    "workspace/prune/<model>/<model>_pruned.pt).")] = None,
     arch: ArchOpt = None, imgsz: ImgszOpt = None, mean: MeanOpt = None, std: StdOpt = None, crop: CropOpt = None,
     modules: ModulesOpt = None, head: LayoutOpt = None, names: NamesOpt = None,

@@ -19,6 +19,9 @@ RAW_MODEL = "model_raw.onnx"  # the model without the NMS deploy appended (ONNX 
 RECORD = "deploy.json"
 # What the bundle's scripts write on the device: a bundle copied back may hold them, and --overwrite may replace it.
 DEVICE_PRODUCTS = (ENGINE, "timing.cache", "layers.json", "profile.json", "__pycache__")
+# What a bundle holds (a record older than its "files" list does not name them).
+BUNDLE_FILES = ("model.onnx", RAW_MODEL, "build_engine.sh", "bench.sh", "infer.py", "orinflow", "README.md",
+                "calib.cache", "config_infer_primary.txt", "labels.txt")
 
 
 def check_bundle_slot(output: Path, overwrite: bool) -> None:
@@ -29,7 +32,7 @@ def check_bundle_slot(output: Path, overwrite: bool) -> None:
     if output.exists() and any(output.iterdir()) and not overwrite:
         raise OrinflowError(f"{output} exists and is not empty (use --overwrite to replace it)")
     if overwrite:
-        check_replaceable_folder(output, "deploy", RECORD, DEVICE_PRODUCTS)
+        check_replaceable_folder(output, "deploy", RECORD, BUNDLE_FILES + DEVICE_PRODUCTS)
 
 LAUNCHER = '''#!/usr/bin/env python3
 """Inference with the engine (or ONNX) of this bundle; `python3 infer.py --help`.
