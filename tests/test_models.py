@@ -69,6 +69,29 @@ def test_state_dict_needs_arch(tmp_path):
         load_model(path)
 
 
+class _RunsCode:
+    """What a hostile weights file pickles: unpickling it calls os.system."""
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_weights_for_arch_never_run_code_from_the_file(tmp_path):
+    marker = tmp_path / "PWNED"
+    hostile = tmp_path / "weights.th"
+    torch.save({"fc.weight": torch.zeros(10, 64), "note": _RunsCode(marker)}, hostile)
+    whole = tmp_path / "whole.pt"
+    torch.save(torch.nn.Linear(2, 2), whole)
+    for path, named in ((hostile, "system"), (whole, "Linear")):
+        with pytest.raises(OrinflowError, match=f"pickles Python objects.*{named}.*weights_only=True"):
+            load_model(path, arch=RESNET20)
+    assert not marker.exists()
+
+
 def test_state_dict_that_does_not_fit(tmp_path):
     path = tmp_path / "weights.pth"
     torch.save(torch.nn.Linear(2, 2).state_dict(), path)

@@ -86,18 +86,33 @@ def pickle_classes(path: Path) -> set[tuple[str, str]]:
     return found
 
 
-def torch_load(path: Path, unpickler: type[pickle.Unpickler] | None = None):
-    """torch.load of a whole pickled model (runs code from the file: load only files you trust)."""
+def torch_load(path: Path, unpickler: type[pickle.Unpickler] | None = None, weights_only: bool = False):
+    """torch.load on the CPU. `weights_only=False` (a whole pickled model, Ultralytics/YOLOv5) runs code from the
+    file: load only files you trust. State dicts load with `weights_only=True`, which runs none."""
     kwargs = {}
     if unpickler is not None:
         kwargs["pickle_module"] = type("PickleModule", (), {"Unpickler": unpickler, "load": pickle.load,
                                                            "__name__": "orinflow_pickle"})
     try:
-        return torch.load(path, map_location="cpu", weights_only=False, **kwargs)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as e:
+        return torch.load(path, map_location="cpu", weights_only=weights_only, **kwargs)
+    except pickle.UnpicklingError as e:
+        if weights_only and ("Unsupported global" in str(e) or "GLOBAL" in str(e)):
+            raise OrinflowError(f"{path} pickles Python objects besides tensors ({_unsafe_global(e)}); orinflow "
+                                "reads weights for --arch with torch.load(weights_only=True), which runs no code "
+                                "from the file: save model.state_dict() instead") from e
+        raise OrinflowError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: {_first_line(e)})") from e
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as e:
         raise OrinflowError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: {_first_line(e)})") from e
     except (ModuleNotFoundError, AttributeError) as e:
         raise OrinflowError(f"{path} references code orinflow does not know ({_first_line(e)})") from e
+
+
+def _unsafe_global(error: Exception) -> str:
+    """The global torch's weights-only unpickler refused, from its message."""
+    import re
+
+    found = re.search(r"(?:Unsupported global|GLOBAL|global):? (?:GLOBAL )?([\w.]+)", str(error))
+    return f"it names {found[1]}" if found else _first_line(error)
 
 
 def fuse_conv_bn(module: nn.Module) -> nn.Module:

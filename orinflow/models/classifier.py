@@ -106,7 +106,7 @@ def load_weights(model: nn.Module, path: Path, arch: str) -> None:
 
     A checkpoint that `orinflow prune` wrote has fewer channels than `arch` builds: its layers are
     resized to the stored shapes first (and only then: a plain mismatch stays an error)."""
-    saved = torch_load(path)
+    saved = torch_load(path, weights_only=True)
     state = extract_state_dict(saved, path)
     if isinstance(saved, dict) and isinstance(saved.get(PRUNED_KEY), dict):
         resize_to_state(model, state)
