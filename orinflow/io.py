@@ -90,6 +90,32 @@ def private_copy(source: str | os.PathLike, folder: Path) -> Path:
     return copy
 
 
+def file_size(path: str | os.PathLike) -> int:
+    """Bytes on disk of a model: an ONNX's external-data files count with it (its .onnx alone may be a stub)."""
+    path = Path(path)
+    size = path.stat().st_size
+    if path.suffix.lower() == ".onnx":
+        size += sum((path.parent / location).stat().st_size for location in _external_data(path)
+                    if (path.parent / location).is_file())
+    return size
+
+
+def copy_model(source: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """`source` as one self-contained file at `target`: an ONNX's external data is embedded (a copy of the
+    .onnx alone would point at files the copy does not have)."""
+    source, target = Path(source), Path(target)
+    if source.suffix.lower() != ".onnx" or not _external_data(source):
+        shutil.copyfile(source, target)
+        return target
+    import onnx
+
+    model = onnx.load(str(source))  # reads the external data into the tensors
+    if model.ByteSize() >= 2**31 - 1:
+        raise OrinflowError(f"{source} with its external data is over 2 GB, more than one ONNX file holds")
+    onnx.save(model, str(target))
+    return target
+
+
 def _external_data(path: Path) -> set[str]:
     import onnx
 

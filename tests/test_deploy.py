@@ -135,6 +135,51 @@ def test_overwrite_replaces_only_a_bundle_orinflow_made(variants, tmp_path, monk
     assert (bundle / "src" / "important.py").read_text() == "mine" and (project / "main.py").read_text() == "mine"
 
 
+def _renamed_input(source: Path, name: str, target: Path) -> Path:
+    model = onnx.load(str(source))
+    old = model.graph.input[0].name
+    model.graph.input[0].name = name
+    for node in model.graph.node:
+        node.input[:] = [name if i == old else i for i in node.input]
+    onnx.save(model, str(target))
+    return target
+
+
+def test_printed_commands_are_shell_quoted_and_unsafe_input_names_refused(variants, tmp_path):
+    import shlex
+
+    record = write_bundle(variants["dynamic"], tmp_path / "b", BuildOptions(opt_batch=4, max_batch=4))
+    readme = (tmp_path / "b" / "README.md").read_text()
+    assert shlex.join(record["build_engine"]) in readme
+    assert all(f"`{shlex.join(c)}`" in readme for c in record["bench"].values())
+    for name in ("images;touch PWNED;x", "images:0,other", "it's"):
+        hostile = _renamed_input(variants["dynamic"], name, tmp_path / "hostile.onnx")
+        with pytest.raises(OrinflowError, match="cannot carry"):
+            write_bundle(hostile, tmp_path / "h", BuildOptions(opt_batch=4, max_batch=4))
+    assert not (tmp_path / "h").exists()
+    spaced = _renamed_input(variants["dynamic"], "images$(id)", tmp_path / "spaced.onnx")
+    record = write_bundle(spaced, tmp_path / "s", BuildOptions(opt_batch=4, max_batch=4))
+    printed = shlex.join(record["build_engine"])
+    assert "'--minShapes=images$(id):1x3x256x256'" in printed and shlex.split(printed) == record["build_engine"]
+
+
+def test_external_data_is_embedded_in_the_bundle_and_counted_in_the_size(demo_onnx, tmp_path):
+    from orinflow.evaluate import size_bytes
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    model = onnx.load(str(demo_onnx))
+    onnx.save(model, str(folder / "m.onnx"), save_as_external_data=True, location="m.data", size_threshold=0)
+    stub, data = (folder / "m.onnx").stat().st_size, (folder / "m.data").stat().st_size
+    assert data > 10 * stub
+    assert size_bytes(load_model(folder / "m.onnx")) == stub + data
+    write_bundle(folder / "m.onnx", tmp_path / "b", BuildOptions())
+    assert sorted(p.name for p in (tmp_path / "b").glob("*.onnx")) == ["model.onnx"]
+    bundled = onnx.load(str(tmp_path / "b" / "model.onnx"), load_external_data=False)
+    assert not any(t.external_data for t in bundled.graph.initializer)
+    assert OrtRunner(tmp_path / "b" / "model.onnx").input_name
+
+
 def run_infer(bundle, *args) -> subprocess.CompletedProcess:
     """The bundle's infer.py in a fresh interpreter, from another folder: it must use the bundled package."""
     return subprocess.run([sys.executable, str(bundle / "infer.py"), "--backend", "onnxruntime", *map(str, args)],
@@ -178,6 +223,7 @@ def test_deploy_cli_and_tensorrt_runtime_message(demo_onnx, tiny_shapes, tmp_pat
     result = runner.invoke(app, ["deploy", "-m", str(demo_onnx), "-o", str(tmp_path / "b")])
     assert result.exit_code == 0, result.output
     assert re.search(r"--fp16", result.output) and (tmp_path / "b" / "README.md").exists()
+    assert "IoU 0.7," in result.output and "None" not in result.output  # the family's IoU the graph uses
     result = runner.invoke(app, ["deploy", "-m", str(DEMO_MODEL)])
     assert result.exit_code == 2 and "not ONNX" in result.output
     try:

@@ -1,6 +1,7 @@
 """Inspecting and shipping: inspect, deploy, report, and the offline demo."""
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -128,7 +129,7 @@ def deploy(
                       + (", ".join(f"{op} ({n})" for op, n in ops.items()) or "nothing read from the graph"))
     for note in record.get("deepstream", {}).get("notes", {}).values():
         console.print(f"[yellow]deepstream:[/yellow] {note}")
-    console.print(" ".join(record["build_engine"]), highlight=False, soft_wrap=True)
+    console.print(shlex.join(record["build_engine"]), highlight=False, soft_wrap=True, markup=False)
 
 
 @app.command()

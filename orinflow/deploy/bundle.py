@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 from ..errors import OrinflowError
-from ..io import check_replaceable_folder, private_folder, replace_folder, umask_mode, write_json
+from ..io import check_replaceable_folder, copy_model, private_folder, replace_folder, umask_mode, write_json
 from ..version import VERSION
 from .traits import ModelTraits, model_traits
 from .extras import device_extras, extras_readme
@@ -70,9 +70,9 @@ def write_bundle(model: Path, output: Path, options: BuildOptions, overwrite: bo
     with private_folder(prefix=f".{output.name}.", dir=output.parent) as tmp:
         staging = tmp / "bundle"
         staging.mkdir()
-        shutil.copyfile(model, staging / "model.onnx")
+        copy_model(model, staging / "model.onnx")
         if raw is not None:
-            shutil.copyfile(raw, staging / RAW_MODEL)
+            copy_model(raw, staging / RAW_MODEL)
         _script(staging / "build_engine.sh", "Build the TensorRT engine for this model (flags chosen from the model).",
                 [build])
         _script(staging / "bench.sh", "Time the engine with trtexec (run build_engine.sh first).",
@@ -151,7 +151,7 @@ def bundle_readme(name: str, traits: ModelTraits, options: BuildOptions, build: 
     trt = ("TensorRT 10 or newer (JetPack 6.x)" if options.trt == "10" else "TensorRT 8.5/8.6 (JetPack 5.x)")
     notes = [f"- `{flag}`: {note}" for flag, note in FLAG_NOTES.items()
              if any(arg == flag or arg.startswith(flag + "=") for arg in build)]
-    timing = "\n".join(f"- batch {b}: `{' '.join(c)}`" for b, c in bench.items())
+    timing = "\n".join(f"- batch {b}: `{shlex.join(c)}`" for b, c in bench.items())
     raw_note = (f"; `{RAW_MODEL}` is the model without the NMS part, which ONNX Runtime runs and infer.py uses "
                 "where TensorRT is missing" if nms and nms["flavour"] == "trt" else "")
     raw_note += (". A score threshold in the engine caps what `infer.py --eval` can measure: deploy with "
@@ -173,7 +173,7 @@ python3 infer.py --eval data.yaml   # mAP50 / mAP50-95 (or top-1/top-5) on the d
 `infer.py --backend onnxruntime --model model.onnx` runs the same code on ONNX Runtime (CPU){raw_note}.
 
 ## Build flags, read from the model
-`{' '.join(build)}`
+`{shlex.join(build)}`
 
 {chr(10).join(notes)}
 

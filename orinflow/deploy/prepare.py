@@ -33,8 +33,9 @@ def prepare_graph(path: Path, spec: NmsSpec | None, fp16_layers: bool, target: P
     nms = inside or (spec if processing is not None and processing.task == "detect"
                      and processing.head not in NMS_INSIDE else None)
     if nms is not None and (done or inside is None):
-        raw, _ = attach_nms(raw, processing, NmsSpec(**{**asdict(nms), "raw_output": "", "raw_head": ""}))
-        done["nms"] = asdict(nms) | {"attached": inside is None}
+        attached = NmsSpec(**{**asdict(nms), "raw_output": "", "raw_head": ""})
+        raw, _ = attach_nms(raw, processing, attached)  # resolves the family's IoU where none was given
+        done["nms"] = asdict(nms) | {"iou": attached.iou, "attached": inside is None}
     if not done:
         return path, done
     onnx.save(raw, str(target))

@@ -52,6 +52,17 @@ def precision_flags(traits: ModelTraits, options: BuildOptions) -> list[str]:
     return ["--fp16"] if options.fp16 else []
 
 
+def shape_spec(traits: ModelTraits, batch: int) -> str:
+    """trtexec's `name:BxCxHxW`. Its parser splits a list of these at ',' and each at ':', so a name holding
+    either (or a quote, a space or a control character) would be read as other tensors' shapes: refused."""
+    name = traits.input_name
+    if not name or any(c in name for c in ",:'\"") or any(c.isspace() or not c.isprintable() for c in name):
+        raise OrinflowError(f"the model's input is named {name!r}, which trtexec's shape flags cannot carry (',' "
+                            "':' quotes and spaces split them): rename the input (onnx.compose / graph editing) "
+                            "and deploy again")
+    return f"{name}:{batch}x{'x'.join(str(d) for d in traits.chw())}"
+
+
 def shape_flags(traits: ModelTraits, options: BuildOptions) -> list[str]:
     one_batch = options.min_batch == options.opt_batch == options.max_batch
     if traits.dynamic_batch and options.dla is not None and not one_batch:
@@ -61,10 +72,9 @@ def shape_flags(traits: ModelTraits, options: BuildOptions) -> list[str]:
             raise OrinflowError(f"the model has a fixed batch of {traits.input_shape[0]}; export it with "
                                 "--dynamic for other batch sizes")
         return []
-    chw = "x".join(str(d) for d in traits.chw())
-    name = traits.input_name
-    return [f"--minShapes={name}:{options.min_batch}x{chw}", f"--optShapes={name}:{options.opt_batch}x{chw}",
-            f"--maxShapes={name}:{options.max_batch}x{chw}"]
+    return [f"--minShapes={shape_spec(traits, options.min_batch)}",
+            f"--optShapes={shape_spec(traits, options.opt_batch)}",
+            f"--maxShapes={shape_spec(traits, options.max_batch)}"]
 
 
 def build_command(traits: ModelTraits, options: BuildOptions, onnx_name: str, engine_name: str) -> list[str]:
@@ -89,6 +99,6 @@ def bench_commands(traits: ModelTraits, options: BuildOptions, engine_name: str)
     for batch in batches:
         command = ["trtexec", f"--loadEngine={engine_name}", "--warmUp=500", "--duration=10", "--useSpinWait"]
         if traits.dynamic_batch:
-            command.append(f"--shapes={traits.input_name}:{batch}x{'x'.join(str(d) for d in traits.chw())}")
+            command.append(f"--shapes={shape_spec(traits, batch)}")
         commands[batch] = command
     return commands

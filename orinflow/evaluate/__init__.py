@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..data import Dataset, load_dataset
 from ..errors import OrinflowError
-from ..io import write_json
+from ..io import file_size, write_json
 from ..models import ModelAdapter, OnnxModel
 from ..runtime import make_runner
 from ..version import VERSION
@@ -80,8 +80,9 @@ def model_path(model: ModelAdapter | OnnxModel) -> str:
 
 
 def size_bytes(model: ModelAdapter | OnnxModel) -> int | None:
+    """The model file's size, with an ONNX's external data."""
     path = Path(model_path(model))
-    return path.stat().st_size if path.is_file() else None
+    return file_size(path) if path.is_file() else None
 
 
 def evaluate_model(model: ModelAdapter | OnnxModel, data: str | Path | Dataset, split: str = "val",
