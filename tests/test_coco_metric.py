@@ -1,11 +1,13 @@
 """--metric coco: the COCO evaluation (faster-coco-eval), checked against pycocotools and against hand-made cases."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from orinflow.cli import app
+from orinflow.errors import OrinflowError
 from orinflow.evaluate.coco import COCO_KEYS, CocoCollector, coco_metrics
 from orinflow.models.processing import Detections
 
@@ -105,3 +107,66 @@ def test_a_coco_json_whose_images_are_missing_is_refused(tiny_shapes, demo_onnx,
     result = runner.invoke(app, ["evaluate", "-m", str(demo_onnx), "--coco-json", str(annotations), "--images",
                                  str(tmp_path / "empty"), "--runs", "0"])
     assert result.exit_code == 2 and "none of the" in result.stderr and result.stderr.count("\n") == 1
+
+
+def _edited(source: Path, target: Path, edit) -> Path:
+    coco = json.loads(source.read_text())
+    edit(coco)
+    target.write_text(json.dumps(coco) if not isinstance(coco, str) else coco)
+    return target
+
+
+MALFORMED = [
+    ("duplicate-image-id", lambda c: c["images"][1].update(id=c["images"][0]["id"]), r"images\[1\] repeats id"),
+    ("negative-box", lambda c: c["annotations"][2]["bbox"].__setitem__(2, -5.0), r"annotations\[2\] has a box of "
+     "negative size"),
+    ("unknown-image", lambda c: c["annotations"][0].update(image_id=99), r"annotations\[0\] refers to image_id 99"),
+    ("unknown-category", lambda c: c["annotations"][1].update(category_id=99), r"annotations\[1\] has category_id 99"),
+    ("no-categories", lambda c: c.pop("categories"), "'categories' is missing"),
+    ("image-without-width", lambda c: c["images"][0].pop("width"), r"images\[0\] has no 'width'"),
+    ("zero-height", lambda c: c["images"][0].update(height=0), r"images\[0\] has an invalid 'height'"),
+    ("short-bbox", lambda c: c["annotations"][0].update(bbox=[1, 2, 3]), r"annotations\[0\] has an invalid 'bbox'"),
+    ("nan-bbox", lambda c: c["annotations"][0].update(bbox=[1, 2, float("nan"), 3]), r"annotations\[0\] has an "
+     "invalid 'bbox'"),
+    ("string-image-id", lambda c: c["images"][0].update(id="7"), r"images\[0\] has an invalid 'id'"),
+    ("image-is-a-list", lambda c: c["images"].__setitem__(0, [1, 2]), r"images\[0\] is a list"),
+    ("top-level-list", None, "top level is a list"),
+    ("deep-nesting", None, "not readable JSON"),
+    ("escaping-file-name", lambda c: c["images"][0].update(file_name="../../etc/passwd"), "outside --images"),
+]
+
+
+@pytest.mark.parametrize("name, edit, message", MALFORMED, ids=[m[0] for m in MALFORMED])
+def test_a_malformed_coco_json_names_the_file_and_the_entry(name, edit, message, tiny_shapes, tmp_path):
+    from orinflow.data import load_coco_json
+
+    annotations, folder = _coco_twin(tiny_shapes, tmp_path)
+    bad = tmp_path / f"{name}.json"
+    if name == "top-level-list":
+        bad.write_text("[1, 2]")
+    elif name == "deep-nesting":
+        bad.write_text("[" * 100000 + "]" * 100000)
+    else:
+        _edited(annotations, bad, edit)
+    with pytest.raises(OrinflowError, match=message) as raised:
+        load_coco_json(bad, folder)
+    assert str(bad) in str(raised.value)
+
+
+def test_images_missing_from_the_folder_stop_the_run_or_are_counted_with_skip(demo_onnx, tiny_shapes, tmp_path):
+    import shutil
+
+    import orinflow
+
+    annotations, folder = _coco_twin(tiny_shapes, tmp_path)
+    partial = tmp_path / "partial"
+    shutil.copytree(folder, partial)
+    gone = sorted(partial.iterdir())[0]
+    gone.unlink()
+    result = runner.invoke(app, ["evaluate", "-m", str(demo_onnx), "--coco-json", str(annotations), "--images",
+                                 str(partial), "--runs", "0"])
+    assert result.exit_code == 2 and "1 of the" in result.stderr and gone.name in result.stderr
+    record = orinflow.evaluate(demo_onnx, coco_json=annotations, images=partial, runs=0, skip_bad_images=True,
+                               say=lambda m: None)
+    assert record["skipped_images"] == [str(gone)] and record["images"] == len(list(partial.iterdir()))
+    assert any("not in the folder" in note for note in record["notes"])

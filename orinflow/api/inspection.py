@@ -88,7 +88,7 @@ def evaluate_many(models: Sequence[PathLike], data: PathLike | None = None, *, s
     if not models:
         raise OrinflowError("give a model with -m, or several with --compare A B ...")
     models = [locate(path, say) for path in models]
-    dataset = _evaluation_data(data, coco_json, images)
+    dataset = _evaluation_data(data, coco_json, images, skip_bad_images)
     options = EvalOptions(conf=conf, iou=iou, max_det=max_det, batch=batch, latency_runs=runs, warmup=warmup,
                           threads=threads, measure_latency=runs > 0, runtime=runtime,
                           skip_bad_images=skip_bad_images, metric=metric, save_json=save_json)
@@ -128,7 +128,7 @@ def named_models(model: PathLike) -> list[Path]:
     return models
 
 
-def _evaluation_data(data, coco_json, images):
+def _evaluation_data(data, coco_json, images, skip_bad_images: bool = False):
     """The evaluation Dataset: a dataset YAML or folder, or a COCO JSON with its image folder."""
     from ..data import load_coco_json
 
@@ -137,7 +137,7 @@ def _evaluation_data(data, coco_json, images):
             raise OrinflowError("give the evaluation data once: --yaml data.yaml, or --coco-json with --images")
         if images is None:
             raise OrinflowError("--coco-json needs --images, the folder its file names are in")
-        return load_coco_json(coco_json, images)
+        return load_coco_json(coco_json, images, skip_bad_images)
     if not data:
         raise OrinflowError("give the evaluation data with --yaml data.yaml or --data folder/ (or --coco-json)")
     return data

@@ -27,9 +27,17 @@ class Dataset:
     labels: list = field(default_factory=list)
     names: dict[int, str] = field(default_factory=dict)
     coco: dict | None = None  # a COCO JSON's own ground truth (load_coco_json), for --metric coco
+    missing: list[str] = field(default_factory=list)  # images a COCO JSON lists that were left out (--skip-bad-images)
 
     def __len__(self) -> int:
         return len(self.images)
+
+
+def load_coco_json(annotations: str | Path, images: str | Path, skip_missing: bool = False) -> Dataset:
+    """A COCO instances JSON and its image folder (data/coco_json.py)."""
+    from .coco_json import load_coco_json as read
+
+    return read(annotations, images, skip_missing)
 
 
 def draw_images(dataset: Dataset, count: int, seed: int) -> Dataset:
@@ -63,51 +71,6 @@ def load_dataset(spec: str | Path, split: str = "val") -> Dataset:
     if path.is_dir():
         return _from_folder(path)
     raise OrinflowError(f"data must be a dataset YAML or a folder: {path}")
-
-
-def load_coco_json(annotations: str | Path, images: str | Path) -> Dataset:
-    """A detection dataset from a COCO instances JSON and its image folder.
-
-    Class i is the i-th category id in ascending order (COCO's 80 classes in the usual order). Crowd
-    regions leave the YOLO-style labels, as in every COCO-to-YOLO conversion; the COCO metric reads
-    the JSON's own annotations, crowds and areas included (`Dataset.coco`).
-    """
-    import json
-
-    annotations, images = Path(annotations), Path(images)
-    if not annotations.is_file():
-        raise OrinflowError(f"COCO JSON not found: {annotations}")
-    if not images.is_dir():
-        raise OrinflowError(f"--images {images} is not a folder")
-    try:
-        coco = json.loads(annotations.read_text())
-        entries, categories = coco["images"], sorted(c["id"] for c in coco["categories"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise OrinflowError(f"{annotations} is not a COCO instances JSON ({type(e).__name__}: {e})") from e
-    class_of = {cat: i for i, cat in enumerate(categories)}
-    names = {class_of[c["id"]]: c.get("name", str(c["id"])) for c in coco["categories"]}
-    present = [e for e in entries if (images / e["file_name"]).is_file()]
-    if not present:
-        raise OrinflowError(f"none of the {len(entries)} images of {annotations} is in {images} (looked for "
-                            f"{entries[0]['file_name'] if entries else 'no file names'})")
-    boxes: dict[int, list] = {e["id"]: [] for e in present}
-    for ann in coco.get("annotations", []):
-        if ann["image_id"] in boxes and not ann.get("iscrowd", 0):
-            boxes[ann["image_id"]].append(ann)
-    labels = [_coco_labels(boxes[e["id"]], e, class_of) for e in present]
-    kept = {e["id"] for e in present}
-    ground_truth = {"info": {}, "licenses": [], "images": present, "categories": coco["categories"],
-                    "annotations": [a for a in coco.get("annotations", []) if a["image_id"] in kept]}
-    return Dataset(f"{annotations.stem}:{images.name}", [images / e["file_name"] for e in present], "detect",
-                   labels, names, coco={"ground_truth": ground_truth, "category_ids": categories,
-                                        "image_ids": [e["id"] for e in present]})
-
-
-def _coco_labels(annotations: list[dict], image: dict, class_of: dict[int, int]) -> np.ndarray:
-    w, h = float(image["width"]), float(image["height"])
-    rows = [[class_of[a["category_id"]], (a["bbox"][0] + a["bbox"][2] / 2) / w, (a["bbox"][1] + a["bbox"][3] / 2) / h,
-             a["bbox"][2] / w, a["bbox"][3] / h] for a in annotations]
-    return np.asarray(rows, np.float32).reshape(-1, 5)
 
 
 def _from_yaml(path: Path, split: str) -> Dataset:

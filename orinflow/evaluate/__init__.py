@@ -114,9 +114,10 @@ def evaluate_model(model: ModelAdapter | OnnxModel, data: str | Path | Dataset, 
     if latency_batch(runner, options) != options.batch:
         notes.append(f"{model_path(model)} has a static batch of {runner.static_batch}: --batch {options.batch} "
                      f"ran image by image and no batch-{options.batch} latency was measured (export with --dynamic)")
-    if skipped:
-        notes.append(f"{len(skipped)} unreadable image(s) skipped: {', '.join(skipped[:5])}"
-                     f"{' ...' if len(skipped) > 5 else ''}")
+    for what, paths in (("unreadable image(s) skipped", skipped or []),
+                        ("image(s) the COCO JSON lists are not in the folder, left out", dataset.missing)):
+        if paths:
+            notes.append(f"{len(paths)} {what}: {', '.join(paths[:5])}{' ...' if len(paths) > 5 else ''}")
     record = {
         "model": model_path(model), "runtime": runner.name, "task": model.task, "family": model.family,
         "data": dataset.name, "split": split,
@@ -127,7 +128,7 @@ def evaluate_model(model: ModelAdapter | OnnxModel, data: str | Path | Dataset, 
         "params": model.num_params(), "size_bytes": size_bytes(model), "versions": versions(),
     }
     if skipped is not None:
-        record["skipped_images"] = skipped
+        record["skipped_images"] = dataset.missing + skipped
     if notes:
         record["notes"] = notes
     if options.measure_latency:

@@ -1,0 +1,151 @@
+"""A COCO instances JSON as a detection Dataset (`evaluate --coco-json --images`), every entry checked.
+
+A malformed file is refused in one line that names the file and the entry (`images[3]`,
+`annotations[17]`) and what is wrong with it, before any image is read. Images the JSON lists but the
+folder lacks stop the run, or with `skip_missing` (`--skip-bad-images`) are left out, counted and
+named in the record like unreadable images.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import OrinflowError
+
+
+def load_coco_json(annotations: str | Path, images: str | Path, skip_missing: bool = False):
+    """A detection dataset from a COCO instances JSON and its image folder.
+
+    Class i is the i-th category id in ascending order (COCO's 80 classes in the usual order). Crowd
+    regions leave the YOLO-style labels, as in every COCO-to-YOLO conversion; the COCO metric reads
+    the JSON's own annotations, crowds and areas included (`Dataset.coco`). The Dataset's `missing` lists
+    the images left out with `skip_missing`.
+    """
+    from . import Dataset
+
+    annotations, images = Path(annotations), Path(images)
+    if not annotations.is_file():
+        raise OrinflowError(f"COCO JSON not found: {annotations}")
+    if not images.is_dir():
+        raise OrinflowError(f"--images {images} is not a folder")
+    coco = _read(annotations)
+    check = _Checker(annotations)
+    categories = check.categories(coco["categories"])
+    entries = check.images(coco["images"])
+    boxes = check.annotations(coco.get("annotations", []), {e["id"] for e in entries}, set(categories))
+    present = [e for e in entries if (images / e["file_name"]).is_file()]
+    missing = [e["file_name"] for e in entries if e not in present]
+    if not present:
+        raise OrinflowError(f"none of the {len(entries)} images of {annotations} is in {images} (looked for "
+                            f"{entries[0]['file_name'] if entries else 'no file names'})")
+    if missing and not skip_missing:
+        raise OrinflowError(f"{len(missing)} of the {len(entries)} images {annotations} lists are not in {images} "
+                            f"(first: {missing[0]}); add them, or leave them out with --skip-bad-images")
+    class_of = {cat: i for i, cat in enumerate(sorted(categories))}
+    kept = {e["id"] for e in present}
+    labels = [_yolo_labels([a for a in boxes[e["id"]] if not a.get("iscrowd", 0)], e, class_of) for e in present]
+    ground_truth = {"info": {}, "licenses": [], "images": present, "categories": coco["categories"],
+                    "annotations": [a for a in coco.get("annotations", []) if a["image_id"] in kept]}
+    names = {class_of[cat]: name for cat, name in categories.items()}
+    return Dataset(f"{annotations.stem}:{images.name}", [images / e["file_name"] for e in present], "detect",
+                   labels, names, coco={"ground_truth": ground_truth, "category_ids": sorted(categories),
+                                        "image_ids": [e["id"] for e in present]},
+                   missing=[str(images / name) for name in missing])
+
+
+def _read(path: Path) -> dict:
+    try:
+        coco = json.loads(path.read_text())
+    except (ValueError, RecursionError, UnicodeDecodeError) as e:
+        raise OrinflowError(f"{path} is not readable JSON ({type(e).__name__}: {str(e)[:120]})") from e
+    if not isinstance(coco, dict):
+        raise OrinflowError(f"{path} is not a COCO instances JSON: its top level is a {type(coco).__name__}, "
+                            "not an object with images, annotations and categories")
+    for key in ("images", "categories"):
+        if not isinstance(coco.get(key), list):
+            raise OrinflowError(f"{path} is not a COCO instances JSON: '{key}' is missing or not a list")
+    if not isinstance(coco.get("annotations", []), list):
+        raise OrinflowError(f"{path}: 'annotations' is not a list")
+    return coco
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class _Checker:
+    """Each entry's fields, with an error that names the file and the entry."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def fail(self, where: str, problem: str):
+        raise OrinflowError(f"{self.path}: {where} {problem}")
+
+    def entry(self, kind: str, index: int, item, fields: dict) -> None:
+        if not isinstance(item, dict):
+            self.fail(f"{kind}[{index}]", f"is a {type(item).__name__}, not an object")
+        for field, rule in fields.items():
+            if field not in item:
+                self.fail(f"{kind}[{index}]", f"has no '{field}'")
+            if not rule(item[field]):
+                self.fail(f"{kind}[{index}]", f"has an invalid '{field}': {str(item[field])[:60]!r}")
+
+    def unique(self, kind: str, index: int, value, seen: dict) -> None:
+        if value in seen:
+            self.fail(f"{kind}[{index}]", f"repeats id {value} of {kind}[{seen[value]}]")
+        seen[value] = index
+
+    def categories(self, items: list) -> dict[int, str]:
+        seen: dict = {}
+        for index, item in enumerate(items):
+            self.entry("categories", index, item, {"id": _is_int})
+            self.unique("categories", index, item["id"], seen)
+        if not items:
+            self.fail("categories", "is empty")
+        return {item["id"]: str(item.get("name", item["id"])) for item in items}
+
+    def images(self, items: list) -> list[dict]:
+        seen: dict = {}
+        positive = lambda v: _is_number(v) and v > 0  # noqa: E731
+        for index, item in enumerate(items):
+            self.entry("images", index, item, {"id": _is_int, "file_name": lambda v: isinstance(v, str) and v != "",
+                                               "width": positive, "height": positive})
+            self.unique("images", index, item["id"], seen)
+            if Path(item["file_name"]).is_absolute() or ".." in Path(item["file_name"]).parts:
+                self.fail(f"images[{index}]", f"names a file outside --images: {item['file_name']!r}")
+        return items
+
+    def annotations(self, items: list, image_ids: set, category_ids: set) -> dict[int, list]:
+        boxes: dict[int, list] = {image: [] for image in image_ids}
+        seen: dict = {}
+        bbox = lambda v: isinstance(v, list) and len(v) == 4 and all(map(_is_number, v))  # noqa: E731
+        for index, item in enumerate(items):
+            self.entry("annotations", index, item, {"image_id": _is_int, "category_id": _is_int, "bbox": bbox})
+            if "id" in item:
+                self.unique("annotations", index, item["id"], seen)
+            if item["image_id"] not in image_ids:
+                self.fail(f"annotations[{index}]", f"refers to image_id {item['image_id']}, which 'images' lacks")
+            if item["category_id"] not in category_ids:
+                self.fail(f"annotations[{index}]", f"has category_id {item['category_id']}, which 'categories' "
+                          "lacks")
+            if item["bbox"][2] < 0 or item["bbox"][3] < 0:
+                self.fail(f"annotations[{index}]", f"has a box of negative size {item['bbox']}")
+            if item.get("iscrowd", 0) not in (0, 1):
+                self.fail(f"annotations[{index}]", f"has iscrowd {item['iscrowd']!r} (0 or 1)")
+            boxes[item["image_id"]].append(item)
+        return boxes
+
+
+def _yolo_labels(annotations: list[dict], image: dict, class_of: dict[int, int]) -> np.ndarray:
+    w, h = float(image["width"]), float(image["height"])
+    rows = [[class_of[a["category_id"]], (a["bbox"][0] + a["bbox"][2] / 2) / w, (a["bbox"][1] + a["bbox"][3] / 2) / h,
+             a["bbox"][2] / w, a["bbox"][3] / h] for a in annotations]
+    return np.asarray(rows, np.float32).reshape(-1, 5)
