@@ -7,6 +7,7 @@ from pathlib import Path
 DEFAULT_OPSET = 17
 DYNAMIC_DEFAULT_BATCH = 8  # the batch a dynamic-batch model's engine is tuned for, unless told
 DEFAULT_DET_IMGSZ = 640
+MAX_IMGSZ = 8192  # larger inputs are taken for a mistake (a 40000x40000 input needs 19 GB)
 DEFAULT_CLS_IMGSZ = 224
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -111,3 +111,22 @@ def test_adopt_records_the_input_convention_it_is_told(ultralytics_onnx, tiny_sh
     right = orinflow.evaluate(orinflow.adopt(ultralytics_onnx, output=tmp_path / "right.onnx")["model"], tiny_shapes,
                               runs=0, **QUIET)["metrics"]["mAP50-95"]
     assert told < right - 0.1  # the detector was trained on letterboxed RGB 0..1: the wrong convention costs
+
+
+def test_adopt_imgsz_is_checked_against_the_graph(demo_onnx, tmp_path):
+    bare = onnx.load(str(demo_onnx))
+    del bare.metadata_props[:]
+    onnx.save(bare, str(tmp_path / "fixed.onnx"))
+    for dim, name in zip(bare.graph.input[0].type.tensor_type.shape.dim[2:], ("height", "width")):
+        dim.dim_param = name  # the input says any size; the graph inside was traced at 256
+    onnx.save(bare, str(tmp_path / "free.onnx"))
+    with pytest.raises(OrinflowError, match="contradicts the model's fixed input 256x256"):
+        orinflow.adopt(tmp_path / "fixed.onnx", imgsz=320, output=tmp_path / "a.onnx")
+    with pytest.raises(OrinflowError, match="does not run at 320x320"):
+        orinflow.adopt(tmp_path / "free.onnx", imgsz=320, output=tmp_path / "a.onnx")
+    for size in (-5, 0, 40000):
+        with pytest.raises(OrinflowError, match="--imgsz"):
+            orinflow.adopt(tmp_path / "free.onnx", imgsz=size, output=tmp_path / "a.onnx")
+    assert not (tmp_path / "a.onnx").exists()
+    record = orinflow.adopt(tmp_path / "free.onnx", imgsz=256, output=tmp_path / "a.onnx")
+    assert record["imgsz"] == [256, 256] and record["head"] == "yolov8"

@@ -48,7 +48,21 @@ def inputs(tmp_path_factory, demo_onnx, calib) -> Path:
     _bad_dataset(yaml_path, root / "bad_image", None)
     (root / "empty").mkdir()
     _foreign_and_taken(root)
+    _bad_metadata(root)
     return root
+
+
+def _bad_metadata(root: Path) -> None:
+    """The embedded detector's ONNX with one field of its stored processing broken (meta_<case>.onnx)."""
+    import onnx
+
+    from orinflow.models.onnx_model import META_PROCESSING
+
+    for case, change in BAD_METADATA.items():
+        model = onnx.load(str(root / "m.onnx"))
+        prop = next(p for p in model.metadata_props if p.key == META_PROCESSING)
+        prop.value = json.dumps(json.loads(prop.value) | change)
+        onnx.save(model, str(root / f"meta_{case}.onnx"))
 
 
 def _foreign_and_taken(root: Path) -> None:
@@ -97,6 +111,10 @@ def snapshot(*folders: Path) -> dict[str, tuple[str, int]]:
 
 
 D = "{inputs}/data/shapes.yaml"  # the good dataset
+# The processing fields broken in meta_<case>.onnx (_bad_metadata)
+BAD_METADATA = {"iou": {"nms_iou": 5}, "std": {"std": [0, 1, 1]}, "huge": {"imgsz": [40000, 40000]},
+                "size": {"imgsz": [320, 320]}, "head": {"head": "xywh_obj_scores"},
+                "names": {"names": {"0": "a", "1": "b"}}, "task": {"task": "segment"}, "crop": {"crop_fraction": 0}}
 CASES = [
     # ---- export
     ("export-missing-model", "export -m {inputs}/missing.pt", "missing.pt"),
@@ -176,6 +194,13 @@ CASES = [
      " --metric coco --save-json {inputs}/m.onnx", "--save-json"),
     ("evaluate-modules-broken", "evaluate -m {inputs}/demo.pt --yaml " + D + " --modules {inputs}/notes.txt",
      "notes.txt"),
+    # ---- stored processing, validated like the flags it stands for (each names the metadata key's field)
+    *[(f"metadata-{case}", f"evaluate -m {{inputs}}/meta_{case}.onnx --yaml " + D + " --runs 0",
+       f"orinflow.processing: {next(iter(change)) if case != 'std' else 'mean/std'}")
+      for case, change in BAD_METADATA.items()],
+    ("metadata-deploy", "deploy -m {inputs}/meta_iou.onnx -o {out}/b", "orinflow.processing: nms_iou"),
+    ("metadata-quantize", "quantize -m {inputs}/meta_head.onnx --calib {inputs}/c.npy -o {out}/q.onnx",
+     "orinflow.processing: head"),
     # ---- qat / sparsify / sparse-qat
     ("qat-onnx-model", "qat -m {inputs}/m.onnx --yaml " + D, "PyTorch model"),
     ("qat-epochs", "qat -m {inputs}/demo.pt --yaml " + D + " --epochs 0", "--epochs"),
@@ -280,7 +305,7 @@ BASE = {
 READ_ONLY = {"model", "arch", "data", "split", "mean", "std", "head", "names", "modules", "calib", "method", "methods",
              "exclude", "high_precision", "mode", "targets", "target", "val_data", "val_split", "select_yaml",
              "select_split", "importance", "plan", "device", "schedule", "runtime", "metric", "coco_json", "images",
-             "more", "compare", "image", "a", "b", "sources", "trt", "nms", "calib_cache", "from_qdq", "layers", "qat_mode"}
+             "more", "compare", "image", "class_map", "a", "b", "sources", "trt", "nms", "calib_cache", "from_qdq", "layers", "qat_mode"}
 
 
 def output_options(unplaced: list | None = None) -> list[tuple[str, str, str]]:

@@ -51,3 +51,50 @@ def test_subpackages_stay_importable_beside_the_functions():
     assert hasattr(importlib.import_module("orinflow.export"), "export_onnx")
     assert hasattr(importlib.import_module("orinflow.evaluate"), "evaluate_model")
     assert callable(orinflow.export)  # still the function after the subpackage is imported
+
+
+def _wrong_value(hint):
+    """A value of the wrong type for an annotation, or None when the annotation takes anything."""
+    import collections.abc
+    import types
+    import typing
+    from pathlib import Path
+
+    options = list(typing.get_args(hint)) if typing.get_origin(hint) in (typing.Union, types.UnionType) else [hint]
+    origins = [typing.get_origin(o) or o for o in options]
+    if any(o in (list, tuple, collections.abc.Sequence) for o in origins) and str not in options:
+        return "a/path.onnx"  # a single path where a list is meant (iterated character by character before)
+    if collections.abc.Callable in origins:
+        return 3
+    if Path in options or str in options:
+        return 3.5
+    if int in options or float in options:
+        return "5"
+    if bool in options:
+        return "yes"
+    return None
+
+
+def test_every_api_function_checks_its_arguments_at_the_door():
+    """Each parameter of each API function, given a value of the wrong type, is one OrinflowError that names it,
+    raised before any work (the other arguments are valid placeholders)."""
+    import inspect
+    import typing
+
+    import orinflow
+    from orinflow.errors import OrinflowError
+
+    checked = 0
+    for name in orinflow.API:
+        func = getattr(orinflow, name)
+        hints = typing.get_type_hints(func)
+        required = {p.name: ["m.onnx"] if _wrong_value(hints[p.name]) == "a/path.onnx" else "m.onnx"
+                    for p in inspect.signature(func).parameters.values() if p.default is inspect.Parameter.empty}
+        for parameter, hint in hints.items():
+            wrong = _wrong_value(hint)
+            if parameter == "return" or wrong is None:
+                continue
+            with pytest.raises(OrinflowError, match=f"orinflow.{name}\\(\\): {parameter} must be"):
+                func(**{**required, parameter: wrong})
+            checked += 1
+    assert checked >= 150

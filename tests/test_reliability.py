@@ -104,6 +104,38 @@ def test_skip_bad_images_names_counts_and_records_them(tiny_shapes, demo_onnx, t
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+def _renamed_classes(tiny_shapes: Path, folder: Path, names: list[str]) -> Path:
+    """The shapes data under other class names (labels untouched)."""
+    import yaml
+
+    shutil.copytree(tiny_shapes.parent, folder)
+    config = yaml.safe_load((folder / tiny_shapes.name).read_text())
+    config.update(path=str(folder), names=dict(enumerate(names)))
+    (folder / tiny_shapes.name).write_text(yaml.safe_dump(config))
+    return folder / tiny_shapes.name
+
+
+def test_a_detector_is_scored_only_on_its_own_classes_or_through_class_map(tiny_shapes, demo_onnx, tmp_path):
+    import orinflow
+    from orinflow.errors import OrinflowError
+
+    quiet = dict(runs=0, say=lambda m: None)
+    own = orinflow.evaluate(demo_onnx, tiny_shapes, **quiet)["metrics"]["mAP50-95"]
+    more = _renamed_classes(tiny_shapes, tmp_path / "more", ["circle", "square", "triangle", "star"])
+    other = _renamed_classes(tiny_shapes, tmp_path / "other", ["dog", "square", "triangle"])
+    with pytest.raises(OrinflowError, match="the model has 3 classes .* has 4 .*--class-map"):
+        orinflow.evaluate(demo_onnx, more, **quiet)
+    with pytest.raises(OrinflowError, match="class 0 is 'circle' in the model but 'dog'"):
+        orinflow.evaluate(demo_onnx, other, **quiet)
+    for class_map in ("names", "0:0,1:1,2:2"):
+        assert orinflow.evaluate(demo_onnx, more, class_map=class_map, **quiet)["metrics"]["mAP50-95"] == own
+    swapped = orinflow.evaluate(demo_onnx, tiny_shapes, class_map="0:1,1:0,2:2", **quiet)["metrics"]["mAP50-95"]
+    assert swapped < own - 0.2
+    for bad, message in (("0:7", "the data has no class 7"), ("0:1,0:2", "paired twice"), ("a:b", "not model:data")):
+        with pytest.raises(OrinflowError, match=message):
+            orinflow.evaluate(demo_onnx, tiny_shapes, class_map=bad, **quiet)
+
+
 def test_device_cuda_without_a_gpu_is_refused_before_any_file(tmp_path, tiny_shapes):
     result = invoke("qat", "-m", DEMO_MODEL, "--yaml", tiny_shapes, "--device", "cuda", "-o", tmp_path / "q.onnx")
     assert result.exit_code == 2 and "no CUDA GPU" in result.stderr

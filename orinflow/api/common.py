@@ -1,11 +1,18 @@
-"""What every API function shares: a bare name found in the workspace, --mean/--std triples, name lists."""
+"""What every API function shares: its arguments checked at the door, a bare name found in the workspace,
+--mean/--std triples, name lists."""
 from __future__ import annotations
 
+import collections.abc
+import functools
+import inspect
+import os
 import re
+import types
+import typing
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ..config import workspace
+from ..config import MAX_IMGSZ, workspace
 from ..errors import OrinflowError
 
 
@@ -74,3 +81,79 @@ def names_list(value: str | Sequence[str] | None) -> list[str]:
     """'a,b' or ['a', 'b,c'] -> ['a', 'b', 'c'] (how the CLI's lists are written)."""
     values = [value] if isinstance(value, str) else list(value or [])
     return [v.strip() for item in values for v in str(item).split(",") if v.strip()]
+
+
+# ---------------------------------------------------------------- arguments checked at the API's door
+def checked(func: Callable) -> Callable:
+    """Check every argument of an API function against its annotation before any work: a wrong type is one
+    OrinflowError naming the parameter, not a TypeError from deep inside (or a path string iterated character
+    by character where a list of paths was meant). Sizes follow --imgsz's rule."""
+    signature = inspect.signature(func)
+    hints = typing.get_type_hints(func)
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError as e:
+            raise OrinflowError(f"orinflow.{func.__name__}(): {e}") from None
+        for name, value in bound.arguments.items():
+            hint = hints.get(name)
+            if hint is not None and not _fits(value, hint):
+                raise OrinflowError(f"orinflow.{func.__name__}(): {name} must be {_describe(hint)}, got "
+                                    f"{type(value).__name__} {_short(value)}")
+            if name == "imgsz" and value is not None and not 1 <= value <= MAX_IMGSZ:
+                raise OrinflowError(f"--imgsz (imgsz) must be from 1 to {MAX_IMGSZ}, got {value}")
+        return func(*args, **kwargs)
+    return wrapper
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _fits(value, hint) -> bool:
+    origin, parameters = typing.get_origin(hint), typing.get_args(hint)
+    if hint is typing.Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, option) for option in parameters)
+    if hint is type(None):
+        return value is None
+    if origin is collections.abc.Callable or hint is Callable:
+        return callable(value)
+    if origin in (collections.abc.Sequence, list, tuple):
+        if isinstance(value, (str, bytes, os.PathLike)) or not isinstance(value, (list, tuple)):
+            return False
+        item = parameters[0] if parameters else typing.Any
+        return all(_fits(v, item) for v in value)
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if hint is Path:
+        return isinstance(value, (str, os.PathLike))
+    return True  # a type this check does not know is the function's to check
+
+
+def _describe(hint) -> str:
+    origin, parameters = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = [_describe(p) for p in parameters if p is not type(None)]
+        options = [o for o in options if not (o == "a str" and "a path" in options)]
+        text = " or ".join(dict.fromkeys(options))
+        return text + (" or None" if type(None) in parameters else "")
+    if origin in (collections.abc.Sequence, list, tuple):
+        item = _describe(parameters[0]) if parameters else "a value"
+        return "a list of paths" if item == "a path" else f"a list (each {item})"
+    if origin is collections.abc.Callable or hint is Callable:
+        return "a function"
+    return {str: "a str", int: "an int", float: "a number", bool: "True or False", Path: "a path",
+            dict: "a dict"}.get(hint, getattr(hint, "__name__", str(hint)))

@@ -7,31 +7,37 @@ from typing import Sequence
 
 from ..config import DYNAMIC_DEFAULT_BATCH, workspace
 from ..errors import OrinflowError
-from .common import PathLike, Say, locate
+from .common import PathLike, Say, checked, locate
 from .prepare import load
 
 
+@checked
 def evaluate(model: PathLike, data: PathLike | None = None, *, split: str = "val", conf: float = 0.001,
              iou: float | None = None, max_det: int = 300, batch: int = 1, runs: int = 50, warmup: int = 5,
              threads: int | None = None,
              runtime: str = "auto", skip_bad_images: bool = False, metric: str = "yolov5",
              save_json: PathLike | None = None, coco_json: PathLike | None = None, images: PathLike | None = None,
-             json: PathLike | None = None, arch: str | None = None, imgsz: int | None = None, mean=None, std=None,
-             crop: float | None = None, modules: Sequence[PathLike] | None = None, head: str | None = None,
-             names: str | None = None, say: Say = print) -> dict:
+             json: PathLike | None = None, class_map: str | None = None, arch: str | None = None,
+             imgsz: int | None = None, mean=None, std=None, crop: float | None = None,
+             modules: Sequence[PathLike] | None = None, head: str | None = None, names: str | None = None,
+             say: Say = print) -> dict:
     """Accuracy (mAP50 and mAP50-95, or top-1 and top-5), latency (`runs` timed runs; 0 skips) and size of one
     model on `data`/`split`; `json` also writes the record there.
 
     metric "coco" adds the COCO evaluation's AP, AP50, AP75, APs, APm, APl and AR (faster-coco-eval) under
     the record's metrics["coco"]; `save_json` then writes the detections in COCO result format.
     `coco_json` and `images` (a COCO instances JSON and its image folder) replace `data`.
+    A detector's classes must be the data's (count, and names where both have them): `class_map` pairs them
+    otherwise, "names" (equal names) or "0:2,1:5" (model:data ids); other model classes are not scored.
     """
     return evaluate_many([model], data, split=split, conf=conf, iou=iou, max_det=max_det, batch=batch, runs=runs,
                    warmup=warmup, threads=threads, runtime=runtime, skip_bad_images=skip_bad_images, metric=metric,
-                   save_json=save_json, coco_json=coco_json, images=images, json=json, arch=arch, imgsz=imgsz,
+                   save_json=save_json, coco_json=coco_json, images=images, json=json, class_map=class_map,
+                   arch=arch, imgsz=imgsz,
                    mean=mean, std=std, crop=crop, modules=modules, head=head, names=names, say=say)[0]
 
 
+@checked
 def compare(a: PathLike, b: PathLike, data: PathLike | None = None, *, split: str = "val", images: int = 16,
             seed: int = 0, conf: float = 0.25, top: int = 5, output: PathLike | None = None, arch: str | None = None,
             imgsz: int | None = None, mean=None, std=None, crop: float | None = None,
@@ -70,13 +76,15 @@ def compare(a: PathLike, b: PathLike, data: PathLike | None = None, *, split: st
     return run_compare(sides, (a, b), data, split, images, seed, conf, top, Path(folder), say)
 
 
+@checked
 def evaluate_many(models: Sequence[PathLike], data: PathLike | None = None, *, split: str = "val", conf: float = 0.001,
             iou: float | None = None, max_det: int = 300, batch: int = 1, runs: int = 50, warmup: int = 5,
             threads: int | None = None, runtime: str = "auto", skip_bad_images: bool = False, metric: str = "yolov5",
             save_json: PathLike | None = None, coco_json: PathLike | None = None, images: PathLike | None = None,
-            json: PathLike | None = None, arch: str | None = None, imgsz: int | None = None, mean=None, std=None,
-            crop: float | None = None, modules: Sequence[PathLike] | None = None, head: str | None = None,
-            names: str | None = None, say: Say = print) -> list[dict]:
+            json: PathLike | None = None, class_map: str | None = None, arch: str | None = None,
+            imgsz: int | None = None, mean=None, std=None, crop: float | None = None,
+            modules: Sequence[PathLike] | None = None, head: str | None = None, names: str | None = None,
+            say: Say = print) -> list[dict]:
     """`evaluate` for several models on the same data and settings (`evaluate --compare`; the first is the
     baseline of a table). Their batch-1 latencies are timed in turn, round by round, so drift hits all alike.
 
@@ -91,7 +99,7 @@ def evaluate_many(models: Sequence[PathLike], data: PathLike | None = None, *, s
     dataset = _evaluation_data(data, coco_json, images, skip_bad_images)
     options = EvalOptions(conf=conf, iou=iou, max_det=max_det, batch=batch, latency_runs=runs, warmup=warmup,
                           threads=threads, measure_latency=runs > 0, runtime=runtime,
-                          skip_bad_images=skip_bad_images, metric=metric, save_json=save_json)
+                          skip_bad_images=skip_bad_images, metric=metric, save_json=save_json, class_map=class_map)
     options.validate()
     if save_json is not None:
         if len(models) > 1:
@@ -110,6 +118,7 @@ def evaluate_many(models: Sequence[PathLike], data: PathLike | None = None, *, s
     return records
 
 
+@checked
 def named_models(model: PathLike) -> list[Path]:
     """`evaluate -m NAME --compare` (the original switch): NAME's checkpoint (NAME.pt here or in the workspace, or the
     file given) first, then every ONNX of that name in the workspace (NAME.onnx, NAME_*.onnx: raw and optimized),
@@ -143,6 +152,7 @@ def _evaluation_data(data, coco_json, images, skip_bad_images: bool = False):
     return data
 
 
+@checked
 def deploy(model: PathLike, *, output: PathLike | None = None, trt: str = "10", fp16: bool = True,
            min_batch: int = 1, opt_batch: int | None = None, max_batch: int | None = None,
            workspace_mib: int | None = None, nms: str = "trt", pre_topk: int = 30000, keep_topk: int = 300,
@@ -213,6 +223,7 @@ def implicit_cache(implicit: bool, calib_cache: PathLike | None, say: Say) -> Pa
     return cache
 
 
+@checked
 def report(sources: Sequence[PathLike] | None = None, *, output: PathLike | None = None) -> dict:
     """report.md and a self-contained report.html (default workspace/report) of every evaluation record found in
     `sources` (record files or folders; default the workspace). Returns the paths written and the row count."""

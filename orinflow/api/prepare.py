@@ -6,9 +6,10 @@ from typing import Sequence
 
 from ..config import DEFAULT_OPSET, calib_dir, workspace
 from ..errors import OrinflowError
-from .common import PathLike, Say, locate, triple
+from .common import PathLike, Say, checked, locate, triple
 
 
+@checked
 def load(model: PathLike | None, *, arch: str | None = None, imgsz: int | None = None,
          mean: str | Sequence[float] | None = None, std: str | Sequence[float] | None = None,
          crop: float | None = None, modules: Sequence[PathLike] | None = None, head: str | None = None,
@@ -32,6 +33,7 @@ def load(model: PathLike | None, *, arch: str | None = None, imgsz: int | None =
                       crop_fraction=crop, modules=list(modules or []), head=head, names=names, fuse=fuse)
 
 
+@checked
 def adopt(model: PathLike, *, head: str | None = None, names: str | None = None, imgsz: int | None = None,
           letterbox: bool = True, bgr: bool | None = None, mean: str | Sequence[float] | None = None,
           std: str | Sequence[float] | None = None, output: PathLike | None = None) -> dict:
@@ -53,6 +55,7 @@ def adopt(model: PathLike, *, head: str | None = None, names: str | None = None,
                       mean=triple(mean, "--mean"), std=triple(std, "--std"))
 
 
+@checked
 def export(model: PathLike, *, output: PathLike | None = None, opset: int = DEFAULT_OPSET, dynamic: bool = False,
            half: bool = False, simplify: bool = True, image: PathLike | None = None, nms: str | None = None,
            pre_topk: int = 30000, keep_topk: int = 300, iou: float | None = None, conf: float = 0.25,
@@ -87,6 +90,7 @@ def export(model: PathLike, *, output: PathLike | None = None, opset: int = DEFA
                        simplify=simplify, parity_image=parity_image, nms=spec).record
 
 
+@checked
 def calibrate(model: PathLike | None, data: PathLike, *, split: str = "train", num_images: int = 512, seed: int = 0,
               output: PathLike | None = None, arch: str | None = None, imgsz: int | None = None, mean=None,
               std=None, crop: float | None = None, modules: Sequence[PathLike] | None = None, head: str | None = None,

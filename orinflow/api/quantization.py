@@ -7,10 +7,11 @@ from typing import Sequence
 
 from ..config import workspace
 from ..errors import OrinflowError
-from .common import PathLike, Say, locate, names_list
+from .common import PathLike, Say, checked, locate, names_list
 from .prepare import load
 
 
+@checked
 def quantize(model: PathLike, *, calib: PathLike | None = None, data: PathLike | None = None, split: str = "train",
              num_images: int = 512, mode: str = "int8", method: str = "entropy", percentile: float = 99.999,
              target: str = "tensorrt", exclude: Sequence[str] | None = None, head_protect: bool = True,
@@ -58,6 +59,7 @@ def quantize(model: PathLike, *, calib: PathLike | None = None, data: PathLike |
 
 
 
+@checked
 def calib_cache(model: PathLike | None = None, *, calib: PathLike | None = None, data: PathLike | None = None,
                 split: str = "train", num_images: int = 512, method: str = "entropy", percentile: float = 99.99,
                 head_protect: bool = True, from_qdq: PathLike | None = None, output: PathLike | None = None,
@@ -161,6 +163,7 @@ def budget_inputs(max_drop, max_fallback, max_steps, select_yaml, select_split, 
     return budget, select, options
 
 
+@checked
 def ptq(model: PathLike, data: PathLike, *, split: str = "train", val_data: PathLike | None = None,
         val_split: str = "val", num_images: int = 512, mode: str = "int8", methods: str | Sequence[str] = "entropy",
         targets: str | Sequence[str] = "tensorrt,cpu", percentile: float = 99.999,
@@ -199,6 +202,7 @@ def ptq(model: PathLike, data: PathLike, *, split: str = "train", val_data: Path
     return dict(route, record=str(Path(workdir) / "ptq_record.json"))
 
 
+@checked
 def sensitivity(model: PathLike, calib: PathLike, data: PathLike, *, split: str = "val", method: str = "max",
                 target: str = "tensorrt", percentile: float = 99.999, head_protect: bool = True,
                 select_images: int = 300, sqnr_images: int = 16, top: int = 4, threads: int | None = None,
@@ -231,6 +235,7 @@ def sensitivity(model: PathLike, calib: PathLike, data: PathLike, *, split: str 
     return dict(record, files=write_sensitivity(record, Path(folder)))
 
 
+@checked
 def inspect(model: PathLike, *, target: str = "tensorrt", calib_cache: PathLike | None = None,
             json: PathLike | None = None, say: Say = print) -> dict:
     """The Q/DQ report (quantized share, TensorRT lint; Q/DQ models only) and the 2:4 sparsity check of an ONNX

@@ -7,10 +7,11 @@ from typing import Sequence
 
 from ..config import workspace
 from ..errors import OrinflowError
-from .common import PathLike, Say, locate
+from .common import PathLike, Say, checked, locate
 from .prepare import load
 
 
+@checked
 def qat(model: PathLike, data: PathLike, *, split: str = "train", val_data: PathLike | None = None,
         val_split: str = "val", mode: str = "int8", epochs: int = 1, lr: float = 1e-4, batch: int = 8,
         calib_images: int = 64, distill: bool = True, labels: bool | None = None, device: str = "cpu",
@@ -44,6 +45,7 @@ def qat(model: PathLike, data: PathLike, *, split: str = "train", val_data: Path
     return _with_comparison(record, [fp32, output], data, val_data, val_split, batch, runs, say)
 
 
+@checked
 def sparsify(model: PathLike, data: PathLike, *, split: str = "train", val_data: PathLike | None = None,
              val_split: str = "val", method: str = "magnitude", sparse_flops: float | None = None, epochs: int = 1,
              lr: float = 1e-4, batch: int = 8, calib_images: int = 64, distill: bool = True,
@@ -82,6 +84,7 @@ def sparsify(model: PathLike, data: PathLike, *, split: str = "train", val_data:
     return _with_comparison(record, [dense, output], data, val_data, val_split, batch, 0, say)
 
 
+@checked
 def sparse_qat(model: PathLike, data: PathLike, *, split: str = "train", val_data: PathLike | None = None,
                val_split: str = "val", method: str = "magnitude", sparse_flops: float | None = None,
                sat_epochs: int = 1, qat_epochs: int = 1,
@@ -121,6 +124,7 @@ def sparse_qat(model: PathLike, data: PathLike, *, split: str = "train", val_dat
     return _with_comparison(record, [fp32, output], data, val_data, val_split, batch, runs, say)
 
 
+@checked
 def prune(model: PathLike, data: PathLike | None = None, *, split: str = "train", flops: float | None = 0.7,
           ratio: float | None = None, importance: str = "l1", round_to: int = 32, steps: int = 1,
           min_share: float = 0.25, reconstruct: bool = True, plan: str = "measured", epochs: int = 1,

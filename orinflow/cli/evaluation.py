@@ -63,6 +63,9 @@ def evaluate(
     images: Annotated[Optional[Path], typer.Option("--images", help="The folder of --coco-json's images.")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", metavar="OUT.json",
                                                      help="Write the run record(s) here.")] = None,
+    class_map: Annotated[Optional[str], typer.Option("--class-map", help="A detector whose classes are not the "
+                                                     "data's: 'names' pairs equal names, '0:2,1:5' pairs model:data "
+                                                     "ids; other model classes are not scored.")] = None,
     arch: ArchOpt = None, imgsz: ImgszOpt = None, mean: MeanOpt = None, std: StdOpt = None, crop: CropOpt = None,
     modules: ModulesOpt = None, head: LayoutOpt = None, names: NamesOpt = None,
     verbose: VerboseOpt = False,
@@ -86,7 +89,7 @@ def evaluate(
     records = api.evaluate_many(paths, data, split=split, conf=conf, iou=iou, max_det=max_det, batch=batch, runs=runs,
                           warmup=warmup, threads=threads, runtime=runtime, skip_bad_images=skip_bad_images,
                           metric=metric, save_json=save_json, coco_json=coco_json, images=images, json=json_out,
-                          arch=arch, imgsz=imgsz, mean=mean, std=std, crop=crop,
+                          class_map=class_map, arch=arch, imgsz=imgsz, mean=mean, std=std, crop=crop,
                           modules=modules, head=head, names=names,
                           say=console.print)
     console.print(comparison_table(records))

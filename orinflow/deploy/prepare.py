@@ -29,7 +29,7 @@ def prepare_graph(path: Path, spec: NmsSpec | None, fp16_layers: bool, target: P
     if fp16_layers and needs_fp16_layers(raw):
         raw = to_fp16_layers(raw)
         done["high_precision"] = "fp16 (converted at deploy)"
-    processing = read_processing(raw)
+    processing = read_processing(raw, path)
     nms = inside or (spec if processing is not None and processing.task == "detect"
                      and processing.head not in NMS_INSIDE else None)
     if nms is not None and (done or inside is None):

@@ -8,6 +8,7 @@ from pathlib import Path
 from ..data import Dataset, load_dataset
 from ..errors import OrinflowError
 from ..io import file_size, write_json
+from .classes import class_mapping
 from ..models import ModelAdapter, OnnxModel
 from ..runtime import make_runner
 from ..version import VERSION
@@ -33,6 +34,7 @@ class EvalOptions:
     skip_bad_images: bool = False  # leave unreadable images out (named in the record) instead of stopping
     metric: str = "yolov5"  # yolov5: YOLOv5/Ultralytics-style mAP; coco: also the COCO evaluation's AP/AR table
     save_json: str | Path | None = None  # detections in COCO result format (with metric coco)
+    class_map: str | None = None  # how a detector's classes pair with the data's (evaluate/classes.py)
 
     def validate(self) -> None:
         """Refuse settings that would quietly produce wrong numbers."""
@@ -101,9 +103,11 @@ def evaluate_model(model: ModelAdapter | OnnxModel, data: str | Path | Dataset, 
     skipped: list[str] | None = [] if options.skip_bad_images else None
     if model.task == "detect":
         names = model.processing.names or dataset.names
+        mapping = class_mapping(model.processing.names, dataset.names, options.class_map, dataset.name)
+        names = (dataset.names or names) if mapping is not None else names
         coco = CocoCollector(names, dataset.coco) if options.metric == "coco" else None
         metrics = evaluate_detection(runner, model.processing, dataset, options.conf, options.iou, options.max_det,
-                                     options.batch, skipped, coco)
+                                     options.batch, skipped, coco, mapping)
         if coco is not None:
             metrics["coco"] = coco_metrics(coco.ground_truth(), coco.results)
             if options.save_json is not None:

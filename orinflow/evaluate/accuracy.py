@@ -12,6 +12,7 @@ from ..errors import OrinflowError
 from ..models.processing import Detections, ImageMeta, Processing
 from ..progress import progress
 from ..runtime import Runner
+from .classes import remap
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
 
@@ -56,16 +57,18 @@ def predictions(runner: Runner, processing: Processing, images: Sequence[str | P
 
 def evaluate_detection(runner: Runner, processing: Processing, dataset: Dataset, conf: float = 0.001,
                        iou: float | None = None, max_det: int = 300, batch_size: int = 1,
-                       skipped: list[str] | None = None, coco=None) -> dict:
+                       skipped: list[str] | None = None, coco=None, class_map: dict[int, int] | None = None) -> dict:
     """mAP of `dataset`; images listed in `skipped` (when given) are left out with their labels.
 
-    `coco` (a CocoCollector) also receives every image's ground truth and detections.
+    `coco` (a CocoCollector) also receives every image's ground truth and detections. `class_map`: model class
+    -> data class (evaluate/classes.py); detections of other classes are not scored.
     """
     if dataset.task != "detect":
         raise OrinflowError(f"{dataset.name} has no detection labels (a dataset YAML with YOLO txt labels is needed)")
     stats, target_classes = [], []
     for index, meta, dets in predictions(runner, processing, dataset.images, batch_size, skipped, conf=conf, iou=iou,
                                          max_det=max_det):
+        dets = remap(dets, class_map)
         labels = dataset.labels[index]
         gt_boxes = _labels_to_xyxy(labels, meta.original_hw)
         stats.append(image_stats(dets, gt_boxes, labels))
@@ -75,7 +78,7 @@ def evaluate_detection(runner: Runner, processing: Processing, dataset: Dataset,
     if not stats:
         raise OrinflowError(f"no image of {dataset.name} could be read")
     return detection_metrics(stats, np.concatenate(target_classes) if target_classes else np.zeros(0, int),
-                             processing.names or dataset.names)
+                             (dataset.names or processing.names) if class_map else (processing.names or dataset.names))
 
 
 def image_stats(dets: Detections, gt_boxes: np.ndarray, labels: np.ndarray) -> tuple:

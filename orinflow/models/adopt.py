@@ -15,11 +15,7 @@ import onnx
 
 from ..errors import OrinflowError
 from .heads import check_head, class_names, detector_processing, infer_head
-from .onnx_model import META_FAMILY, META_PROCESSING, META_SOURCE, read_metadata, write_metadata
-
-
-def _dims(value_info) -> list[int | str]:
-    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in value_info.type.tensor_type.shape.dim]
+from .onnx_model import META_FAMILY, META_PROCESSING, META_SOURCE, graph_dims, read_metadata, write_metadata
 
 
 def adopt_onnx(model: str | Path, output: str | Path, head: str | None = None, names: str | None = None,
@@ -40,7 +36,9 @@ def adopt_onnx(model: str | Path, output: str | Path, head: str | None = None, n
     if META_PROCESSING in metadata:
         raise OrinflowError(f"{source} already carries orinflow metadata; use it as it is")
     size = _input_size(graph, imgsz)
-    shape = _dims(graph.graph.output[0])
+    shape = graph_dims(graph.graph.output[0])
+    if imgsz is not None:  # the size is the user's word, not the graph's: run the graph once at that size
+        shape = _probe(graph, size, source)
     inferred = infer_head(shape, size) if head is None else head
     count = check_head(inferred, shape, size)
     processing = detector_processing(inferred, size, class_names(names, metadata, count), letterbox, bgr, mean, std)
@@ -55,12 +53,29 @@ def adopt_onnx(model: str | Path, output: str | Path, head: str | None = None, n
     return record
 
 
+def _probe(graph: onnx.ModelProto, size: tuple[int, int], source: Path) -> list:
+    """The first output's shape when the graph runs on one blank image of `size`; one line when it cannot."""
+    import numpy as np
+    import onnxruntime as ort
+
+    initializers = {t.name for t in graph.graph.initializer}
+    graph_input = next(i for i in graph.graph.input if i.name not in initializers)
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(graph_input.type.tensor_type.elem_type)
+    try:
+        session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+        output = session.run(None, {graph_input.name: np.zeros((1, 3, *size), dtype)})[0]
+    except Exception as e:  # noqa: BLE001 - ONNX Runtime's errors have many types
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise OrinflowError(f"{source} does not run at {size[0]}x{size[1]} (--imgsz {size[0]}): {first}") from e
+    return list(output.shape)
+
+
 def _input_size(graph: onnx.ModelProto, imgsz: int | None) -> tuple[int, int]:
     initializers = {t.name for t in graph.graph.initializer}
     inputs = [i for i in graph.graph.input if i.name not in initializers]
     if len(inputs) != 1:
         raise OrinflowError(f"the model has {len(inputs)} inputs; orinflow adopts single-image detectors")
-    dims = _dims(inputs[0])
+    dims = graph_dims(inputs[0])
     if len(dims) != 4 or dims[1] != 3:
         raise OrinflowError(f"the input has shape {dims}; orinflow adopts (batch, 3, height, width) images")
     if isinstance(dims[2], int) and isinstance(dims[3], int) and dims[2] > 0 and dims[3] > 0:

@@ -8,7 +8,7 @@ from pathlib import Path
 import onnx
 
 from ..errors import OrinflowError
-from .processing import Processing, UsesProcessing
+from .processing import Processing, ProcessingError, UsesProcessing
 
 META_PROCESSING = "orinflow.processing"
 META_FAMILY = "orinflow.family"
@@ -72,10 +72,23 @@ def write_metadata(model: onnx.ModelProto, values: dict[str, str]) -> None:
         prop.key, prop.value = key, value
 
 
-def read_processing(model: onnx.ModelProto) -> Processing | None:
-    """The processing spec stored in the model's metadata, or None for an ONNX orinflow did not write or adopt."""
+def read_processing(model: onnx.ModelProto, path: Path | str | None = None) -> Processing | None:
+    """The processing spec stored in the model's metadata, or None for an ONNX orinflow did not write or adopt.
+
+    It follows the rules of the flags it stands for (Processing.validate) and must agree with the graph
+    (check_against_graph); a broken field is one line naming the metadata key and the field."""
     text = read_metadata(model).get(META_PROCESSING)
-    return Processing.from_json(text) if text else None
+    if not text:
+        return None
+    where = f"{path}: " if path else ""
+    try:
+        processing = Processing.from_json(text)
+        check_against_graph(processing, model)
+    except ProcessingError as e:
+        raise OrinflowError(f"{where}metadata {META_PROCESSING}: {e}") from e
+    except (json.JSONDecodeError, TypeError, KeyError, ValueError, AttributeError) as e:
+        raise OrinflowError(f"{where}metadata {META_PROCESSING} is damaged ({type(e).__name__}: {e})") from e
+    return processing
 
 
 def load_onnx(path: Path) -> OnnxModel:
@@ -87,8 +100,36 @@ def load_onnx(path: Path) -> OnnxModel:
     if META_PROCESSING not in meta:
         raise OrinflowError(f"{path} carries no orinflow metadata (pre/post-processing unknown); give it that "
                             "with `orinflow adopt -m model.onnx`, or export the PyTorch model with `orinflow export`")
-    try:
-        processing = Processing.from_json(meta[META_PROCESSING])
-    except (json.JSONDecodeError, TypeError, KeyError) as e:
-        raise OrinflowError(f"{path}: orinflow metadata is damaged ({e})") from e
+    processing = read_processing(model, path)
     return OnnxModel(path, meta.get(META_FAMILY, "onnx"), processing, meta.get(META_SOURCE, str(path)))
+
+
+def graph_dims(value_info) -> list[int | str]:
+    """A graph input's or output's dims: numbers where fixed, the symbol (or '?') where not."""
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in value_info.type.tensor_type.shape.dim]
+
+
+def check_against_graph(processing: Processing, model: onnx.ModelProto) -> None:
+    """Stored processing that contradicts the graph: an input size other than the graph's fixed one, a head
+    layout the first output does not have, more or fewer class names than the head predicts."""
+    from .heads import HEADS, check_head
+
+    initializers = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in initializers]
+    dims = graph_dims(inputs[0]) if inputs else []
+    if len(dims) == 4 and all(isinstance(d, int) and d > 0 for d in dims[2:]) and tuple(dims[2:]) != processing.imgsz:
+        raise ProcessingError("imgsz", f"is {list(processing.imgsz)} but the graph's input is fixed at "
+                              f"{dims[2]}x{dims[3]}")
+    layout = {fmt: name for name, fmt in HEADS.items()}.get(processing.head)
+    if processing.task != "detect" or layout is None or not model.graph.output:
+        return
+    shape = graph_dims(model.graph.output[0])
+    if not all(isinstance(d, int) for d in shape[1:]):
+        return  # a dynamic output: the layout shows only when the model runs
+    try:
+        count = check_head(layout, shape, processing.imgsz)
+    except OrinflowError as e:
+        raise ProcessingError("head", f"is {processing.head!r} ({layout}), which the first output {shape} "
+                              "contradicts") from e
+    if count and processing.names and len(processing.names) != count:
+        raise ProcessingError("names", f"lists {len(processing.names)} classes but the {layout} head predicts {count}")

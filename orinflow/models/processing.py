@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from numbers import Integral, Real
 
 import cv2
 import numpy as np
 import torch
 import torchvision
 
-from ..config import IMAGENET_MEAN, IMAGENET_STD, LETTERBOX_PAD
+from ..config import IMAGENET_MEAN, IMAGENET_STD, LETTERBOX_PAD, MAX_IMGSZ
+from ..errors import OrinflowError
 
 # Raw output layouts of detection heads (what the exported graph returns).
 HEAD_ANCHOR_FREE = "xywh_scores"  # (B, 4+nc, N): Ultralytics YOLOv8/11/26 one-to-many, decoded, sigmoided
@@ -28,6 +30,19 @@ RESIZE_MODES = ("letterbox", "stretch")  # keep aspect and pad grey 114, or resi
 CHANNEL_ORDERS = ("rgb", "bgr")
 
 MAX_NMS_CANDIDATES = 30000
+
+
+class ProcessingError(OrinflowError):
+    """A processing field that breaks the rules its flag follows; `field` names it (the metadata key's field)."""
+
+    def __init__(self, field: str, problem: str):
+        super().__init__(f"{field} {problem}")
+        self.field = field
+
+
+def _finite_triple(values) -> bool:
+    return (isinstance(values, (tuple, list)) and len(values) == 3
+            and all(isinstance(v, Real) and not isinstance(v, bool) and np.isfinite(v) for v in values))
 
 
 @dataclass
@@ -68,8 +83,30 @@ class Processing:
         classify = self.task == "classify"
         self.mean = tuple(IMAGENET_MEAN if classify else (0.0, 0.0, 0.0)) if self.mean is None else tuple(self.mean)
         self.std = tuple(IMAGENET_STD if classify else (1.0, 1.0, 1.0)) if self.std is None else tuple(self.std)
-        if self.resize not in RESIZE_MODES or self.channels not in CHANNEL_ORDERS:
-            raise ValueError(f"resize must be one of {RESIZE_MODES} and channels one of {CHANNEL_ORDERS}")
+        self.validate()
+
+    def validate(self) -> None:
+        """The rules the flags follow (--imgsz, --mean/--std, --crop, --iou, --head, ...), for a Processing made
+        from flags and one read from a model's metadata alike."""
+        choices = {"task": ("detect", "classify"), "resize": RESIZE_MODES, "channels": CHANNEL_ORDERS}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ProcessingError(name, f"is {getattr(self, name)!r}; one of {', '.join(allowed)} expected")
+        if self.task == "detect" and self.head not in HEAD_FORMATS:
+            raise ProcessingError("head", f"is {self.head!r}; one of {', '.join(HEAD_FORMATS)} expected")
+        if (len(self.imgsz) != 2 or not all(isinstance(v, Integral) and not isinstance(v, bool) for v in self.imgsz)
+                or not all(1 <= v <= MAX_IMGSZ for v in self.imgsz)):
+            raise ProcessingError("imgsz", f"is {list(self.imgsz)}; two whole numbers from 1 to {MAX_IMGSZ} expected")
+        if not _finite_triple(self.mean) or not _finite_triple(self.std) or min(self.std) <= 0:
+            raise ProcessingError("mean/std", f"are {list(self.mean)} / {list(self.std)}; three finite numbers each, "
+                                  "std positive, expected")
+        if not isinstance(self.crop_fraction, Real) or not 0 < self.crop_fraction <= 1:
+            raise ProcessingError("crop_fraction", f"is {self.crop_fraction!r}; a fraction in (0, 1] expected")
+        if not isinstance(self.nms_iou, Real) or not 0 < self.nms_iou < 1:
+            raise ProcessingError("nms_iou", f"is {self.nms_iou!r}; a value in (0, 1) expected")
+        if not isinstance(self.names, dict) or not all(isinstance(k, Integral) and isinstance(v, str)
+                                                       for k, v in self.names.items()):
+            raise ProcessingError("names", "must map class numbers to names")
 
     # ---- serialisation (ONNX metadata, run records) ----
     def to_json(self) -> str:
