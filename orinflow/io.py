@@ -10,6 +10,7 @@ The guarantees (docs/reliability.md):
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -18,6 +19,9 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from .errors import OrinflowError
+
+# Errors of the disk itself while an output is written (full disk, quota, file too large, read-only, I/O)
+WRITE_FAILURES = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO}
 
 # Temporary files and folders of this process that are not finished: an interrupt removes them.
 _unfinished: set[Path] = set()
@@ -50,6 +54,10 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         # mkstemp creates 0600 files and libraries may recreate the file: give it the umask's mode
         os.chmod(tmp_path, umask_mode())
         os.replace(tmp_path, target)
+    except OSError as e:
+        if e.errno in WRITE_FAILURES:  # a full disk or quota: name the output, not just the errno
+            raise OrinflowError(f"writing {target} failed: {e.strerror}") from e
+        raise
     finally:
         _unfinished.discard(tmp_path)
         if tmp_path.exists():
@@ -284,6 +292,30 @@ def write_record(output: str | os.PathLike, record: dict) -> Path:
     if "command" in record:
         check_record_slot(path, record["command"], output)
     return write_json(path, record)
+
+
+def read_cached(path: Path, say=print) -> dict | None:
+    """A cache entry, or None when there is none; a damaged entry is named, ignored and measured again."""
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        say(f"note: the cache entry {path} is unreadable ({type(e).__name__}); measuring again")
+        return None
+    if not isinstance(data, dict):
+        say(f"note: the cache entry {path} is damaged; measuring again")
+        return None
+    return data
+
+
+def write_cached(path: Path, data: dict, say=print) -> None:
+    """Store a finished result in the cache; a cache that cannot be written is skipped with a note (the
+    result itself is never lost for it)."""
+    try:
+        write_json(path, data)
+    except (OrinflowError, OSError) as e:
+        say(f"note: not cached ({e}); the result stands")
 
 
 def _json_default(obj):

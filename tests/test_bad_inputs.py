@@ -46,6 +46,8 @@ def inputs(tmp_path_factory, demo_onnx, calib) -> Path:
     _bad_dataset(yaml_path, root / "bad_class", lambda lines: ["7 0.5 0.5 0.2 0.2"] + lines)
     _bad_dataset(yaml_path, root / "bad_columns", lambda lines: ["0 0.5 0.5"] + lines)
     _bad_dataset(yaml_path, root / "bad_image", None)
+    _bad_dataset(yaml_path, root / "bad_nan", lambda lines: ["0 0.5 nan 0.2 0.2"] + lines)
+    _bad_dataset(yaml_path, root / "other_names", lambda lines: lines, {0: "dog", 1: "cat", 2: "bird"})
     (root / "empty").mkdir()
     _foreign_and_taken(root)
     _bad_metadata(root)
@@ -81,13 +83,15 @@ def _foreign_and_taken(root: Path) -> None:
          target.with_name(target.name + ".json")).write_text(json.dumps(record))
 
 
-def _bad_dataset(yaml_path: Path, target: Path, edit) -> Path:
-    """A copy of the shapes dataset with its first val label file edited, or its first val image damaged."""
+def _bad_dataset(yaml_path: Path, target: Path, edit, names: dict | None = None) -> Path:
+    """A copy of the shapes dataset with its first val label file edited, or its first val image damaged, or
+    other class `names`."""
     import yaml
 
     shutil.copytree(yaml_path.parent, target)
     config = yaml.safe_load((target / yaml_path.name).read_text())
     config["path"] = str(target)
+    config["names"] = names or config["names"]
     (target / yaml_path.name).write_text(yaml.safe_dump(config))
     if edit is None:
         image = sorted((target / "images" / "val").iterdir())[0]
@@ -126,10 +130,14 @@ CASES = [
     ("export-state-dict-no-arch", "export -m {inputs}/weights.pt", "--arch"),
     ("export-arch-mismatch", "export -m {inputs}/weights.pt --arch resnet18", "Missing key(s)"),
     ("export-missing-image", "export -m {inputs}/demo.pt --image {inputs}/none.jpg -o {out}/x.onnx", "none.jpg"),
+    ("export-opset-too-old", "export -m {inputs}/demo.pt --imgsz 256 --opset 5 -o {out}/e.onnx", "--opset 5"),
+    ("export-imgsz-zero", "export -m {inputs}/demo.pt --imgsz 0 -o {out}/e.onnx", "--imgsz"),
+    ("export-imgsz-huge", "export -m {inputs}/demo.pt --imgsz 40000 -o {out}/e.onnx", "--imgsz"),
     ("export-bad-mean", "export -m {inputs}/weights.pt --arch {arch} --mean 1,2", "--mean"),
     # ---- adopt
     ("adopt-pytorch-model", "adopt -m {inputs}/demo.pt -o {out}/a.onnx", "not ONNX"),
     ("adopt-orinflow-model", "adopt -m {inputs}/m.onnx --head yolox -o {out}/a.onnx", "already carries"),
+    ("adopt-imgsz-negative", "adopt -m {inputs}/foreign.onnx --imgsz -5 -o {out}/a.onnx", "--imgsz"),
     ("adopt-output-is-input", "adopt -m {inputs}/m.onnx -o {inputs}/m.onnx", "overwrite the input"),
     # ---- calibrate
     ("calibrate-no-data", "calibrate -m {inputs}/m.onnx", "--yaml"),
@@ -183,6 +191,10 @@ CASES = [
      "class id 7"),
     ("evaluate-label-columns", "evaluate -m {inputs}/m.onnx --yaml {inputs}/bad_columns/shapes.yaml --runs 0",
      "3 columns"),
+    ("evaluate-label-nan", "evaluate -m {inputs}/m.onnx --yaml {inputs}/bad_nan/shapes.yaml --runs 0", "NaN"),
+    ("evaluate-other-classes", "evaluate -m {inputs}/m.onnx --yaml {inputs}/other_names/shapes.yaml --runs 0",
+     "class 0 is 'circle' in the model but 'dog'"),
+    ("evaluate-class-map", "evaluate -m {inputs}/m.onnx --yaml " + D + " --runs 0 --class-map 0:9", "no class 9"),
     ("evaluate-bad-image", "evaluate -m {inputs}/m.onnx --yaml {inputs}/bad_image/shapes.yaml --runs 0",
      "cannot read image"),
     ("evaluate-unlabelled", "evaluate -m {inputs}/m.onnx --yaml {inputs}/data/images/val --runs 0", "no labels"),
@@ -246,6 +258,9 @@ CASES = [
     ("report-output-file", "report {inputs}/m.json -o {inputs}/m.onnx", "is a file"),
     ("report-no-records", "report {inputs}/empty -o {out}/r", "no evaluation records"),
     ("inspect-json-onto-model", "inspect -m {inputs}/m.onnx --json {inputs}/m.onnx", "--json"),
+    ("sensitivity-threads", "sensitivity -m {inputs}/m.onnx --calib {inputs}/c.npy --yaml " + D + " --threads 0",
+     "--threads"),
+    ("prune-flops-and-ratio", "prune -m {inputs}/demo.pt --yaml " + D + " --flops 0.5 --ratio 0.3", "give one"),
     ("sensitivity-output-file", "sensitivity -m {inputs}/m.onnx --calib {inputs}/c.npy --yaml " + D +
      " -o {inputs}/m.onnx", "is a file"),
 ]

@@ -246,3 +246,30 @@ def test_quantization_is_reproducible(fp32, calib, tmp_path):
               for i in range(2)]
     tensors = [{t.name: t.SerializeToString() for t in m.graph.initializer} for m in models]
     assert tensors[0] == tensors[1] and len(tensors[0]) > 0
+
+
+def test_a_full_disk_names_the_output_and_leaves_nothing(tmp_path):
+    import errno
+
+    from orinflow.errors import OrinflowError
+    from orinflow.io import atomic_path
+
+    target = tmp_path / "model.onnx"
+    with pytest.raises(OrinflowError, match=f"writing {target} failed: No space left on device"):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_cache_that_cannot_be_read_or_written_costs_a_note_not_the_result(tmp_path):
+    from orinflow.io import read_cached, write_cached
+
+    notes = []
+    damaged = tmp_path / "entry.json"
+    damaged.write_text('{"groups": [1, 2')
+    assert read_cached(damaged, notes.append) is None and str(damaged) in notes[-1]
+    blocked = tmp_path / "a_file"  # a cache folder that cannot be made (read-only to root as well)
+    blocked.write_text("")
+    write_cached(blocked / "cache" / "entry.json", {"done": True}, notes.append)
+    assert "not cached" in notes[-1] and "the result stands" in notes[-1]

@@ -104,3 +104,15 @@ def test_report_cli_and_bad_input(benchmark_record, tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(OrinflowError, match="not a JSON run record"):
         write_report([tmp_path / "bad.json"], tmp_path / "r3")
+
+
+def test_a_folder_with_json_that_is_no_record_is_reported_and_the_rest_counted(benchmark_record, tmp_path):
+    folder = tmp_path / "records"
+    folder.mkdir()
+    shutil.copy(benchmark_record, folder / "run.json")
+    (folder / "a_broken.json").write_text("{not json")
+    (folder / "package.json").write_text('{"name": "web"}')
+    result = CliRunner().invoke(app, ["report", str(folder), "-o", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    assert "skipped 1 .json file(s)" in result.output and "a_broken.json" in result.output
+    assert write_report([folder], tmp_path / "r2")["skipped"] == [str(folder / "a_broken.json")]

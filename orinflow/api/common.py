@@ -84,10 +84,16 @@ def names_list(value: str | Sequence[str] | None) -> list[str]:
 
 
 # ---------------------------------------------------------------- arguments checked at the API's door
+# The command-line flag of a parameter, where it is not --<name>
+FLAGS = {"model": "-m", "data": "--yaml (the data)", "output": "-o"}
+# Parameters whose range is the same wherever they appear (checked before any work, not after a long run)
+RANGES = {"imgsz": (1, MAX_IMGSZ), "threads": (1, None), "batch": (1, None)}
+
+
 def checked(func: Callable) -> Callable:
     """Check every argument of an API function against its annotation before any work: a wrong type is one
     OrinflowError naming the parameter, not a TypeError from deep inside (or a path string iterated character
-    by character where a list of paths was meant). Sizes follow --imgsz's rule."""
+    by character where a list of paths was meant). RANGES hold wherever the parameter appears."""
     signature = inspect.signature(func)
     hints = typing.get_type_hints(func)
 
@@ -99,11 +105,16 @@ def checked(func: Callable) -> Callable:
             raise OrinflowError(f"orinflow.{func.__name__}(): {e}") from None
         for name, value in bound.arguments.items():
             hint = hints.get(name)
+            if value is None and hint is not None and not _fits(value, hint):
+                flag = FLAGS.get(name, f"--{name.replace('_', '-')}")
+                raise OrinflowError(f"give {flag}: orinflow.{func.__name__}() needs {name}")
             if hint is not None and not _fits(value, hint):
                 raise OrinflowError(f"orinflow.{func.__name__}(): {name} must be {_describe(hint)}, got "
                                     f"{type(value).__name__} {_short(value)}")
-            if name == "imgsz" and value is not None and not 1 <= value <= MAX_IMGSZ:
-                raise OrinflowError(f"--imgsz (imgsz) must be from 1 to {MAX_IMGSZ}, got {value}")
+            low, high = RANGES.get(name, (None, None))
+            if value is not None and low is not None and not low <= value <= (high or value):
+                raise OrinflowError(f"--{name.replace('_', '-')} must be {low} or more"
+                                    f"{f' (at most {high})' if high else ''}, got {value}")
         return func(*args, **kwargs)
     return wrapper
 

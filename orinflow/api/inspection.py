@@ -226,7 +226,8 @@ def implicit_cache(implicit: bool, calib_cache: PathLike | None, say: Say) -> Pa
 @checked
 def report(sources: Sequence[PathLike] | None = None, *, output: PathLike | None = None) -> dict:
     """report.md and a self-contained report.html (default workspace/report) of every evaluation record found in
-    `sources` (record files or folders; default the workspace). Returns the paths written and the row count."""
+    `sources` (record files or folders; default the workspace). Returns the paths written, the row count and
+    "skipped": the .json files found in folders that are not JSON (a file given by name must be)."""
     from ..io import check_output_folder
     from ..report import write_report
 

@@ -71,10 +71,11 @@ def export(model: PathLike, *, output: PathLike | None = None, opset: int = DEFA
     (0.25 for deployment; 0.001 to measure mAP). The settings are stored in the model's metadata.
     """
     from ..data import read_image
-    from ..export import export_onnx
+    from ..export import check_opset, export_onnx
     from ..export.nms import NmsSpec
     from ..io import check_output
 
+    check_opset(opset)
     model = locate(model, say)
     spec = NmsSpec(flavour=nms, pre_topk=pre_topk, keep_topk=keep_topk, iou=iou, conf=conf) if nms else None
     if spec is not None:

@@ -124,8 +124,11 @@ def sparse_qat(model: PathLike, data: PathLike, *, split: str = "train", val_dat
     return _with_comparison(record, [fp32, output], data, val_data, val_split, batch, runs, say)
 
 
+DEFAULT_PRUNE_FLOPS = 0.7  # without --ratio: keep 70% of the conv/linear FLOPs
+
+
 @checked
-def prune(model: PathLike, data: PathLike | None = None, *, split: str = "train", flops: float | None = 0.7,
+def prune(model: PathLike, data: PathLike | None = None, *, split: str = "train", flops: float | None = None,
           ratio: float | None = None, importance: str = "l1", round_to: int = 32, steps: int = 1,
           min_share: float = 0.25, reconstruct: bool = True, plan: str = "measured", epochs: int = 1,
           lr: float = 1e-4, batch: int = 8, distill: bool = True, labels: bool | None = None,
@@ -137,7 +140,7 @@ def prune(model: PathLike, data: PathLike | None = None, *, split: str = "train"
           modules: Sequence[PathLike] | None = None, head: str | None = None, names: str | None = None,
           say: Say = print) -> dict:
     """Route 5: dependency-aware channel pruning (torch-pruning's DependencyGraph) to `flops` of the original
-    conv/linear FLOPs (or `ratio` of every prunable layer's channels), in `steps` steps, each followed by
+    conv/linear FLOPs (default 0.7), or `ratio` of every prunable layer's channels (not both), in `steps` steps, each followed by
     `epochs` of fine-tuning on `data`/`split` (distillation from the unpruned model, a detector's score term
     also averaged over the teacher's confident anchors (QATConfig.foreground), and/or the family's label loss;
     epochs 0 prunes only). Channel counts are rounded to `round_to` and every layer keeps `min_share`.
@@ -163,7 +166,10 @@ def prune(model: PathLike, data: PathLike | None = None, *, split: str = "train"
     from ..optimize.train.config import check_schedule
 
     check_schedule(schedule)  # checked with --epochs 0 too: a typo is not silently ignored
-    config = PruneConfig(flops=None if ratio is not None else flops, ratio=ratio, importance=importance,
+    if flops is not None and ratio is not None:
+        raise OrinflowError(f"--flops {flops} and --ratio {ratio} are two targets: give one")
+    config = PruneConfig(flops=None if ratio is not None else (DEFAULT_PRUNE_FLOPS if flops is None else flops),
+                         ratio=ratio, importance=importance,
                          round_to=round_to, steps=steps, min_share=min_share, reconstruct=reconstruct,
                          plan=plan)
     config.validate()

@@ -61,6 +61,7 @@ def _one_line(error: Exception, verbose: bool) -> str:
     if isinstance(error, OrinflowError):
         return " ".join(str(error).split()) or type(error).__name__
     first = (str(error).strip().splitlines() or [""])[0]
+    first = first if len(first) <= 300 else first[:297] + "..."  # a library may put a whole graph on one line
     return f"{type(error).__name__}: {first}" + ("" if verbose else " (run with --verbose for the traceback)")
 
 

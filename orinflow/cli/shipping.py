@@ -146,6 +146,10 @@ def report(
     from .. import api
 
     written = api.report(sources, output=output)
+    if written["skipped"]:
+        console.print(f"skipped {len(written['skipped'])} .json file(s) that are not JSON: "
+                      + ", ".join(written["skipped"][:3]) + (" ..." if len(written["skipped"]) > 3 else ""),
+                      highlight=False, soft_wrap=True)
     console.print(f"report of {written['rows']} models: [bold]{written['markdown']}[/bold] and "
                   f"[bold]{written['html']}[/bold]")
 

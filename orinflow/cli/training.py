@@ -188,7 +188,7 @@ def prune(
     data: DataOpt = None,
     split: SplitOpt = "train",
     flops: Annotated[Optional[float], typer.Option("--flops", help="Target share of the original conv/linear FLOPs "
-                                                   "(0.7: 30% fewer).")] = 0.7,
+                                                   "(default 0.7: 30% fewer).")] = None,
     ratio: Annotated[Optional[float], typer.Option("--ratio", help="Instead of --flops: prune this share of every "
                                                    "prunable layer's channels.")] = None,
     importance: Annotated[str, typer.Option("--importance", help="Channel ranking: l1, l2, bn, taylor, "

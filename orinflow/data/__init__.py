@@ -1,7 +1,7 @@
 """Dataset readers: Ultralytics dataset YAMLs, class-per-subfolder trees, plain image folders."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
 from pathlib import Path
 
 import cv2
@@ -10,34 +10,10 @@ import yaml
 
 from ..config import IMAGE_SUFFIXES
 from ..errors import OrinflowError
+from .coco_json import load_coco_json
+from .dataset import Dataset
 
-
-@dataclass
-class Dataset:
-    """Images with optional labels.
-
-    task "detect":   labels[i] is an (n, 5) array: class, cx, cy, w, h (normalised, YOLO txt)
-    task "classify": labels[i] is the class index (subfolder order)
-    task None:       unlabelled images (calibration only)
-    """
-
-    name: str
-    images: list[Path]
-    task: str | None = None
-    labels: list = field(default_factory=list)
-    names: dict[int, str] = field(default_factory=dict)
-    coco: dict | None = None  # a COCO JSON's own ground truth (load_coco_json), for --metric coco
-    missing: list[str] = field(default_factory=list)  # images a COCO JSON lists that were left out (--skip-bad-images)
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-
-def load_coco_json(annotations: str | Path, images: str | Path, skip_missing: bool = False) -> Dataset:
-    """A COCO instances JSON and its image folder (data/coco_json.py)."""
-    from .coco_json import load_coco_json as read
-
-    return read(annotations, images, skip_missing)
+__all__ = ["Dataset", "load_coco_json", "load_dataset", "draw_images", "read_image", "list_images"]
 
 
 def draw_images(dataset: Dataset, count: int, seed: int) -> Dataset:
@@ -144,6 +120,8 @@ def _label_row(line: str, path: Path, number: int, names: dict[int, str]) -> lis
         values = [float(v) for v in fields]
     except ValueError:
         raise OrinflowError(f"bad label file {path}, line {number}: not numbers: {line.strip()[:60]!r}") from None
+    if not all(math.isfinite(v) for v in values):
+        raise OrinflowError(f"bad label file {path}, line {number}: NaN or infinite value: {line.strip()[:60]!r}")
     if len(values) != 5 and (len(values) < 7 or len(values) % 2 == 0):
         raise OrinflowError(f"bad label file {path}, line {number}: {len(values)} columns; a YOLO label is "
                             "'class cx cy w h' (5 columns) or 'class x1 y1 x2 y2 ...' (a polygon)")

@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import OrinflowError
+from .dataset import Dataset
 
 
-def load_coco_json(annotations: str | Path, images: str | Path, skip_missing: bool = False):
+def load_coco_json(annotations: str | Path, images: str | Path, skip_missing: bool = False) -> Dataset:
     """A detection dataset from a COCO instances JSON and its image folder.
 
     Class i is the i-th category id in ascending order (COCO's 80 classes in the usual order). Crowd
@@ -24,8 +25,6 @@ def load_coco_json(annotations: str | Path, images: str | Path, skip_missing: bo
     the JSON's own annotations, crowds and areas included (`Dataset.coco`). The Dataset's `missing` lists
     the images left out with `skip_missing`.
     """
-    from . import Dataset
-
     annotations, images = Path(annotations), Path(images)
     if not annotations.is_file():
         raise OrinflowError(f"COCO JSON not found: {annotations}")

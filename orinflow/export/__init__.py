@@ -4,7 +4,7 @@ from __future__ import annotations
 import io
 import time
 import warnings
-from contextlib import redirect_stdout
+from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -42,6 +42,20 @@ def default_output(adapter: ModelAdapter, dynamic: bool, half: bool, nms: NmsSpe
     return raw_onnx_dir() / f"{stem}_{size}{suffix}.onnx"
 
 
+MIN_OPSET = 13  # per-channel Q/DQ (what every INT8 route writes) and TensorRT's ONNX parser need 13 or newer
+
+
+def check_opset(opset: int) -> None:
+    """Refuse an opset the exporter or the INT8 routes cannot use, before any work (torch prints its whole graph
+    to stderr when an op has no form at an old opset)."""
+    import torch.onnx._constants as limits
+
+    newest = limits.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET
+    if not MIN_OPSET <= opset <= newest:
+        raise OrinflowError(f"--opset {opset}: choose {MIN_OPSET} to {newest} (Q/DQ and TensorRT need {MIN_OPSET}+; "
+                            f"torch's exporter writes up to {newest})")
+
+
 def export_onnx(adapter: ModelAdapter, output: Path | None = None, opset: int = DEFAULT_OPSET, dynamic: bool = False,
                 half: bool = False, simplify: bool = True, parity_image: np.ndarray | None = None,
                 nms: NmsSpec | None = None) -> ExportResult:
@@ -50,6 +64,7 @@ def export_onnx(adapter: ModelAdapter, output: Path | None = None, opset: int = 
     `nms`: append decode and NMS (export/nms.py); parity is checked on the raw head output first, then the
     end-to-end detections against orinflow's own post-processing of that output (onnx flavour).
     """
+    check_opset(opset)
     if nms is not None:
         nms.validate()
         if adapter.task != "detect":
@@ -90,7 +105,7 @@ def _torch_export(adapter: ModelAdapter, path: Path, opset: int, dynamic: bool) 
     module = adapter.export_module().eval()
     dummy = torch.zeros(adapter.input_shape)
     axes = {"images": {0: "batch"}, "output0": {0: "batch"}} if dynamic else None
-    with warnings.catch_warnings(), redirect_stdout(io.StringIO()), torch.no_grad():
+    with warnings.catch_warnings(), redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()), torch.no_grad():
         warnings.simplefilter("ignore")
         try:
             torch.onnx.export(module, (dummy,), str(path), opset_version=opset, input_names=["images"],

@@ -6,7 +6,7 @@ from pathlib import Path
 from ..errors import OrinflowError
 from ..io import atomic_path
 from . import alignment, sensitivity
-from .records import Row, build_rows, find_json, pareto_front
+from .records import Row, build_rows, pareto_front, read_trees
 from .render import html_page, markdown, plots, svg_text
 
 __all__ = ["Row", "build_rows", "pareto_front", "write_report"]
@@ -16,11 +16,11 @@ def write_report(sources: list[Path], output: Path) -> dict:
     """Write report.md (+ PNG plots) and report.html (plots inline as SVG) into `output`."""
     from matplotlib import pyplot as plt
 
-    files = find_json(sources)
-    studies = sensitivity.find_sensitivity(files)
-    alignments = alignment.find_alignment(files)
+    trees, skipped = read_trees(sources)
+    studies = [tree for _, tree in trees if sensitivity.is_sensitivity(tree)]
+    alignments = [tree for _, tree in trees if alignment.is_alignment(tree)]
     try:
-        rows = build_rows(sources)
+        rows = build_rows(sources, trees)
     except OrinflowError:
         if not studies and not alignments:
             raise
@@ -40,5 +40,6 @@ def write_report(sources: list[Path], output: Path) -> dict:
     with atomic_path(output / "report.html") as tmp:
         tmp.write_text(html_page(rows, svgs, labels, [sensitivity.html_section(s) for s in studies]
                                  + [alignment.html_section(a) for a in alignments]))
-    return {"rows": len(rows), "sensitivity": len(studies), "alignment": len(alignments), "markdown": output / "report.md", "html": output / "report.html",
-            "pareto_front": [r.name for r in pareto_front(rows)]}
+    return {"rows": len(rows), "sensitivity": len(studies), "alignment": len(alignments),
+            "markdown": output / "report.md", "html": output / "report.html",
+            "pareto_front": [r.name for r in pareto_front(rows)], "skipped": skipped}

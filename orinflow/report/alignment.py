@@ -2,24 +2,11 @@
 from __future__ import annotations
 
 import html
-import json
 from pathlib import Path
 
 
 def is_alignment(tree) -> bool:
     return isinstance(tree, dict) and tree.get("command") == "compare" and "worst_layers" in tree
-
-
-def find_alignment(files: list[Path]) -> list[dict]:
-    found = []
-    for path in files:
-        try:
-            tree = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError, OSError):
-            continue
-        if is_alignment(tree):
-            found.append(tree)
-    return found
 
 
 def layer_figure(record: dict):

@@ -49,16 +49,27 @@ class Row:
         return base / mine
 
 
-def find_json(paths: list[Path]) -> list[Path]:
-    files = []
+def read_trees(paths: list[Path]) -> tuple[list[tuple[Path, object]], list[str]]:
+    """Every JSON file given, or found in a folder given, parsed once, oldest first. A file named on its own
+    must be JSON; one found in a folder that is not is skipped and returned in the second list."""
+    trees, skipped = [], []
     for path in paths:
         if path.is_dir():
-            files += sorted(p for p in path.rglob("*.json") if not p.name.startswith("."))
+            found = sorted(p for p in path.rglob("*.json") if not p.name.startswith("."))
         elif path.is_file():
-            files.append(path)
+            found = [path]
         else:
             raise OrinflowError(f"no such record file or folder: {path}")
-    return files
+        for file in found:
+            try:
+                trees.append((file, json.loads(file.read_text())))
+            except (OSError, ValueError, RecursionError) as e:
+                if not path.is_dir():
+                    raise OrinflowError(f"{file} is not a JSON run record ({type(e).__name__}: "
+                                        f"{str(e)[:120]})") from e
+                skipped.append(str(file))
+    trees.sort(key=lambda item: item[0].stat().st_mtime)
+    return trees, skipped
 
 
 def _walk(node, found: list[dict]) -> None:
@@ -74,14 +85,10 @@ def _walk(node, found: list[dict]) -> None:
             _walk(value, found)
 
 
-def load_evaluations(paths: list[Path]) -> list[dict]:
+def load_evaluations(trees: list[tuple[Path, object]], paths: list[Path]) -> list[dict]:
     """Evaluation records, one per (model, runtime, data, split); one with latency wins, then the newest file."""
     chosen: dict[tuple, dict] = {}
-    for path in sorted(find_json(paths), key=lambda p: p.stat().st_mtime):
-        try:
-            tree = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise OrinflowError(f"{path} is not a JSON run record ({e})") from e
+    for _, tree in trees:
         found: list[dict] = []
         _walk(tree, found)
         for record in found:
@@ -145,8 +152,8 @@ def link_baselines(rows: list[Row]) -> None:
                                                      len(os.path.commonprefix([b.name, row.name]))))
 
 
-def build_rows(paths: list[Path]) -> list[Row]:
-    rows = [make_row(r) for r in load_evaluations(paths)]
+def build_rows(paths: list[Path], trees: list[tuple[Path, object]] | None = None) -> list[Row]:
+    rows = [make_row(r) for r in load_evaluations(read_trees(paths)[0] if trees is None else trees, paths)]
     link_baselines(rows)
     order = {BASELINE_ROUTE: 0, "ptq": 1, "qat": 2, "sat": 3, "sparse-qat": 4, "prune": 5, "prune+ptq": 6}
     rows.sort(key=lambda r: (r.record.get("data") or "", order.get(r.route, 9), r.target, r.method, r.name))

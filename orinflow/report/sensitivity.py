@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import html
-import json
 from pathlib import Path
 
 from ..io import atomic_path, write_json
@@ -10,18 +9,6 @@ from ..io import atomic_path, write_json
 
 def is_sensitivity(tree) -> bool:
     return isinstance(tree, dict) and {"groups", "full_int8", "head_tensors"} <= tree.keys()
-
-
-def find_sensitivity(files: list[Path]) -> list[dict]:
-    found = []
-    for path in files:
-        try:
-            tree = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            continue
-        if is_sensitivity(tree):
-            found.append(tree)
-    return found
 
 
 def rows(record: dict, count: int = 15) -> tuple[list[str], list[list[str]]]:

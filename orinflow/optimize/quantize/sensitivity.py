@@ -23,7 +23,7 @@ import onnx
 from ...config import workspace
 from ...data import Dataset, draw_images
 from ...errors import OrinflowError
-from ...io import atomic_path, check_output, private_folder, write_json, write_record
+from ...io import atomic_path, check_output, private_folder, read_cached, write_cached, write_record
 from ...models.onnx_model import OnnxModel, read_metadata, write_metadata
 from ...progress import progress
 from ..common.probes import HeadProbe, head_tensors, sqnr_db
@@ -146,8 +146,8 @@ def measure_sensitivity(source: OnnxModel, calib: np.ndarray, spec: QuantizeSpec
     subset = selection_subset(select, options.select_images, options.seed)
     key = cache_key(source, calib, spec, subset, options)
     cached = cache_dir() / f"{key}.json"
-    if use_cache and cached.is_file():
-        record = json.loads(cached.read_text())
+    record = read_cached(cached, say) if use_cache else None
+    if record is not None:
         record["cached"] = True
         say(f"sensitivity: read from cache {cached}")
         return record
@@ -159,7 +159,7 @@ def measure_sensitivity(source: OnnxModel, calib: np.ndarray, spec: QuantizeSpec
                   calibration_images=int(len(calib)), lint=quant_record["qdq_report"]["lint"],
                   seconds=round(time.perf_counter() - started, 1), peak_memory_mb=peak_memory_mb())
     if use_cache:
-        write_json(cached, record)
+        write_cached(cached, record, say)
     return record
 
 
