@@ -57,7 +57,7 @@ assert adapter.family == "ultralytics", adapter.family
 onnx = export_onnx(adapter, {str(tmp_path / 'pruned.onnx')!r})
 quantized = orinflow.quantize(onnx.path, data={str(tiny_shapes)!r}, num_images=4, output={str(tmp_path / 'q.onnx')!r})
 assert quantized["qdq_report"]["lint"] == [], quantized["qdq_report"]["lint"]
-record = orinflow.evaluate({str(tmp_path / 'q.onnx')!r}, {str(tiny_shapes)!r}, runs=0)
+record = orinflow.evaluate({str(tmp_path / 'q.onnx')!r}, {str(tiny_shapes)!r}, runs=0, class_map="0:0,1:1,2:2")
 print(json.dumps(record["metrics"]))
 """
     done = _without_torch_pruning(code, tmp_path)

@@ -90,10 +90,13 @@ FLAGS = {"model": "-m", "data": "--yaml (the data)", "output": "-o"}
 RANGES = {"imgsz": (1, MAX_IMGSZ), "threads": (1, None), "batch": (1, None)}
 
 
-def checked(func: Callable) -> Callable:
+def checked(func: Callable | None = None, *, before: Callable | None = None) -> Callable:
     """Check every argument of an API function against its annotation before any work: a wrong type is one
     OrinflowError naming the parameter, not a TypeError from deep inside (or a path string iterated character
-    by character where a list of paths was meant). RANGES hold wherever the parameter appears."""
+    by character where a list of paths was meant). RANGES hold wherever the parameter appears. `before(**args)`
+    runs first, for a mistake that deserves its own message."""
+    if func is None:
+        return functools.partial(checked, before=before)
     signature = inspect.signature(func)
     hints = typing.get_type_hints(func)
 
@@ -103,6 +106,8 @@ def checked(func: Callable) -> Callable:
             bound = signature.bind(*args, **kwargs)
         except TypeError as e:
             raise OrinflowError(f"orinflow.{func.__name__}(): {e}") from None
+        if before is not None:
+            before(**bound.arguments)
         for name, value in bound.arguments.items():
             hint = hints.get(name)
             if value is None and hint is not None and not _fits(value, hint):

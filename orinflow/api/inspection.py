@@ -37,7 +37,13 @@ def evaluate(model: PathLike, data: PathLike | None = None, *, split: str = "val
                    mean=mean, std=std, crop=crop, modules=modules, head=head, names=names, say=say)[0]
 
 
-@checked
+def _not_a_list(a=None, **_) -> None:
+    if isinstance(a, (list, tuple)):
+        raise OrinflowError("orinflow.compare(A, B) compares two models layer by layer; evaluate several side by "
+                            "side with orinflow.evaluate_many(models, data)")
+
+
+@checked(before=_not_a_list)
 def compare(a: PathLike, b: PathLike, data: PathLike | None = None, *, split: str = "val", images: int = 16,
             seed: int = 0, conf: float = 0.25, top: int = 5, output: PathLike | None = None, arch: str | None = None,
             imgsz: int | None = None, mean=None, std=None, crop: float | None = None,
@@ -52,9 +58,6 @@ def compare(a: PathLike, b: PathLike, data: PathLike | None = None, *, split: st
     those images when `data` is labelled. Writes compare.json and compare.png into `output` (default
     workspace/compare/<A>_vs_<B>) and returns the record.
     """
-    if isinstance(a, (list, tuple)):
-        raise OrinflowError("orinflow.compare(A, B) compares two models layer by layer; evaluate several side by "
-                            "side with orinflow.evaluate_many(models, data)")
     from ..evaluate.alignment import load_side
     from ..evaluate.compare_report import run_compare
     from ..io import check_output_folder, require_file

@@ -48,7 +48,7 @@ def check_head(head: str, shape: list, imgsz: tuple[int, int]) -> int:
         raise OrinflowError(f"unknown --head {head!r}; choose one of {', '.join(HEADS)}")
     fixed = len(shape) == 3 and all(isinstance(d, int) and d > 0 for d in shape[1:])
     a, b = (shape[1], shape[2]) if fixed else (0, 0)
-    fits = fixed and {"yolov8": 4 < a < b, "yolov5": b > 5 and a > b, "end2end": b == 6,
+    fits = fixed and {"yolov8": 4 < a <= b, "yolov5": b > 5 and a > b, "end2end": b == 6,
                       "yolox": b > 5 and a == _cell_count(imgsz)}[head]
     if not fits:
         raise OrinflowError(f"--head {head} expects an output of shape {LAYOUTS[head]}, but this model's is {shape}"

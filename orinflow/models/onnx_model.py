@@ -120,6 +120,8 @@ def check_against_graph(processing: Processing, model: onnx.ModelProto) -> None:
     if len(dims) == 4 and all(isinstance(d, int) and d > 0 for d in dims[2:]) and tuple(dims[2:]) != processing.imgsz:
         raise ProcessingError("imgsz", f"is {list(processing.imgsz)} but the graph's input is fixed at "
                               f"{dims[2]}x{dims[3]}")
+    if processing.task == "detect" and processing.head is None:
+        raise ProcessingError("head", "is missing: a detector's metadata must name its output layout")
     layout = {fmt: name for name, fmt in HEADS.items()}.get(processing.head)
     if processing.task != "detect" or layout is None or not model.graph.output:
         return

@@ -92,7 +92,7 @@ class Processing:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ProcessingError(name, f"is {getattr(self, name)!r}; one of {', '.join(allowed)} expected")
-        if self.task == "detect" and self.head not in HEAD_FORMATS:
+        if self.head is not None and self.head not in HEAD_FORMATS:  # None: preprocessing only (calibration)
             raise ProcessingError("head", f"is {self.head!r}; one of {', '.join(HEAD_FORMATS)} expected")
         if (len(self.imgsz) != 2 or not all(isinstance(v, Integral) and not isinstance(v, bool) for v in self.imgsz)
                 or not all(1 <= v <= MAX_IMGSZ for v in self.imgsz)):
