@@ -162,7 +162,7 @@ def test_cli_sensitivity_and_budget(fp32, calib, tiny_shapes, tmp_path, study):
     np.save(calib_path, calib)
     yaml = tiny_shapes
     result = runner.invoke(app, ["sensitivity", "-m", str(fp32.path), "--calib", str(calib_path), "--yaml", str(yaml),
-                                 "--split", "train", "--sqnr-images", str(FAST.sqnr_images), "--top", str(FAST.top),
+                                 "--method", "max", "--split", "train", "--sqnr-images", str(FAST.sqnr_images), "--top", str(FAST.top),
                                  "--select-images", str(FAST.select_images), "-o", str(tmp_path / "s")])
     assert result.exit_code == 0, result.output
     assert "read from cache" in result.output
@@ -299,3 +299,17 @@ def test_ptq_route_under_a_budget(tiny_shapes, tmp_path, study):
     budget = route["variants"][0]["budget"]
     assert budget["met"] and budget["select_data"].startswith("shapes:train") and budget["max_drop"] == 50
     assert "budget 50.00 points" in result.output and "read from cache" in result.output
+
+
+def test_a_budget_calibrates_with_search_unless_a_method_is_given():
+    from orinflow.optimize.quantize.ptq import default_method
+    from orinflow.optimize.quantize.route import check_variants, target_methods
+
+    base = QuantizeSpec()
+    assert default_method("tensorrt", budget=True) == "search" and default_method("cpu", budget=True) == "entropy"
+    assert default_method("tensorrt") == "entropy" and default_method("tensorrt", "fp8", budget=True) == "entropy"
+    assert [target_methods(base, None, t, True) for t in ("tensorrt", "cpu")] == [["search"], ["entropy"]]
+    assert target_methods(base, ["max"], "tensorrt", True) == ["max"]
+    check_variants(base, None, ["tensorrt", "cpu"], budget=True)  # search only where it applies
+    with pytest.raises(OrinflowError, match="--method search"):
+        check_variants(base, ["search"], ["cpu"], budget=True)

@@ -13,7 +13,7 @@ from .prepare import load
 
 @checked
 def quantize(model: PathLike, *, calib: PathLike | None = None, data: PathLike | None = None, split: str = "train",
-             num_images: int = 512, mode: str = "int8", method: str = "entropy", percentile: float = 99.999,
+             num_images: int = 512, mode: str = "int8", method: str | None = None, percentile: float = 99.999,
              target: str = "tensorrt", exclude: Sequence[str] | None = None, head_protect: bool = True,
              high_precision: str = "fp32", max_drop: float | None = None, max_fallback: float = 0.10,
              max_steps: int = 12, select_yaml: PathLike | None = None, select_split: str = "val",
@@ -23,9 +23,10 @@ def quantize(model: PathLike, *, calib: PathLike | None = None, data: PathLike |
     workspace/models/onnx/<target>/<name>_<mode>_<method>.onnx).
 
     Calibration comes from `calib` (.npy from `calibrate`) or is built from `data`/`split`.
-    mode: int8, fp8, int4. method: entropy, max, percentile, search. target: tensorrt (ModelOpt) or cpu
-    (ONNX Runtime). With `max_drop`, the groups that cost most fall back to `high_precision` until the
-    main metric on `select_yaml` drops at most `max_drop` points (docs/sensitivity.md).
+    mode: int8, fp8, int4. method: entropy, max, percentile, search; default entropy, or search under
+    `max_drop` (tensorrt int8). target: tensorrt (ModelOpt) or cpu (ONNX Runtime). With `max_drop`, the
+    groups that cost most fall back to `high_precision` until the main metric on `select_yaml` drops at most
+    `max_drop` points (docs/sensitivity.md).
     """
     from ..data import load_dataset
     from ..data.calibration import build_calibration, load_calibration
@@ -34,6 +35,9 @@ def quantize(model: PathLike, *, calib: PathLike | None = None, data: PathLike |
     from ..optimize.quantize.ptq import quantize_onnx
     from ..optimize.quantize.route import quantized_name
 
+    from ..optimize.quantize.ptq import default_method
+
+    method = method or default_method(target, mode, budget=max_drop is not None)
     spec = quantize_spec(mode, method, target, percentile, exclude, head_protect, high_precision)
     model, calib = locate(model, say), locate(calib, say)
     if calib is None and not data:
@@ -165,7 +169,8 @@ def budget_inputs(max_drop, max_fallback, max_steps, select_yaml, select_split, 
 
 @checked
 def ptq(model: PathLike, data: PathLike, *, split: str = "train", val_data: PathLike | None = None,
-        val_split: str = "val", num_images: int = 512, mode: str = "int8", methods: str | Sequence[str] = "entropy",
+        val_split: str = "val", num_images: int = 512, mode: str = "int8",
+        methods: str | Sequence[str] | None = None,
         targets: str | Sequence[str] = "tensorrt,cpu", percentile: float = 99.999,
         exclude: Sequence[str] | None = None, head_protect: bool = True, high_precision: str = "fp32",
         batch: int = 1, runs: int = 30, threads: int | None = None, max_drop: float | None = None,
@@ -176,6 +181,7 @@ def ptq(model: PathLike, data: PathLike, *, split: str = "train", val_data: Path
         names: str | None = None, say: Say = print) -> dict:
     """Route 1 in one call: export, calibrate on `data`/`split`, quantize for every method x target, evaluate
     everything on `val_data` (default `data`)/`val_split`. Writes into `output` (default workspace/ptq/<model>).
+    methods: default entropy, or under `max_drop` search for the tensorrt target (entropy for cpu).
 
     Returns the route record: "fp32", "variants" (evaluation records), "best" per target, and "record" (the
     ptq_record.json written).
@@ -188,8 +194,8 @@ def ptq(model: PathLike, data: PathLike, *, split: str = "train", val_data: Path
         raise OrinflowError("give the data with --yaml data.yaml (calibration split and evaluation split)")
     model = locate(model, say)
     spec = quantize_spec(mode, "entropy", "tensorrt", percentile, exclude, head_protect, high_precision)
-    method_list, target_list = names_list(methods), names_list(targets)
-    check_variants(spec, method_list, target_list)
+    method_list, target_list = names_list(methods) or None, names_list(targets)
+    check_variants(spec, method_list, target_list, max_drop is not None)
     options = EvalOptions(batch=batch, latency_runs=runs, threads=threads, measure_latency=runs > 0)
     options.validate()
     workdir = check_output_folder(output or workspace() / "ptq" / Path(model).stem,
@@ -203,13 +209,14 @@ def ptq(model: PathLike, data: PathLike, *, split: str = "train", val_data: Path
 
 
 @checked
-def sensitivity(model: PathLike, calib: PathLike, data: PathLike, *, split: str = "val", method: str = "max",
+def sensitivity(model: PathLike, calib: PathLike, data: PathLike, *, split: str = "val", method: str | None = None,
                 target: str = "tensorrt", percentile: float = 99.999, head_protect: bool = True,
                 select_images: int = 300, sqnr_images: int = 16, top: int = 4, threads: int | None = None,
                 no_cache: bool = False, output: PathLike | None = None, say: Say = print) -> dict:
     """Rank the quantization groups of an FP32 ONNX by the accuracy they cost (docs/sensitivity.md), on labelled
     selection data `data` (never claim data). Writes sensitivity.json and .png into `output` (default
-    workspace/sensitivity/<model>_<method>_<target>); the record's "files" names them."""
+    workspace/sensitivity/<model>_<method>_<target>); the record's "files" names them. method: default search for
+    tensorrt (what `quantize --max-drop` calibrates with, so it reads this ranking from the cache), max for cpu."""
     from ..data import load_dataset
     from ..data.calibration import load_calibration
     from ..io import check_output_folder
@@ -217,6 +224,7 @@ def sensitivity(model: PathLike, calib: PathLike, data: PathLike, *, split: str 
     from ..optimize.quantize.sensitivity import SensitivityOptions, measure_sensitivity, selection_subset
     from ..report.sensitivity import write_sensitivity
 
+    method = method or ("search" if target == "tensorrt" else "max")
     spec = quantize_spec("int8", method, target, percentile, None, head_protect, "fp32")
     model, calib = locate(model, say), locate(calib, say)
     options = SensitivityOptions(sqnr_images=sqnr_images, select_images=select_images, top=top, threads=threads)

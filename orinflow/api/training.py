@@ -140,10 +140,10 @@ def prune(model: PathLike, data: PathLike | None = None, *, split: str = "train"
           modules: Sequence[PathLike] | None = None, head: str | None = None, names: str | None = None,
           say: Say = print) -> dict:
     """Route 5: dependency-aware channel pruning (torch-pruning's DependencyGraph) to `flops` of the original
-    conv/linear FLOPs (default 0.7), or `ratio` of every prunable layer's channels (not both), in `steps` steps, each followed by
-    `epochs` of fine-tuning on `data`/`split` (distillation from the unpruned model, a detector's score term
-    also averaged over the teacher's confident anchors (QATConfig.foreground), and/or the family's label loss;
-    epochs 0 prunes only). Channel counts are rounded to `round_to` and every layer keeps `min_share`.
+    conv/linear FLOPs (default 0.7), or `ratio` of every prunable layer's channels (not both), in `steps` steps,
+    each followed by `epochs` of fine-tuning on `data`/`split` (distillation from the unpruned model, a detector's
+    score term also averaged over the teacher's confident anchors (QATConfig.foreground), and/or the family's label
+    loss; epochs 0 prunes only). Channel counts are rounded to `round_to` and every layer keeps `min_share`.
     reconstruct: after each step, refit every layer that lost input channels by least squares to its output
     before the step, on 64 images of `data` (optimize/prune/reconstruct.py); off, or without data, BatchNorm
     statistics are re-estimated instead. plan: how the FLOPs to cut are shared among the coupled channel groups

@@ -57,7 +57,7 @@ SelectImagesOpt = Annotated[int, typer.Option("--select-images", help="Selection
                                               "accuracy measurement (0: all).")]
 
 
-def _print_budget(budget: dict) -> None:
+def _print_budget(budget: dict, method: str) -> None:
     verdict = "[green]met[/green]" if budget["met"] else "[red]not met[/red]"
     console.print(f"budget {budget['max_drop']:.2f} points {verdict}: {budget['metric']} on {budget['select_data']} "
                   f"FP32 {budget['fp32']:.4f}, full INT8 {budget['full_int8']:.4f}, final {budget['final']:.4f} "
@@ -66,6 +66,13 @@ def _print_budget(budget: dict) -> None:
     if not budget["met"]:
         console.print(f"[yellow]the budget is not met within --max-fallback {budget['max_fallback']:.0%} and "
                       f"--max-steps {budget['max_steps']}; the best model reached is written[/yellow]")
+        if method != "search" and budget.get("search_full_int8") is not None:
+            console.print(f"--method search starts from {budget['search_full_int8']:.4f} ({budget['metric']}, full "
+                          f"INT8, measured on the same selection data earlier) against {method}'s "
+                          f"{budget['full_int8']:.4f}: try it")
+        elif method != "search" and "search_full_int8" in budget:
+            console.print(f"--method search (per-quantizer calibration) usually starts closer to FP32 than {method} "
+                          "and often meets a budget that other methods miss: try it")
 
 
 @app.command()
@@ -77,9 +84,9 @@ def quantize(
     split: SplitOpt = "train",
     num_images: NumImagesOpt = 512,
     mode: ModeOpt = "int8",
-    method: Annotated[str, typer.Option("--method", help="Activation calibration: entropy, max, percentile, or "
-                                        "search (per quantizer, whichever serves the head outputs best; tensorrt "
-                                        "int8).")] = "entropy",
+    method: Annotated[Optional[str], typer.Option("--method", help="Activation calibration: entropy, max, percentile, "
+                                                  "or search (per quantizer, whichever serves the head outputs best; "
+                                                  "tensorrt int8). Default: entropy; search with --max-drop.")] = None,
     percentile: PercentileOpt = 99.999,
     target: TargetOpt = "tensorrt",
     exclude: ExcludeOpt = None,
@@ -107,11 +114,12 @@ def quantize(
                           high_precision=high_precision, max_drop=max_drop, max_fallback=max_fallback,
                           max_steps=max_steps, select_yaml=select_yaml, select_split=select_split,
                           select_images=select_images, output=output, say=console.print)
-    console.print(f"quantized [bold]{record['model']}[/bold] ({mode}, {method}, {target}) from "
+    used = record["quantization"]["method"]
+    console.print(f"quantized [bold]{record['model']}[/bold] ({mode}, {used}, {target}) from "
                   f"{record['calibration_images']} calibration images in {record['seconds']} s")
     print_qdq(record["qdq_report"])
     if "budget" in record:
-        _print_budget(record["budget"])
+        _print_budget(record["budget"], record["quantization"]["method"])
     console.print(describe(record["sparsity"]))
 
 
@@ -124,8 +132,9 @@ def sensitivity(
     data: Annotated[Optional[str], typer.Option("--yaml", "--data", help="Labelled selection data (never the data "
                                                 "you claim figures on).")] = None,
     split: Annotated[str, typer.Option("--split", help="Split of the selection data.")] = "val",
-    method: Annotated[str, typer.Option("--method", help="Activation calibration: entropy, max, percentile or "
-                                        "search.")] = "max",
+    method: Annotated[Optional[str], typer.Option("--method", help="Activation calibration: entropy, max, percentile "
+                                                  "or search (default: search for tensorrt, as --max-drop uses; max "
+                                                  "for cpu).")] = None,
     target: TargetOpt = "tensorrt",
     percentile: PercentileOpt = 99.999,
     head_protect: HeadOpt = True,
@@ -168,8 +177,9 @@ def ptq(
     val_split: Annotated[str, typer.Option("--val-split", help="Evaluation split.")] = "val",
     num_images: Annotated[int, typer.Option("--num-images", "-n", help="Calibration images.")] = 512,
     mode: ModeOpt = "int8",
-    methods: Annotated[str, typer.Option("--methods", "--method", help="Calibration methods to compare, "
-                                         "comma-separated.")] = "entropy",
+    methods: Annotated[Optional[str], typer.Option("--methods", "--method", help="Calibration methods to compare, "
+                                                   "comma-separated. Default: entropy; with --max-drop, search for "
+                                                   "the tensorrt target.")] = None,
     targets: Annotated[str, typer.Option("--targets", "--target", help="Targets, comma-separated: tensorrt,cpu.")]
     = "tensorrt,cpu",
     percentile: PercentileOpt = 99.999,
@@ -208,7 +218,7 @@ def ptq(
     for variant in route["variants"]:
         if "budget" in variant:
             console.print(f"{Path(variant['model']).name}:", end=" ")
-            _print_budget(variant["budget"])
+            _print_budget(variant["budget"], variant["quantization"]["method"])
     for target, best in route["best"].items():
         console.print(f"best for {target}: {best['method']} ({best['metric']} {-best['drop'] * 100:+.2f} points "
                       "against FP32)")

@@ -36,6 +36,13 @@ TARGETS = ("tensorrt", "cpu")
 HIGH_PRECISION = ("fp32", "fp16")
 
 
+def default_method(target: str, mode: str = "int8", budget: bool = False) -> str:
+    """The calibration method when none is given: under an accuracy budget (--max-drop) the per-quantizer
+    search where it applies (tensorrt, int8), which measured half entropy's loss on real YOLOv5 checkpoints
+    (docs/sensitivity.md); entropy otherwise."""
+    return "search" if budget and target == "tensorrt" and mode == "int8" else "entropy"
+
+
 @dataclass
 class QuantizeSpec:
     mode: str = "int8"

@@ -12,7 +12,7 @@ from ...export import export_onnx
 from ...export.nms import with_nms_restored
 from ...io import write_json
 from ...models import ModelAdapter, OnnxModel, load_model
-from .ptq import QuantizeSpec, quantize_onnx
+from .ptq import QuantizeSpec, default_method, quantize_onnx
 from .sensitivity import BudgetSpec, SensitivityOptions, fit_budget
 
 Budget = tuple[BudgetSpec, Dataset, SensitivityOptions]
@@ -22,22 +22,29 @@ def quantized_name(stem: str, spec: QuantizeSpec) -> str:
     return f"{stem}_{spec.mode}_{spec.method}_{spec.target}.onnx"
 
 
-def check_variants(base: QuantizeSpec, methods: list[str], targets: list[str]) -> None:
+def target_methods(base: QuantizeSpec, methods: list[str] | None, target: str, budget: bool) -> list[str]:
+    """The methods quantized for `target`: those given, else the default (search under a budget where it
+    applies, ptq.default_method)."""
+    return methods if methods else [default_method(target, base.mode, budget)]
+
+
+def check_variants(base: QuantizeSpec, methods: list[str] | None, targets: list[str], budget: bool = False) -> None:
     """Refuse any bad method x target pair (such as search on cpu) before work starts."""
     for target in targets:
-        for method in methods:
+        for method in target_methods(base, methods, target, budget):
             replace(base, method=method, target=target).validate()
 
 
 def run_ptq(model: ModelAdapter | OnnxModel, calib_data: str | Path, calib_split: str, eval_data: str | Path,
-            eval_split: str, workdir: Path, methods: list[str], targets: list[str], base: QuantizeSpec,
+            eval_split: str, workdir: Path, methods: list[str] | None, targets: list[str], base: QuantizeSpec,
             num_images: int, options: EvalOptions, say=print, budget: Budget | None = None) -> dict:
     """Returns the route record: FP32 and every quantized variant evaluated on the same data.
 
     With `budget` (BudgetSpec, selection Dataset, SensitivityOptions), every variant is quantized
     under that accuracy budget (sensitivity.fit_budget), selected on the selection data only.
+    `methods` None: each target's default (target_methods).
     """
-    check_variants(base, methods, targets)
+    check_variants(base, methods, targets, budget is not None)
 
     def indented(message: str) -> None:
         say(f"  {message.strip()}")
@@ -54,7 +61,7 @@ def run_ptq(model: ModelAdapter | OnnxModel, calib_data: str | Path, calib_split
     records = [evaluate_model(fp32, evaluation, eval_split, options)]
     variants = []
     for target in targets:
-        for method in methods:
+        for method in target_methods(base, methods, target, budget is not None):
             spec = replace(base, method=method, target=target)
             out = workdir / quantized_name(Path(fp32.path).stem.removesuffix("_fp32"), spec)
             if budget:

@@ -14,7 +14,7 @@ import hashlib
 import json
 import resource
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -247,12 +247,24 @@ def fit_budget(source: OnnxModel, calib: np.ndarray, spec: QuantizeSpec, select:
             "fallback_compute": [c for name in kept for c in groups[name].compute], "steps": steps,
             "int8_flop_share": report["quantized_flop_share"],
             "full_int8_flop_share": quant_record["qdq_report"]["quantized_flop_share"], "sensitivity_key": ranking["key"],
+            "search_full_int8": _measured_search_start(source, calib, spec, subset, options),
         },
         "seconds": round(time.perf_counter() - started, 1),  # the sensitivity run included (or read from cache)
         "size_bytes": Path(output).stat().st_size,
     }
     write_record(Path(output), record)
     return record
+
+
+def _measured_search_start(source: OnnxModel, calib: np.ndarray, spec: QuantizeSpec, subset: Dataset,
+                           options: SensitivityOptions) -> float | None:
+    """The selection metric of full INT8 with --method search on the same model, calibration and selection data,
+    when an earlier run measured it (the sensitivity cache); None otherwise. Nothing is measured here."""
+    if spec.method == "search" or spec.target != "tensorrt" or spec.mode != "int8":
+        return None
+    key = cache_key(source, calib, replace(spec, method="search"), subset, options)
+    cached = read_cached(cache_dir() / f"{key}.json", lambda message: None)
+    return None if cached is None else cached["full_int8"][cached["metric"]]
 
 
 def _greedy(ranking: dict, groups: dict[str, Group], total_flops: int, budget: BudgetSpec, reference: float,
