@@ -65,6 +65,9 @@ def _bad_metadata(root: Path) -> None:
         prop = next(p for p in model.metadata_props if p.key == META_PROCESSING)
         prop.value = json.dumps(json.loads(prop.value) | change)
         onnx.save(model, str(root / f"meta_{case}.onnx"))
+    model = onnx.load(str(root / "m.onnx"))
+    model.metadata_props.add(key="orinflow.channel_aligned", value='{"conv": {"output_channels": -3}}')
+    onnx.save(model, str(root / "meta_aligned.onnx"))
 
 
 def _foreign_and_taken(root: Path) -> None:
@@ -210,6 +213,8 @@ CASES = [
     *[(f"metadata-{case}", f"evaluate -m {{inputs}}/meta_{case}.onnx --yaml " + D + " --runs 0",
        f"orinflow.processing: {next(iter(change)) if case != 'std' else 'mean/std'}")
       for case, change in BAD_METADATA.items()],
+    ("metadata-channel-aligned", "evaluate -m {inputs}/meta_aligned.onnx --yaml " + D + " --runs 0",
+     "orinflow.channel_aligned"),
     ("metadata-deploy", "deploy -m {inputs}/meta_iou.onnx -o {out}/b", "orinflow.processing: nms_iou"),
     ("metadata-quantize", "quantize -m {inputs}/meta_head.onnx --calib {inputs}/c.npy -o {out}/q.onnx",
      "orinflow.processing: head"),

@@ -19,7 +19,13 @@ ALIGNED_METADATA = "orinflow.channel_aligned"  # the cpu target's padded convs: 
 def true_output_channels(model: onnx.ModelProto) -> dict[str, int]:
     """Convs the cpu target padded with zero filters (from the model's metadata), with their real filter count."""
     raw = next((p.value for p in model.metadata_props if p.key == ALIGNED_METADATA), "{}")
-    return {name: info["output_channels"] for name, info in json.loads(raw).items()}
+    try:
+        padded = {name: info["output_channels"] for name, info in json.loads(raw).items()}
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        raise OrinflowError(f"metadata {ALIGNED_METADATA} is damaged ({type(e).__name__}: {e})") from e
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in padded.values()):
+        raise OrinflowError(f"metadata {ALIGNED_METADATA}: output_channels must be positive whole numbers")
+    return padded
 
 
 LEARNED_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization", "LayerNormalization"}
