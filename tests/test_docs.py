@@ -71,6 +71,7 @@ def test_the_steps_when_int8_loses_too_much_run_as_written(quick_start, user_fol
     assert (user_folder / "best_sensitivity" / "sensitivity.json").is_file()
     assert "budget 0.50 points" in outputs["quantize"] and (user_folder / "best_int8_budget.onnx").is_file()
     assert "read from cache" in outputs["quantize"]  # the ranking `sensitivity` measured, not measured again
+    assert "full quantization: read from cache" in outputs["quantize"]  # nor its full (search) quantization
     made = json.loads((user_folder / "best_int8_budget.json").read_text())
     assert made["quantization"]["method"] == "search"  # the default under --max-drop, as `sensitivity`'s
     assert (user_folder / "best_qat_int8.onnx").is_file()

@@ -125,9 +125,28 @@ def cache_dir() -> Path:
 
 
 def quantize_full(source: OnnxModel, calib: np.ndarray, spec: QuantizeSpec, work: Path,
-                  say=print) -> tuple[onnx.ModelProto, dict]:
-    """One full quantization in a private folder: the model every variant is cut from, and its record."""
+                  say=print, use_cache: bool = True) -> tuple[onnx.ModelProto, dict]:
+    """One full quantization in a private folder: the model every variant is cut from, and its record.
+
+    Cached in workspace/cache/quantized/ by the model file, the calibration array and the settings, so
+    `quantize --max-drop` after `sensitivity` (or a second budget) does not quantize (or search) again."""
+    key = _digest(str(CACHE_VERSION), "full", _file_digest(Path(source.path)),
+                  hashlib.sha256(np.ascontiguousarray(calib)).hexdigest(), json.dumps(asdict(spec), sort_keys=True))
+    stored = cache_dir().parent / "quantized" / f"{key}.onnx"
+    stored_record = stored.with_suffix(".json")
+    record = read_cached(stored_record, say) if use_cache and stored.is_file() else None
+    if record is not None:
+        say(f"full quantization: read from cache {stored}")
+        return onnx.load(str(stored)), record
     record = quantize_onnx(source, calib, spec, work / "full.onnx", say=say)
+    if use_cache:
+        try:
+            with atomic_path(stored) as tmp:
+                tmp.write_bytes((work / "full.onnx").read_bytes())
+        except (OrinflowError, OSError) as e:
+            say(f"note: not cached ({e}); the result stands")
+        else:
+            write_cached(stored_record, record, say)
     return onnx.load(str(work / "full.onnx")), record
 
 
@@ -153,7 +172,7 @@ def measure_sensitivity(source: OnnxModel, calib: np.ndarray, spec: QuantizeSpec
         return record
     started = time.perf_counter()
     with private_folder("orinflow-sens-") as work:
-        full, quant_record = quantized or quantize_full(source, calib, spec, work, say)
+        full, quant_record = quantized or quantize_full(source, calib, spec, work, say, use_cache)
         record = _measure(source, calib, full, subset, options, work, say)
     record.update(key=key, cached=False, model=str(source.path), quantization=asdict(spec),
                   calibration_images=int(len(calib)), lint=quant_record["qdq_report"]["lint"],
