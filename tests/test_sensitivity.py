@@ -313,3 +313,28 @@ def test_a_budget_calibrates_with_search_unless_a_method_is_given():
     check_variants(base, None, ["tensorrt", "cpu"], budget=True)  # search only where it applies
     with pytest.raises(OrinflowError, match="--method search"):
         check_variants(base, ["search"], ["cpu"], budget=True)
+
+
+def test_a_budget_missed_with_another_method_points_at_search(fp32, calib, select, private_workspace):
+    """The closing message offers search, with its full-INT8 selection figure when an earlier run measured it on the
+    same model, calibration and selection images (read from the cache, never measured unasked)."""
+    import orinflow.cli.quantization as cli
+    from orinflow.io import write_json
+    from orinflow.optimize.quantize.sensitivity import (_measured_search_start, cache_dir, cache_key,
+                                                        selection_subset)
+
+    subset = selection_subset(select, FAST.select_images, FAST.seed)
+    assert _measured_search_start(fp32, calib, QuantizeSpec(method="max"), subset, FAST) is None  # nothing measured
+    key = cache_key(fp32, calib, QuantizeSpec(method="search"), subset, FAST)
+    write_json(cache_dir() / f"{key}.json", {"metric": "mAP50-95", "full_int8": {"mAP50-95": 0.9712}})
+    assert _measured_search_start(fp32, calib, QuantizeSpec(method="max"), subset, FAST) == 0.9712
+    assert _measured_search_start(fp32, calib, QuantizeSpec(method="search"), subset, FAST) is None
+    budget = {"max_drop": 0.3, "met": False, "metric": "mAP50-95", "select_data": "shapes:train", "fp32": 0.98,
+              "full_int8": 0.96, "final": 0.965, "drop_points": 1.5, "fallback": [], "fallback_precision": "fp32",
+              "int8_flop_share": 1.0, "max_fallback": 0.1, "max_steps": 12, "search_full_int8": 0.9712}
+    with cli.console.capture() as captured:
+        cli._print_budget(budget, "max")
+    assert "--method search starts from 0.9712" in captured.get() and "max's 0.9600" in captured.get()
+    with cli.console.capture() as captured:
+        cli._print_budget(dict(budget, search_full_int8=None), "max")
+    assert "--method search" in captured.get() and "starts from" not in captured.get()
