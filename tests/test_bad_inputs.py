@@ -325,7 +325,8 @@ BASE = {
 READ_ONLY = {"model", "arch", "data", "split", "mean", "std", "head", "names", "modules", "calib", "method", "methods",
              "exclude", "high_precision", "mode", "targets", "target", "val_data", "val_split", "select_yaml",
              "select_split", "importance", "plan", "device", "schedule", "runtime", "metric", "coco_json", "images",
-             "more", "compare", "image", "class_map", "a", "b", "sources", "trt", "nms", "calib_cache", "from_qdq", "layers", "qat_mode"}
+             "more", "compare", "image", "class_map", "a", "b", "sources", "trt", "nms", "calib_cache", "from_qdq", "layers", "qat_mode",
+             "runtime_a", "runtime_b", "runtimes"}
 
 
 def output_options(unplaced: list | None = None) -> list[tuple[str, str, str]]:

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -6,6 +7,7 @@ import onnxruntime as ort
 import pytest
 from typer.testing import CliRunner
 
+import orinflow
 from orinflow.cli import app
 from orinflow.errors import OrinflowError
 from orinflow.evaluate import EvalOptions, evaluate_model
@@ -121,9 +123,19 @@ def test_ptq_route_end_to_end(tmp_path, tiny_shapes):
 
     result = CliRunner().invoke(app, ["ptq", "-m", str(DEMO_MODEL), "--imgsz", "256", "--yaml", str(tiny_shapes),
                                       "-n", "4", "--methods", "entropy,max", "--targets", "tensorrt,cpu",
-                                      "--runs", "2", "-o", str(tmp_path)])
+                                      "--runs", "2", "--runtimes", "onnxruntime,openvino", "-o", str(tmp_path)])
     assert result.exit_code == 0, result.output
     record = json.loads((tmp_path / "ptq_record.json").read_text())
     assert len(record["variants"]) == 4 and set(record["best"]) == {"tensorrt", "cpu"}
     assert all(v["qdq_report"]["quantized_flop_share"] > 0.9 for v in record["variants"])
     assert "best for tensorrt" in result.output
+    # --runtimes: every model timed on both, side by side, and the fastest named in the output and the report
+    for model in [record["fp32"], *record["variants"]]:
+        timed = model["latency_by_runtime"]
+        assert set(timed) == {"onnxruntime", "openvino"} and all(t["median"] > 0 for t in timed.values())
+        assert model["best_runtime"] == min(timed, key=lambda r: timed[r]["median"])
+    assert "fastest" in result.output
+    report = orinflow.report([tmp_path / "ptq_record.json"], output=tmp_path / "report")
+    table = Path(report["markdown"]).read_text()
+    fp32_best = record["fp32"]["best_runtime"]
+    assert f"{record['fp32']['latency_by_runtime'][fp32_best]['label']} (" in table

@@ -45,7 +45,8 @@ def _not_a_list(a=None, **_) -> None:
 
 @checked(before=_not_a_list)
 def compare(a: PathLike, b: PathLike, data: PathLike | None = None, *, split: str = "val", images: int = 16,
-            seed: int = 0, conf: float = 0.25, top: int = 5, output: PathLike | None = None, arch: str | None = None,
+            seed: int = 0, conf: float = 0.25, top: int = 5, output: PathLike | None = None,
+            runtime_a: str = "auto", runtime_b: str = "auto", arch: str | None = None,
             imgsz: int | None = None, mean=None, std=None, crop: float | None = None,
             modules: Sequence[PathLike] | None = None, head: str | None = None, names: str | None = None,
             say: Say = print) -> dict:
@@ -57,6 +58,8 @@ def compare(a: PathLike, b: PathLike, data: PathLike | None = None, *, split: st
     detections matched per image (same class, IoU >= 0.9), each unmatched one with its cause; the mAP of both on
     those images when `data` is labelled. Writes compare.json and compare.png into `output` (default
     workspace/compare/<A>_vs_<B>) and returns the record.
+    runtime_a, runtime_b: what runs an ONNX side, auto (ONNX Runtime) or openvino; one model on two runtimes
+    is `compare(m, m, runtime_b="openvino")`.
     """
     from ..evaluate.alignment import load_side
     from ..evaluate.compare_report import run_compare
@@ -71,11 +74,13 @@ def compare(a: PathLike, b: PathLike, data: PathLike | None = None, *, split: st
     a, b = locate(a, say), locate(b, say)
     for path in (a, b):
         require_file(path, "model")
-    folder = check_output_folder(output or workspace() / "compare" / f"{Path(a).stem}_vs_{Path(b).stem}", [a, b, data])
+    runtimes = (runtime_a, runtime_b)
+    stems = [Path(p).stem + (f"_{r}" if r != "auto" else "") for p, r in zip((a, b), runtimes)]
+    folder = check_output_folder(output or workspace() / "compare" / f"{stems[0]}_vs_{stems[1]}", [a, b, data])
     options = {"arch": arch, "imgsz": imgsz, "mean": mean, "std": std, "crop": crop, "modules": modules,
                "head": head, "names": names}
-    sides = tuple(load_side(path, label, lambda checkpoint: load(checkpoint, **options))
-                  for path, label in ((a, "A"), (b, "B")))
+    sides = tuple(load_side(path, label, lambda checkpoint: load(checkpoint, **options), runtime)
+                  for path, label, runtime in ((a, "A", runtime_a), (b, "B", runtime_b)))
     return run_compare(sides, (a, b), data, split, images, seed, conf, top, Path(folder), say)
 
 
@@ -95,10 +100,12 @@ def evaluate_many(models: Sequence[PathLike], data: PathLike | None = None, *, s
     """
     from ..evaluate import EvalOptions, evaluate_model, evaluate_side_by_side
     from ..io import check_output, write_json
+    from ..runtime import check_runtime
 
     if not models:
         raise OrinflowError("give a model with -m, or several with --compare A B ...")
     models = [locate(path, say) for path in models]
+    check_runtime(models, runtime)
     dataset = _evaluation_data(data, coco_json, images, skip_bad_images)
     options = EvalOptions(conf=conf, iou=iou, max_det=max_det, batch=batch, latency_runs=runs, warmup=warmup,
                           threads=threads, measure_latency=runs > 0, runtime=runtime,
@@ -160,10 +167,15 @@ def deploy(model: PathLike, *, output: PathLike | None = None, trt: str = "10", 
            min_batch: int = 1, opt_batch: int | None = None, max_batch: int | None = None,
            workspace_mib: int | None = None, nms: str = "trt", pre_topk: int = 30000, keep_topk: int = 300,
            iou: float | None = None, conf: float = 0.25, implicit: bool = False, calib_cache: PathLike | None = None,
-           dla: int | None = None, deepstream: bool = False, overwrite: bool = False, say: Say = print) -> dict:
+           dla: int | None = None, deepstream: bool = False, target: str = "jetson", overwrite: bool = False,
+           say: Say = print) -> dict:
     """A Jetson bundle (default workspace/deploy/<model>): the ONNX, build_engine.sh with trtexec flags read from
     the model, bench.sh, infer.py and a README. Dynamic-batch models get a profile from min/opt/max batch
     (opt default 8; 1 on DLA).
+
+    target "openvino": an x86 bundle instead (docs/deploy.md): the ONNX (without EfficientNMS_TRT), infer.py on
+    OpenVINO, bench.sh with OpenVINO's benchmark_app (batch 1, and opt_batch for a free-batch graph) and a README;
+    the TensorRT options (trt, implicit, calib_cache, dla, deepstream, nms) do not apply and are refused.
 
     nms: an orinflow detector without NMS inside is deployed end-to-end, so no NMS runs on the Jetson's CPU:
     "trt" (EfficientNMS_TRT; the bundle also keeps model_raw.onnx for ONNX Runtime), "onnx"
@@ -184,6 +196,13 @@ def deploy(model: PathLike, *, output: PathLike | None = None, trt: str = "10", 
     path = require_file(locate(model, say), "model")
     if path.suffix.lower() != ".onnx":
         raise OrinflowError(f"{path} is not ONNX: export or quantize it first (orinflow export / quantize)")
+    if target not in DEPLOY_TARGETS:
+        raise OrinflowError(f"unknown --target {target!r}; choose one of {', '.join(DEPLOY_TARGETS)}")
+    if target == "openvino":
+        tensorrt_only = {"--implicit": implicit, "--calib-cache": calib_cache is not None, "--dla": dla is not None,
+                         "--deepstream": deepstream, "--trt": trt != "10", "--nms": nms != "trt"}
+        return _openvino_bundle(path, output, opt_batch or DYNAMIC_DEFAULT_BATCH, overwrite,
+                                [flag for flag, given in tensorrt_only.items() if given])
     if nms not in (*FLAVOURS, "none"):
         raise OrinflowError(f"--nms {nms}: choose trt, onnx or none")
     spec = NmsSpec(flavour=nms, pre_topk=pre_topk, keep_topk=keep_topk, iou=iou, conf=conf) if nms != "none" else None
@@ -207,6 +226,21 @@ def deploy(model: PathLike, *, output: PathLike | None = None, trt: str = "10", 
         return write_bundle(deployed, Path(output), options, overwrite, traits, raw=path if keep_raw else None,
                             nms=nms_done, source=path, high_precision=done.get("high_precision"), calib_cache=cache,
                             deepstream=deepstream)
+
+
+DEPLOY_TARGETS = ("jetson", "openvino")
+
+
+def _openvino_bundle(path: Path, output, batch: int, overwrite: bool, refused: list[str]) -> dict:
+    from ..deploy.openvino import write_openvino_bundle
+    from ..io import check_output_folder
+    from ..runtime.openvino import import_openvino
+
+    if refused:
+        raise OrinflowError(f"{', '.join(refused)}: TensorRT options, which --target openvino does not use")
+    import_openvino()  # write_openvino_bundle reads the bundle's model with it
+    folder = check_output_folder(output or workspace() / "deploy" / f"{path.stem}_openvino", [path], replaced=True)
+    return write_openvino_bundle(path, Path(folder), batch, overwrite)
 
 
 def implicit_cache(implicit: bool, calib_cache: PathLike | None, say: Say) -> Path | None:

@@ -173,7 +173,8 @@ def ptq(model: PathLike, data: PathLike, *, split: str = "train", val_data: Path
         methods: str | Sequence[str] | None = None,
         targets: str | Sequence[str] = "tensorrt,cpu", percentile: float = 99.999,
         exclude: Sequence[str] | None = None, head_protect: bool = True, high_precision: str = "fp32",
-        batch: int = 1, runs: int = 30, threads: int | None = None, max_drop: float | None = None,
+        batch: int = 1, runs: int = 30, threads: int | None = None,
+        runtimes: str | Sequence[str] | None = None, max_drop: float | None = None,
         max_fallback: float = 0.10, max_steps: int = 12, select_yaml: PathLike | None = None,
         select_split: str = "val", select_images: int = 300, output: PathLike | None = None,
         arch: str | None = None, imgsz: int | None = None, mean=None, std=None, crop: float | None = None,
@@ -182,6 +183,8 @@ def ptq(model: PathLike, data: PathLike, *, split: str = "train", val_data: Path
     """Route 1 in one call: export, calibrate on `data`/`split`, quantize for every method x target, evaluate
     everything on `val_data` (default `data`)/`val_split`. Writes into `output` (default workspace/ptq/<model>).
     methods: default entropy, or under `max_drop` search for the tensorrt target (entropy for cpu).
+    runtimes: time every model on each of these too (onnxruntime, openvino, tensorrt), side by side; each
+    evaluation record gains "latency_by_runtime" and "best_runtime". Accuracy is measured on ONNX Runtime.
 
     Returns the route record: "fp32", "variants" (evaluation records), "best" per target, and "record" (the
     ptq_record.json written).
@@ -196,6 +199,7 @@ def ptq(model: PathLike, data: PathLike, *, split: str = "train", val_data: Path
     spec = quantize_spec(mode, "entropy", "tensorrt", percentile, exclude, head_protect, high_precision)
     method_list, target_list = names_list(methods) or None, names_list(targets)
     check_variants(spec, method_list, target_list, max_drop is not None)
+    runtime_list = timed_runtimes(runtimes)
     options = EvalOptions(batch=batch, latency_runs=runs, threads=threads, measure_latency=runs > 0)
     options.validate()
     workdir = check_output_folder(output or workspace() / "ptq" / Path(model).stem,
@@ -204,8 +208,23 @@ def ptq(model: PathLike, data: PathLike, *, split: str = "train", val_data: Path
     loaded = load(model, arch=arch, imgsz=imgsz, mean=mean, std=std, crop=crop, modules=modules, head=head,
                    names=names)
     route = run_ptq(loaded, data, split, val_data or data, val_split, Path(workdir), method_list, target_list, spec,
-                    num_images, options, say=say, budget=budget)
+                    num_images, options, say=say, budget=budget, runtimes=runtime_list)
     return dict(route, record=str(Path(workdir) / "ptq_record.json"))
+
+
+TIMED_RUNTIMES = ("onnxruntime", "openvino", "tensorrt")
+
+
+def timed_runtimes(runtimes) -> list[str]:
+    """ptq's --runtimes, checked before any work (an uninstalled runtime is named at once)."""
+    from ..runtime import check_runtime
+
+    chosen = names_list(runtimes)
+    for runtime in chosen:
+        if runtime not in TIMED_RUNTIMES:
+            raise OrinflowError(f"--runtimes {runtime}: choose among {', '.join(TIMED_RUNTIMES)}")
+        check_runtime([], runtime)
+    return chosen
 
 
 @checked

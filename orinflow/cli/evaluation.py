@@ -46,8 +46,8 @@ def evaluate(
     warmup: Annotated[int, typer.Option("--warmup", help="Untimed warm-up runs.")] = 5,
     threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads (default: all cores).")] = None,
     runtime: Annotated[str, typer.Option("--runtime", help="auto (PyTorch for .pt, ONNX Runtime CPU for .onnx), "
-                                         "onnxruntime, or tensorrt (ONNX or .engine; needs the tensorrt package "
-                                         "and a GPU).")] = "auto",
+                                         "onnxruntime, openvino (ONNX on an x86 CPU), or tensorrt (ONNX or .engine; "
+                                         "needs the tensorrt package and a GPU).")] = "auto",
     per_class: Annotated[bool, typer.Option("--per-class", help="Print the per-class table (detection).")] = False,
     skip_bad_images: Annotated[bool, typer.Option("--skip-bad-images", help="Leave out images that cannot be "
                                                   "read (each is named, counted and recorded) instead of "
@@ -119,6 +119,10 @@ def compare_command(
     output: Annotated[Optional[Path], typer.Option("-o", "--output", metavar="OUT_FOLDER",
                                                    help="Folder for compare.json and compare.png "
                                                    "(default: workspace/compare/<A>_vs_<B>).")] = None,
+    runtime_a: Annotated[str, typer.Option("--runtime-a", help="What runs an ONNX model A: auto (ONNX Runtime) or "
+                                           "openvino.")] = "auto",
+    runtime_b: Annotated[str, typer.Option("--runtime-b", help="What runs an ONNX model B (one model on two "
+                                           "runtimes: compare m.onnx m.onnx --runtime-b openvino).")] = "auto",
     arch: ArchOpt = None, imgsz: ImgszOpt = None, mean: MeanOpt = None, std: StdOpt = None, crop: CropOpt = None,
     modules: ModulesOpt = None, head: LayoutOpt = None, names: NamesOpt = None,
     verbose: VerboseOpt = False,
@@ -128,6 +132,7 @@ def compare_command(
     from ..evaluate.compare_report import compare_tables
 
     record = api.compare(a, b, data, split=split, images=images, seed=seed, conf=conf, top=top, output=output,
+                         runtime_a=runtime_a, runtime_b=runtime_b,
                          arch=arch, imgsz=imgsz, mean=mean, std=std, crop=crop, modules=modules, head=head,
                          names=names, say=console.print)
     for table in compare_tables(record):

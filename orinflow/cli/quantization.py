@@ -189,6 +189,9 @@ def ptq(
     batch: Annotated[int, typer.Option("--batch", help="Evaluation batch and second latency figure.")] = 1,
     runs: Annotated[int, typer.Option("--runs", help="Timed latency runs (0 skips latency).")] = 30,
     threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads (default: all).")] = None,
+    runtimes: Annotated[Optional[str], typer.Option("--runtimes", help="Also time every model on these runtimes, "
+                                                    "side by side, and name the fastest: onnxruntime,openvino "
+                                                    "(tensorrt on a GPU).")] = None,
     max_drop: MaxDropOpt = None,
     max_fallback: MaxFallbackOpt = 0.10,
     max_steps: MaxStepsOpt2 = 12,
@@ -204,16 +207,18 @@ def ptq(
 ):
     """Route 1 in one command: export, calibrate, quantize per method and target, evaluate, compare."""
     from .. import api
-    from ..evaluate.table import comparison_table
+    from ..evaluate.table import comparison_table, runtimes_table
 
     route = api.ptq(model, data, split=split, val_data=val_data, val_split=val_split, num_images=num_images,
                     mode=mode, methods=methods, targets=targets, percentile=percentile, exclude=exclude,
                     head_protect=head_protect, high_precision=high_precision, batch=batch, runs=runs,
-                    threads=threads, max_drop=max_drop, max_fallback=max_fallback, max_steps=max_steps,
-                    select_yaml=select_yaml, select_split=select_split, select_images=select_images, output=output,
-                    arch=arch, imgsz=imgsz, mean=mean, std=std, crop=crop,
+                    threads=threads, runtimes=runtimes, max_drop=max_drop, max_fallback=max_fallback,
+                    max_steps=max_steps, select_yaml=select_yaml, select_split=select_split,
+                    select_images=select_images, output=output, arch=arch, imgsz=imgsz, mean=mean, std=std, crop=crop,
                     modules=modules, head=head, names=names, say=console.print)
     console.print(comparison_table([route["fp32"], *route["variants"]], title="route 1: PTQ"))
+    if "latency_by_runtime" in route["fp32"]:
+        console.print(runtimes_table([route["fp32"], *route["variants"]]))
     print_notes([route["fp32"], *route["variants"]])
     for variant in route["variants"]:
         if "budget" in variant:

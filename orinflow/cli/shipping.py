@@ -106,16 +106,24 @@ def deploy(
     calib_cache: CalibCacheOpt = None,
     dla: DlaOpt = None,
     deepstream: DeepStreamOpt = False,
+    target: Annotated[str, typer.Option("--target", help="jetson (TensorRT bundle) or openvino (x86 bundle: "
+                                        "infer.py on OpenVINO, bench.sh with benchmark_app).")] = "jetson",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing bundle folder.")] = False,
     verbose: VerboseOpt = False,
 ):
-    """Jetson bundle: the ONNX, build_engine.sh (trtexec flags read from the model), bench.sh, infer.py, README."""
+    """Jetson bundle: the ONNX, build_engine.sh (trtexec flags read from the model), bench.sh, infer.py, README;
+    or with --target openvino an x86 bundle."""
     from .. import api
 
     record = api.deploy(model, output=output, trt=trt, fp16=fp16, min_batch=min_batch, opt_batch=opt_batch,
                         max_batch=max_batch, workspace_mib=workspace_mib, nms=nms, pre_topk=pre_topk,
                         keep_topk=keep_topk, iou=iou, conf=conf, implicit=implicit, calib_cache=calib_cache, dla=dla,
-                        deepstream=deepstream, overwrite=overwrite, say=console.print)
+                        deepstream=deepstream, target=target, overwrite=overwrite, say=console.print)
+    if record.get("target") == "openvino":
+        console.print(f"x86 bundle [bold]{record['bundle']}[/bold] (OpenVINO)"
+                      + ("; EfficientNMS_TRT removed, infer.py runs orinflow's NMS" if record["nms_removed"] else ""))
+        console.print(shlex.join(record["bench"]["1"]), highlight=False, soft_wrap=True, markup=False)
+        return
     console.print(f"bundle [bold]{record['bundle']}[/bold]: {len(record['build_engine'])} trtexec arguments")
     if "nms" in record:
         console.print(f"end-to-end: {record['nms']['flavour']} NMS inside the engine (keep-topk "

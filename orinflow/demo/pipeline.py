@@ -47,13 +47,14 @@ def run_demo(workdir: Path, runs: int, console: Console) -> list[dict]:
     route = run_ptq(adapter, data_yaml, "train", data_yaml, "val", workdir / "ptq", ["entropy"],
                     ["tensorrt", "cpu"], QuantizeSpec(), CALIB_IMAGES, options, say=lambda m: console.print(f"  {m}"))
     budgeted = _budgeted_ptq(route, data_yaml, workdir, options, console)
+    on_openvino = _openvino_rows(route, data_yaml, options, console)
     console.print(f"route 2 (QAT): fake-quantize, {QAT_DEMO.max_steps} distillation steps from the FP32 model, "
                   "export Q/DQ")
     qat = run_qat(adapter, load_dataset(data_yaml, "train"), QAT_DEMO, workdir / "qat" / "shapes_yolov8p_qat_int8.onnx",
                   say=lambda m: console.print(f"  {m}"))
     qat_record = evaluate_model(load_model(qat["model"]), data_yaml, "val", options)
     pruned = _pruned_ptq(data_yaml, workdir, options, console)
-    records = [torch_record, route["fp32"], *route["variants"], budgeted, qat_record, *pruned]
+    records = [torch_record, route["fp32"], *route["variants"], budgeted, *on_openvino, qat_record, *pruned]
     for record in records:
         write_json(workdir / "records" / f"eval_{Path(record['model']).stem}.json", record)
     console.print(comparison_table(records, title="demo: shapes val (deltas against PyTorch FP32)"))
@@ -81,6 +82,19 @@ def run_demo(workdir: Path, runs: int, console: Console) -> list[dict]:
     written = write_report([workdir / "records", workdir / "compare"], workdir / "report")
     console.print(f"report: {written['markdown']} and {written['html']}")
     console.print(f"records in {workdir / 'records'}; total {time.perf_counter() - started:.0f} s")
+    return records
+
+
+def _openvino_rows(route: dict, data_yaml: Path, options: EvalOptions, console: Console) -> list[dict]:
+    """FP32 and the TensorRT-target INT8 model on OpenVINO (x86 CPUs), beside their ONNX Runtime rows."""
+    from dataclasses import replace
+
+    on_openvino = replace(options, runtime="openvino")
+    records = [evaluate_model(load_model(route[key]["model"] if key == "fp32" else route["best"]["tensorrt"]["model"]),
+                              data_yaml, "val", on_openvino) for key in ("fp32", "best")]
+    emulated = next((note for note in records[1].get("notes", []) if note.startswith("OpenVINO")), None)
+    console.print("OpenVINO (x86 CPUs) runs the same FP32 and TensorRT-target INT8 ONNX"
+                  + (f"; {emulated}" if emulated else ""), highlight=False, soft_wrap=True)
     return records
 
 

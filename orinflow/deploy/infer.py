@@ -1,4 +1,4 @@
-"""The bundle's `infer.py`: TensorRT (or ONNX Runtime) inference on images, and `--eval` for mAP on the device.
+"""The bundle's `infer.py`: TensorRT (or ONNX Runtime, or OpenVINO) inference on images, and `--eval` for mAP on the device.
 
 It runs orinflow's own preprocessing, postprocessing and evaluator (`evaluate.accuracy`), the
 code `orinflow evaluate` runs, so device figures differ from desktop ones only by the runtime.
@@ -12,17 +12,18 @@ from pathlib import Path
 
 from ..errors import OrinflowError
 
-BACKENDS = ("auto", "tensorrt", "onnxruntime")
+BACKENDS = ("auto", "tensorrt", "onnxruntime", "openvino")
 
 
-def parse_args(argv: list[str] | None, bundle: Path) -> argparse.Namespace:
+def parse_args(argv: list[str] | None, bundle: Path, default_backend: str = "auto") -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="infer.py", description="Run the bundled model on images, or --eval a "
                                      "dataset, with orinflow's pre/post-processing.")
     parser.add_argument("sources", nargs="*", help="images or folders of images")
     parser.add_argument("--model", type=Path, help="engine or ONNX (default: model.engine if built, else model.onnx; "
                         "model_raw.onnx, if there, on ONNX Runtime)")
-    parser.add_argument("--backend", choices=BACKENDS, default="auto",
-                        help="auto: TensorRT for an engine or where tensorrt imports, else ONNX Runtime")
+    parser.add_argument("--backend", choices=BACKENDS, default=default_backend,
+                        help="auto: TensorRT for an engine or where tensorrt imports, else ONNX Runtime; openvino: "
+                        "OpenVINO on this CPU (default of an x86 bundle)")
     parser.add_argument("--conf", type=float, default=None, help="score threshold (default 0.25; 0.001 for --eval)")
     parser.add_argument("--iou", type=float, default=None, help="NMS IoU (default: the model family's)")
     parser.add_argument("--max-det", type=int, default=300, help="detections kept per image")
@@ -33,7 +34,8 @@ def parse_args(argv: list[str] | None, bundle: Path) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.model is None:
         engine, raw = bundle / "model.engine", bundle / "model_raw.onnx"  # raw: without EfficientNMS_TRT
-        onnxruntime = args.backend == "onnxruntime" or (args.backend == "auto" and not _tensorrt_imports())
+        onnxruntime = args.backend in ("onnxruntime", "openvino") or (args.backend == "auto"
+                                                                      and not _tensorrt_imports())
         args.model = engine if engine.exists() else raw if raw.exists() and onnxruntime else bundle / "model.onnx"
     if not args.sources and not args.eval:
         parser.error("give images/folders, or --eval data.yaml")
@@ -45,6 +47,10 @@ def make_backend(model: Path, backend: str, max_batch: int):
     from ..runtime import OrtRunner
     from ..runtime.tensorrt import ENGINE_SUFFIXES, TrtRunner
 
+    if backend == "openvino":
+        from ..runtime.openvino import OpenVinoRunner
+
+        return OpenVinoRunner(model)
     if backend == "auto":
         backend = "tensorrt" if model.suffix in ENGINE_SUFFIXES or _tensorrt_imports() else "onnxruntime"
     if backend == "onnxruntime":
@@ -97,12 +103,12 @@ def _describe(result, processing) -> dict:
                      for c in top]}
 
 
-def main(argv: list[str] | None = None, bundle: Path | None = None) -> int:
+def main(argv: list[str] | None = None, bundle: Path | None = None, default_backend: str = "auto") -> int:
     from ..evaluate import EvalOptions, evaluate_model
     from ..models.onnx_model import load_onnx
 
     bundle = bundle or Path(sys.argv[0]).resolve().parent
-    args = parse_args(argv, bundle)
+    args = parse_args(argv, bundle, default_backend)
     try:
         # The processing spec travels in the ONNX metadata (an engine's is its model.onnx's).
         onnx_model = load_onnx(args.model if args.model.suffix == ".onnx" else bundle / "model.onnx")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import platform
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -74,6 +75,8 @@ def versions() -> dict:
         found["ultralytics"] = ultralytics.__version__
     except ImportError:
         pass
+    if "openvino" in sys.modules:  # imported only by a run on OpenVINO
+        found["openvino"] = sys.modules["openvino"].__version__.split("-")[0]
     return found
 
 
@@ -114,7 +117,7 @@ def evaluate_model(model: ModelAdapter | OnnxModel, data: str | Path | Dataset, 
                 write_json(options.save_json, coco.results)
     else:
         metrics = evaluate_classification(runner, model.processing, dataset, options.batch, skipped)
-    notes = []
+    notes = runtime_notes(runner)
     if latency_batch(runner, options) != options.batch:
         notes.append(f"{model_path(model)} has a static batch of {runner.static_batch}: --batch {options.batch} "
                      f"ran image by image and no batch-{options.batch} latency was measured (export with --dynamic)")
@@ -131,6 +134,10 @@ def evaluate_model(model: ModelAdapter | OnnxModel, data: str | Path | Dataset, 
                      "max_det": options.max_det} if model.task == "detect" else {},
         "params": model.num_params(), "size_bytes": size_bytes(model), "versions": versions(),
     }
+    if hasattr(runner, "describe"):
+        record["runtime_details"] = runner.describe()
+        if runtime_label(runner) != runner.name:  # the tables' runtime column (runtime_notes: why)
+            record["runtime_label"] = runtime_label(runner)
     if skipped is not None:
         record["skipped_images"] = dataset.missing + skipped
     if notes:
@@ -139,6 +146,33 @@ def evaluate_model(model: ModelAdapter | OnnxModel, data: str | Path | Dataset, 
         record["latency_ms"] = latency_profile(runner, (3, *model.processing.imgsz), latency_batch(runner, options),
                                                options.latency_runs, options.warmup)
     return record
+
+
+def runtime_label(runner) -> str:
+    """The runner's name, marked where OpenVINO ran a Q/DQ model's INT8 emulated (runtime_notes: why)."""
+    return f"{runner.name} (INT8 emulated)" if getattr(runner, "int8", None) == "emulate" else runner.name
+
+
+def runtime_notes(runner) -> list[str]:
+    """What a record must say about how its runtime ran the model on a CPU without VNNI or AMX, where 8-bit
+    integer kernels sum pairs in 16 bits and saturate (runtime/cpu.py)."""
+    from ..runtime.cpu import describe_features, exact_int8_dot_products
+
+    if getattr(runner, "int8", None) == "emulate":
+        return [f"OpenVINO ran the Q/DQ weights folded into float weights (activations still quantized): this CPU "
+                f"({describe_features()}) has no VNNI or AMX, where OpenVINO's INT8 kernels saturate; accuracy is "
+                "the model's, latency is float-kernel latency"]
+    if runner.name != "onnxruntime" or exact_int8_dot_products():
+        return []
+    import onnx
+
+    from ..optimize.common.graph import has_u8s8_convolutions
+
+    if not has_u8s8_convolutions(onnx.load(str(runner.path), load_external_data=False)):
+        return []
+    return [f"this CPU ({describe_features()}) has no VNNI: ONNX Runtime runs this model's uint8 x int8 convolutions "
+            "with kernels whose 16-bit sums can saturate, so its accuracy here can fall below the model's (yolov5n's "
+            "CPU-target model: mAP50-95 0.236 against 0.279); `--runtime openvino` runs the exact function"]
 
 
 def latency_batch(runner, options: EvalOptions) -> int:
@@ -173,6 +207,17 @@ def evaluate_side_by_side(models: list[ModelAdapter | OnnxModel], data: str | Pa
                                                    options.latency_runs, options.warmup, batch1=together[index])
             record["latency_ms"]["interleaved"] = True
     return records
+
+
+def runtime_latency(model: OnnxModel, runtimes: list[str], options: EvalOptions) -> dict:
+    """Batch-1 latency of one model on each runtime, timed in turn (interleaved_latency), and the fastest:
+    {"latency_by_runtime": {runtime: figures}, "best_runtime": runtime}. OpenVINO's figures say whether its
+    INT8 ran emulated (runtime_notes)."""
+    runners = {runtime: make_runner(model, options.threads, runtime, options.batch) for runtime in runtimes}
+    timed = interleaved_latency(runners, (1, 3, *model.processing.imgsz), options.latency_runs, options.warmup)
+    for runtime, runner in runners.items():
+        timed[runtime]["label"] = runtime_label(runner)
+    return {"latency_by_runtime": timed, "best_runtime": min(timed, key=lambda r: timed[r]["median"])}
 
 
 def headline(record: dict) -> dict[str, float]:

@@ -67,17 +67,24 @@ class Side:
     kind: str  # torch, onnx, engine
     processing: Processing | None
     model: object
+    runtime: str = "auto"  # an ONNX side: onnxruntime (auto) or openvino
     nms: dict | None = None  # an end-to-end graph's NMS settings (export/nms.py)
     layers: dict[str, dict] = field(default_factory=dict)  # tensor name -> {"op", "depth", "inputs"}
 
 
 # ---------------------------------------------------------------- loading
-def load_side(path: str | Path, label: str, load_checkpoint: Callable[[Path], object]) -> Side:
+def load_side(path: str | Path, label: str, load_checkpoint: Callable[[Path], object], runtime: str = "auto") -> Side:
     """One side of a comparison: an engine, an ONNX graph, or a PyTorch model that `load_checkpoint` loads
-    (the API's own loader, with the user's options)."""
+    (the API's own loader, with the user's options). `runtime`: auto, or the one an ONNX side runs on
+    (onnxruntime, openvino)."""
+    from ..runtime import check_runtime
     from ..runtime.tensorrt import ENGINE_SUFFIXES
 
     path = Path(path)
+    check_runtime([path], runtime)
+    if runtime not in ("auto", "onnxruntime", "openvino") or (runtime == "openvino" and path.suffix.lower() != ".onnx"):
+        raise OrinflowError(f"compare runs {path.name} on its own runtime or an ONNX on onnxruntime or openvino, "
+                            f"not on {runtime}")
     if path.suffix.lower() in ENGINE_SUFFIXES:
         from ..runtime.tensorrt import TrtRunner
 
@@ -88,8 +95,14 @@ def load_side(path: str | Path, label: str, load_checkpoint: Callable[[Path], ob
         from ..models.onnx_model import read_processing
 
         spec = read_spec(graph)
-        side = Side(label, "onnx", read_processing(graph), path, nms=None if spec is None else vars(spec))
+        side = Side(label, "onnx", read_processing(graph), path, nms=None if spec is None else vars(spec),
+                    runtime=runtime)
         side.layers = onnx_layers(graph)
+        if runtime == "openvino":  # only the tensors OpenVINO keeps by name can be asked for
+            from ..runtime.openvino import tensor_names
+
+            kept = tensor_names(path)
+            side.layers = {name: info for name, info in side.layers.items() if name in kept}
         return side
     adapter = load_checkpoint(path)
     if not hasattr(adapter, "module"):
@@ -167,7 +180,12 @@ class Capture:
 
     def __init__(self, side: Side, keys: list[str], folder: Path):
         self.side, self.keys = side, keys
-        if side.kind == "onnx":
+        if side.kind == "onnx" and side.runtime == "openvino":
+            from ..runtime.openvino import OpenVinoRunner
+
+            self._openvino = OpenVinoRunner(side.model, extra_outputs=keys)
+            self._final, self._names = self._openvino.final, self._openvino.output_names
+        elif side.kind == "onnx":
             self._session, self._final = _session_with_outputs(side.model, keys, folder / f"{side.label}.onnx")
             self._names = [o.name for o in self._session.get_outputs()]
         elif side.kind == "torch":
@@ -189,7 +207,10 @@ class Capture:
         if self.side.kind == "torch":
             self._seen = {}
             return self._runner.run(x), dict(self._seen)
-        values = self._session.run(None, {self._session.get_inputs()[0].name: x})
+        if self.side.runtime == "openvino":
+            values = self._openvino.run(x)
+        else:
+            values = self._session.run(None, {self._session.get_inputs()[0].name: x})
         return values[:self._final], {n: v for n, v in zip(self._names, values) if n in self.keys}
 
 

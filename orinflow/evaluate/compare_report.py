@@ -23,6 +23,7 @@ def run_compare(sides, paths, data, split: str, images: int, seed: int, conf: fl
     found = compare_models(*sides, subset, conf=conf, say=say)
     notes = _notes(sides, found)
     record = {"command": "compare", "a": str(paths[0]), "b": str(paths[1]), "kinds": [s.kind for s in sides],
+              "runtimes": [s.runtime for s in sides],
               "data": str(data), "split": split, "images": len(subset), "seed": seed, "conf": conf,
               "paired_layers": found["paired_layers"], "head_output": found["head_output"],
               "worst_layers": [r for r in sorted(found["layers"], key=lambda r: -r["growth"])

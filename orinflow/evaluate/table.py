@@ -6,6 +6,7 @@ from pathlib import Path
 from rich.table import Table
 
 from . import headline
+from .latency import cpu_name
 
 
 def _fmt_size(n: int | None) -> str:
@@ -28,7 +29,7 @@ def comparison_table(records: list[dict], title: str = "orinflow evaluate") -> T
     table.add_column("size", justify="right")
     base = records[0]
     for record in records:
-        row = [Path(record["model"]).name, record["runtime"]]
+        row = [Path(record["model"]).name, record.get("runtime_label", record["runtime"])]
         for name in metric_names:
             value = headline(record)[name]
             delta = "" if len(records) == 1 or record is base else f" ({value - headline(base)[name]:+.4f})"
@@ -46,6 +47,23 @@ def comparison_table(records: list[dict], title: str = "orinflow evaluate") -> T
     if timing and "cpu" in timing[0]:
         table.caption = f"latency on {timing[0]['cpu']}" + (", batch 1 timed in turn (interleaved)"
                                                            if timing[0].get("interleaved") else "")
+    return table
+
+
+def runtimes_table(records: list[dict]) -> Table:
+    """Each model's batch-1 latency on each runtime (timed side by side) and the fastest."""
+    runtimes = list(records[0]["latency_by_runtime"])
+    table = Table(title="batch-1 latency per runtime, ms (timed side by side)")
+    table.add_column("model", no_wrap=True)
+    for runtime in runtimes:
+        table.add_column(runtime, justify="right")
+    table.add_column("fastest")
+    for record in records:
+        timed = record["latency_by_runtime"]
+        best = record["best_runtime"]
+        table.add_row(Path(record["model"]).name, *(f"{timed[r]['median']:.2f}" for r in runtimes),
+                      timed[best].get("label", best))
+    table.caption = f"on {cpu_name()}"
     return table
 
 

@@ -28,11 +28,14 @@ def table(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
     for key in keys:
         header += [f"{key} ms", f"speed-up {key}"]
     header += ["size MB", "INT8 FLOP share", "2:4 FLOP share"]
+    by_runtime = any("best_runtime" in r.record for r in rows)  # ptq --runtimes
+    if by_runtime:
+        header.append("fastest runtime (b1 ms)")
     body = []
     for row in rows:
         values = [row.record["metrics"][m] for m in row.metric_names]
         delta = row.delta_points()
-        cells = [row.name, row.route, row.mode, row.method, row.target, row.record["runtime"],
+        cells = [row.name, row.route, row.mode, row.method, row.target, row.record.get("runtime_label", row.record["runtime"]),
                  Path(str(row.record.get("data", "-"))).name, *(f"{v:.4f}" for v in values),
                  *([_coco_ap(row.record)] if coco else []),
                  "baseline" if row.baseline is row else ("-" if delta is None else f"{delta:+.2f}")]
@@ -42,8 +45,18 @@ def table(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
         size = row.record.get("size_bytes")
         cells += ["-" if size is None else f"{size / 1e6:.2f}", _share(row.int8_flop_share),
                   _share(row.sparse_flop_share)]
+        if by_runtime:
+            cells.append(_fastest(row.record))
         body.append(cells)
     return header, body
+
+
+def _fastest(record: dict) -> str:
+    best = record.get("best_runtime")
+    if best is None:
+        return "-"
+    timed = record["latency_by_runtime"][best]
+    return f"{timed.get('label', best)} ({timed['median']:.2f})"
 
 
 def _coco_ap(record: dict) -> str:

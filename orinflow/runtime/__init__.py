@@ -1,15 +1,15 @@
 """One Runner interface over every runtime: a float32 NCHW batch in, the graph's outputs out."""
 from __future__ import annotations
 
-import os
 from typing import Protocol
 
 import numpy as np
 
 from ..errors import OrinflowError
 from ..models import ModelAdapter, OnnxModel
+from .cpu import default_threads
 
-RUNTIMES = ("auto", "onnxruntime", "tensorrt", "torch")
+RUNTIMES = ("auto", "onnxruntime", "openvino", "tensorrt", "torch")
 
 
 class Runner(Protocol):
@@ -17,10 +17,6 @@ class Runner(Protocol):
     threads: int
 
     def run(self, batch: np.ndarray) -> list[np.ndarray]: ...
-
-
-def default_threads() -> int:
-    return max(1, len(os.sched_getaffinity(0)))
 
 
 class TorchRunner:
@@ -48,6 +44,7 @@ class OrtRunner:
         import onnxruntime as ort
 
         self.threads = threads or default_threads()
+        self.path = path
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
@@ -71,14 +68,31 @@ class OrtRunner:
         return self.session.run(None, {self.input_name: batch})
 
 
+def check_runtime(paths, runtime: str) -> None:
+    """Before any work: the runtime exists and can run each of `paths` (an engine is TensorRT's alone)."""
+    if runtime not in RUNTIMES:
+        raise OrinflowError(f"unknown --runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+    if runtime != "openvino":
+        return
+    from .openvino import import_openvino, refuse_engine
+
+    for path in paths:
+        refuse_engine(path)
+    import_openvino()
+
+
 def make_runner(model: ModelAdapter | OnnxModel, threads: int | None = None, runtime: str = "auto",
                 max_batch: int = 1) -> Runner:
-    """PyTorch for a PyTorch model; ONNX Runtime (CPU) or TensorRT for an ONNX file."""
+    """PyTorch for a PyTorch model; ONNX Runtime (CPU), OpenVINO (CPU) or TensorRT for an ONNX file."""
     if runtime not in RUNTIMES:
         raise OrinflowError(f"unknown --runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
     if isinstance(model, OnnxModel):
         if runtime == "torch":
-            raise OrinflowError(f"{model.path} is ONNX: run it with --runtime onnxruntime or tensorrt")
+            raise OrinflowError(f"{model.path} is ONNX: run it with --runtime onnxruntime, openvino or tensorrt")
+        if runtime == "openvino":
+            from .openvino import OpenVinoRunner
+
+            return OpenVinoRunner(model.path, threads)
         if runtime == "tensorrt":
             from .tensorrt import TrtRunner
 

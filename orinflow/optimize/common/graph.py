@@ -78,3 +78,85 @@ def decode_nodes(model: onnx.ModelProto) -> list[str]:
                 and not reaches_learned(n)]
     finally:
         sys.setrecursionlimit(limit)
+
+
+def fold_weight_qdq(model: onnx.ModelProto) -> int:
+    """Replace every weight's (Quantize)DequantizeLinear by the float weight it yields, in place; returns how many.
+
+    The values are those the Q/DQ pair computes (round half to even, saturated to the integer type), so the
+    graph is the same function; a runtime then sees float weights and cannot pick integer kernels for them
+    (OpenVINO on a CPU without VNNI, runtime/openvino.py). Activation Q/DQ pairs stay.
+    """
+    import numpy as np
+    from onnx import numpy_helper
+
+    index = GraphIndex(model)
+    values = {name: numpy_helper.to_array(t) for name, t in index.initializers.items()}
+    folded, dropped = [], set()
+    for node in index.nodes:
+        if node.op_type != "DequantizeLinear" or len(node.input) < 2 or node.input[1] not in values:
+            continue
+        quantize = index.producer.get(node.input[0])
+        if _integer_type(node, values) is None:
+            continue  # float8 and 4-bit types are left to the runtime
+        if node.input[0] in values:
+            integers = values[node.input[0]].astype(np.float64)
+        elif (quantize is not None and quantize.op_type == "QuantizeLinear" and quantize.input[0] in values
+              and all(name in values for name in quantize.input[1:])):
+            integers = _quantized(values[quantize.input[0]], quantize, values)
+            dropped.add(id(quantize))
+        else:
+            continue
+        scale, zero = _scale_and_zero(node, values, integers.ndim)
+        folded.append(numpy_helper.from_array(((integers - zero) * scale).astype(np.float32), node.output[0]))
+        dropped.add(id(node))
+    kept = [node for node in index.nodes if id(node) not in dropped]
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    model.graph.initializer.extend(folded)
+    drop_unused_initializers(model)
+    return len(folded)
+
+
+def has_u8s8_convolutions(model: onnx.ModelProto) -> bool:
+    """A Conv fed by a uint8 activation and int8 weights through DequantizeLinear (ONNX Runtime's QDQ layout,
+    which it fuses into QLinearConv: u8 x s8 kernels, whose 16-bit sums can saturate on CPUs without VNNI)."""
+    index = GraphIndex(model)
+
+    def zero_type(tensor: str):
+        dq = index.producer.get(tensor)
+        if dq is None or dq.op_type != "DequantizeLinear" or len(dq.input) < 3 or dq.input[2] not in index.initializers:
+            return None
+        return index.initializers[dq.input[2]].data_type
+
+    return any(node.op_type == "Conv" and zero_type(node.input[0]) == onnx.TensorProto.UINT8
+               and zero_type(node.input[1]) == onnx.TensorProto.INT8 for node in index.nodes)
+
+
+def _scale_and_zero(node: onnx.NodeProto, values: dict, rank: int):
+    """A Q or DQ node's scale and zero point as float64 arrays broadcastable along its axis."""
+    import numpy as np
+
+    scale = values[node.input[1]].astype(np.float64)
+    zero = values[node.input[2]].astype(np.float64) if len(node.input) > 2 and node.input[2] else np.zeros(())
+    axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+    shape = [1] * rank
+    shape[axis % rank] = -1
+    return (scale.reshape(shape) if scale.ndim else scale), (zero.reshape(shape) if zero.ndim else zero)
+
+
+def _quantized(weight, quantize: onnx.NodeProto, values: dict):
+    """What QuantizeLinear makes of a float weight, as float64 integers."""
+    import numpy as np
+
+    scale, zero = _scale_and_zero(quantize, values, weight.ndim)
+    limits = np.iinfo(_integer_type(quantize, values))
+    return np.clip(np.round(weight.astype(np.float64) / scale) + zero, limits.min, limits.max)
+
+
+def _integer_type(node: onnx.NodeProto, values: dict):
+    """The integer type a Q/DQ node works in (uint8 without a zero point), or None for float8 and packed types."""
+    import numpy as np
+
+    dtype = values[node.input[2]].dtype if len(node.input) > 2 and node.input[2] else np.dtype(np.uint8)
+    return dtype if dtype in (np.int8, np.uint8, np.int16, np.uint16, np.int32) else None

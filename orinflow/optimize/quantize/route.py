@@ -7,7 +7,7 @@ from pathlib import Path
 from ...data import Dataset, load_dataset
 from ...data.calibration import build_calibration, save_calibration
 from ...errors import OrinflowError
-from ...evaluate import EvalOptions, evaluate_model, headline
+from ...evaluate import EvalOptions, evaluate_model, headline, runtime_latency
 from ...export import export_onnx
 from ...export.nms import with_nms_restored
 from ...io import write_json
@@ -37,8 +37,12 @@ def check_variants(base: QuantizeSpec, methods: list[str] | None, targets: list[
 
 def run_ptq(model: ModelAdapter | OnnxModel, calib_data: str | Path, calib_split: str, eval_data: str | Path,
             eval_split: str, workdir: Path, methods: list[str] | None, targets: list[str], base: QuantizeSpec,
-            num_images: int, options: EvalOptions, say=print, budget: Budget | None = None) -> dict:
+            num_images: int, options: EvalOptions, say=print, budget: Budget | None = None,
+            runtimes: list[str] | None = None) -> dict:
     """Returns the route record: FP32 and every quantized variant evaluated on the same data.
+
+    `runtimes` (several ONNX runtimes): each model is also timed on each of them (evaluate.runtime_latency);
+    the record's "latency_by_runtime" holds the figures and "best_runtime" the fastest.
 
     With `budget` (BudgetSpec, selection Dataset, SensitivityOptions), every variant is quantized
     under that accuracy budget (sensitivity.fit_budget), selected on the selection data only.
@@ -81,6 +85,10 @@ def run_ptq(model: ModelAdapter | OnnxModel, calib_data: str | Path, calib_split
             variants.append(record)
     if not variants:
         raise OrinflowError("nothing to quantize: give at least one method and one target")
+    if runtimes and len(runtimes) > 1 and options.measure_latency:
+        for record in records:
+            say(f"timing {Path(record['model']).name} on {', '.join(runtimes)} ...")
+            record.update(runtime_latency(load_model(record["model"]), runtimes, options))
     route = {"route": "ptq", "fp32": records[0], "variants": variants, "best": best_by_target(records[0], variants)}
     write_json(workdir / "ptq_record.json", route)
     return route
