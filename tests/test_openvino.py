@@ -53,14 +53,28 @@ def first_layer_graph(weights_qdq: bool) -> onnx.ModelProto:
     return model
 
 
-@pytest.mark.parametrize("weights_qdq", [True, False], ids=["weight-q-dq", "int8-initializer"])
-def test_folding_the_weights_q_dq_keeps_the_function_and_the_activation_quantizers(weights_qdq, tmp_path):
-    model = first_layer_graph(weights_qdq)
+def scales_in_constant_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """ModelOpt's QAT export form: scales and zero points are Constant nodes, not initializers."""
+    moved = [t for t in model.graph.initializer if t.name in ("ws", "wz", "xs", "xz")]
+    for tensor in moved:
+        model.graph.initializer.remove(tensor)
+    constants = [helper.make_node("Constant", [], [t.name], value=t) for t in moved]
+    nodes = constants + list(model.graph.node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return model
+
+
+@pytest.mark.parametrize("form", ["weight-q-dq", "int8-initializer", "qat-constant-scales"])
+def test_folding_the_weights_q_dq_keeps_the_function_and_the_activation_quantizers(form, tmp_path):
+    model = first_layer_graph(form != "int8-initializer")
+    if form == "qat-constant-scales":
+        model = scales_in_constant_nodes(model)
     x = np.random.default_rng(1).random((1, 3, 64, 64), dtype=np.float32)
     reference = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
     folded = onnx.ModelProto.FromString(model.SerializeToString())
     assert fold_weight_qdq(folded) == 1
-    ops = [n.op_type for n in folded.graph.node]
+    ops = [n.op_type for n in folded.graph.node if n.op_type != "Constant"]
     assert ops == ["QuantizeLinear", "DequantizeLinear", "Conv"]  # the activation's pair stays
     got = ort.InferenceSession(folded.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
     assert np.abs(got[0] - reference[0]).max() < 1e-5

@@ -91,7 +91,7 @@ def fold_weight_qdq(model: onnx.ModelProto) -> int:
     from onnx import numpy_helper
 
     index = GraphIndex(model)
-    values = {name: numpy_helper.to_array(t) for name, t in index.initializers.items()}
+    values = constant_values(index)
     folded, dropped = [], set()
     for node in index.nodes:
         if node.op_type != "DequantizeLinear" or len(node.input) < 2 or node.input[1] not in values:
@@ -118,19 +118,36 @@ def fold_weight_qdq(model: onnx.ModelProto) -> int:
     return len(folded)
 
 
+def constant_values(index: GraphIndex) -> dict:
+    """Every constant tensor of the graph by name, as a NumPy array: initializers and Constant nodes' values
+    (ModelOpt's QAT export keeps scales and zero points in Constant nodes)."""
+    from onnx import numpy_helper
+
+    values = {name: numpy_helper.to_array(t) for name, t in index.initializers.items()}
+    for node in index.nodes:
+        if node.op_type == "Constant":
+            value = next((a.t for a in node.attribute if a.name == "value"), None)
+            if value is not None:
+                values[node.output[0]] = numpy_helper.to_array(value)
+    return values
+
+
 def has_u8s8_convolutions(model: onnx.ModelProto) -> bool:
     """A Conv fed by a uint8 activation and int8 weights through DequantizeLinear (ONNX Runtime's QDQ layout,
     which it fuses into QLinearConv: u8 x s8 kernels, whose 16-bit sums can saturate on CPUs without VNNI)."""
+    import numpy as np
+
     index = GraphIndex(model)
+    values = constant_values(index)
 
     def zero_type(tensor: str):
         dq = index.producer.get(tensor)
-        if dq is None or dq.op_type != "DequantizeLinear" or len(dq.input) < 3 or dq.input[2] not in index.initializers:
+        if dq is None or dq.op_type != "DequantizeLinear" or len(dq.input) < 3 or dq.input[2] not in values:
             return None
-        return index.initializers[dq.input[2]].data_type
+        return values[dq.input[2]].dtype
 
-    return any(node.op_type == "Conv" and zero_type(node.input[0]) == onnx.TensorProto.UINT8
-               and zero_type(node.input[1]) == onnx.TensorProto.INT8 for node in index.nodes)
+    return any(node.op_type == "Conv" and zero_type(node.input[0]) == np.uint8 and zero_type(node.input[1]) == np.int8
+               for node in index.nodes)
 
 
 def _scale_and_zero(node: onnx.NodeProto, values: dict, rank: int):
