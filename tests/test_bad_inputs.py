@@ -220,7 +220,16 @@ CASES = [
      "orinflow.processing: head"),
     # ---- qat / sparsify / sparse-qat
     ("qat-onnx-model", "qat -m {inputs}/m.onnx --yaml " + D, "PyTorch model"),
-    ("qat-epochs", "qat -m {inputs}/demo.pt --yaml " + D + " --epochs 0", "--epochs"),
+    ("qat-epochs", "qat -m {inputs}/demo.pt --yaml " + D + " --epochs -1", "--epochs"),
+    ("qat-init-from-fp32", "qat -m {inputs}/demo.pt --yaml " + D + " --init-from {inputs}/m.onnx -o {out}/q.onnx",
+     "no Q/DQ nodes"),
+    ("qat-init-from-damaged", "qat -m {inputs}/demo.pt --yaml " + D + " --init-from {inputs}/damaged.onnx "
+     "-o {out}/q.onnx", "damaged.onnx"),
+    ("qat-init-from-and-method", "qat -m {inputs}/demo.pt --yaml " + D + " --init-from {inputs}/m.onnx --method max",
+     "--init-from is the start model"),
+    ("qat-start-method", "qat -m {inputs}/demo.pt --yaml " + D + " --method best -o {out}/q.onnx", "--method"),
+    ("qat-output-is-start", "qat -m {inputs}/demo.pt --yaml " + D + " --init-from {inputs}/m.onnx -o {inputs}/m.onnx",
+     "overwrite the input"),
     ("qat-mode", "qat -m {inputs}/demo.pt --yaml " + D + " --mode fp8", "--mode"),
     ("qat-output-suffix", "qat -m {inputs}/demo.pt --yaml " + D + " -o {out}/q.pt", "-o"),
     ("qat-lr", "qat -m {inputs}/demo.pt --yaml " + D + " --lr 0 -o {out}/q.onnx", "--lr"),
@@ -326,7 +335,7 @@ READ_ONLY = {"model", "arch", "data", "split", "mean", "std", "head", "names", "
              "exclude", "high_precision", "mode", "targets", "target", "val_data", "val_split", "select_yaml",
              "select_split", "importance", "plan", "device", "schedule", "runtime", "metric", "coco_json", "images",
              "more", "compare", "image", "class_map", "a", "b", "sources", "trt", "nms", "calib_cache", "from_qdq", "layers", "qat_mode",
-             "runtime_a", "runtime_b", "runtimes"}
+             "runtime_a", "runtime_b", "runtimes", "init_from"}
 
 
 def output_options(unplaced: list | None = None) -> list[tuple[str, str, str]]:

@@ -1,5 +1,6 @@
 """The README and docs/: the quick start runs as written, the pages stay short, indexed and about the product."""
 import json
+from pathlib import Path
 import re
 import shlex
 import shutil
@@ -75,6 +76,8 @@ def test_the_steps_when_int8_loses_too_much_run_as_written(quick_start, user_fol
     made = json.loads((user_folder / "best_int8_budget.json").read_text())
     assert made["quantization"]["method"] == "search"  # the default under --max-drop, as `sensitivity`'s
     assert (user_folder / "best_qat_int8.onnx").is_file()
+    qat = json.loads((user_folder / "best_qat_int8.json").read_text())
+    assert Path(qat["start"]["model"]).name == "best_int8_budget.onnx" and qat["start"]["calibrated_afresh"] == []
 
 
 def test_the_readme_is_short():

@@ -14,13 +14,25 @@ from .prepare import load
 @checked
 def qat(model: PathLike, data: PathLike, *, split: str = "train", val_data: PathLike | None = None,
         val_split: str = "val", mode: str = "int8", epochs: int = 1, lr: float = 1e-4, batch: int = 8,
-        calib_images: int = 64, distill: bool = True, labels: bool | None = None, device: str = "cpu",
-        max_steps: int | None = None, flip: bool = False, resume: bool = False, runs: int = 20,
+        calib_images: int = 64, init_from: PathLike | None = None, allow_partial: bool = False,
+        method: str | None = None, max_drop: float | None = None, select_yaml: PathLike | None = None,
+        select_split: str = "val", select_images: int = 200, distill: bool = True, labels: bool | None = None,
+        device: str = "cpu", max_steps: int | None = None, flip: bool = False, resume: bool = False, runs: int = 20,
         output: PathLike | None = None, arch: str | None = None, imgsz: int | None = None, mean=None, std=None,
         crop: float | None = None, modules: Sequence[PathLike] | None = None, head: str | None = None,
         names: str | None = None, say: Say = print) -> dict:
-    """Route 2: quantization-aware fine-tuning (ModelOpt) on `data`/`split`, exported as Q/DQ ONNX (default
-    workspace/qat/<model>/<model>_qat_int8.onnx) beside its FP32 reference `<output>_fp32_ref.onnx`.
+    """Route 2: quantization-aware fine-tuning (ModelOpt) on `data`/`split` from a Q/DQ start model, exported as
+    Q/DQ ONNX (default workspace/qat/<model>/<model>_qat_int8.onnx) beside its FP32 reference
+    `<output>_fp32_ref.onnx`.
+
+    The start is `init_from` (route 1's best model, tensorrt target): its scales, its float groups and its Q/DQ
+    placement are kept, and what does not pair with the model is refused unless `allow_partial` (then it is
+    calibrated afresh). Without it, route 1 runs first, written as `<output>_start_int8.onnx`: quantize's
+    `method` on `calib_images` images (default search where it costs less than the fine-tune's epochs, else
+    entropy), under `max_drop` points on `select_yaml` when given.
+    The start (epoch 0) and every epoch are scored on `select_yaml` (default `data`)/`select_split`,
+    `select_images` drawn (0: all), and the best is written (the last epoch when there is no such labelled
+    split); epochs 0 writes the start as QAT exports it.
 
     distill: learn from the FP32 model's raw head outputs (any family, no labels needed); labels: add the
     family's label loss (default on for classifiers, off for detectors). Returns the run record with
@@ -28,21 +40,75 @@ def qat(model: PathLike, data: PathLike, *, split: str = "train", val_data: Path
     """
     if mode != "int8":
         raise OrinflowError(f"--mode {mode}: QAT supports int8")
-    if epochs < 1:
-        raise OrinflowError("--epochs must be >= 1")
-    model = locate(model, say)
+    if epochs < 0:
+        raise OrinflowError("--epochs must be >= 0 (0: the start model, exported as QAT writes it)")
+    if init_from and (method or max_drop is not None):
+        raise OrinflowError("--init-from is the start model; --method and --max-drop make one: give one or the other")
+    if method:
+        from ..optimize.quantize.ptq import QuantizeSpec
+
+        QuantizeSpec(method=method).validate()
+    model, init_from = locate(model, say), locate(init_from, say)
     stem = Path(model).stem
+    inputs = [model, data, val_data, init_from, select_yaml]
     output = _training_output(output or workspace() / "qat" / stem / f"{stem}_qat_int8.onnx", "_fp32_ref.onnx",
-                              [model, data, val_data], "qat", resume, ("qat",))
+                              inputs, "qat", resume, ("qat",))
+    start = _checked_start(init_from) if init_from else _start_output(output, inputs)
+    budget = _start_budget(max_drop, select_yaml, select_split, select_images)
     adapter, train_set = _training_setup(model, data, split, epochs, batch, lr, device, arch, imgsz, mean, std, crop,
                                          modules, head, names, "QAT")
     config = _train_config(epochs, lr, batch, calib_images, distill, labels, device, max_steps, resume, flip)
     _ready_to_train(adapter, config, train_set)
-    from ..optimize.quantize.qat import run_qat
+    selection = _selection(select_yaml or data, select_split, select_images, explicit=bool(select_yaml), say=say)
+    from ..optimize.quantize.qat import make_start, run_qat
 
-    fp32 = _reference_onnx(adapter, output, "_fp32_ref.onnx")
-    record = run_qat(adapter, train_set, config, output, say=say)
+    if not init_from:
+        from ..optimize.train.distributed import on_main
+
+        on_main(lambda: make_start(adapter, train_set, config, start, method, budget, say=say))
+    record = run_qat(adapter, train_set, config, output, start, say=say, selection=selection,
+                     allow_partial=allow_partial)
+    fp32 = _reference_onnx(adapter, output, "_fp32_ref.onnx")  # after: a refused start leaves nothing behind
     return _with_comparison(record, [fp32, output], data, val_data, val_split, batch, runs, say)
+
+
+def _checked_start(init_from) -> Path:
+    """--init-from's model, its form checked before any work (the pairing needs the model: run_qat)."""
+    from ..optimize.quantize.qat_start import read_start
+
+    read_start(Path(init_from))
+    return Path(init_from)
+
+
+def _start_output(output: Path, inputs: list) -> Path:
+    """Where `qat` writes the route-1 start it makes, checked before any work."""
+    from ..io import check_output
+
+    return check_output(output.with_name(output.stem + "_start_int8.onnx"), (".onnx",), inputs, command="quantize")
+
+
+def _start_budget(max_drop, select_yaml, select_split, select_images):
+    """quantize's budget inputs for the start (--max-drop needs --select-yaml), or None."""
+    from .quantization import budget_inputs
+
+    return budget_inputs(max_drop, 0.10, 12, select_yaml, select_split, select_images)
+
+
+def _selection(data, split: str, images: int, explicit: bool, say):
+    """The labelled images that score the start and every epoch (`images` drawn, 0: all), or None when the
+    training data has no such labelled split and none was given."""
+    from ..data import load_dataset
+    from ..optimize.quantize.sensitivity import selection_subset
+
+    if images < 0:
+        raise OrinflowError(f"--select-images must be >= 0, got {images}")
+    try:
+        return selection_subset(load_dataset(data, split), images, 0)
+    except OrinflowError as e:
+        if explicit:
+            raise
+        say(f"no selection data ({e}); the last epoch is written: give --select-yaml to keep the best")
+        return None
 
 
 @checked
@@ -90,6 +156,8 @@ def sparse_qat(model: PathLike, data: PathLike, *, split: str = "train", val_dat
                sat_epochs: int = 1, qat_epochs: int = 1,
                qat_mode: str = "int8",
                lr: float = 1e-4, qat_lr: float | None = None, batch: int = 8, calib_images: int = 64,
+               init_from: PathLike | None = None, allow_partial: bool = False, select_yaml: PathLike | None = None,
+               select_split: str = "val", select_images: int = 200,
                distill: bool = True, labels: bool | None = None, device: str = "cpu", max_steps: int | None = None,
                flip: bool = False, resume: bool = False, runs: int = 20, output: PathLike | None = None,
                arch: str | None = None, imgsz: int | None = None, mean=None, std=None, crop: float | None = None,
@@ -98,7 +166,9 @@ def sparse_qat(model: PathLike, data: PathLike, *, split: str = "train", val_dat
     """Route 4: SAT, then QAT with the 2:4 masks held, exported as Q/DQ + 2:4 ONNX (default
     workspace/sparse_qat/<model>/<model>_sparse24_qat_int8.onnx). qat_lr defaults to `lr`.
     qat_mode: the QAT stage's quantization (int8, the original design's --qat-mode).
-    sparse_flops: as in `sparsify`. Returns the run record with "compare": the FP32 and sparse INT8 evaluation
+    init_from, allow_partial, select_yaml, select_split, select_images: QAT's start and selection, as in `qat`
+    (the weights stay SAT's; without init_from the start is route 1 on the sparse model, search calibration,
+    written as `<output>_start_int8.onnx`). sparse_flops: as in `sparsify`. Returns the run record with "compare": the FP32 and sparse INT8 evaluation
     records."""
     if qat_mode != "int8":
         raise OrinflowError(f"--qat-mode {qat_mode}: QAT supports int8")
@@ -106,21 +176,28 @@ def sparse_qat(model: PathLike, data: PathLike, *, split: str = "train", val_dat
         raise OrinflowError("--qat-epochs must be >= 1")
     if qat_lr is not None and qat_lr <= 0:
         raise OrinflowError("--qat-lr must be > 0")
-    model = locate(model, say)
+    model, init_from = locate(model, say), locate(init_from, say)
     stem = Path(model).stem
+    inputs = [model, data, val_data, init_from, select_yaml]
     output = _training_output(output or workspace() / "sparse_qat" / stem / f"{stem}_sparse24_qat_int8.onnx",
-                              "_fp32_ref.onnx", [model, data, val_data], "sparse-qat", resume, ("sat", "qat"))
+                              "_fp32_ref.onnx", inputs, "sparse-qat", resume, ("sat", "qat"))
+    if init_from:
+        _checked_start(init_from)
+    else:
+        _start_output(output, inputs)
     adapter, train_set = _training_setup(model, data, split, sat_epochs, batch, lr, device, arch, imgsz, mean, std,
                                          crop, modules, head, names, "sparse-qat")
     sat_config = _train_config(sat_epochs, lr, batch, calib_images, distill, labels, device, max_steps, resume, flip)
     qat_config = _train_config(qat_epochs, qat_lr or lr, batch, calib_images, distill, labels, device, max_steps,
                                resume, flip)
     _ready_to_train(adapter, sat_config, train_set, method, sparse_flops)
+    selection = _selection(select_yaml or data, select_split, select_images, explicit=bool(select_yaml), say=say)
     from ..optimize.sparsity.sat import run_sparse_qat
 
-    fp32 = _reference_onnx(adapter, output, "_fp32_ref.onnx")
     record = run_sparse_qat(adapter, train_set, method, sat_config, qat_config, output, say=say,
-                            sparse_flops=sparse_flops)
+                            sparse_flops=sparse_flops, init_from=init_from, allow_partial=allow_partial,
+                            selection=selection)
+    fp32 = _reference_onnx(adapter, output, "_fp32_ref.onnx")
     return _with_comparison(record, [fp32, output], data, val_data, val_split, batch, runs, say)
 
 

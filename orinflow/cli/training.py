@@ -32,6 +32,14 @@ FlipOpt = Annotated[bool, typer.Option("--flip/--no-flip", help="Mirror a random
                                        "student and labels alike).")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from the checkpoint "
                                          "saved after each epoch (<output>.qat.pt / .sat.pt).")]
+InitFromOpt = Annotated[Optional[str], typer.Option("--init-from", metavar="MODEL_INT8.onnx", help="Start from "
+                                                    "this Q/DQ model (route 1's best, tensorrt target): its scales, "
+                                                    "float groups and Q/DQ placement are kept.")]
+AllowPartialOpt = Annotated[bool, typer.Option("--allow-partial", help="With --init-from: calibrate afresh what "
+                                               "does not pair (instead of refusing).")]
+QatSelectYamlOpt = Annotated[Optional[str], typer.Option("--select-yaml", help="Labelled data that scores the start "
+                                                         "and every epoch; the best is written (default: --yaml). "
+                                                         "Never the data you claim figures on.")]
 SparseMethodOpt = Annotated[str, typer.Option("--method", help="2:4 mask: magnitude, or sparsegpt (weights "
                                               "rebuilt from --calib-images' activations).")]
 SparseFlopsOpt = Annotated[Optional[float], typer.Option("--sparse-flops", help="Share of the conv FLOPs to make "
@@ -55,10 +63,21 @@ def qat(
     val_data: ValYamlOpt = None,
     val_split: ValSplitOpt = "val",
     mode: Annotated[str, typer.Option("--mode", help="Quantization mode (int8).")] = "int8",
-    epochs: Annotated[int, typer.Option("--epochs", help="Fine-tuning epochs.")] = 1,
+    epochs: Annotated[int, typer.Option("--epochs", help="Fine-tuning epochs (0: the start, as QAT exports it).")] = 1,
     lr: LrOpt = 1e-4,
     batch: BatchOpt = 8,
     calib_images: CalibImagesOpt = 64,
+    init_from: InitFromOpt = None,
+    allow_partial: AllowPartialOpt = False,
+    method: Annotated[Optional[str], typer.Option("--method", help="Without --init-from: the calibration of the "
+                                                  "route-1 start (entropy, max, percentile, search; default "
+                                                  "search).")] = None,
+    max_drop: Annotated[Optional[float], typer.Option("--max-drop", help="Without --init-from: the start keeps "
+                                                      "the main metric on --select-yaml within this many points "
+                                                      "(quantize --max-drop).")] = None,
+    select_yaml: QatSelectYamlOpt = None,
+    select_split: SelectSplitOpt = "val",
+    select_images: SelectImagesOpt = 200,
     distill: DistillOpt = True,
     labels: LabelsOpt = None,
     device: DeviceOpt = "cpu",
@@ -73,11 +92,14 @@ def qat(
     modules: ModulesOpt = None, head: LayoutOpt = None, names: NamesOpt = None,
     verbose: VerboseOpt = False,
 ):
-    """Route 2: quantization-aware fine-tuning with ModelOpt, exported as Q/DQ ONNX, compared with FP32."""
+    """Route 2: quantization-aware fine-tuning with ModelOpt from route 1's model (--init-from, or made first),
+    never written below it on the selection data; exported as Q/DQ ONNX, compared with FP32."""
     from .. import api
 
     record = api.qat(model, data, split=split, val_data=val_data, val_split=val_split, mode=mode, epochs=epochs,
-                     lr=lr, batch=batch, calib_images=calib_images, distill=distill, labels=labels, device=device,
+                     lr=lr, batch=batch, calib_images=calib_images, init_from=init_from, allow_partial=allow_partial,
+                     method=method, max_drop=max_drop, select_yaml=select_yaml, select_split=select_split,
+                     select_images=select_images, distill=distill, labels=labels, device=device,
                      max_steps=max_steps, flip=flip, resume=resume, runs=runs, output=output, arch=arch, imgsz=imgsz,
                      mean=mean, std=std, crop=crop,
                      modules=modules, head=head, names=names, say=console.print)
@@ -147,6 +169,11 @@ def sparse_qat(
     qat_lr: Annotated[Optional[float], typer.Option("--qat-lr", help="QAT learning rate (default: --lr).")] = None,
     batch: BatchOpt = 8,
     calib_images: CalibImagesOpt = 64,
+    init_from: InitFromOpt = None,
+    allow_partial: AllowPartialOpt = False,
+    select_yaml: QatSelectYamlOpt = None,
+    select_split: SelectSplitOpt = "val",
+    select_images: SelectImagesOpt = 200,
     distill: DistillOpt = True,
     labels: LabelsOpt = None,
     device: DeviceOpt = "cpu",
@@ -169,7 +196,9 @@ def sparse_qat(
     record = api.sparse_qat(model, data, split=split, val_data=val_data, val_split=val_split, method=method,
                             sparse_flops=sparse_flops, sat_epochs=sat_epochs, qat_epochs=qat_epochs,
                             qat_mode=qat_mode, lr=lr, qat_lr=qat_lr, batch=batch,
-                            calib_images=calib_images, distill=distill, labels=labels, device=device,
+                            calib_images=calib_images, init_from=init_from, allow_partial=allow_partial,
+                            select_yaml=select_yaml, select_split=select_split, select_images=select_images,
+                            distill=distill, labels=labels, device=device,
                             max_steps=max_steps, flip=flip, resume=resume, runs=runs, output=output, arch=arch,
                             imgsz=imgsz, mean=mean, std=std, crop=crop,
                             modules=modules, head=head, names=names, say=console.print)

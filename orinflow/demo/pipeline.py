@@ -48,10 +48,12 @@ def run_demo(workdir: Path, runs: int, console: Console) -> list[dict]:
                     ["tensorrt", "cpu"], QuantizeSpec(), CALIB_IMAGES, options, say=lambda m: console.print(f"  {m}"))
     budgeted = _budgeted_ptq(route, data_yaml, workdir, options, console)
     on_openvino = _openvino_rows(route, data_yaml, options, console)
-    console.print(f"route 2 (QAT): fake-quantize, {QAT_DEMO.max_steps} distillation steps from the FP32 model, "
-                  "export Q/DQ")
-    qat = run_qat(adapter, load_dataset(data_yaml, "train"), QAT_DEMO, workdir / "qat" / "shapes_yolov8p_qat_int8.onnx",
-                  say=lambda m: console.print(f"  {m}"))
+    console.print(f"route 2 (QAT): from the budgeted route-1 model (its scales and float groups), "
+                  f"{QAT_DEMO.max_steps} distillation steps from the FP32 model; the start and the epoch scored on "
+                  "'train', the better one written")
+    train_set = load_dataset(data_yaml, "train")
+    qat = run_qat(adapter, train_set, QAT_DEMO, workdir / "qat" / "shapes_yolov8p_qat_int8.onnx",
+                  Path(budgeted["model"]), say=lambda m: console.print(f"  {m}"), selection=train_set)
     qat_record = evaluate_model(load_model(qat["model"]), data_yaml, "val", options)
     pruned = _pruned_ptq(data_yaml, workdir, options, console)
     records = [torch_record, route["fp32"], *route["variants"], budgeted, *on_openvino, qat_record, *pruned]

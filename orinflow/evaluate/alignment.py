@@ -21,6 +21,7 @@ import numpy as np
 import onnx
 
 from ..errors import OrinflowError
+from ..optimize.common.graph import onnx_scope
 from ..models.processing import NMS_INSIDE, Detections, ImageMeta, Processing, anchor_view, unletterbox
 
 SQNR_CAP = 100.0  # dB: identical tensors
@@ -139,19 +140,6 @@ def torch_layers(adapter) -> dict[str, dict]:
         if ops and name:
             layers[name] = {"op": ops[0], "ops": ops, "depth": depth, "inputs": [], "module": child}
     return layers
-
-
-def onnx_scope(node_name: str) -> str:
-    """'/module/model.0/conv/Conv' -> 'module.model.0.conv': the module path torch.onnx.export wrote.
-
-    A level inside a Sequential repeats the Sequential's name ('/model.22/cv2.0/cv2.0.0/conv'): that
-    repeated prefix is dropped, giving model.22.cv2.0.0.conv.
-    """
-    pieces, previous = [], ""
-    for level in [p for p in node_name.split("/") if p][:-1]:
-        pieces.append(level[len(previous) + 1:] if previous and level.startswith(previous + ".") else level)
-        previous = level
-    return ".".join(pieces)
 
 
 def pair_layers(a: Side, b: Side) -> list[tuple[str, str]]:

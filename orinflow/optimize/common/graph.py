@@ -177,3 +177,16 @@ def _integer_type(node: onnx.NodeProto, values: dict):
 
     dtype = values[node.input[2]].dtype if len(node.input) > 2 and node.input[2] else np.dtype(np.uint8)
     return dtype if dtype in (np.int8, np.uint8, np.int16, np.uint16, np.int32) else None
+
+
+def onnx_scope(node_name: str) -> str:
+    """'/module/model.0/conv/Conv' -> 'module.model.0.conv': the module path torch.onnx.export wrote.
+
+    A level inside a Sequential repeats the Sequential's name ('/model.22/cv2.0/cv2.0.0/conv'): that
+    repeated prefix is dropped, giving model.22.cv2.0.0.conv.
+    """
+    pieces, previous = [], ""
+    for level in [p for p in node_name.split("/") if p][:-1]:
+        pieces.append(level[len(previous) + 1:] if previous and level.startswith(previous + ".") else level)
+        previous = level
+    return ".".join(pieces)

@@ -108,9 +108,13 @@ def run_sat(adapter: ModelAdapter, dataset: Dataset, method: str, config: QATCon
 
 
 def run_sparse_qat(adapter: ModelAdapter, dataset: Dataset, method: str, sat_config: QATConfig,
-                   qat_config: QATConfig, output: Path, say=print, sparse_flops: float | None = None) -> dict:
+                   qat_config: QATConfig, output: Path, say=print, sparse_flops: float | None = None,
+                   init_from: Path | None = None, allow_partial: bool = False,
+                   selection: Dataset | None = None) -> dict:
     """Route 4: SAT, then QAT of the sparse model with its 2:4 masks re-applied after every step.
 
+    QAT starts from `init_from` (its scales, float groups and placement; the weights stay SAT's) or, without it,
+    from route 1 on the sparse model, written as `<output>_start_int8.onnx` (run_qat, make_start).
     The dense FP32 model stays the teacher in both stages. The export is Q/DQ ONNX whose
     quantized weights are still 2:4 (symmetric quantization maps zero to zero).
     """
@@ -122,7 +126,8 @@ def run_sparse_qat(adapter: ModelAdapter, dataset: Dataset, method: str, sat_con
     sparse_adapter = _with_module(adapter, sparse)
     masks = sparse_masks(sparse_adapter.export_module())  # named as in the copy that QAT trains
     say(f"SAT done; holding the 2:4 masks of {len(masks)} layers through QAT")
-    record = run_qat(sparse_adapter, dataset, qat_config, output, say, teacher=adapter.export_module(), masks=masks)
+    record = run_qat(sparse_adapter, dataset, qat_config, output, init_from, say, teacher=adapter.export_module(),
+                     masks=masks, selection=selection, allow_partial=allow_partial, load_weights=init_from is None)
     if not distributed.is_main():
         return record
     record.update({"command": "sparse-qat", "route": "sparse-qat", "source": adapter.source, "method": method,

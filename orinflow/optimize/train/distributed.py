@@ -61,6 +61,14 @@ def active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def on_main(work) -> None:
+    """Run `work` on rank 0 only (it writes a file every rank then reads); the other ranks wait for it."""
+    if is_main():
+        work()
+    if active():
+        dist.barrier()
+
+
 def shard(order: np.ndarray) -> np.ndarray:
     """This rank's images of the epoch, the same count on every rank (so every rank takes the same steps)."""
     if not active():

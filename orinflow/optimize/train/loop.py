@@ -41,11 +41,13 @@ def first_images(adapter: ModelAdapter, dataset: Dataset, images: int, batch: in
 
 def train(adapter: ModelAdapter, student: torch.nn.Module, teacher: torch.nn.Module, dataset: Dataset,
           config: QATConfig, say=print, checkpoint: Path | None = None,
-          after_step: Callable[[], None] | None = None) -> list[float]:
+          after_step: Callable[[], None] | None = None,
+          after_epoch: Callable[[int], None] | None = None) -> list[float]:
     """Fine-tune the student; BatchNorm statistics stay frozen (eval mode).
 
     With `checkpoint`, the state is saved after every epoch; `config.resume` continues from it.
-    `after_step` runs after each optimiser step (route 4 re-applies the 2:4 masks there).
+    `after_step` runs after each optimiser step (route 4 re-applies the 2:4 masks there); `after_epoch(n)` after
+    each epoch trained in this run (QAT scores the model there).
     """
     teacher = teacher.to(config.device).eval()
     for p in teacher.parameters():
@@ -66,6 +68,8 @@ def train(adapter: ModelAdapter, student: torch.nn.Module, teacher: torch.nn.Mod
                 say(f"epoch {epoch + 1}/{config.epochs}: mean loss {losses[-1]:.5f}")
                 if checkpoint:
                     _save_checkpoint(checkpoint, student, optimizer, config, losses)
+                if after_epoch:
+                    after_epoch(epoch + 1)
     except KeyboardInterrupt:
         if checkpoint and losses:
             say(f"interrupted: {len(losses)} epoch(s) saved in {checkpoint}; run again with --resume to continue")
