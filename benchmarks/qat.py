@@ -74,9 +74,10 @@ def main() -> int:
     started = time.perf_counter()
     config = QATConfig(epochs=args.epochs, lr=args.lr, batch=args.batch, calib_images=args.calib_images,
                        distill=True, labels=args.labels, device=args.device)
-    qat = run_qat(adapter, train_set, config, work / "qat.onnx")
+    # route 2 starts where route 1 ended: here the entropy model (quantize's default), scored on the training data
+    qat = run_qat(adapter, train_set, config, work / "qat.onnx", work / "ptq_entropy.onnx", selection=train_set)
     seconds = time.perf_counter() - started
-    rows.append((f"qat ({args.epochs} ep, {seconds / 60:.1f} min, {args.device})",
+    rows.append((f"qat from ptq entropy ({args.epochs} ep, {seconds / 60:.1f} min, {args.device})",
                  evaluate_model(load_model(qat["model"]), eval_set, args.val_split, options)))
     base = headline(rows[0][1])
     print(f"\nQAT benchmark: {args.model} | train {train_set.name} ({len(train_set)}) | eval {eval_set.name} "

@@ -9,7 +9,8 @@ PUBLIC = {
     "fit_budget": "sensitivity",
     "quantization_groups": "groups", "dequantize_groups": "groups", "search_quantized": "scale_search",
     "align_conv_channels": "cpu_layout", "activation_histograms": "histograms",
-    "run_qat": "qat", "insert_quantizers": "qat", "export_qdq": "qat",
+    "run_qat": "qat", "insert_quantizers": "qat", "make_start": "qat", "read_start": "qat_start",
+    "pair_start": "qat_start",
 }
 __all__ = list(PUBLIC)
 __getattr__, __dir__ = exports(__name__, PUBLIC)
