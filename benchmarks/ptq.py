@@ -49,22 +49,33 @@ def default_to_demo(args: argparse.Namespace, workdir: Path) -> None:
         args.yaml = args.yaml or str(shapes.generate(workdir / "shapes"))
 
 
+def add_timing_args(parser: argparse.ArgumentParser, rounds: int, rounds_help: str, batch: int,
+                    batch_help: str) -> None:
+    """Threads, timing rounds and the second batch size, the record and the working folder."""
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=rounds, help=rounds_help)
+    parser.add_argument("--batch", type=int, default=batch, help=batch_help)
+    parser.add_argument("--json", type=Path, help="write the benchmark record here")
+    parser.add_argument("--workdir", type=Path, default=None)
+
+
+def parse_with_workdir(parser: argparse.ArgumentParser, prefix: str) -> tuple[argparse.Namespace, Path]:
+    """The arguments and the working folder (a new one without --workdir); no --model: the demo detector."""
+    args = parser.parse_args()
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix=prefix))
+    default_to_demo(args, workdir)
+    if args.yaml is None:
+        parser.error("--yaml is required with --model")
+    return args, workdir
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_and_data(parser, "calibration", "evaluation")
     parser.add_argument("--methods", default="entropy,max,percentile")
     parser.add_argument("--targets", default="tensorrt,cpu")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=50, help="interleaved timing rounds per batch size")
-    parser.add_argument("--batch", type=int, default=8, help="second batch size timed (1 only: 1)")
-    parser.add_argument("--json", type=Path, help="write the benchmark record here")
-    parser.add_argument("--workdir", type=Path, default=None)
-    args = parser.parse_args()
-
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="orinflow-bench-ptq-"))
-    default_to_demo(args, workdir)
-    if args.yaml is None:
-        parser.error("--yaml is required with --model")
+    add_timing_args(parser, 50, "interleaved timing rounds per batch size", 8, "second batch size timed (1 only: 1)")
+    args, workdir = parse_with_workdir(parser, "orinflow-bench-ptq-")
     model = load_model(args.model, imgsz=args.imgsz)
     route = run_ptq(model, args.yaml, args.split, args.val_yaml or args.yaml, args.val_split, workdir,
                     args.methods.split(","), args.targets.split(","), QuantizeSpec(), args.num_images,

@@ -20,14 +20,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("ORINFLOW_QUIET", "1")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ptq import add_model_and_data, default_to_demo  # noqa: E402
+from ptq import add_model_and_data, add_timing_args, parse_with_workdir  # noqa: E402
 
 from orinflow.data import load_dataset  # noqa: E402
 from orinflow.data.calibration import build_calibration  # noqa: E402
@@ -69,17 +68,8 @@ def make_runners(models: dict[str, OnnxModel], threads: int) -> dict[tuple[str, 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_and_data(parser, "calibration", "accuracy (optional; claim data)")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=30, help="interleaved timing rounds at batch 1")
-    parser.add_argument("--batch", type=int, default=4, help="second batch size timed")
-    parser.add_argument("--json", type=Path, help="write the benchmark record here")
-    parser.add_argument("--workdir", type=Path, default=None)
-    args = parser.parse_args()
-
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="orinflow-bench-runtimes-"))
-    default_to_demo(args, workdir)
-    if args.yaml is None:
-        parser.error("--yaml is required with --model")
+    add_timing_args(parser, 30, "interleaved timing rounds at batch 1", 4, "second batch size timed")
+    args, workdir = parse_with_workdir(parser, "orinflow-bench-runtimes-")
     models = make_models(args, workdir)
     runners = make_runners(models, args.threads)
     image = (3, *models["fp32"].processing.imgsz)
