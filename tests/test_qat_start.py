@@ -100,7 +100,8 @@ def test_pairing_on_the_detector_and_a_classifier(demo_adapter, demo_int8, tiny_
     assert pairing.first_problem() is None and len(pairing.pairs) == len(start.layers) == 64
     module_file = tmp_path / "tiny_cls.py"
     module_file.write_text("from torch import nn\n\ndef build():\n    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), "
-                           "nn.Conv2d(8, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))\n")
+                           "nn.Conv2d(8, 8, 3, bias=False), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), "
+                           "nn.Flatten(), nn.Linear(8, 3))\n")  # the export folds the BatchNorm: so does QAT's copy
     classifier = load_model("", arch=f"{module_file}:build", imgsz=32)
     cls_onnx = export_onnx(classifier, tmp_path / "cls.onnx").path
     classes = load_dataset(class_tree)

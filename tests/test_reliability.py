@@ -215,7 +215,7 @@ def test_interrupted_quantize_leaves_nothing(moment, bare_onnx, calib, tmp_path)
 TRAIN_MOMENTS = {
     "while loading": lambda out: _after(1.5),
     "as the reference is written": lambda out: _exists(out, "*.part"),
-    "while training": lambda out: _exists(out, "*_fp32_ref.onnx", delay=1.0),
+    "while training": lambda out: _exists(out, "*_start_int8.onnx", delay=1.0),  # route 1's start, then training
 }
 
 
@@ -233,7 +233,7 @@ def test_interrupted_qat_leaves_nothing_partial(moment, tiny_shapes, tmp_path):
                             tmp_path, tmp)
     _assert_clean_interrupt(rc, err, out, inputs, tmp)
     assert not (out / "q.onnx").exists()
-    for onnx_file in out.glob("*.onnx"):  # a reference written before the interrupt is whole
+    for onnx_file in out.glob("*.onnx"):  # a start model written before the interrupt is whole
         onnx.checker.check_model(str(onnx_file))
 
 

@@ -33,7 +33,7 @@ from ..common.masks import hold_masks
 from ..common.qdq_report import qdq_report
 from ..train import distributed
 from .qat_select import BestEpoch
-from .qat_start import Pairing, StartModel, apply_start, pair_start, read_start
+from .qat_start import Pairing, StartModel, apply_start, fold_batchnorms, pair_start, read_start
 from ..train.loop import QATConfig, batches, check_trainable, checkpoint_path, train
 
 
@@ -55,7 +55,9 @@ def insert_quantizers(adapter: ModelAdapter, dataset: Dataset, config: QATConfig
     config.calib_images); the adapter stays FP32."""
     mtq = import_quietly("modelopt.torch.quantization")
 
-    module = copy.deepcopy(adapter.export_module()).to(config.device).eval()
+    module = copy.deepcopy(adapter.export_module()).eval()
+    fold_batchnorms(module, torch.zeros(adapter.input_shape))  # as the export folds them: the start's weights
+    module = module.to(config.device)
     order = np.random.default_rng(config.seed).permutation(len(dataset))[:images or config.calib_images]
 
     def forward_loop(model):

@@ -137,6 +137,39 @@ class _ScaleReader:
         return max(found) if found and None not in found else None
 
 
+def fold_batchnorms(module: torch.nn.Module, example: torch.Tensor) -> int:
+    """Fold each BatchNorm that takes a convolution's output, as met running `example`, into that convolution
+    (the BatchNorm becomes Identity), as the ONNX export folds it; returns how many. Frozen BatchNorm trains the
+    same folded or not, and the folded convolution is what pairs with the start's node."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    named = dict(module.named_modules())
+    made_by, pairs, hooks = {}, [], []
+    for name, child in named.items():
+        if isinstance(child, torch.nn.Conv2d):  # the output is kept, so its id is not reused during the run
+            hooks.append(child.register_forward_hook(
+                lambda m, i, out, n=name: made_by.__setitem__(id(out), (n, out))))
+        elif isinstance(child, torch.nn.BatchNorm2d):
+            hooks.append(child.register_forward_pre_hook(
+                lambda m, i, n=name: pairs.append((made_by.get(id(i[0]), (None,))[0], n))))
+    try:
+        with torch.no_grad():
+            module.eval()(example)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    folded = [(conv, bn) for conv, bn in dict.fromkeys(pairs) if conv is not None]
+    for conv, bn in folded:
+        _replace(module, conv, fuse_conv_bn_eval(named[conv], named[bn]))
+        _replace(module, bn, torch.nn.Identity())
+    return len(folded)
+
+
+def _replace(module: torch.nn.Module, name: str, new: torch.nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(module.get_submodule(parent) if parent else module, leaf, new)
+
+
 def pair_start(start: StartModel, student: torch.nn.Module) -> Pairing:
     """Each start layer with its module (same path, same weight shape); what pairs with nothing, named."""
     modules = dict(student.named_modules())
