@@ -22,14 +22,18 @@ def layer_macs(module: nn.Module, example: torch.Tensor) -> dict[str, int]:
             per_output = layer.in_features
         macs[names[layer]] = macs.get(names[layer], 0) + out.numel() // out.shape[0] * per_output
 
-    hooks = [m.register_forward_hook(count) for m in module.modules() if isinstance(m, PRUNABLE)]
+    run_hooked(module, example, [m.register_forward_hook(count) for m in module.modules() if isinstance(m, PRUNABLE)])
+    return macs
+
+
+def run_hooked(module: nn.Module, example: torch.Tensor, hooks: list) -> None:
+    """One evaluation-mode forward of `example` with `hooks` in place; they are removed afterwards."""
     try:
         with torch.no_grad():
             module.eval()(example)
     finally:
         for hook in hooks:
             hook.remove()
-    return macs
 
 
 def out_width(layer: nn.Module) -> int:

@@ -143,6 +143,8 @@ def fold_batchnorms(module: torch.nn.Module, example: torch.Tensor) -> int:
     same folded or not, and the folded convolution is what pairs with the start's node."""
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+    from ..common.layers import run_hooked
+
     named = dict(module.named_modules())
     made_by, pairs, hooks = {}, [], []
     for name, child in named.items():
@@ -152,12 +154,7 @@ def fold_batchnorms(module: torch.nn.Module, example: torch.Tensor) -> int:
         elif isinstance(child, torch.nn.BatchNorm2d):
             hooks.append(child.register_forward_pre_hook(
                 lambda m, i, n=name: pairs.append((made_by.get(id(i[0]), (None,))[0], n))))
-    try:
-        with torch.no_grad():
-            module.eval()(example)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    run_hooked(module, example, hooks)
     folded = [(conv, bn) for conv, bn in dict.fromkeys(pairs) if conv is not None]
     for conv, bn in folded:
         _replace(module, conv, fuse_conv_bn_eval(named[conv], named[bn]))
@@ -205,7 +202,8 @@ def apply_start(start: StartModel, pairing: Pairing, student: torch.nn.Module, l
     modules = dict(student.named_modules())
     paired = set()
     for layer, name in pairing.pairs:
-        module, paired = modules[name], paired | {name}
+        module = modules[name]
+        paired.add(name)
         if load_weights:
             with torch.no_grad():
                 module.weight.copy_(torch.from_numpy(numpy_helper.to_array(initializers[layer.weight]).copy()))
