@@ -190,6 +190,16 @@ CASES = [
     ("evaluate-threads", "evaluate -m {inputs}/m.onnx --yaml " + D + " --threads -2", "--threads"),
     ("evaluate-batch", "evaluate -m {inputs}/m.onnx --yaml " + D + " --batch 0", "--batch"),
     ("evaluate-runtime", "evaluate -m {inputs}/m.onnx --yaml " + D + " --runtime foo", "--runtime"),
+    ("evaluate-int8-kernels", "evaluate -m {inputs}/m.onnx --yaml " + D + " --int8-kernels fast", "--int8-kernels"),
+    ("evaluate-int8-kernels-tensorrt", "evaluate -m {inputs}/m.onnx --yaml " + D + " --runtime tensorrt "
+     "--int8-kernels exact", "no integer path"),
+    ("evaluate-int8-kernels-torch", "evaluate -m {inputs}/demo.pt --yaml " + D + " --int8-kernels integer",
+     "no integer path"),
+    ("compare-int8-kernels", "compare {inputs}/demo.pt {inputs}/demo.pt --yaml " + D + " --int8-kernels exact "
+     "-o {out}/c", "no integer path"),
+    ("quantize-reduce-range-tensorrt", "quantize -m {inputs}/m.onnx --calib {inputs}/c.npy --reduce-range "
+     "-o {out}/q.onnx", "--target cpu"),
+    ("ptq-int8-kernels", "ptq -m {inputs}/demo.pt --yaml " + D + " --int8-kernels 8bit", "--int8-kernels"),
     ("evaluate-label-class", "evaluate -m {inputs}/m.onnx --yaml {inputs}/bad_class/shapes.yaml --runs 0",
      "class id 7"),
     ("evaluate-label-columns", "evaluate -m {inputs}/m.onnx --yaml {inputs}/bad_columns/shapes.yaml --runs 0",
@@ -335,7 +345,7 @@ READ_ONLY = {"model", "arch", "data", "split", "mean", "std", "head", "names", "
              "exclude", "high_precision", "mode", "targets", "target", "val_data", "val_split", "select_yaml",
              "select_split", "importance", "plan", "device", "schedule", "runtime", "metric", "coco_json", "images",
              "more", "compare", "image", "class_map", "a", "b", "sources", "trt", "nms", "calib_cache", "from_qdq", "layers", "qat_mode",
-             "runtime_a", "runtime_b", "runtimes", "init_from"}
+             "runtime_a", "runtime_b", "runtimes", "init_from", "int8_kernels"}
 
 
 def output_options(unplaced: list | None = None) -> list[tuple[str, str, str]]:

@@ -15,7 +15,7 @@ from .prepare import load
 def evaluate(model: PathLike, data: PathLike | None = None, *, split: str = "val", conf: float = 0.001,
              iou: float | None = None, max_det: int = 300, batch: int = 1, runs: int = 50, warmup: int = 5,
              threads: int | None = None,
-             runtime: str = "auto", skip_bad_images: bool = False, metric: str = "yolov5",
+             runtime: str = "auto", int8_kernels: str = "auto", skip_bad_images: bool = False, metric: str = "yolov5",
              save_json: PathLike | None = None, coco_json: PathLike | None = None, images: PathLike | None = None,
              json: PathLike | None = None, class_map: str | None = None, arch: str | None = None,
              imgsz: int | None = None, mean=None, std=None, crop: float | None = None,
@@ -29,9 +29,13 @@ def evaluate(model: PathLike, data: PathLike | None = None, *, split: str = "val
     `coco_json` and `images` (a COCO instances JSON and its image folder) replace `data`.
     A detector's classes must be the data's (count, and names where both have them): `class_map` pairs them
     otherwise, "names" (equal names) or "0:2,1:5" (model:data ids); other model classes are not scored.
+    int8_kernels (auto, integer, exact): how ONNX Runtime and OpenVINO run a Q/DQ model. auto runs their integer
+    kernels only where they are measured to agree with the model's exact function on this CPU, on the data's
+    first images (docs/runtimes.md); the record's runtime_details["int8_kernels"] holds the measurement.
     """
     return evaluate_many([model], data, split=split, conf=conf, iou=iou, max_det=max_det, batch=batch, runs=runs,
-                   warmup=warmup, threads=threads, runtime=runtime, skip_bad_images=skip_bad_images, metric=metric,
+                   warmup=warmup, threads=threads, runtime=runtime, int8_kernels=int8_kernels,
+                   skip_bad_images=skip_bad_images, metric=metric,
                    save_json=save_json, coco_json=coco_json, images=images, json=json, class_map=class_map,
                    arch=arch, imgsz=imgsz,
                    mean=mean, std=std, crop=crop, modules=modules, head=head, names=names, say=say)[0]
@@ -46,7 +50,7 @@ def _not_a_list(a=None, **_) -> None:
 @checked(before=_not_a_list)
 def compare(a: PathLike, b: PathLike, data: PathLike | None = None, *, split: str = "val", images: int = 16,
             seed: int = 0, conf: float = 0.25, top: int = 5, output: PathLike | None = None,
-            runtime_a: str = "auto", runtime_b: str = "auto", arch: str | None = None,
+            runtime_a: str = "auto", runtime_b: str = "auto", int8_kernels: str = "auto", arch: str | None = None,
             imgsz: int | None = None, mean=None, std=None, crop: float | None = None,
             modules: Sequence[PathLike] | None = None, head: str | None = None, names: str | None = None,
             say: Say = print) -> dict:
@@ -59,11 +63,15 @@ def compare(a: PathLike, b: PathLike, data: PathLike | None = None, *, split: st
     those images when `data` is labelled. Writes compare.json and compare.png into `output` (default
     workspace/compare/<A>_vs_<B>) and returns the record.
     runtime_a, runtime_b: what runs an ONNX side, auto (ONNX Runtime) or openvino; one model on two runtimes
-    is `compare(m, m, runtime_b="openvino")`.
+    is `compare(m, m, runtime_b="openvino")`. int8_kernels: as in `evaluate`, for every ONNX side. Each ONNX
+    side's final outputs are also computed as `evaluate` computes them; where reading the layers changes them
+    (a runtime compiles another graph), the record says so and locates the departure by compiling prefixes of
+    the graph (record["probing"]).
     """
     from ..evaluate.alignment import load_side
     from ..evaluate.compare_report import run_compare
     from ..io import check_output_folder, require_file
+    from ..runtime import check_runtime
 
     if images < 1 or top < 1:
         raise OrinflowError("--images and --top must be >= 1")
@@ -74,12 +82,13 @@ def compare(a: PathLike, b: PathLike, data: PathLike | None = None, *, split: st
     a, b = locate(a, say), locate(b, say)
     for path in (a, b):
         require_file(path, "model")
+    check_runtime([a, b], "auto", int8_kernels)
     runtimes = (runtime_a, runtime_b)
     stems = [Path(p).stem + (f"_{r}" if r != "auto" else "") for p, r in zip((a, b), runtimes)]
     folder = check_output_folder(output or workspace() / "compare" / f"{stems[0]}_vs_{stems[1]}", [a, b, data])
     options = {"arch": arch, "imgsz": imgsz, "mean": mean, "std": std, "crop": crop, "modules": modules,
                "head": head, "names": names}
-    sides = tuple(load_side(path, label, lambda checkpoint: load(checkpoint, **options), runtime)
+    sides = tuple(load_side(path, label, lambda checkpoint: load(checkpoint, **options), runtime, int8_kernels)
                   for path, label, runtime in ((a, "A", runtime_a), (b, "B", runtime_b)))
     return run_compare(sides, (a, b), data, split, images, seed, conf, top, Path(folder), say)
 
@@ -87,7 +96,8 @@ def compare(a: PathLike, b: PathLike, data: PathLike | None = None, *, split: st
 @checked
 def evaluate_many(models: Sequence[PathLike], data: PathLike | None = None, *, split: str = "val", conf: float = 0.001,
             iou: float | None = None, max_det: int = 300, batch: int = 1, runs: int = 50, warmup: int = 5,
-            threads: int | None = None, runtime: str = "auto", skip_bad_images: bool = False, metric: str = "yolov5",
+            threads: int | None = None, runtime: str = "auto", int8_kernels: str = "auto",
+            skip_bad_images: bool = False, metric: str = "yolov5",
             save_json: PathLike | None = None, coco_json: PathLike | None = None, images: PathLike | None = None,
             json: PathLike | None = None, class_map: str | None = None, arch: str | None = None,
             imgsz: int | None = None, mean=None, std=None, crop: float | None = None,
@@ -105,10 +115,10 @@ def evaluate_many(models: Sequence[PathLike], data: PathLike | None = None, *, s
     if not models:
         raise OrinflowError("give a model with -m, or several with --compare A B ...")
     models = [locate(path, say) for path in models]
-    check_runtime(models, runtime)
+    check_runtime(models, runtime, int8_kernels)
     dataset = _evaluation_data(data, coco_json, images, skip_bad_images)
     options = EvalOptions(conf=conf, iou=iou, max_det=max_det, batch=batch, latency_runs=runs, warmup=warmup,
-                          threads=threads, measure_latency=runs > 0, runtime=runtime,
+                          threads=threads, measure_latency=runs > 0, runtime=runtime, int8_kernels=int8_kernels,
                           skip_bad_images=skip_bad_images, metric=metric, save_json=save_json, class_map=class_map)
     options.validate()
     if save_json is not None:

@@ -17,7 +17,7 @@ def quantize(model: PathLike, *, calib: PathLike | None = None, data: PathLike |
              target: str = "tensorrt", exclude: Sequence[str] | None = None, head_protect: bool = True,
              high_precision: str = "fp32", max_drop: float | None = None, max_fallback: float = 0.10,
              max_steps: int = 12, select_yaml: PathLike | None = None, select_split: str = "val",
-             select_images: int = 300, output: PathLike | None = None,
+             select_images: int = 300, reduce_range: bool = False, output: PathLike | None = None,
              say: Say = print) -> dict:
     """Post-training quantization of an orinflow FP32 ONNX into Q/DQ ONNX (default
     workspace/models/onnx/<target>/<name>_<mode>_<method>.onnx).
@@ -26,7 +26,10 @@ def quantize(model: PathLike, *, calib: PathLike | None = None, data: PathLike |
     mode: int8, fp8, int4. method: entropy, max, percentile, search; default entropy, or search under
     `max_drop` (tensorrt int8). target: tensorrt (ModelOpt) or cpu (ONNX Runtime). With `max_drop`, the
     groups that cost most fall back to `high_precision` until the main metric on `select_yaml` drops at most
-    `max_drop` points (docs/sensitivity.md).
+    `max_drop` points (docs/sensitivity.md). reduce_range (target cpu): 7-bit weights, so ONNX Runtime's u8 x s8
+    kernels cannot saturate on CPUs without VNNI (docs/runtimes.md has what it costs). A cpu-target model is
+    checked on ONNX Runtime's integer kernels of this CPU against its exact function: the record's
+    "int8_kernels" says which ran its figures, and a disagreement is printed.
     """
     from ..data import load_dataset
     from ..data.calibration import build_calibration, load_calibration
@@ -38,7 +41,7 @@ def quantize(model: PathLike, *, calib: PathLike | None = None, data: PathLike |
     from ..optimize.quantize.ptq import default_method
 
     method = method or default_method(target, mode, budget=max_drop is not None)
-    spec = quantize_spec(mode, method, target, percentile, exclude, head_protect, high_precision)
+    spec = quantize_spec(mode, method, target, percentile, exclude, head_protect, high_precision, reduce_range)
     model, calib = locate(model, say), locate(calib, say)
     if calib is None and not data:
         raise OrinflowError("give calibration data: --calib calib.npy, or --yaml data.yaml to build it")
@@ -57,9 +60,15 @@ def quantize(model: PathLike, *, calib: PathLike | None = None, data: PathLike |
     from ..optimize.quantize.sensitivity import fit_budget
 
     if budget is None:
-        return with_nms_restored(source, output, lambda raw, out: quantize_onnx(raw, array, spec, out, say=say))
-    return with_nms_restored(source, output, lambda raw, out: fit_budget(raw, array, spec, budget[1], budget[0], out,
-                                                                         budget[2], say=say))
+        made = with_nms_restored(source, output, lambda raw, out: quantize_onnx(raw, array, spec, out, say=say))
+    else:
+        made = with_nms_restored(source, output, lambda raw, out: fit_budget(raw, array, spec, budget[1], budget[0],
+                                                                             out, budget[2], say=say))
+    if target == "cpu":
+        from ..optimize.quantize.ptq import check_cpu_kernels
+
+        made = check_cpu_kernels(made, source.processing, array, say)
+    return made
 
 
 
@@ -139,12 +148,12 @@ def calib_cache(model: PathLike | None = None, *, calib: PathLike | None = None,
     return record
 
 def quantize_spec(mode: str, method: str, target: str, percentile: float, exclude: Sequence[str] | None,
-                  head_protect: bool, high_precision: str):
+                  head_protect: bool, high_precision: str, reduce_range: bool = False):
     """The checked QuantizeSpec of the quantization flags (shared by quantize, ptq and sensitivity)."""
     from ..optimize.quantize.ptq import QuantizeSpec
 
     spec = QuantizeSpec(mode=mode, method=method, target=target, percentile=percentile, exclude=list(exclude or []),
-                        head_protect=head_protect, high_precision=high_precision)
+                        head_protect=head_protect, high_precision=high_precision, reduce_range=reduce_range)
     spec.validate()
     return spec
 
@@ -174,7 +183,7 @@ def ptq(model: PathLike, data: PathLike, *, split: str = "train", val_data: Path
         targets: str | Sequence[str] = "tensorrt,cpu", percentile: float = 99.999,
         exclude: Sequence[str] | None = None, head_protect: bool = True, high_precision: str = "fp32",
         batch: int = 1, runs: int = 30, threads: int | None = None,
-        runtimes: str | Sequence[str] | None = None, max_drop: float | None = None,
+        runtimes: str | Sequence[str] | None = None, int8_kernels: str = "auto", max_drop: float | None = None,
         max_fallback: float = 0.10, max_steps: int = 12, select_yaml: PathLike | None = None,
         select_split: str = "val", select_images: int = 300, output: PathLike | None = None,
         arch: str | None = None, imgsz: int | None = None, mean=None, std=None, crop: float | None = None,
@@ -185,6 +194,8 @@ def ptq(model: PathLike, data: PathLike, *, split: str = "train", val_data: Path
     methods: default entropy, or under `max_drop` search for the tensorrt target (entropy for cpu).
     runtimes: time every model on each of these too (onnxruntime, openvino, tensorrt), side by side; each
     evaluation record gains "latency_by_runtime" and "best_runtime". Accuracy is measured on ONNX Runtime.
+    int8_kernels (auto, integer, exact): how ONNX Runtime and OpenVINO run the INT8 models (as in `evaluate`;
+    auto checks their integer kernels against the exact function on this CPU first).
 
     Returns the route record: "fp32", "variants" (evaluation records), "best" per target, and "record" (the
     ptq_record.json written).
@@ -200,7 +211,8 @@ def ptq(model: PathLike, data: PathLike, *, split: str = "train", val_data: Path
     method_list, target_list = names_list(methods) or None, names_list(targets)
     check_variants(spec, method_list, target_list, max_drop is not None)
     runtime_list = timed_runtimes(runtimes)
-    options = EvalOptions(batch=batch, latency_runs=runs, threads=threads, measure_latency=runs > 0)
+    options = EvalOptions(batch=batch, latency_runs=runs, threads=threads, measure_latency=runs > 0,
+                          int8_kernels=int8_kernels)
     options.validate()
     workdir = check_output_folder(output or workspace() / "ptq" / Path(model).stem,
                                   [model, data, val_data, select_yaml])

@@ -50,6 +50,11 @@ LayoutOpt = Annotated[Optional[str], typer.Option("--head", help="With --arch fi
                                                   "or end2end (batch, boxes, 6).")]
 NamesOpt = Annotated[Optional[str], typer.Option("--names", help="Class names of an --arch detector: a dataset YAML "
                                                  "or 'a,b,c' (default: numbers).")]
+Int8KernelsOpt = Annotated[str, typer.Option("--int8-kernels", help="How ONNX Runtime and OpenVINO run a Q/DQ "
+                                            "model: auto runs their integer kernels only where they are measured "
+                                            "to agree with the model's exact function on this CPU (else the exact "
+                                            "path, said in the output); integer always (a measured disagreement "
+                                            "is printed); exact never.")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show full tracebacks on errors.")]
 ModulesOpt = Annotated[Optional[list[Path]], typer.Option("--modules", help="Python file (repeatable) defining "
                                                           "classes the checkpoint pickles, such as a fork's "

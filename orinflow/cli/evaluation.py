@@ -8,7 +8,7 @@ import typer
 from typer.core import TyperCommand
 
 from ..errors import OrinflowError
-from .app import (ArchOpt, CropOpt, DataOpt, ImgszOpt, LayoutOpt, MeanOpt, ModulesOpt, NamesOpt, SplitOpt, StdOpt,
+from .app import (ArchOpt, CropOpt, DataOpt, ImgszOpt, Int8KernelsOpt, LayoutOpt, MeanOpt, ModulesOpt, NamesOpt, SplitOpt, StdOpt,
                   VerboseOpt, app, cli_errors, console)
 
 
@@ -48,6 +48,7 @@ def evaluate(
     runtime: Annotated[str, typer.Option("--runtime", help="auto (PyTorch for .pt, ONNX Runtime CPU for .onnx), "
                                          "onnxruntime, openvino (ONNX on an x86 CPU), or tensorrt (ONNX or .engine; "
                                          "needs the tensorrt package and a GPU).")] = "auto",
+    int8_kernels: Int8KernelsOpt = "auto",
     per_class: Annotated[bool, typer.Option("--per-class", help="Print the per-class table (detection).")] = False,
     skip_bad_images: Annotated[bool, typer.Option("--skip-bad-images", help="Leave out images that cannot be "
                                                   "read (each is named, counted and recorded) instead of "
@@ -87,7 +88,8 @@ def evaluate(
     if not paths:
         raise OrinflowError("give a model with -m, or several with --compare A B ...")
     records = api.evaluate_many(paths, data, split=split, conf=conf, iou=iou, max_det=max_det, batch=batch, runs=runs,
-                          warmup=warmup, threads=threads, runtime=runtime, skip_bad_images=skip_bad_images,
+                          warmup=warmup, threads=threads, runtime=runtime, int8_kernels=int8_kernels,
+                          skip_bad_images=skip_bad_images,
                           metric=metric, save_json=save_json, coco_json=coco_json, images=images, json=json_out,
                           class_map=class_map, arch=arch, imgsz=imgsz, mean=mean, std=std, crop=crop,
                           modules=modules, head=head, names=names,
@@ -123,6 +125,7 @@ def compare_command(
                                            "openvino.")] = "auto",
     runtime_b: Annotated[str, typer.Option("--runtime-b", help="What runs an ONNX model B (one model on two "
                                            "runtimes: compare m.onnx m.onnx --runtime-b openvino).")] = "auto",
+    int8_kernels: Int8KernelsOpt = "auto",
     arch: ArchOpt = None, imgsz: ImgszOpt = None, mean: MeanOpt = None, std: StdOpt = None, crop: CropOpt = None,
     modules: ModulesOpt = None, head: LayoutOpt = None, names: NamesOpt = None,
     verbose: VerboseOpt = False,
@@ -132,7 +135,7 @@ def compare_command(
     from ..evaluate.compare_report import compare_tables
 
     record = api.compare(a, b, data, split=split, images=images, seed=seed, conf=conf, top=top, output=output,
-                         runtime_a=runtime_a, runtime_b=runtime_b,
+                         runtime_a=runtime_a, runtime_b=runtime_b, int8_kernels=int8_kernels,
                          arch=arch, imgsz=imgsz, mean=mean, std=std, crop=crop, modules=modules, head=head,
                          names=names, say=console.print)
     for table in compare_tables(record):

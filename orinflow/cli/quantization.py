@@ -6,8 +6,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from .app import (ArchOpt, CropOpt, DataOpt, ImgszOpt, LayoutOpt, MeanOpt, ModelOpt, ModulesOpt, NamesOpt, SplitOpt,
-                  StdOpt, VerboseOpt, app, cli_errors, console)
+from .app import (ArchOpt, CropOpt, DataOpt, ImgszOpt, Int8KernelsOpt, LayoutOpt, MeanOpt, ModelOpt, ModulesOpt,
+                  NamesOpt, SplitOpt, StdOpt, VerboseOpt, app, cli_errors, console)
 from .evaluation import print_notes
 
 
@@ -98,6 +98,9 @@ def quantize(
     select_yaml: SelectYamlOpt = None,
     select_split: SelectSplitOpt = "val",
     select_images: SelectImagesOpt = 300,
+    reduce_range: Annotated[bool, typer.Option("--reduce-range", help="--target cpu: 7-bit weights, so ONNX "
+                                               "Runtime's u8 x s8 kernels cannot saturate on CPUs without VNNI "
+                                               "(docs/runtimes.md: what it costs).")] = False,
     output: Annotated[Optional[Path], typer.Option("-o", "--output", metavar="OUT.onnx", help="Output .onnx (default: "
                                                    "workspace/models/onnx/<target>/<name>_<mode>_<method>.onnx).")] = None,
     verbose: VerboseOpt = False,
@@ -113,11 +116,16 @@ def quantize(
                           percentile=percentile, target=target, exclude=exclude, head_protect=head_protect,
                           high_precision=high_precision, max_drop=max_drop, max_fallback=max_fallback,
                           max_steps=max_steps, select_yaml=select_yaml, select_split=select_split,
-                          select_images=select_images, output=output, say=console.print)
+                          select_images=select_images, reduce_range=reduce_range, output=output,
+                          say=console.print)
     used = record["quantization"]["method"]
     console.print(f"quantized [bold]{record['model']}[/bold] ({mode}, {used}, {target}) from "
                   f"{record['calibration_images']} calibration images in {record['seconds']} s")
     print_qdq(record["qdq_report"])
+    kernels = record.get("int8_kernels", {}).get("onnxruntime")
+    if kernels:
+        console.print(f"ONNX Runtime on this CPU ({kernels['cpu']}): {'integer kernels' if kernels['kind'] == 'integer' else 'exact path'}, "
+                      f"{kernels['reason']}", highlight=False, soft_wrap=True)
     if "budget" in record:
         _print_budget(record["budget"], record["quantization"]["method"])
     console.print(describe(record["sparsity"]))
@@ -192,6 +200,7 @@ def ptq(
     runtimes: Annotated[Optional[str], typer.Option("--runtimes", help="Also time every model on these runtimes, "
                                                     "side by side, and name the fastest: onnxruntime,openvino "
                                                     "(tensorrt on a GPU).")] = None,
+    int8_kernels: Int8KernelsOpt = "auto",
     max_drop: MaxDropOpt = None,
     max_fallback: MaxFallbackOpt = 0.10,
     max_steps: MaxStepsOpt2 = 12,
@@ -212,7 +221,8 @@ def ptq(
     route = api.ptq(model, data, split=split, val_data=val_data, val_split=val_split, num_images=num_images,
                     mode=mode, methods=methods, targets=targets, percentile=percentile, exclude=exclude,
                     head_protect=head_protect, high_precision=high_precision, batch=batch, runs=runs,
-                    threads=threads, runtimes=runtimes, max_drop=max_drop, max_fallback=max_fallback,
+                    threads=threads, runtimes=runtimes, int8_kernels=int8_kernels, max_drop=max_drop,
+                    max_fallback=max_fallback,
                     max_steps=max_steps, select_yaml=select_yaml, select_split=select_split,
                     select_images=select_images, output=output, arch=arch, imgsz=imgsz, mean=mean, std=std, crop=crop,
                     modules=modules, head=head, names=names, say=console.print)

@@ -20,10 +20,11 @@ def select_images(dataset: Dataset, num_images: int, seed: int) -> list[Path]:
     return [dataset.images[i] for i in sorted(order)]
 
 
-def build_calibration(processing: Processing, dataset: Dataset, num_images: int = 512, seed: int = 0) -> np.ndarray:
+def build_calibration(processing: Processing, dataset: Dataset, num_images: int = 512, seed: int = 0,
+                      label: str = "calibration images") -> np.ndarray:
     images = select_images(dataset, num_images, seed)
     batch = np.empty((len(images), 3, *processing.imgsz), np.float32)
-    for i, path in enumerate(progress(images, "calibration images")):
+    for i, path in enumerate(progress(images, label)):
         batch[i] = processing.preprocess(read_image(path))[0]
     return batch
 

@@ -24,6 +24,10 @@ def parse_args(argv: list[str] | None, bundle: Path, default_backend: str = "aut
     parser.add_argument("--backend", choices=BACKENDS, default=default_backend,
                         help="auto: TensorRT for an engine or where tensorrt imports, else ONNX Runtime; openvino: "
                         "OpenVINO on this CPU (default of an x86 bundle)")
+    parser.add_argument("--int8-kernels", choices=("auto", "integer", "exact"), default="auto",
+                        help="ONNX Runtime / OpenVINO on a Q/DQ model: auto runs the integer kernels only where they "
+                        "are measured (on the first images) to agree with the model's exact function on this CPU; "
+                        "integer always; exact never")
     parser.add_argument("--conf", type=float, default=None, help="score threshold (default 0.25; 0.001 for --eval)")
     parser.add_argument("--iou", type=float, default=None, help="NMS IoU (default: the model family's)")
     parser.add_argument("--max-det", type=int, default=300, help="detections kept per image")
@@ -42,21 +46,20 @@ def parse_args(argv: list[str] | None, bundle: Path, default_backend: str = "aut
     return args
 
 
-def make_backend(model: Path, backend: str, max_batch: int):
-    """A Runner for the engine or ONNX file."""
-    from ..runtime import OrtRunner
+def make_backend(model: Path, backend: str, max_batch: int, int8_kernels: str = "auto"):
+    """A Runner for the engine or ONNX file. ONNX Runtime and OpenVINO check their integer kernels on the first
+    images they run (runtime/trust.py), uncached: the bundle writes nothing besides what it is asked to."""
+    from ..runtime.checked import checked_runner
     from ..runtime.tensorrt import ENGINE_SUFFIXES, TrtRunner
 
     if backend == "openvino":
-        from ..runtime.openvino import OpenVinoRunner
-
-        return OpenVinoRunner(model)
+        return checked_runner(model, "openvino", int8_kernels=int8_kernels, cache=False)
     if backend == "auto":
         backend = "tensorrt" if model.suffix in ENGINE_SUFFIXES or _tensorrt_imports() else "onnxruntime"
     if backend == "onnxruntime":
         if model.suffix != ".onnx":
             raise OrinflowError(f"ONNX Runtime runs .onnx files, not {model.name}")
-        return OrtRunner(model)
+        return checked_runner(model, "onnxruntime", int8_kernels=int8_kernels, cache=False)
     return TrtRunner(model, max_batch=max_batch)
 
 
@@ -112,7 +115,7 @@ def main(argv: list[str] | None = None, bundle: Path | None = None, default_back
     try:
         # The processing spec travels in the ONNX metadata (an engine's is its model.onnx's).
         onnx_model = load_onnx(args.model if args.model.suffix == ".onnx" else bundle / "model.onnx")
-        runner = make_backend(args.model, args.backend, args.batch)
+        runner = make_backend(args.model, args.backend, args.batch, args.int8_kernels)
         if args.eval:
             options = EvalOptions(conf=0.001 if args.conf is None else args.conf, iou=args.iou, max_det=args.max_det,
                                   batch=args.batch, measure_latency=False)

@@ -97,12 +97,15 @@ python3 infer.py --eval data.yaml   # mAP50 / mAP50-95 (or top-1/top-5) on this 
 ```
 `infer.py --backend onnxruntime` runs the same code on ONNX Runtime.
 
-## INT8 on CPUs without VNNI
-OpenVINO runs a Q/DQ model with integer kernels. They are exact only on CPUs with VNNI or AMX (Intel
-Cascade Lake and newer servers, Alder Lake and newer clients, AMD Zen 4 and newer). On older CPUs (AVX2,
-AVX-512F) their 16-bit sums saturate and the outputs are wrong (OpenVINO's "saturation issue"). There,
-`infer.py` runs the weights' Q/DQ folded into float weights: the model's own results at float speed.
-`bench.sh` always times the integer kernels: on such a CPU its figures are not those of a correct run.
+## INT8: the integer kernels are checked on this CPU first
+OpenVINO runs a Q/DQ model with integer kernels, and whether they compute the model's function depends on
+the CPU: without VNNI or AMX their 16-bit sums saturate (OpenVINO's "saturation issue"), and OpenVINO 2026.4
+quantizes a signed activation after a Concat wrongly on AVX-512 VNNI CPUs without AMX. So `infer.py` first
+runs its first images through the integer kernels and through the model's exact function, and uses the
+integer kernels only where the two agree (else the exact path: the weights' Q/DQ folded into float weights,
+the model's own results at float speed); `--int8-kernels integer|exact` forces either. `bench.sh` always
+times the integer kernels on the graph as written: where `infer.py` says they disagree, its figures are not
+those of a correct run.
 
 ## Timing
 {timing}

@@ -36,10 +36,12 @@ class EvalOptions:
     metric: str = "yolov5"  # yolov5: YOLOv5/Ultralytics-style mAP; coco: also the COCO evaluation's AP/AR table
     save_json: str | Path | None = None  # detections in COCO result format (with metric coco)
     class_map: str | None = None  # how a detector's classes pair with the data's (evaluate/classes.py)
+    int8_kernels: str = "auto"  # how ONNX Runtime / OpenVINO run a Q/DQ model's integer part (runtime/trust.py)
 
     def validate(self) -> None:
         """Refuse settings that would quietly produce wrong numbers."""
         from ..runtime import RUNTIMES
+        from ..runtime.trust import check_int8_kernels
 
         if not 0 < self.conf < 1:
             raise OrinflowError(f"--conf must be between 0 and 1 (exclusive), got {self.conf}")
@@ -59,6 +61,7 @@ class EvalOptions:
             raise OrinflowError("--save-json writes COCO-format detections: use it with --metric coco")
         if self.runtime not in RUNTIMES:
             raise OrinflowError(f"unknown --runtime {self.runtime!r}; choose one of {', '.join(RUNTIMES)}")
+        check_int8_kernels(self.int8_kernels)
 
 
 def versions() -> dict:
@@ -102,7 +105,8 @@ def evaluate_model(model: ModelAdapter | OnnxModel, data: str | Path | Dataset, 
         raise OrinflowError("--metric coco scores detectors; a classifier's metric is top-1/top-5")
     if dataset.task != model.task:
         raise OrinflowError(f"the model is a {model.task} model but {dataset.name} is a {dataset.task} dataset")
-    runner = runner or make_runner(model, options.threads, options.runtime, options.batch)
+    runner = runner or make_runner(model, options.threads, options.runtime, options.batch, options.int8_kernels)
+    settle_runner(runner, model, dataset)
     skipped: list[str] | None = [] if options.skip_bad_images else None
     if model.task == "detect":
         names = model.processing.names or dataset.names
@@ -148,31 +152,53 @@ def evaluate_model(model: ModelAdapter | OnnxModel, data: str | Path | Dataset, 
     return record
 
 
+def settle_runner(runner, model: ModelAdapter | OnnxModel, dataset: Dataset) -> None:
+    """Before a runner's integer kernels give a figure: check them on the data's first images (runtime/trust.py;
+    a runner without integer kernels, or with its verdict, has nothing to do)."""
+    if not getattr(runner, "checked", False) or runner.verdict is not None:
+        return
+    from ..data.calibration import build_calibration
+    from ..progress import status
+    from ..runtime.trust import probe_count
+
+    probe = build_calibration(model.processing, dataset, probe_count(model.processing.imgsz),
+                              label=f"images to check {runner.name}'s integer kernels on")
+    with status(f"{runner.name}: integer kernels against the exact function on {len(probe)} images"):
+        runner.settle(probe)
+
+
 def runtime_label(runner) -> str:
-    """The runner's name, marked where OpenVINO ran a Q/DQ model's INT8 emulated (runtime_notes: why)."""
-    return f"{runner.name} (INT8 emulated)" if getattr(runner, "int8", None) == "emulate" else runner.name
+    """The runner's name, marked where a Q/DQ model's integer part ran emulated (runtime_notes: why)."""
+    return f"{runner.name} (INT8 emulated)" if getattr(runner, "int8", None) == "exact" else runner.name
+
+
+RUNTIME_WORDS = {"openvino": "OpenVINO", "onnxruntime": "ONNX Runtime"}
+EXACT_PATHS = {"openvino": "the weights' Q/DQ folded into float weights, activations still quantized",
+               "onnxruntime": "its Q/DQ fusions off, every Q/DQ computed as written"}
 
 
 def runtime_notes(runner) -> list[str]:
-    """What a record must say about how its runtime ran the model on a CPU without VNNI or AMX, where 8-bit
-    integer kernels sum pairs in 16 bits and saturate (runtime/cpu.py)."""
-    from ..runtime.cpu import describe_features, exact_int8_dot_products
+    """What a record must say about how a runtime ran a Q/DQ model's integer part, and why (runtime/trust.py)."""
+    from ..runtime.cpu import cpu_model, describe_features
+    from ..runtime.trust import disagreement
 
-    if getattr(runner, "int8", None) == "emulate":
-        return [f"OpenVINO ran the Q/DQ weights folded into float weights (activations still quantized): this CPU "
-                f"({describe_features()}) has no VNNI or AMX, where OpenVINO's INT8 kernels saturate; accuracy is "
-                "the model's, latency is float-kernel latency"]
-    if runner.name != "onnxruntime" or exact_int8_dot_products():
+    verdict = getattr(runner, "verdict", None)
+    words = RUNTIME_WORDS.get(runner.name, runner.name)
+    cpu = f"{cpu_model()}; {describe_features()}"
+    if getattr(runner, "int8", None) == "exact":
+        why = verdict["reason"] if verdict else "asked (--int8-kernels exact)"
+        return [f"{words} ran this model's INT8 exactly ({EXACT_PATHS[runner.name]}) on this CPU ({cpu}): {why}; "
+                "accuracy is the model's, latency is float-kernel latency"]
+    if not verdict:
         return []
-    import onnx
-
-    from ..optimize.common.graph import has_u8s8_convolutions
-
-    if not has_u8s8_convolutions(onnx.load(str(runner.path), load_external_data=False)):
-        return []
-    return [f"this CPU ({describe_features()}) has no VNNI: ONNX Runtime runs this model's uint8 x int8 convolutions "
-            "with kernels whose 16-bit sums can saturate, so its accuracy here can fall below the model's (yolov5n's "
-            "CPU-target model: mAP50-95 0.236 against 0.279); `--runtime openvino` runs the exact function"]
+    wrong = disagreement(verdict)
+    if wrong:
+        return [f"{words} ran its integer kernels as asked, and on this CPU ({cpu}) they disagree with the model's "
+                f"exact function ({wrong}): these figures are not the model's"]
+    if verdict["used"] != next(iter(verdict["forms"])):
+        return [f"{words} ran its integer kernels with the {verdict['used']} form (the same function) on this CPU "
+                f"({cpu}): {verdict['reason']}"]
+    return []
 
 
 def latency_batch(runner, options: EvalOptions) -> int:
@@ -194,7 +220,7 @@ def evaluate_side_by_side(models: list[ModelAdapter | OnnxModel], data: str | Pa
     records, runners, shapes = [], [], []
     for model in models:
         say(f"evaluating {model_path(model)} ...")
-        runner = make_runner(model, options.threads, options.runtime, options.batch)
+        runner = make_runner(model, options.threads, options.runtime, options.batch, options.int8_kernels)
         records.append(evaluate_model(model, dataset, split, accuracy_only, runner=runner))
         runners.append(runner)
         shapes.append((3, *model.processing.imgsz))
@@ -209,14 +235,20 @@ def evaluate_side_by_side(models: list[ModelAdapter | OnnxModel], data: str | Pa
     return records
 
 
-def runtime_latency(model: OnnxModel, runtimes: list[str], options: EvalOptions) -> dict:
+def runtime_latency(model: OnnxModel, runtimes: list[str], options: EvalOptions, probe=None) -> dict:
     """Batch-1 latency of one model on each runtime, timed in turn (interleaved_latency), and the fastest:
-    {"latency_by_runtime": {runtime: figures}, "best_runtime": runtime}. OpenVINO's figures say whether its
-    INT8 ran emulated (runtime_notes)."""
-    runners = {runtime: make_runner(model, options.threads, runtime, options.batch) for runtime in runtimes}
+    {"latency_by_runtime": {runtime: figures}, "best_runtime": runtime}. A runtime's integer kernels are checked on
+    `probe` first (real images; else on the timing input), and its figures say which path ran (runtime_label)."""
+    runners = {runtime: make_runner(model, options.threads, runtime, options.batch, options.int8_kernels)
+               for runtime in runtimes}
+    for runner in runners.values():
+        if probe is not None and getattr(runner, "checked", False):
+            runner.settle(probe)
     timed = interleaved_latency(runners, (1, 3, *model.processing.imgsz), options.latency_runs, options.warmup)
     for runtime, runner in runners.items():
         timed[runtime]["label"] = runtime_label(runner)
+        if getattr(runner, "verdict", None):
+            timed[runtime]["int8_kernels"] = {k: runner.verdict[k] for k in ("used", "kind", "reason")}
     return {"latency_by_runtime": timed, "best_runtime": min(timed, key=lambda r: timed[r]["median"])}
 
 

@@ -23,6 +23,8 @@ import onnx
 from ..errors import OrinflowError
 from ..optimize.common.graph import onnx_scope
 from ..models.processing import NMS_INSIDE, Detections, ImageMeta, Processing, anchor_view, unletterbox
+from ..runtime.trust import probe_count
+from .probing import evaluated_runner, probing_effect
 
 SQNR_CAP = 100.0  # dB: identical tensors
 EVAL_CONF = 0.001  # the evaluator's threshold, for the mAP of both on the compared images
@@ -69,15 +71,18 @@ class Side:
     processing: Processing | None
     model: object
     runtime: str = "auto"  # an ONNX side: onnxruntime (auto) or openvino
+    int8_kernels: str = "auto"  # how that runtime runs a Q/DQ graph (runtime/trust.py)
+    form: str | None = None  # the form evaluate runs it in, once settled (evaluate/probing.py)
     nms: dict | None = None  # an end-to-end graph's NMS settings (export/nms.py)
     layers: dict[str, dict] = field(default_factory=dict)  # tensor name -> {"op", "depth", "inputs"}
 
 
 # ---------------------------------------------------------------- loading
-def load_side(path: str | Path, label: str, load_checkpoint: Callable[[Path], object], runtime: str = "auto") -> Side:
+def load_side(path: str | Path, label: str, load_checkpoint: Callable[[Path], object], runtime: str = "auto",
+              int8_kernels: str = "auto") -> Side:
     """One side of a comparison: an engine, an ONNX graph, or a PyTorch model that `load_checkpoint` loads
     (the API's own loader, with the user's options). `runtime`: auto, or the one an ONNX side runs on
-    (onnxruntime, openvino)."""
+    (onnxruntime, openvino); `int8_kernels`: how it runs a Q/DQ graph."""
     from ..runtime import check_runtime
     from ..runtime.tensorrt import ENGINE_SUFFIXES
 
@@ -97,7 +102,7 @@ def load_side(path: str | Path, label: str, load_checkpoint: Callable[[Path], ob
 
         spec = read_spec(graph)
         side = Side(label, "onnx", read_processing(graph), path, nms=None if spec is None else vars(spec),
-                    runtime=runtime)
+                    runtime=runtime, int8_kernels=int8_kernels)
         side.layers = onnx_layers(graph)
         if runtime == "openvino":  # only the tensors OpenVINO keeps by name can be asked for
             from ..runtime.openvino import tensor_names
@@ -171,7 +176,7 @@ class Capture:
         if side.kind == "onnx" and side.runtime == "openvino":
             from ..runtime.openvino import OpenVinoRunner
 
-            self._openvino = OpenVinoRunner(side.model, extra_outputs=keys)
+            self._openvino = OpenVinoRunner(side.model, extra_outputs=keys, form=side.form or "as written")
             self._final, self._names = self._openvino.final, self._openvino.output_names
         elif side.kind == "onnx":
             self._session, self._final = _session_with_outputs(side.model, keys, folder / f"{side.label}.onnx")
@@ -318,6 +323,7 @@ def compare_models(a: Side, b: Side, dataset, conf: float = 0.25, say=print) -> 
     from ..data import read_image
     from ..io import private_folder
     from ..progress import progress
+    from . import runtime_notes
 
     processing = _shared_processing(a, b)
     pairs = pair_layers(a, b)
@@ -327,8 +333,15 @@ def compare_models(a: Side, b: Side, dataset, conf: float = 0.25, say=print) -> 
     examples: list[dict] = []
     final = {"a": [], "b": []}
     with private_folder() as folder:
+        count = probe_count(processing.imgsz)
+        probe = np.stack([processing.preprocess(read_image(Path(p)))[0] for p in dataset.images[:count]])
+        evaluated = {side.label: evaluated_runner(side, probe) for side in (a, b) if side.kind == "onnx"}
+        for side in (a, b):
+            side.form = evaluated[side.label].form if side.label in evaluated else None
         captures = [Capture(side, [k[i] for k in pairs] + _raw_key(side, [k[i] for k in pairs]), folder)
                     for i, side in enumerate((a, b))]
+        probing = [found for side, capture in zip((a, b), captures) if side.label in evaluated
+                   for found in [probing_effect(side, evaluated[side.label], capture, probe, folder, say)] if found]
         for index, path in enumerate(progress(dataset.images, "compare")):
             x, meta = processing.preprocess(read_image(Path(path)))
             (outs_a, tensors_a), (outs_b, tensors_b) = (c.run(x[None].astype(np.float32)) for c in captures)
@@ -347,7 +360,9 @@ def compare_models(a: Side, b: Side, dataset, conf: float = 0.25, say=print) -> 
     layer_rows = _layer_rows(pairs, stats, a)
     return {"layers": layer_rows, "paired_layers": len(layer_rows), "head_output": _row(head_stats),
             "detections": tally if processing.task == "detect" else None, "examples": examples[:50],
-            "final": final}
+            "final": final, "probing": probing,
+            "int8_kernels": {label: runner.describe() for label, runner in evaluated.items()},
+            "runtime_notes": [f"{label}: {note}" for label, runner in evaluated.items() for note in runtime_notes(runner)]}
 
 
 def _shared_processing(a: Side, b: Side) -> Processing:

@@ -31,7 +31,8 @@ def run_compare(sides, paths, data, split: str, images: int, seed: int, conf: fl
               "min_cosine": min((r["cosine"] for r in found["layers"]), default=None),
               "detections": found["detections"], "examples": found["examples"],
               "mAP": _map_both(subset, found) if subset.task == "detect" else None,
-              "layers": found["layers"], "notes": notes,
+              "layers": found["layers"], "notes": notes, "probing": found["probing"],
+              "int8_kernels": found["int8_kernels"],
               "files": {"json": str(folder / RECORD), "plot": str(folder / PLOT)}}
     folder.mkdir(parents=True, exist_ok=True)
     plot_layers(record, folder / PLOT)
@@ -45,11 +46,28 @@ def _notes(sides, found) -> list[str]:
         notes.append("an engine exposes only its outputs: layers are not compared")
     elif not found["paired_layers"]:
         notes.append("no tensor of one model could be paired with the other's")
+    notes += found["runtime_notes"]
+    for effect in found["probing"]:
+        notes.append(probing_note(effect))
     for side in sides:
         if side.processing is None:
             notes.append(f"{side.label} carries no orinflow metadata: it is fed the other's preprocessing, and its "
                          "detections are not compared (give it its head layout with `orinflow adopt`)")
     return notes
+
+
+def probing_note(effect: dict) -> str:
+    """One line: reading the layers changed a side's outputs, and where its evaluated form departs."""
+    changed = effect["changed"]
+    line = (f"{effect['side']} on {effect['runtime']} computes other outputs when its layers are read (worst-channel "
+            f"error {changed['error']:.3g}, cosine {changed['cosine']:.4f} against its evaluation; tolerance "
+            f"{effect['tolerance']:.3g}): the layer table shows the probed compilation, not what evaluate runs. ")
+    where = effect.get("departs_at")
+    if where is None:
+        return line + "No prefix of the graph departs on its own: the departure needs the whole graph."
+    return line + (f"Compiled as evaluated ({effect['form']}), the graph departs from its exact function at "
+                   f"{where['tensor']} ({where['op']} {where['node']}; worst-channel error {where['error']:.3g}, "
+                   f"cosine {where['cosine']:.4f}), found by compiling {len(effect['prefixes'])} prefixes")
 
 
 def _map_both(subset, found) -> dict | None:

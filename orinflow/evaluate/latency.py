@@ -68,13 +68,6 @@ def _summary(times: list[float], batch: int) -> dict:
 
 def cpu_name() -> str:
     """The CPU model, printed beside every latency figure (INT8 speed-ups depend on it)."""
-    import platform
-    from pathlib import Path
+    from ..runtime.cpu import cpu_model
 
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return cpu_model()

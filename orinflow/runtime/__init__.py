@@ -1,6 +1,7 @@
 """One Runner interface over every runtime: a float32 NCHW batch in, the graph's outputs out."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -8,6 +9,7 @@ import numpy as np
 from ..errors import OrinflowError
 from ..models import ModelAdapter, OnnxModel
 from .cpu import default_threads
+from .onnxruntime import OrtRunner  # noqa: F401  (the plain runner; make_runner returns a checked one)
 
 RUNTIMES = ("auto", "onnxruntime", "openvino", "tensorrt", "torch")
 
@@ -37,41 +39,19 @@ class TorchRunner:
         return [t.numpy() for t in (out if isinstance(out, (tuple, list)) else [out])]
 
 
-class OrtRunner:
-    name = "onnxruntime"
+def check_runtime(paths, runtime: str, int8_kernels: str = "auto") -> None:
+    """Before any work: the runtime exists and can run each of `paths` (an engine is TensorRT's alone), and a
+    --int8-kernels other than auto has an integer path to govern (ONNX Runtime or OpenVINO on an ONNX)."""
+    from .trust import INTEGER_RUNTIMES, check_int8_kernels
 
-    def __init__(self, path, threads: int | None = None):
-        import onnxruntime as ort
-
-        self.threads = threads or default_threads()
-        self.path = path
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as e:
-            if "EfficientNMS_TRT" in str(e):
-                raise OrinflowError(f"{path} ends in TensorRT's EfficientNMS_TRT plugin, which only TensorRT runs: "
-                                    "use --runtime tensorrt on a GPU, or export with --nms onnx for ONNX Runtime") from e
-            raise OrinflowError(f"ONNX Runtime cannot load {path}: {str(e).strip().splitlines()[0][:200]}") from e
-        self.input_name = self.session.get_inputs()[0].name
-        self.static_batch = self.session.get_inputs()[0].shape[0]
-
-    def run(self, batch: np.ndarray) -> list[np.ndarray]:
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
-        if isinstance(self.static_batch, int) and batch.shape[0] != self.static_batch:
-            # A static-batch graph: run image by image and stack, so any batch size works.
-            parts = [self.session.run(None, {self.input_name: batch[i:i + 1]}) for i in range(batch.shape[0])]
-            return [np.concatenate(outs) for outs in zip(*parts)]
-        return self.session.run(None, {self.input_name: batch})
-
-
-def check_runtime(paths, runtime: str) -> None:
-    """Before any work: the runtime exists and can run each of `paths` (an engine is TensorRT's alone)."""
     if runtime not in RUNTIMES:
         raise OrinflowError(f"unknown --runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+    check_int8_kernels(int8_kernels)
+    onnx_files = [p for p in paths if Path(p).suffix.lower() == ".onnx"]
+    if int8_kernels != "auto" and (runtime not in ("auto", *INTEGER_RUNTIMES) or not onnx_files):
+        runs = runtime if runtime not in ("auto",) else "PyTorch or TensorRT (no ONNX model given)"
+        raise OrinflowError(f"--int8-kernels {int8_kernels} chooses how ONNX Runtime or OpenVINO run a Q/DQ ONNX; "
+                            f"{runs} has no integer path to choose")
     if runtime != "openvino":
         return
     from .openvino import import_openvino, refuse_engine
@@ -82,22 +62,22 @@ def check_runtime(paths, runtime: str) -> None:
 
 
 def make_runner(model: ModelAdapter | OnnxModel, threads: int | None = None, runtime: str = "auto",
-                max_batch: int = 1) -> Runner:
-    """PyTorch for a PyTorch model; ONNX Runtime (CPU), OpenVINO (CPU) or TensorRT for an ONNX file."""
+                max_batch: int = 1, int8_kernels: str = "auto") -> Runner:
+    """PyTorch for a PyTorch model; ONNX Runtime (CPU), OpenVINO (CPU) or TensorRT for an ONNX file.
+    `int8_kernels` (auto, integer, exact): how ONNX Runtime and OpenVINO run a Q/DQ model (runtime/trust.py)."""
     if runtime not in RUNTIMES:
         raise OrinflowError(f"unknown --runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
     if isinstance(model, OnnxModel):
         if runtime == "torch":
             raise OrinflowError(f"{model.path} is ONNX: run it with --runtime onnxruntime, openvino or tensorrt")
-        if runtime == "openvino":
-            from .openvino import OpenVinoRunner
-
-            return OpenVinoRunner(model.path, threads)
         if runtime == "tensorrt":
             from .tensorrt import TrtRunner
 
             return TrtRunner(model.path, max_batch=max_batch)
-        return OrtRunner(model.path, threads)
+        from .checked import checked_runner
+
+        return checked_runner(model.path, "openvino" if runtime == "openvino" else "onnxruntime", threads,
+                              int8_kernels)
     if runtime not in ("auto", "torch"):
         raise OrinflowError(f"--runtime {runtime} runs ONNX models: export the PyTorch model first (orinflow export)")
     return TorchRunner(model, threads)

@@ -1,4 +1,5 @@
-"""What the CPU offers integer kernels: printed beside latency figures, and OpenVINO's INT8 choice rests on it."""
+"""What the CPU is and offers integer kernels: printed beside latency figures, and part of the key under which
+an integer path's measured verdict is cached (runtime/trust.py). The flags no longer decide which path runs."""
 from __future__ import annotations
 
 import os
@@ -16,31 +17,40 @@ def default_threads() -> int:
 
 
 @lru_cache(maxsize=1)
-def cpu_features() -> dict[str, bool]:
-    """AVX2, AVX-512, VNNI (AVX-512 or AVX) and AMX-INT8, read from /proc/cpuinfo (all False where it cannot be
-    read)."""
-    flags: set[str] = set()
+def cpu_flags() -> frozenset[str]:
+    """The flags of /proc/cpuinfo (empty where it cannot be read)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
+                return frozenset(line.split(":", 1)[1].split())
     except OSError:
         pass
+    return frozenset()
+
+
+@lru_cache(maxsize=1)
+def cpu_model() -> str:
+    """The CPU model, printed beside every latency figure (INT8 speed-ups depend on it)."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_features() -> dict[str, bool]:
+    """AVX2, AVX-512, VNNI (AVX-512 or AVX) and AMX-INT8 (all False where /proc/cpuinfo cannot be read)."""
+    flags = cpu_flags()
     return {name: any(flag in flags for flag in names) for name, names in FEATURES.items()}
 
 
-def exact_int8_dot_products() -> bool:
-    """Whether 8-bit dot products can run without a 16-bit intermediate that saturates: VNNI or AMX.
-
-    Without them (AVX2, AVX-512F), oneDNN multiplies u8 x s8 pairs into 16 bits (vpmaddubsw), which saturates
-    for 8-bit weights: OpenVINO documents it ("Saturation (overflow) issue") and advises 7-bit weights.
-    """
-    features = cpu_features()
-    return features["vnni"] or features["amx"]
-
-
 def describe_features() -> str:
+    """'AVX2, AVX-512, VNNI', and the instruction-set cap oneDNN (OpenVINO) runs under when one is set."""
     features = cpu_features()
-    return ", ".join(name.upper().replace("AVX512", "AVX-512") for name, present in features.items() if present) \
-        or "no AVX2"
+    found = ", ".join(name.upper().replace("AVX512", "AVX-512") for name, present in features.items() if present)
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
+    return (found or "no AVX2") + (f"; OpenVINO capped at {cap} (ONEDNN_MAX_CPU_ISA)" if cap else "")

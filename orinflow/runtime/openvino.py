@@ -1,15 +1,18 @@
 """OpenVINO (CPU) as a Runner: the same ONNX file, FP32, FP16 or Q/DQ, on x86 CPUs.
 
-OpenVINO reads a Q/DQ pair as a FakeQuantize and fuses it into its INT8 kernels (VNNI/AMX where the
-CPU has them), so the TensorRT-target model orinflow ships to the Jetson also runs INT8 here.
-Inference precision is pinned to f32: on a CPU with bfloat16 (AMX), OpenVINO would otherwise run the
-float layers in bf16 and its figures would no longer be the ONNX model's.
-INT8 kernels need VNNI or AMX to be exact. Without them (AVX2, AVX-512F: older Intel, AMD before Zen 4)
-oneDNN sums u8 x s8 pairs in 16 bits, which saturates: measured on a 2-core AMD EPYC (AVX2), the
-TensorRT-target yolov5n scored mAP50-95 0.002 instead of ONNX Runtime's 0.329 on coco128. There, int8
-"auto" folds the weights' Q/DQ into float weights (optimize/common/graph.fold_weight_qdq): the same function,
-run by float kernels with the activations still quantized, at float speed. "kernels" forces the integer
-kernels (benchmarks/runtimes.py times both), "emulate" always folds.
+OpenVINO reads a Q/DQ pair as a FakeQuantize and fuses it into its integer kernels, so the TensorRT-target
+model orinflow ships to the Jetson also runs INT8 here. Inference precision is pinned to f32: on a CPU with
+bfloat16 (AMX), OpenVINO would otherwise run the float layers in bf16 and its figures would no longer be the
+ONNX model's.
+Whether the integer kernels compute the model's function depends on the CPU (16-bit sums saturate without
+VNNI or AMX) and on OpenVINO itself (2026.4 computes a signed activation quantizer after a Concat with a step of
+1.0 on AVX-512 VNNI CPUs without AMX). So a Q/DQ model runs on them for a figure only after runtime/trust.py
+has measured them to agree with the exact function on this machine (runtime/checked.py). Its forms:
+- "as written": the integer kernels on the graph as it is;
+- "unsigned activations": the same, with signed activation quantizers re-expressed as unsigned with zero point
+  128 (optimize/common/graph.unsigned_activations: the same function, another path through OpenVINO);
+- "exact": the weights' Q/DQ folded into float weights (optimize/common/graph.fold_weight_qdq), the
+  activations still quantized: float kernels, the model's function, float speed ("INT8 emulated").
 A graph with a free batch is compiled once per batch size met (a static shape runs OpenVINO's fastest
 kernels); a graph with a fixed batch runs image by image for other batch sizes, as on ONNX Runtime.
 """
@@ -21,7 +24,7 @@ import numpy as np
 
 from ..errors import OrinflowError
 
-INT8_MODES = ("auto", "kernels", "emulate")
+FORMS = ("as written", "unsigned activations", "exact")
 INSTALL_HINT = "pip install openvino (it is one of orinflow's dependencies: reinstall orinflow to get it back)"
 
 
@@ -50,54 +53,75 @@ class OpenVinoRunner:
     name = "openvino"
 
     def __init__(self, path: str | Path, threads: int | None = None, extra_outputs: list[str] | tuple = (),
-                 int8: str = "auto"):
+                 form: str = "as written"):
         """`extra_outputs`: tensor names also returned, after the graph's own outputs (orinflow compare).
-        `int8`: auto, kernels or emulate (the module's docstring)."""
+        `form`: as written, unsigned activations or exact (the module's docstring; a graph without integer
+        Q/DQ is read as written whatever the form)."""
         from .cpu import default_threads
 
         path = Path(path)
         refuse_engine(path)
-        if int8 not in INT8_MODES:
-            raise OrinflowError(f"unknown OpenVINO int8 mode {int8!r}; choose one of {', '.join(INT8_MODES)}")
+        if form not in FORMS:
+            raise OrinflowError(f"unknown OpenVINO form {form!r}; choose one of {', '.join(FORMS)}")
         ov = import_openvino()
+        self.path, self.extra_outputs = path, list(extra_outputs)
         self.threads = threads or default_threads()
         self.core = ov.Core()
-        self.int8 = int8_mode(path, int8)
-        try:
-            self.model = self._read(path)
-        except Exception as e:
-            if "EfficientNMS_TRT" in str(e):
-                raise OrinflowError(f"{path} ends in TensorRT's EfficientNMS_TRT plugin, which only TensorRT runs: "
-                                    "give the model without it (deploy keeps it as model_raw.onnx), or export with "
-                                    "--nms onnx") from e
-            raise OrinflowError(f"OpenVINO cannot read {path}: {_first_line(e)}") from e
-        self.path = path
-        self.final = len(self.model.outputs)
-        if extra_outputs:
-            self.model.add_outputs(list(extra_outputs))
+        self.quantized = quantized(path)
+        self.form = form if self.quantized else "as written"
+        self.model = self._load()
         self.output_names = [output.any_name for output in self.model.outputs]
         shape = self.model.inputs[0].get_partial_shape()
         self.static_batch = shape[0].get_length() if shape[0].is_static else None
         self.input_shape = shape
         self._compiled: dict[tuple, object] = {}  # input shape -> infer request
 
-    def _read(self, path: Path):
-        if self.int8 != "emulate":
-            return self.core.read_model(str(path))
+    def _load(self):
+        """The OpenVINO model of this form, with the extra outputs asked for."""
+        try:
+            model = self._read(self.form)
+        except Exception as e:
+            if "EfficientNMS_TRT" in str(e):
+                raise OrinflowError(f"{self.path} ends in TensorRT's EfficientNMS_TRT plugin, which only TensorRT "
+                                    "runs: give the model without it (deploy keeps it as model_raw.onnx), or export "
+                                    "with --nms onnx") from e
+            raise OrinflowError(f"OpenVINO cannot read {self.path}: {_first_line(e)}") from e
+        self.final = len(model.outputs)
+        if self.extra_outputs:
+            model.add_outputs(self.extra_outputs)
+        return model
+
+    def _read(self, form: str):
+        if form == "as written":
+            return self.core.read_model(str(self.path))
         import onnx
 
         from ..io import private_folder
-        from ..optimize.common.graph import fold_weight_qdq
+        from ..optimize.common.graph import fold_weight_qdq, unsigned_activations
 
-        graph = onnx.load(str(path))
-        fold_weight_qdq(graph)
+        graph = onnx.load(str(self.path))
+        (fold_weight_qdq if form == "exact" else unsigned_activations)(graph)
         with private_folder() as folder:
-            onnx.save(graph, str(folder / path.name), save_as_external_data=graph.ByteSize() > 2 ** 31 - 2 ** 20)
-            return self.core.read_model(str(folder / path.name))
+            onnx.save(graph, str(folder / self.path.name), save_as_external_data=graph.ByteSize() > 2 ** 31 - 2 ** 20)
+            return self.core.read_model(str(folder / self.path.name))
+
+    def with_form(self, form: str) -> "OpenVinoRunner":
+        return self if form == self.form else OpenVinoRunner(self.path, self.threads, self.extra_outputs, form)
+
+    def integer_forms(self) -> dict:
+        """The forms that may run integer kernels, in order of preference (runtime/trust.py measures them): as
+        written, then unsigned where the graph has signed activation quantizers."""
+        import onnx
+
+        from ..optimize.common.graph import unsigned_activations
+
+        forms = {"as written": self.with_form("as written")}
+        if unsigned_activations(onnx.load(str(self.path), load_external_data=False)):
+            forms["unsigned activations"] = self.with_form("unsigned activations")
+        return forms
 
     def describe(self) -> dict:
-        """What a record says about this run (its INT8 execution)."""
-        return {"version": openvino_version(), "int8": self.int8}
+        return {"version": openvino_version(), "form": self.form if self.quantized else None}
 
     def config(self) -> dict:
         return {"INFERENCE_NUM_THREADS": self.threads, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
@@ -128,18 +152,13 @@ class OpenVinoRunner:
         return [np.array(results[output], copy=True) for output in compiled.outputs]
 
 
-def int8_mode(path: Path, asked: str) -> str:
-    """kernels or emulate for a Q/DQ graph ("none" without integer Q/DQ); auto: kernels where they are exact."""
+def quantized(path: Path) -> bool:
+    """Whether the graph has 8-bit Q/DQ, which OpenVINO may run on integer kernels."""
     import onnx
 
-    from .cpu import exact_int8_dot_products
+    from ..optimize.common.graph import has_integer_qdq
 
-    graph = onnx.load(str(path), load_external_data=False)
-    if not any(node.op_type == "DequantizeLinear" for node in graph.graph.node):
-        return "none"
-    if asked == "auto":
-        return "kernels" if exact_int8_dot_products() else "emulate"
-    return asked
+    return has_integer_qdq(onnx.load(str(path), load_external_data=False))
 
 
 def tensor_names(path: str | Path) -> set[str]:

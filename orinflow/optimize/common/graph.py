@@ -8,6 +8,9 @@ import onnx
 
 LEARNED_COMPUTE = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
+# Ops whose result in integers equals their result in float on the same integers (max, data movement)
+EXACT_IN_INTEGERS = {"MaxPool", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Slice", "Split", "Identity",
+                     "Gather"}
 
 
 @dataclass
@@ -118,6 +121,73 @@ def fold_weight_qdq(model: onnx.ModelProto) -> int:
     return len(folded)
 
 
+def unsigned_activations(model: onnx.ModelProto) -> int:
+    """Re-express every signed 8-bit activation quantizer as unsigned with its zero point moved up by 128, in
+    place; returns how many. QuantizeLinear rounds, adds the zero point and saturates, so int8 with zero point z
+    and uint8 with z + 128 give the same integers shifted by 128, and DequantizeLinear subtracts the zero point
+    again: the graph is the same function. OpenVINO's CPU plugin (2026.4) computes a signed activation quantizer
+    that follows a Concat and feeds an integer convolution with a step of 1.0 instead of its scale; the unsigned
+    form takes another path there (docs/runtimes.md). Weight quantizers stay signed."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    index = GraphIndex(model)
+    values = constant_values(index)
+    shifted = 0
+    for node in index.nodes:
+        if node.op_type != "QuantizeLinear" or node.input[0] in values or len(node.input) < 3:
+            continue
+        zero = values.get(node.input[2])
+        consumers = index.consumers[node.output[0]]
+        if zero is None or zero.dtype != np.int8 or not consumers or any(
+                c.op_type != "DequantizeLinear" or len(c.input) < 3 or c.input[2] not in values
+                or not np.array_equal(values[c.input[2]], zero) for c in consumers):
+            continue
+        name = f"{node.output[0]}_unsigned_zero_point"
+        model.graph.initializer.append(numpy_helper.from_array((zero.astype(np.int16) + 128).astype(np.uint8), name))
+        for user in (node, *consumers):
+            user.input[2] = name
+        shifted += 1
+    drop_unused_initializers(model)
+    return shifted
+
+
+def ort_integer_units(model: onnx.ModelProto) -> int:
+    """How many of the graph's nodes ONNX Runtime can run as integer kernels: a node whose float inputs all come
+    from DequantizeLinear and whose output only feeds QuantizeLinear (its QDQ node unit, fused into QLinearConv,
+    QLinearAdd, QLinearGlobalAveragePool and the like). Nodes that only move or select values (MaxPool,
+    Reshape, ...) compute the same in integers and are not counted. Reads no tensor data."""
+    index = GraphIndex(model)
+    constants = constant_names(index)
+    units = 0
+    for node in index.nodes:
+        if node.op_type in QDQ_OPS | EXACT_IN_INTEGERS | {"Constant"}:
+            continue
+        sources = [index.producer.get(name) for name in node.input if name and name not in constants]
+        users = index.consumers[node.output[0]] if node.output else []
+        if (sources and all(s is not None and s.op_type == "DequantizeLinear" for s in sources) and users
+                and all(u.op_type == "QuantizeLinear" for u in users)):
+            units += 1
+    return units
+
+
+def has_integer_qdq(model: onnx.ModelProto) -> bool:
+    """Whether any Q/DQ node works in 8-bit integers (uint8 without a zero point): a model a runtime may run on
+    integer kernels. Reads no tensor data."""
+    index = GraphIndex(model)
+    types = {name: t.data_type for name, t in index.initializers.items()}
+    types.update({node.output[0]: a.t.data_type for node in index.nodes if node.op_type == "Constant"
+                  for a in node.attribute if a.name == "value"})
+    eight_bit = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8}
+    return any(node.op_type in QDQ_OPS and (len(node.input) < 3 or not node.input[2]
+                                            or types.get(node.input[2]) in eight_bit) for node in index.nodes)
+
+
+def constant_names(index: GraphIndex) -> set[str]:
+    """Initializers and Constant nodes' outputs."""
+    return set(index.initializers) | {node.output[0] for node in index.nodes if node.op_type == "Constant"}
+
+
 def constant_values(index: GraphIndex) -> dict:
     """Every constant tensor of the graph by name, as a NumPy array: initializers and Constant nodes' values
     (ModelOpt's QAT export keeps scales and zero points in Constant nodes)."""
@@ -130,24 +200,6 @@ def constant_values(index: GraphIndex) -> dict:
             if value is not None:
                 values[node.output[0]] = numpy_helper.to_array(value)
     return values
-
-
-def has_u8s8_convolutions(model: onnx.ModelProto) -> bool:
-    """A Conv fed by a uint8 activation and int8 weights through DequantizeLinear (ONNX Runtime's QDQ layout,
-    which it fuses into QLinearConv: u8 x s8 kernels, whose 16-bit sums can saturate on CPUs without VNNI)."""
-    import numpy as np
-
-    index = GraphIndex(model)
-    values = constant_values(index)
-
-    def zero_type(tensor: str):
-        dq = index.producer.get(tensor)
-        if dq is None or dq.op_type != "DequantizeLinear" or len(dq.input) < 3 or dq.input[2] not in values:
-            return None
-        return values[dq.input[2]].dtype
-
-    return any(node.op_type == "Conv" and zero_type(node.input[0]) == np.uint8 and zero_type(node.input[1]) == np.int8
-               for node in index.nodes)
 
 
 def _scale_and_zero(node: onnx.NodeProto, values: dict, rank: int):

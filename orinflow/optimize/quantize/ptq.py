@@ -52,6 +52,7 @@ class QuantizeSpec:
     exclude: list[str] = field(default_factory=list)  # node-name regexes kept in high precision
     head_protect: bool = True
     high_precision: str = "fp32"
+    reduce_range: bool = False  # cpu target: 7-bit weights, so u8 x s8 pair sums never saturate without VNNI
 
     def validate(self) -> None:
         for value, allowed, flag in ((self.mode, MODES, "--mode"), (self.method, METHODS, "--method"),
@@ -62,6 +63,9 @@ class QuantizeSpec:
         if self.target == "cpu" and self.mode != "int8":
             raise OrinflowError(f"--mode {self.mode} cannot run on ONNX Runtime's CPU provider (no {self.mode} "
                                 "kernels); use --target tensorrt and run it on a GPU that has them")
+        if self.reduce_range and self.target != "cpu":
+            raise OrinflowError("--reduce-range gives ONNX Runtime's CPU kernels 7-bit weights: it is for --target cpu "
+                                "(TensorRT's INT8 has no 16-bit intermediate to saturate)")
         if self.method == "search" and (self.target != "tensorrt" or self.mode != "int8"):
             raise OrinflowError("--method search chooses INT8 activation scales per quantizer for --target tensorrt "
                                 "--mode int8 only")
@@ -145,6 +149,31 @@ def _search_scales(source: OnnxModel, calib: np.ndarray, spec: QuantizeSpec, exc
     with status(f"ModelOpt: entropy calibration of {len(calib)} images (candidate scales)"):
         entropy = _modelopt_quantize(source.path, calib, replace(spec, method="entropy"), exclude)
     return search_quantized(source.path, source.task, calib, quantized, entropy, say=say)
+
+
+def check_cpu_kernels(record: dict, processing, calib: np.ndarray, say=print) -> dict:
+    """A cpu-target model on this CPU's ONNX Runtime integer kernels, checked against its exact function on
+    calibration images (runtime/trust.py): the record says which kernels its figures here come from, and a
+    disagreement is printed with its remedy."""
+    from ...io import write_record
+    from ...runtime.checked import checked_runner
+    from ...runtime.cpu import cpu_model, describe_features
+    from ...runtime.trust import probe_count
+
+    runner = checked_runner(record["model"], "onnxruntime")
+    runner.settle(np.asarray(calib[:probe_count(processing.imgsz)], np.float32))
+    if runner.verdict is None:
+        return record
+    verdict = runner.verdict
+    record = {**record, "int8_kernels": {"onnxruntime": {key: verdict[key] for key in ("used", "kind", "reason")}
+                                         | {"cpu": f"{cpu_model()}; {describe_features()}"}}}
+    if verdict["kind"] == "exact":
+        say(f"note: on this CPU ({cpu_model()}; {describe_features()}) ONNX Runtime's integer kernels disagree with "
+            f"this model's exact function ({verdict['reason'].split('(', 1)[-1].rstrip(')')}): its figures here "
+            "come from the exact path, at float speed. On CPUs without VNNI, --reduce-range (7-bit weights) keeps "
+            "the kernels' 16-bit sums from saturating")
+    write_record(Path(record["model"]), record)
+    return record
 
 
 def _spec_json(spec: QuantizeSpec) -> str:
@@ -259,7 +288,8 @@ def _ort_quantize(src: Path, calib: np.ndarray, spec: QuantizeSpec, exclude: lis
         calib_path = work / "calib.npy"
         np.save(calib_path, np.asarray(calib, np.float32))
         job = {"src": str(aligned), "calib": str(calib_path), "method": spec.method, "percentile": spec.percentile,
-               "exclude": exclude, "out": str(out), "work": str(work), "chunk": CALIB_CHUNK}
+               "exclude": exclude, "out": str(out), "work": str(work), "chunk": CALIB_CHUNK,
+               "reduce_range": spec.reduce_range}
         done = subprocess.run([sys.executable, "-m", "orinflow.optimize.quantize.ort_worker", json.dumps(job)],
                               capture_output=True, text=True)
     if done.returncode != 0:

@@ -12,6 +12,7 @@ from ...export import export_onnx
 from ...export.nms import with_nms_restored
 from ...io import write_json
 from ...models import ModelAdapter, OnnxModel, load_model
+from ...runtime.trust import probe_count
 from .ptq import QuantizeSpec, default_method, quantize_onnx
 from .sensitivity import BudgetSpec, SensitivityOptions, fit_budget
 
@@ -88,7 +89,8 @@ def run_ptq(model: ModelAdapter | OnnxModel, calib_data: str | Path, calib_split
     if runtimes and len(runtimes) > 1 and options.measure_latency:
         for record in records:
             say(f"timing {Path(record['model']).name} on {', '.join(runtimes)} ...")
-            record.update(runtime_latency(load_model(record["model"]), runtimes, options))
+            record.update(runtime_latency(load_model(record["model"]), runtimes, options,
+                                          probe=calib[:probe_count(fp32.processing.imgsz)]))
     route = {"route": "ptq", "fp32": records[0], "variants": variants, "best": best_by_target(records[0], variants)}
     write_json(workdir / "ptq_record.json", route)
     return route
