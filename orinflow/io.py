@@ -197,29 +197,57 @@ def check_output_folder(path: str | os.PathLike, inputs: Iterable = (), flag: st
     return path
 
 
-def check_replaceable_folder(path: Path, owner: str, marker: str, allowed: Iterable[str], flag: str = "-o") -> None:
-    """`--overwrite` replaces a folder whole only when orinflow made it: empty, or holding `marker` (a record
-    of `owner`) and nothing but the entries that record lists (`files`, `products`) or `allowed`. Never the
-    working folder, one above it, the home folder or the root."""
+def check_replaceable_folder(path: Path, owner: str, marker: str, products: Iterable[str] = (), flag: str = "-o") -> None:
+    """`--overwrite` replaces a folder whole only when orinflow made it: empty, or holding `marker` (a record of
+    `owner`) and, file by file and at every depth, nothing but what that record lists in `tree` (every file it
+    wrote) and the `products` its scripts write on the device: files of those names at the top, and `__pycache__`
+    folders of .pyc files anywhere. Never the working folder, one above it, the home folder or the root."""
     if not path.exists():
         return
     resolved = path.resolve()
     if resolved == Path(resolved.anchor) or _inside(Path.cwd(), resolved) or _inside(Path.home(), resolved):
         raise OrinflowError(f"{flag} {path} is the working folder, one above it, the home folder or the root: "
                             "--overwrite never replaces it; give a new folder")
-    entries = sorted(entry.name for entry in path.iterdir())
-    if not entries:
+    if not any(path.iterdir()):
         return
     record = _read_record(path / marker)
     if record.get("command") != owner:
         raise OrinflowError(f"{flag} {path} holds files orinflow did not write (no {marker} of `orinflow {owner}`): "
                             "--overwrite only replaces a folder orinflow made; give a new folder")
-    known = set(allowed) | {marker} | set(record.get("files", [])) | set(record.get("products", []))
-    foreign = [name for name in entries if name not in known]
+    if not isinstance(record.get("tree"), list):
+        raise OrinflowError(f"{flag} {path} was made by an older orinflow whose {marker} does not list its files one "
+                            "by one: --overwrite cannot tell them from yours; remove it yourself or give a new folder")
+    known = set(record["tree"]) | {marker}
+    foreign = [name for name in _tree(path) if name not in known and not _device_product(name, set(products))]
     if foreign:
         raise OrinflowError(f"{flag} {path} holds {len(foreign)} entr{'y' if len(foreign) == 1 else 'ies'} orinflow "
                             f"did not write ({', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}): "
                             "--overwrite only replaces a folder orinflow made; move them or give a new folder")
+
+
+def folder_tree(path: Path) -> list[str]:
+    """Every file below `path`, as sorted relative POSIX paths (what a record's `tree` lists)."""
+    return sorted(_tree(path))
+
+
+def _tree(path: Path) -> list[str]:
+    """Relative paths of every file below `path`, and of every empty folder or non-regular entry (a link, a
+    socket) there, which no record lists."""
+    found = []
+    for entry in path.rglob("*"):
+        if entry.is_symlink() or not (entry.is_file() or entry.is_dir()):
+            found.append(entry.relative_to(path).as_posix() + " (not a plain file)")
+        elif entry.is_file() or not any(entry.iterdir()):
+            found.append(entry.relative_to(path).as_posix())
+    return found
+
+
+def _device_product(name: str, products: set[str]) -> bool:
+    parts = name.split("/")
+    if len(parts) == 1:
+        return name in products
+    return "__pycache__" in products and (parts[-1] == "__pycache__" or (parts[-2] == "__pycache__"
+                                                                          and parts[-1].endswith(".pyc")))
 
 
 def replace_folder(staging: Path, target: Path) -> None:

@@ -135,6 +135,29 @@ def test_overwrite_replaces_only_a_bundle_orinflow_made(variants, tmp_path, monk
     assert (bundle / "src" / "important.py").read_text() == "mine" and (project / "main.py").read_text() == "mine"
 
 
+def test_overwrite_checks_every_file_at_every_depth(variants, tmp_path):
+    """A user's file inside a folder the bundle made, or a folder where the bundle's device products go, is
+    never deleted: only what the record lists, file by file, and the products' own files may be replaced."""
+    bundle = tmp_path / "ow"
+    record = write_bundle(variants["fp32"], bundle, BuildOptions())
+    assert "orinflow/deploy/infer.py" in record["tree"] and "deploy.json" in record["tree"]
+    (bundle / "orinflow" / "deploy" / "__pycache__").mkdir()
+    (bundle / "orinflow" / "deploy" / "__pycache__" / "infer.cpython-310.pyc").write_bytes(b"device")
+    write_bundle(variants["fp32"], bundle, BuildOptions(), overwrite=True)  # Python's own products are replaced
+    for mine in (bundle / "orinflow" / "mywork" / "notes.txt", bundle / "timing.cache" / "important.py",
+                 bundle / "orinflow" / "deploy" / "__pycache__" / "notes.txt"):
+        mine.parent.mkdir(parents=True, exist_ok=True)
+        mine.write_text("mine")
+        with pytest.raises(OrinflowError, match="did not write"):
+            write_bundle(variants["int8"], bundle, BuildOptions(), overwrite=True)
+        assert mine.read_text() == "mine"
+        mine.unlink()
+    old = json.loads((bundle / "deploy.json").read_text())
+    (bundle / "deploy.json").write_text(json.dumps({k: v for k, v in old.items() if k != "tree"}))
+    with pytest.raises(OrinflowError, match="older orinflow"):
+        write_bundle(variants["int8"], bundle, BuildOptions(), overwrite=True)
+
+
 def _renamed_input(source: Path, name: str, target: Path) -> Path:
     model = onnx.load(str(source))
     old = model.graph.input[0].name

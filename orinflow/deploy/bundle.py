@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 from ..errors import OrinflowError
-from ..io import check_replaceable_folder, copy_model, private_folder, replace_folder, umask_mode, write_json
+from ..io import check_replaceable_folder, copy_model, folder_tree, private_folder, replace_folder, umask_mode, write_json
 from ..version import VERSION
 from .traits import ModelTraits, model_traits
 from .extras import device_extras, extras_readme
@@ -17,11 +17,9 @@ SKIPPED_PACKAGES = ("demo",)  # not needed on the device (and holds the 2 MB dem
 ENGINE = "model.engine"
 RAW_MODEL = "model_raw.onnx"  # the model without the NMS deploy appended (ONNX Runtime cannot run EfficientNMS_TRT)
 RECORD = "deploy.json"
-# What the bundle's scripts write on the device: a bundle copied back may hold them, and --overwrite may replace it.
+# What the bundle's scripts write on the device (files of these names at the top; Python's __pycache__ folders
+# anywhere): a bundle copied back may hold them, and --overwrite may replace them.
 DEVICE_PRODUCTS = (ENGINE, "timing.cache", "layers.json", "profile.json", "__pycache__")
-# What a bundle holds (a record older than its "files" list does not name them).
-BUNDLE_FILES = ("model.onnx", RAW_MODEL, "build_engine.sh", "bench.sh", "infer.py", "orinflow", "README.md",
-                "calib.cache", "config_infer_primary.txt", "labels.txt")
 
 
 def check_bundle_slot(output: Path, overwrite: bool) -> None:
@@ -32,7 +30,7 @@ def check_bundle_slot(output: Path, overwrite: bool) -> None:
     if output.exists() and any(output.iterdir()) and not overwrite:
         raise OrinflowError(f"{output} exists and is not empty (use --overwrite to replace it)")
     if overwrite:
-        check_replaceable_folder(output, "deploy", RECORD, BUNDLE_FILES + DEVICE_PRODUCTS)
+        check_replaceable_folder(output, "deploy", RECORD, DEVICE_PRODUCTS)
 
 LAUNCHER = '''#!/usr/bin/env python3
 """Inference with the engine (or ONNX) of this bundle; `python3 infer.py --help`.
@@ -88,11 +86,18 @@ def write_bundle(model: Path, output: Path, options: BuildOptions, overwrite: bo
                   **({"nms": nms} if nms else {}), **({"high_precision": high_precision} if high_precision else {}),
                   "options": vars(options), "build_engine": build, "bench": {str(b): c for b, c in bench.items()},
                   **extras, "orinflow": VERSION}
-        record["files"] = sorted([RECORD, *(entry.name for entry in staging.iterdir())])
-        record["products"] = list(DEVICE_PRODUCTS)
-        write_json(staging / RECORD, record)
+        finish_record(staging, record, list(DEVICE_PRODUCTS))
         replace_folder(staging, output)
     return record
+
+
+def finish_record(staging: Path, record: dict, products: list[str]) -> None:
+    """The bundle's record, listing what it holds: `files` at the top and `tree`, every file at any depth
+    (what --overwrite may replace, io.check_replaceable_folder), and the `products` its scripts write."""
+    record["files"] = sorted([RECORD, *(entry.name for entry in staging.iterdir())])
+    record["tree"] = sorted([RECORD, *folder_tree(staging)])
+    record["products"] = products
+    write_json(staging / RECORD, record)
 
 
 def _script(path: Path, comment: str, commands: list[list[str]]) -> None:

@@ -12,10 +12,10 @@ import onnx
 
 from ..errors import OrinflowError
 from ..export.nms import detach_nms
-from ..io import copy_model, private_folder, replace_folder, write_json
+from ..io import copy_model, private_folder, replace_folder
 from ..runtime.openvino import OpenVinoRunner
 from ..version import VERSION
-from .bundle import RECORD, check_bundle_slot, write_runner_files, write_script
+from .bundle import check_bundle_slot, finish_record, write_runner_files, write_script
 from .traits import ModelTraits, model_traits
 
 BENCH_SECONDS = 15
@@ -54,9 +54,7 @@ def write_openvino_bundle(model: Path, output: Path, batch: int, overwrite: bool
         record = {"command": "deploy", "target": "openvino", "model": str(model), "bundle": str(output),
                   "traits": traits.to_dict(), "bench": {str(b): c for b, c in bench.items()},
                   "nms_removed": removed_nms, "orinflow": VERSION}
-        record["files"] = sorted([RECORD, *(entry.name for entry in staging.iterdir())])
-        record["products"] = ["__pycache__"]
-        write_json(staging / RECORD, record)
+        finish_record(staging, record, ["__pycache__"])
         replace_folder(staging, output)
     return record
 
