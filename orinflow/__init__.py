@@ -35,11 +35,15 @@ def __getattr__(name: str):
         from . import api
 
         return getattr(api, name)
+    if name == "OrinflowError":  # what every API function raises for bad input (orinflow.errors)
+        from .errors import OrinflowError
+
+        return OrinflowError
     raise AttributeError(f"module 'orinflow' has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted([*globals(), *API])
+    return sorted([*globals(), *API, "OrinflowError"])
 
 
 _sys.modules[__name__].__class__ = _Package

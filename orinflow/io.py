@@ -82,6 +82,36 @@ def private_folder(prefix: str = "orinflow-", dir: str | os.PathLike | None = No
         _unfinished.discard(path)
 
 
+@contextlib.contextmanager
+def writing(target: str | os.PathLike) -> Iterator[None]:
+    """A failure to write while `target` is made (a full or read-only disk, no permission) is one line naming
+    `target`, not a raw OSError naming a temporary file."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno in WRITE_FAILURES or e.errno in (errno.EACCES, errno.EPERM):
+            raise OrinflowError(f"writing {target} failed: {e.strerror}") from e
+        raise
+
+
+def made_folder(folder: Path) -> Path:
+    """`folder`, made with its parents when missing (a failure names it)."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OrinflowError(f"cannot create output folder {folder}: {e.strerror}") from e
+    return Path(folder)
+
+
+def writable_place(path: Path, flag: str = "-o") -> None:
+    """Before any work: the nearest existing folder of `path` (itself, or one above) can be written to."""
+    place = path if path.is_dir() else path.parent
+    while not place.exists() and place != place.parent:
+        place = place.parent
+    if place.exists() and not os.access(place, os.W_OK | os.X_OK):
+        raise OrinflowError(f"{flag} {path}: {place} cannot be written to (read-only or no permission)")
+
+
 def private_copy(source: str | os.PathLike, folder: Path) -> Path:
     """Copy a user's file (an ONNX also with its external-data files) into `folder` for a library to use.
 
@@ -182,6 +212,7 @@ def check_output(path: str | os.PathLike, suffixes: tuple[str, ...], inputs: Ite
         check_record_slot(record_path(path), command, path)
     if path.suffix.lower() == ".json" and path.is_file():
         check_record_slot(path, record_of, path, flag)
+    writable_place(path, flag)
     return path
 
 
@@ -194,14 +225,18 @@ def check_output_folder(path: str | os.PathLike, inputs: Iterable = (), flag: st
     for source in _paths(inputs):
         if _same_file(path, source) or (replaced and _inside(source, path)):
             raise OrinflowError(f"{flag} {path} would replace the input {source}")
+    writable_place(path, flag)
     return path
 
 
-def check_replaceable_folder(path: Path, owner: str, marker: str, products: Iterable[str] = (), flag: str = "-o") -> None:
+def check_replaceable_folder(path: Path, owner: str, marker: str, products: Iterable[str] = (), flag: str = "-o",
+                             legacy: Iterable[str] | None = None) -> None:
     """`--overwrite` replaces a folder whole only when orinflow made it: empty, or holding `marker` (a record of
     `owner`) and, file by file and at every depth, nothing but what that record lists in `tree` (every file it
     wrote) and the `products` its scripts write on the device: files of those names at the top, and `__pycache__`
-    folders of .pyc files anywhere. Never the working folder, one above it, the home folder or the root."""
+    folders of .pyc files anywhere. A record of an older orinflow, without `tree`, vouches for the files it lists
+    at the top and for `legacy`, the files its folders would hold (deploy: the bundled package's modules).
+    Never the working folder, one above it, the home folder or the root."""
     if not path.exists():
         return
     resolved = path.resolve()
@@ -214,10 +249,14 @@ def check_replaceable_folder(path: Path, owner: str, marker: str, products: Iter
     if record.get("command") != owner:
         raise OrinflowError(f"{flag} {path} holds files orinflow did not write (no {marker} of `orinflow {owner}`): "
                             "--overwrite only replaces a folder orinflow made; give a new folder")
-    if not isinstance(record.get("tree"), list):
-        raise OrinflowError(f"{flag} {path} was made by an older orinflow whose {marker} does not list its files one "
-                            "by one: --overwrite cannot tell them from yours; remove it yourself or give a new folder")
-    known = set(record["tree"]) | {marker}
+    tree = record.get("tree")
+    if not isinstance(tree, list):
+        if legacy is None:
+            raise OrinflowError(f"{flag} {path} was made by an older orinflow whose {marker} does not list its files "
+                                "one by one: --overwrite cannot tell them from yours; remove it yourself or give a "
+                                "new folder")
+        tree = [name for name in record.get("files", []) if (path / str(name)).is_file()] + list(legacy)
+    known = set(tree) | {marker}
     foreign = [name for name in _tree(path) if name not in known and not _device_product(name, set(products))]
     if foreign:
         raise OrinflowError(f"{flag} {path} holds {len(foreign)} entr{'y' if len(foreign) == 1 else 'ies'} orinflow "

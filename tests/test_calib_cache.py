@@ -21,35 +21,40 @@ QUIET = {"say": lambda m: None}
 
 
 def test_entropy_calibration_worked_by_hand():
-    """Histogram [9, 6, 2, 1, 1] of |x| (bin width 1) merged into 2 levels; the first bin is discarded.
-    B=2: truncated [0, 6, 4]; fine centres 0.5, 1.5, 2.5 over 2 coarse bins of 1.25 go to 0, 1, 1 (the last
-         fine bin always to the last coarse bin): Q = [0, 5, 5]; KL = .6 ln(.6/.5) + .4 ln(.4/.5) = 0.020136.
-    B=3: truncated [0, 6, 2, 2]; coarse width 1.75: bins 1 -> 0, 2 and 3 -> 1: Q = [0, 6, 2, 2] = P: KL 0.
-    B=4: truncated [0, 6, 2, 1, 1]; coarse width 2.25: bin 1 -> 0, bins 2, 3, 4 -> 1: Q = [0, 6, 4/3, 4/3, 4/3];
+    """Histogram [9, 6, 2, 1, 1] of |x| (bin width 1) merged into 2 levels; the first bin is discarded (total 10).
+    P folds the outliers past B into bin B; Q is merged from the truncated histogram without them, over the fine
+    bins where P is not empty, each normalised on its own.
+    B=2: P = [0, 6, 4]; fine centres 0.5, 1.5, 2.5 over 2 coarse bins of 1.25 go to 0, 1, 1 (the last fine bin
+         always to the last coarse bin): Q from [0, 6, 2] = [0, 4, 4]; KL = .6 ln(.6/.5) + .4 ln(.4/.5) = 0.020136.
+    B=3: P = [0, 6, 2, 2]; coarse width 1.75: bins 0, 1 -> 0, bins 2, 3 -> 1: Q from [0, 6, 2, 1] = [0, 6, 1.5, 1.5]
+         (total 9); KL = .6 ln(.6/(6/9)) + 2 (.2 ln(.2/(1.5/9))) = 0.009712.
+    B=4: P = [0, 6, 2, 1, 1]; coarse width 2.25: bins 0, 1 -> 0, bins 2, 3, 4 -> 1: Q = [0, 6, 4/3, 4/3, 4/3];
          KL = .2 ln(.2/.1333) + 2 (.1 ln(.1/.1333)) = 0.023557.
     The least divergence is at B=3: the range is the middle of that bin, 3.5."""
     hist = np.array([9, 6, 2, 1, 1], np.float64)
     divergences = entropy_divergences(hist, levels=2)
-    assert divergences == pytest.approx({2: 0.020136, 3: 0.0, 4: 0.023557}, abs=1e-6)
+    assert divergences == pytest.approx({2: 0.020136, 3: 0.009712, 4: 0.023557}, abs=1e-6)
     assert entropy_amax(hist, amax=5.0, levels=2) == 3.5
 
 
 def divergences_by_the_description(hist, levels):
-    """NVIDIA's steps one candidate at a time: truncate at B (tail folded in), merge into `levels` bins, spread
-    each merged count over its non-empty bins, KL divergence over the non-empty bins."""
+    """NVIDIA's reference steps one candidate at a time: P is the histogram truncated at B with the outliers past B
+    added to bin B; Q merges the truncated histogram without them into `levels` bins and spreads each merged count
+    over the bins where P is not empty; each is normalised on its own, and KL runs over P's non-empty bins."""
     counts = np.asarray(hist, np.float64).copy()
     counts[0] = 0
     found = {}
     for last in range(levels, len(counts)):
-        truncated = np.append(counts[:last], counts[last:].sum())
+        reference = np.append(counts[:last], counts[last:].sum())
+        candidate = counts[:last + 1]
         coarse = [min(int((i + 0.5) * levels / (last + 0.5)), levels - 1) for i in range(last + 1)]
-        spread = np.zeros_like(truncated)
+        spread = np.zeros_like(reference)
         for j in set(coarse):
-            members = [i for i, c in enumerate(coarse) if c == j and truncated[i] > 0]
+            members = [i for i, c in enumerate(coarse) if c == j and reference[i] > 0]
             for i in members:
-                spread[i] = truncated[[k for k, c in enumerate(coarse) if c == j]].sum() / len(members)
-        p, q = truncated / truncated.sum(), spread / truncated.sum()
-        found[last] = float(sum(pi * np.log(pi / qi) for pi, qi in zip(p, q) if pi > 0))
+                spread[i] = candidate[[k for k, c in enumerate(coarse) if c == j]].sum() / len(members)
+        p, q = reference / reference.sum(), spread / spread.sum()
+        found[last] = float(sum(pi * np.log(pi / qi) if qi > 0 else np.inf for pi, qi in zip(p, q) if pi > 0))
     return found
 
 
@@ -57,6 +62,22 @@ def test_entropy_divergences_follow_the_description_step_by_step():
     rng = np.random.default_rng(1)
     hist = np.histogram(np.abs(rng.standard_cauchy(5000)), bins=300, range=(0, 40))[0]
     assert entropy_divergences(hist, levels=20) == pytest.approx(divergences_by_the_description(hist, 20), abs=1e-9)
+    sparse = np.zeros(300)
+    sparse[::7] = rng.integers(1, 50, len(sparse[::7]))  # empty bins between the values, as for 8-bit pixels
+    assert entropy_divergences(sparse, levels=20) == pytest.approx(divergences_by_the_description(sparse, 20),
+                                                                   abs=1e-9)
+
+
+def test_entropy_keeps_the_whole_range_of_pixels_and_of_a_sigmoid():
+    """256 pixel values in 2048 bins leave most bins empty; folding the outliers into the candidate too had made
+    every small range look free there, and the input's range came out 0.062 (97% of the pixels clipped)."""
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, 100_000) / 255.0
+    hist, edges = np.histogram(pixels, bins=2048, range=(0, 1))
+    assert entropy_amax(hist, edges[-1]) > 0.99
+    sigmoid = 1 / (1 + np.exp(-3 * rng.standard_normal(100_000)))
+    hist, edges = np.histogram(sigmoid, bins=2048, range=(0, sigmoid.max()))
+    assert entropy_amax(hist, edges[-1]) > 0.99 * sigmoid.max()
 
 
 def test_entropy_clips_a_long_tail_and_keeps_a_bounded_range():
@@ -231,3 +252,126 @@ def test_implicit_on_a_qdq_model_points_to_the_fp32_export(demo_int8, entropy_ca
     result = runner.invoke(app, ["deploy", "-m", demo_int8("max", "tensorrt")["model"], "--implicit",
                                  "--calib-cache", str(entropy_cache), "-o", str(tmp_path / "b")])
     assert result.exit_code == 2 and "calib-cache --from-qdq" in result.stderr and not (tmp_path / "b").exists()
+
+
+# ---------------------------------------------------------------- a cache is measured before it is trusted
+def test_a_cache_is_measured_and_an_absurd_one_refused_unless_trusted(demo_onnx, calib, tiny_shapes, tmp_path):
+    """calib-cache emulates its cache (a Q/DQ pair at each cached tensor) and records the drop; deploy --implicit
+    shows it and refuses an absurd one. The absurd one here is what the old entropy gave the network input: a range
+    of 0.0623 for pixels in 0..1."""
+    from orinflow.io import record_path
+    from orinflow.models import load_model
+    from orinflow.optimize.quantize.cache_emulation import measure_cache
+    from orinflow.optimize.quantize.calib_cache import write_cache
+
+    np.save(tmp_path / "calib.npy", calib)
+    made = orinflow.calib_cache(demo_onnx, calib=tmp_path / "calib.npy", data=tiny_shapes, split="val",
+                                output=tmp_path / "good.cache", **QUIET)
+    emulated = made["emulated"]
+    assert emulated["kind"] == "metric" and emulated["images"] > 0 and not emulated["absurd"]
+    assert abs(emulated["drop_points"]) < 10
+    assert json.loads(record_path(tmp_path / "good.cache").read_text())["emulated"] == emulated
+    _, scales = read_cache(tmp_path / "good.cache")
+    clipped = dict(scales, **{onnx.load(str(demo_onnx)).graph.input[0].name: 0.0623 / LEVELS})
+    bad = measure_cache(load_model(demo_onnx), clipped, calib, load_dataset_for(tiny_shapes), say=lambda m: None)
+    assert bad["absurd"] and bad["drop_points"] > 10
+    write_cache(clipped, tmp_path / "bad.cache")
+    record_path(tmp_path / "bad.cache").write_text(json.dumps({"command": "calib-cache", "emulated": bad}))
+    said = []
+    with pytest.raises(orinflow.OrinflowError, match="lost too much when emulated.*--trust-cache"):
+        orinflow.deploy(demo_onnx, implicit=True, calib_cache=tmp_path / "bad.cache", output=tmp_path / "b",
+                        say=said.append)
+    assert not (tmp_path / "b").exists()
+    record = orinflow.deploy(demo_onnx, implicit=True, calib_cache=tmp_path / "good.cache", output=tmp_path / "g",
+                             say=said.append)
+    assert record["implicit"]["emulated"] == emulated and record["implicit"]["coverage"] > 0.5
+    assert any("emulated by calib-cache" in line for line in said)
+    assert "Emulated by calib-cache" in (tmp_path / "g" / "README.md").read_text()
+    trusted = orinflow.deploy(demo_onnx, implicit=True, calib_cache=tmp_path / "bad.cache", trust_cache=True,
+                              output=tmp_path / "t", **QUIET)
+    assert trusted["implicit"]["emulated"]["absurd"]
+
+
+def load_dataset_for(yaml_path):
+    from orinflow.data import load_dataset
+
+    return load_dataset(yaml_path, "val")
+
+
+@pytest.mark.parametrize("case, text, message", [
+    ("nan scale", "TRT-8600-EntropyCalibration2\nimages: 7fc00000\n", "no INT8 range gives"),
+    ("inf scale", "TRT-8600-EntropyCalibration2\nimages: 7f800000\n", "no INT8 range gives"),
+    ("negative scale", "TRT-8600-EntropyCalibration2\nimages: bc010204\n", "no INT8 range gives"),
+    ("zero scale", "TRT-8600-EntropyCalibration2\nimages: 00000000\n", "no INT8 range gives"),
+    ("denormal scale", "TRT-8600-EntropyCalibration2\nimages: 00000010\n", "no INT8 range gives"),
+    ("a tensor twice", "TRT-8600-EntropyCalibration2\nimages: 3c010204\nimages: 3c010204\n", "listed twice"),
+    ("header only", "TRT-8600-EntropyCalibration2\n", "no tensor"),
+    ("bad header", "TRT-EntropyCalibration2\nimages: 3c010204\n", "TRT-<version>-<calibrator>"),
+    ("another calibrator", "TRT-8600-MinMaxCalibration\nimages: 3c010204\n", "ignores such a cache"),
+    ("another model", "TRT-8600-EntropyCalibration2\nsomething_else: 3c010204\n", "covers none of"),
+])
+def test_damaged_or_foreign_caches_are_refused_in_one_line(case, text, message, demo_onnx, tmp_path):
+    cache = tmp_path / "x.cache"
+    cache.write_text(text)
+    result = runner.invoke(app, ["deploy", "-m", str(demo_onnx), "--implicit", "--calib-cache", str(cache),
+                                 "-o", str(tmp_path / "b")])
+    assert result.exit_code == 2 and message in " ".join(result.stderr.split()), result.output
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "b").exists()
+    if case not in ("another calibrator", "another model"):  # inspect reads the cache alone
+        assert runner.invoke(app, ["inspect", "-m", str(cache)]).exit_code == 2
+
+
+def test_a_cache_is_read_with_a_size_cap(tmp_path, monkeypatch):
+    from orinflow.optimize.quantize import calib_cache
+
+    cache = tmp_path / "big.cache"
+    cache.write_text("TRT-8600-EntropyCalibration2\n" + "".join(f"t{i}: 3c010204\n" for i in range(2000)))
+    monkeypatch.setattr(calib_cache, "MAX_CACHE_BYTES", 1000)
+    with pytest.raises(orinflow.OrinflowError, match="not a calibration cache"):
+        calib_cache.read_cache(cache)
+
+
+def test_implicit_build_flags_follow_fp16(demo_onnx, entropy_cache, tmp_path):
+    record = orinflow.deploy(demo_onnx, implicit=True, calib_cache=entropy_cache, fp16=False,
+                             output=tmp_path / "b", **QUIET)
+    assert "--int8" in record["build_engine"] and "--fp16" not in record["build_engine"]
+    assert "--fp16" not in (tmp_path / "b" / "build_engine.sh").read_text()
+
+
+def test_calib_cache_refuses_early_and_writes_the_cache_and_its_record_together(demo_onnx, demo_int8, calib,
+                                                                                tmp_path, monkeypatch):
+    import errno
+
+    from orinflow.optimize.quantize import cache_make, calib_cache
+
+    np.save(tmp_path / "calib.npy", calib[:2])
+    cpu = demo_int8("max", "cpu")["model"]
+    with pytest.raises(orinflow.OrinflowError, match="uint8 with zero points.*--target tensorrt"):
+        orinflow.calib_cache(from_qdq=cpu, output=tmp_path / "q.cache", **QUIET)
+    half = export_half(demo_onnx, tmp_path)
+    with pytest.raises(orinflow.OrinflowError, match="FP16 weights"):
+        orinflow.calib_cache(half, calib=tmp_path / "calib.npy", output=tmp_path / "h.cache", **QUIET)
+    # an unwritable output is found before any measuring
+    monkeypatch.setattr(calib_cache, "activation_histograms", lambda *a, **k: pytest.fail("measured"))
+    monkeypatch.setattr("os.access", lambda path, mode: False)
+    with pytest.raises(orinflow.OrinflowError, match="cannot be written to"):
+        orinflow.calib_cache(demo_onnx, calib=tmp_path / "calib.npy", output=tmp_path / "ro" / "c.cache", **QUIET)
+    monkeypatch.undo()
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cache_make, "write_json", disk_full)
+    with pytest.raises(orinflow.OrinflowError, match="No space left"):
+        orinflow.calib_cache(demo_onnx, calib=tmp_path / "calib.npy", method="max", output=tmp_path / "f.cache",
+                             **QUIET)
+    assert not (tmp_path / "f.cache").exists() and not (tmp_path / "f.cache.json").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".f")]
+
+
+def export_half(demo_onnx, tmp_path):
+    from onnxconverter_common import float16
+
+    half = float16.convert_float_to_float16(onnx.load(str(demo_onnx)), keep_io_types=True)
+    onnx.save(half, str(tmp_path / "half.onnx"))
+    return tmp_path / "half.onnx"

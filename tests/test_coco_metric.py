@@ -133,6 +133,13 @@ MALFORMED = [
     ("top-level-list", None, "top level is a list"),
     ("deep-nesting", None, "not readable JSON"),
     ("escaping-file-name", lambda c: c["images"][0].update(file_name="../../etc/passwd"), "outside --images"),
+    # the size the JSON states maps every box to its image: a doubled or swapped one scored 0.0000 with exit 0
+    ("doubled-size", lambda c: c["images"][2].update(width=2 * c["images"][2]["width"],
+                                                     height=2 * c["images"][2]["height"]), r"images\[2\] says \d+x\d+"),
+    ("swapped-size", lambda c: c["images"][1].update(width=c["images"][1]["height"] + 1,
+                                                     height=c["images"][1]["width"]), r"images\[1\] says"),
+    ("one-file-twice", lambda c: c["images"][3].update(file_name=c["images"][0]["file_name"]),
+     r"images\[3\] repeats file_name"),
 ]
 
 

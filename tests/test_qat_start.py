@@ -163,3 +163,27 @@ def test_qat_cli_from_init_and_its_conflicts(demo_int8, tiny_shapes, tmp_path):
     assert result.exit_code == 0, result.output
     assert "start: selection mAP50-95" in result.output and "route 2: QAT" in result.output
     assert quantized_tensors(tmp_path / "b.onnx") == quantized_tensors(start)
+
+
+def test_a_start_for_another_input_and_a_checkpoint_of_another_start_are_refused(demo_int8, budgeted_start, calib,
+                                                                                  tiny_shapes, tmp_path):
+    """A start quantized at 128 px for the model at 256 px is named before any pairing (it used to fail after the
+    pairing, naming a deleted temporary file); --resume refuses a checkpoint trained from another --init-from."""
+    import torch
+
+    import orinflow
+    from orinflow.optimize.train.config import QATConfig
+
+    small = export_onnx(load_model(DEMO_MODEL, imgsz=128), tmp_path / "s128.onnx").path
+    start128 = tmp_path / "start128.onnx"
+    quantize_onnx(load_model(small), calib[:, :, :128, :128], QuantizeSpec(method="max"), start128, say=lambda m: 0)
+    quiet = dict(epochs=0, batch=4, calib_images=4, runs=0, say=lambda m: None)
+    with pytest.raises(OrinflowError, match="made for another input: its stored imgsz is 128x128, the model's is 256"):
+        orinflow.qat(DEMO_MODEL, tiny_shapes, imgsz=256, init_from=start128, output=tmp_path / "a.onnx", **quiet)
+    assert not (tmp_path / "a.onnx").exists()
+    output = tmp_path / "r.onnx"
+    other_run = QATConfig(epochs=1, batch=4, calib_images=4, run="another start").fingerprint()
+    torch.save({"student": {}, "optimizer": {}, "losses": [0.1], "config": other_run}, output.with_name("r.qat.pt"))
+    with pytest.raises(OrinflowError, match="different settings .*the start model"):
+        orinflow.qat(DEMO_MODEL, tiny_shapes, imgsz=256, init_from=budgeted_start, output=output, resume=True,
+                     **dict(quiet, epochs=2))

@@ -134,6 +134,14 @@ def test_a_detector_is_scored_only_on_its_own_classes_or_through_class_map(tiny_
     for bad, message in (("0:7", "the data has no class 7"), ("0:1,0:2", "paired twice"), ("a:b", "not model:data")):
         with pytest.raises(OrinflowError, match=message):
             orinflow.evaluate(demo_onnx, tiny_shapes, class_map=bad, **quiet)
+    # a data class no model class pairs with is left out of the mAP and named, not scored as AP 0
+    full = orinflow.evaluate(demo_onnx, tiny_shapes, **quiet)["metrics"]["per_class"]
+    partial = orinflow.evaluate(demo_onnx, tiny_shapes, class_map="0:0,1:1", **quiet)
+    names = list(full)
+    assert partial["metrics"]["unpaired"] == {names[2]: full[names[2]]["instances"]}
+    expected = (full[names[0]]["mAP50-95"] + full[names[1]]["mAP50-95"]) / 2
+    assert partial["metrics"]["mAP50-95"] == pytest.approx(expected, abs=1e-9)
+    assert any("left out of the mAP" in note and names[2] in note for note in partial["notes"])
 
 
 def test_device_cuda_without_a_gpu_is_refused_before_any_file(tmp_path, tiny_shapes):
@@ -260,6 +268,42 @@ def test_a_full_disk_names_the_output_and_leaves_nothing(tmp_path):
             tmp.write_bytes(b"half")
             raise OSError(errno.ENOSPC, "No space left on device")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_bundle_on_a_full_disk_is_one_line_naming_it_and_leaves_nothing(demo_onnx, tmp_path, monkeypatch):
+    import errno
+
+    import orinflow
+    from orinflow.deploy import bundle
+    from orinflow.errors import OrinflowError
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(bundle, "copy_package", full)
+    with pytest.raises(OrinflowError, match=f"writing {tmp_path / 'b'} failed: No space left on device"):
+        orinflow.deploy(demo_onnx, output=tmp_path / "b", say=lambda m: None)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_small_refusals_name_the_right_thing(demo_onnx, demo_int8, tmp_path, monkeypatch):
+    """DLA's expected GPU ops include an in-graph NonMaxSuppression (its outputs are integers, no activation); a
+    Q/DQ model with --dla is refused before the graph is prepared; the API's `say` is no CLI flag; OrinflowError
+    is importable from the package."""
+    import orinflow
+    from orinflow.api import inspection
+
+    record = orinflow.deploy(demo_onnx, output=tmp_path / "d", dla=0, nms="onnx", say=lambda m: None)
+    assert "NonMaxSuppression" in record["dla"]["expected_gpu_ops"]
+    import importlib
+
+    prepare = importlib.import_module("orinflow.deploy.prepare")
+    monkeypatch.setattr(prepare, "prepare_graph", lambda *a, **k: pytest.fail("prepared first"))
+    with pytest.raises(orinflow.OrinflowError, match="DLA builds take implicit INT8"):
+        inspection.deploy(demo_int8("max", "tensorrt")["model"], output=tmp_path / "q", dla=0, say=lambda m: None)
+    with pytest.raises(orinflow.OrinflowError, match=r"orinflow.calib_cache\(\): say must be a function"):
+        orinflow.calib_cache(demo_onnx, say=None)
+    assert orinflow.OrinflowError is __import__("orinflow.errors").errors.OrinflowError
 
 
 def test_a_cache_that_cannot_be_read_or_written_costs_a_note_not_the_result(tmp_path):

@@ -98,12 +98,21 @@ def test_sparse_qat_keeps_2to4_under_qdq(demo_adapter, tiny_shapes, tmp_path):
 
 
 def test_sparse_qat_cli(tiny_shapes, tmp_path):
+    """With --sparse-flops the 2:4 layer choice is recorded beside the QAT selection, which still scores the start
+    and every epoch and writes the best (the choice once took the selection's place: nothing was scored, and the
+    run ended in a TypeError)."""
+    import json
+
     out = tmp_path / "sq.onnx"
     result = CliRunner().invoke(app, ["sparse-qat", "-m", str(DEMO_MODEL), "--imgsz", "256", "--yaml",
                                       str(tiny_shapes), "--sat-epochs", "1", "--qat-epochs", "1", "--max-steps", "1",
-                                      "--batch", "4", "--calib-images", "4", "--runs", "0", "-o", str(out)])
+                                      "--batch", "4", "--calib-images", "4", "--runs", "0", "--sparse-flops", "0.5",
+                                      "-o", str(out)])
     assert result.exit_code == 0, result.output
-    assert "(100%)" in result.output and "route 4" in result.output and out.exists()
+    assert "route 4" in result.output and out.exists()
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert len(record["selection"]["scores"]) == 2 and record["selection"]["epoch"] in (0, 1)  # start, epoch 1
+    assert record["sparse_selection"]["layers"]
 
 
 def test_sparsegpt_is_2to4_along_input_channels_and_beats_magnitude_on_the_data():

@@ -17,6 +17,7 @@ from ..errors import OrinflowError
 
 
 PathLike = str | Path
+API_ONLY = {"say"}  # parameters no CLI flag stands for: their errors name the parameter, not a flag
 
 Say = Callable[[str], object]
 
@@ -110,7 +111,7 @@ def checked(func: Callable | None = None, *, before: Callable | None = None) -> 
             before(**bound.arguments)
         for name, value in bound.arguments.items():
             hint = hints.get(name)
-            if value is None and hint is not None and not _fits(value, hint):
+            if value is None and hint is not None and not _fits(value, hint) and name not in API_ONLY:
                 flag = FLAGS.get(name, f"--{name.replace('_', '-')}")
                 raise OrinflowError(f"give {flag}: orinflow.{func.__name__}() needs {name}")
             if hint is not None and not _fits(value, hint):

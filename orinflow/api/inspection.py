@@ -178,7 +178,7 @@ def deploy(model: PathLike, *, output: PathLike | None = None, trt: str = "10", 
            workspace_mib: int | None = None, nms: str = "trt", pre_topk: int = 30000, keep_topk: int = 300,
            iou: float | None = None, conf: float = 0.25, implicit: bool = False, calib_cache: PathLike | None = None,
            dla: int | None = None, deepstream: bool = False, target: str = "jetson", overwrite: bool = False,
-           say: Say = print) -> dict:
+           trust_cache: bool = False, say: Say = print) -> dict:
     """A Jetson bundle (default workspace/deploy/<model>): the ONNX, build_engine.sh with trtexec flags read from
     the model, bench.sh, infer.py and a README. Dynamic-batch models get a profile from min/opt/max batch
     (opt default 8; 1 on DLA).
@@ -193,7 +193,10 @@ def deploy(model: PathLike, *, output: PathLike | None = None, trt: str = "10", 
     fp16: FP16 kernels for what is not quantized; with trt "10" a Q/DQ model's FP32 layers become FP16 in the
     bundle's graph (--stronglyTyped builds the types the graph gives), see docs/deploy.md.
     implicit: build a floating-point ONNX in INT8 from `calib_cache` (`calib_cache`'s file, --int8 --fp16
-    --calib). dla: the DLA core (0 or 1) to build for, GPU fallback allowed. deepstream: add nvinfer's
+    --calib). The cache is checked first: its calibrator must be TensorRT's entropy calibrator (what trtexec
+    reads), it must cover the model's activations, and the emulated drop its record holds (calib-cache measured
+    it) is shown; a cache covering none of them, or whose emulation lost more than 10 points, is refused unless
+    `trust_cache`. dla: the DLA core (0 or 1) to build for, GPU fallback allowed. deepstream: add nvinfer's
     config_infer_primary.txt and labels.txt (docs/deploy.md, "Implicit INT8, DLA and DeepStream").
     """
     from ..deploy.bundle import check_bundle_slot, write_bundle
@@ -215,10 +218,14 @@ def deploy(model: PathLike, *, output: PathLike | None = None, trt: str = "10", 
                                 [flag for flag, given in tensorrt_only.items() if given])
     if nms not in (*FLAVOURS, "none"):
         raise OrinflowError(f"--nms {nms}: choose trt, onnx or none")
+    for flag, value in (("--opt-batch", opt_batch), ("--max-batch", max_batch)):
+        if value is not None and value < 1:
+            raise OrinflowError(f"{flag} {value}: give a batch of 1 or more (leave it out for the default)")
+    _refuse_dla_qdq(path, dla)
     spec = NmsSpec(flavour=nms, pre_topk=pre_topk, keep_topk=keep_topk, iou=iou, conf=conf) if nms != "none" else None
     if spec is not None:
         spec.validate()
-    cache = implicit_cache(implicit, calib_cache, say)
+    cache, cache_check = implicit_cache(implicit, calib_cache, path, trust_cache, say)
     output = check_output_folder(output or workspace() / "deploy" / path.stem, [path, cache], replaced=True)
     check_bundle_slot(Path(output), overwrite)
     with private_folder() as folder:
@@ -235,7 +242,7 @@ def deploy(model: PathLike, *, output: PathLike | None = None, trt: str = "10", 
         keep_raw = nms_done is not None and nms_done["flavour"] == "trt"  # ONNX Runtime lacks the plugin
         return write_bundle(deployed, Path(output), options, overwrite, traits, raw=path if keep_raw else None,
                             nms=nms_done, source=path, high_precision=done.get("high_precision"), calib_cache=cache,
-                            deepstream=deepstream)
+                            deepstream=deepstream, cache_check=cache_check)
 
 
 DEPLOY_TARGETS = ("jetson", "openvino")
@@ -253,21 +260,31 @@ def _openvino_bundle(path: Path, output, batch: int, overwrite: bool, refused: l
     return write_openvino_bundle(path, Path(folder), batch, overwrite)
 
 
-def implicit_cache(implicit: bool, calib_cache: PathLike | None, say: Say) -> Path | None:
-    """The checked calibration cache of an implicit build, or None."""
+def _refuse_dla_qdq(path: Path, dla: int | None) -> None:
+    """DLA runs implicit INT8 or FP16, never a Q/DQ graph: said before the graph is prepared."""
+    import onnx
+
+    from ..optimize.common.graph import QDQ_OPS
+
+    if dla is not None and any(n.op_type in QDQ_OPS for n in onnx.load(str(path), load_external_data=False).graph.node):
+        raise OrinflowError("DLA builds take implicit INT8 (--implicit with a calibration cache) or FP16: deploy the "
+                            "FP32 export")
+
+
+def implicit_cache(implicit: bool, calib_cache: PathLike | None, model: Path, trust: bool, say: Say):
+    """The checked calibration cache of an implicit build and what the check found, or (None, None)."""
     from ..io import require_file
-    from ..optimize.quantize.calib_cache import read_cache
+    from ..optimize.quantize.cache_check import check_implicit_cache
 
     if calib_cache is not None and not implicit:
         raise OrinflowError("--calib-cache is read by implicit INT8 builds: add --implicit")
     if not implicit:
-        return None
+        return None, None
     if calib_cache is None:
         raise OrinflowError("--implicit builds INT8 from a calibration cache: give --calib-cache model.cache (made by "
                             "`orinflow calib-cache`)")
     cache = require_file(locate(calib_cache, say), "--calib-cache")
-    read_cache(cache)
-    return cache
+    return cache, check_implicit_cache(cache, model, trust, say)
 
 
 @checked

@@ -74,32 +74,30 @@ def quantize(model: PathLike, *, calib: PathLike | None = None, data: PathLike |
 
 @checked
 def calib_cache(model: PathLike | None = None, *, calib: PathLike | None = None, data: PathLike | None = None,
-                split: str = "train", num_images: int = 512, method: str = "entropy", percentile: float = 99.99,
-                head_protect: bool = True, from_qdq: PathLike | None = None, output: PathLike | None = None,
-                say: Say = print) -> dict:
+                split: str = "train", num_images: int = 512, method: str | None = None,
+                percentile: float | None = None, head_protect: bool = True, from_qdq: PathLike | None = None,
+                output: PathLike | None = None, say: Say = print) -> dict:
     """A TensorRT calibration cache for implicit INT8 (trtexec --calib, DLA, DeepStream's int8-calib-file), default
     workspace/calib/<model>_<method>.cache, with its record beside it (docs/deploy.md).
 
     From an FP32 ONNX `model` and a calibration set (`calib` .npy, or built from `data`/`split`): the scale of every
-    activation tensor, by `method` (entropy, max, percentile, mse); with `head_protect`, a detector's decode gets no
-    scale, so TensorRT keeps it in FP16 as the explicit Q/DQ models keep it in float. Or `from_qdq`: the scales a
-    Q/DQ model's activation quantizers carry, so an implicit build shares the explicit one's calibration (with
-    `model`, the record also says which of its activations the Q/DQ model leaves unquantized).
+    activation tensor, by `method` (entropy, the default; max, percentile at `percentile`, default 99.99; mse); with
+    `head_protect`, a detector's decode gets no scale, so TensorRT keeps it in FP16 as the explicit Q/DQ models keep
+    it in float. Or `from_qdq`: the scales a Q/DQ model's activation quantizers carry, so an implicit build shares the
+    explicit one's calibration (with `model`, the record also says which of its activations the Q/DQ model leaves
+    unquantized); method, percentile and head_protect do not apply there and are refused.
+    The cache is measured before it is trusted (optimize/quantize/cache_emulation.py): with `model`, the FP32 graph
+    runs with a Q/DQ pair at each cached tensor, and the record's "emulated" holds the drop of the main metric on
+    `data` (or the share of the FP32 model's answers kept on the calibration images); `deploy --implicit` shows it.
     """
-    import onnx
-
-    from ..data import load_dataset
-    from ..data.calibration import build_calibration, load_calibration
-    from ..io import check_output, require_file, write_record
-    from ..models import OnnxModel
-    from ..optimize.quantize.calib_cache import (METHODS, activation_tensors, is_quantized, measured_scales,
-                                                 qdq_scales, write_cache)
+    from ..io import check_output
 
     model, calib, from_qdq = locate(model, say), locate(calib, say), locate(from_qdq, say)
-    if method not in METHODS:
-        raise OrinflowError(f"unknown --method {method!r}; choose one of {', '.join(METHODS)}")
+    method = _cache_method(method, percentile, head_protect, from_qdq)
+    percentile = 99.99 if percentile is None else percentile
     if model is None and from_qdq is None:
-        raise OrinflowError("give the FP32 ONNX (-m model.onnx) with --calib or --yaml, or a Q/DQ model with --from-qdq")
+        raise OrinflowError("give the FP32 ONNX (-m model.onnx) with --calib or --yaml, or a Q/DQ model with "
+                            "--from-qdq")
     if from_qdq is None and calib is None and not data:
         raise OrinflowError("give calibration data: --calib calib.npy, or --yaml data.yaml to build it")
     if from_qdq is not None and (calib is not None or data):
@@ -107,45 +105,30 @@ def calib_cache(model: PathLike | None = None, *, calib: PathLike | None = None,
     stem = Path(from_qdq or model).stem
     output = Path(output) if output else workspace() / "calib" / f"{stem}{'' if from_qdq else '_' + method}.cache"
     check_output(output, (".cache",), [model, calib, data, from_qdq], command="calib-cache")
-    fp32 = graph = None
-    if model is not None:
-        fp32 = load(model)
-        if not isinstance(fp32, OnnxModel):
-            raise OrinflowError(f"{model} is not ONNX: export it first (`orinflow export`)")
-        graph = onnx.load(str(fp32.path))
-        if is_quantized(graph):
-            raise OrinflowError(f"{model} is a Q/DQ model: read the scales it carries with --from-qdq {model}")
-        if any(n.op_type == "EfficientNMS_TRT" for n in graph.graph.node):
-            raise OrinflowError(f"{model} ends in EfficientNMS_TRT, which ONNX Runtime cannot run: give the raw "
-                                "export (deploy appends the NMS)")
+    from ..optimize.quantize.cache_make import make_cache
+
+    return make_cache(model, calib, data, split, num_images, method, percentile, head_protect, from_qdq, output, say)
+
+
+def _cache_method(method: str | None, percentile: float | None, head_protect: bool, from_qdq) -> str:
+    """calib-cache's method, its flags checked against each other before any work."""
+    from ..optimize.quantize.calib_cache import METHODS
+
     if from_qdq is not None:
-        qdq = require_file(from_qdq, "--from-qdq model")
-        try:
-            quantized = onnx.load(str(qdq))
-        except Exception as e:
-            raise OrinflowError(f"--from-qdq {qdq} is not a readable ONNX model ({type(e).__name__})") from e
-        if not is_quantized(quantized):
-            raise OrinflowError(f"--from-qdq {qdq} has no Q/DQ nodes: give the quantized model")
-        scales, method = qdq_scales(quantized), "from-qdq"
-    else:
-        array = (load_calibration(Path(calib), fp32.processing) if calib is not None
-                 else build_calibration(fp32.processing, load_dataset(data, split), num_images))
-        say(f"measuring {method} ranges of every activation of {Path(model).name} on {len(array)} images")
-        scales = measured_scales(fp32.path, array, method, percentile)
-    protected = decode_outputs(graph) if fp32 is not None and fp32.task == "detect" and head_protect \
-        and from_qdq is None else set()
-    scales = {t: v for t, v in scales.items() if t not in protected}
-    write_cache(scales, output)
-    wanted = [t for t in activation_tensors(graph) if t not in protected] if graph is not None \
-        else list(scales)
-    record = {"command": "calib-cache", "output": str(output), "model": str(model) if model else None,
-              "from_qdq": str(from_qdq) if from_qdq else None, "method": method, "tensors": len(scales),
-              "head_protected": len(protected), "activations": len(wanted),
-              "coverage": sum(t in scales for t in wanted) / max(len(wanted), 1),
-              "missing": [t for t in wanted if t not in scales][:50],
-              "scale_range": [min(scales.values()), max(scales.values())]}
-    write_record(output, record)
-    return record
+        given = [flag for flag, value in (("--method", method is not None), ("--percentile", percentile is not None),
+                                          ("--no-head-protect", not head_protect)) if value]
+        if given:
+            raise OrinflowError(f"{', '.join(given)}: --from-qdq reads the scales the Q/DQ model carries, so it "
+                                "measures nothing and protects nothing")
+        return "from-qdq"
+    method = method or "entropy"
+    if method not in METHODS:
+        raise OrinflowError(f"unknown --method {method!r}; choose one of {', '.join(METHODS)}")
+    if percentile is not None and (method != "percentile" or not 90 < percentile < 100):
+        raise OrinflowError(f"--percentile {percentile}: give it with --method percentile, between 90 and 100 "
+                            "(exclusive)" if method == "percentile" else "--percentile applies to --method percentile")
+    return method
+
 
 def quantize_spec(mode: str, method: str, target: str, percentile: float, exclude: Sequence[str] | None,
                   head_protect: bool, high_precision: str, reduce_range: bool = False):
@@ -286,7 +269,11 @@ def inspect(model: PathLike, *, target: str = "tensorrt", calib_cache: PathLike 
     from ..optimize.common.graph import QDQ_OPS, decode_nodes
     from ..optimize.common.qdq_report import qdq_report
     from ..optimize.common.sparse24 import sparsity_report
+    from ..optimize.quantize.calib_cache import cache_summary
+    from ..optimize.quantize.ptq import TARGETS
 
+    if target not in TARGETS:
+        raise OrinflowError(f"unknown --target {target!r}; choose one of {', '.join(TARGETS)}")
     path = require_file(locate(model, say), "model")
     if json is not None:
         check_output(json, (".json",), [path, calib_cache], flag="--json", record_of="inspect")
@@ -310,25 +297,3 @@ def inspect(model: PathLike, *, target: str = "tensorrt", calib_cache: PathLike 
     return record
 
 
-def decode_outputs(graph) -> set[str]:
-    """The tensors a detector's decode writes (optimize/common/graph.decode_nodes), found from the graph."""
-    from ..optimize.common.graph import decode_nodes
-
-    decode = set(decode_nodes(graph))
-    return {t for n in graph.graph.node if n.name in decode for t in n.output}
-
-
-def cache_summary(path: Path, graph) -> dict:
-    """A calibration cache's header, tensor count and scale range; with the model's graph, its activations that
-    the cache misses (TensorRT runs those in higher precision) and its names the graph does not have."""
-    from ..optimize.quantize.calib_cache import LEVELS, activation_tensors, read_cache
-
-    header, scales = read_cache(path)
-    summary = {"path": str(path), "header": header, "tensors": len(scales),
-               "scale_range": [min(scales.values()), max(scales.values())] if scales else None,
-               "amax_range": [min(scales.values()) * LEVELS, max(scales.values()) * LEVELS] if scales else None}
-    if graph is not None:
-        activations = activation_tensors(graph)
-        summary.update(activations=len(activations), missing=[t for t in activations if t not in scales],
-                       unknown=[t for t in scales if t not in set(activations)])
-    return summary

@@ -38,10 +38,13 @@ def qat(model: PathLike, data: PathLike, *, split: str = "train", val_data: Path
     family's label loss (default on for classifiers, off for detectors). Returns the run record with
     "compare": the FP32 and QAT evaluation records on `val_data` (default `data`)/`val_split`.
     """
+    from ..optimize.train.config import check_lr
+
     if mode != "int8":
         raise OrinflowError(f"--mode {mode}: QAT supports int8")
     if epochs < 0:
         raise OrinflowError("--epochs must be >= 0 (0: the start model, exported as QAT writes it)")
+    check_lr(lr)
     if init_from and (method or max_drop is not None):
         raise OrinflowError("--init-from is the start model; --method and --max-drop make one: give one or the other")
     if method:
@@ -57,7 +60,12 @@ def qat(model: PathLike, data: PathLike, *, split: str = "train", val_data: Path
     budget = _start_budget(max_drop, select_yaml, select_split, select_images)
     adapter, train_set = _training_setup(model, data, split, epochs, batch, lr, device, arch, imgsz, mean, std, crop,
                                          modules, head, names, "QAT")
+    if init_from:
+        from ..optimize.quantize.qat_start import check_start_processing
+
+        check_start_processing(start, adapter.processing)
     config = _train_config(epochs, lr, batch, calib_images, distill, labels, device, max_steps, resume, flip)
+    config.run = run_identity(model, data, split, init_from)
     _ready_to_train(adapter, config, train_set)
     selection = _selection(select_yaml or data, select_split, select_images, explicit=bool(select_yaml), say=say)
     from ..optimize.quantize.qat import make_start, run_qat
@@ -70,6 +78,22 @@ def qat(model: PathLike, data: PathLike, *, split: str = "train", val_data: Path
                      allow_partial=allow_partial)
     fp32 = _reference_onnx(adapter, output, "_fp32_ref.onnx")  # after: a refused start leaves nothing behind
     return _with_comparison(record, [fp32, output], data, val_data, val_split, batch, runs, say)
+
+
+def run_identity(model, data, split: str, init_from=None) -> str:
+    """What a resumed run must share with the checkpoint besides its settings: the model and start files (by
+    content) and the training data (by path and split)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in (model, init_from):
+        if path is not None and Path(path).is_file():
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+        digest.update(b"|")
+    digest.update(f"{Path(str(data)).resolve()}:{split}".encode())
+    return digest.hexdigest()[:16]
 
 
 def _checked_start(init_from) -> Path:
@@ -312,10 +336,13 @@ def _training_setup(model, data, split, epochs, batch, lr, device, arch, imgsz, 
     from ..models import ModelAdapter
     from ..optimize.train.distributed import check_device
 
+    from ..optimize.train.config import check_lr
+
     if not data:
         raise OrinflowError("give the training data with --yaml data.yaml (or --data folder/)")
-    if epochs < 0 or batch < 1 or lr <= 0:
-        raise OrinflowError("epochs must be >= 0, --batch >= 1 and --lr > 0")
+    check_lr(lr)
+    if epochs < 0 or batch < 1:
+        raise OrinflowError("epochs must be >= 0 and --batch >= 1")
     check_device(device)
     adapter = load(model, arch=arch, imgsz=imgsz, mean=mean, std=std, crop=crop, modules=modules, head=head,
                    names=names)

@@ -21,8 +21,22 @@ app = typer.Typer(help="Vision models to fast, accurate INT8 ONNX for TensorRT o
                   pretty_exceptions_enable=False)
 # Tables are wide: never squeeze them below 180 columns when output is a pipe or a log.
 _width = max(180, shutil.get_terminal_size((180, 24)).columns)
-console = Console(width=_width)
-err_console = Console(stderr=True, width=_width)
+# Names and paths from models, data and flags reach these consoles: Rich markup is off unless a call asks for it
+# (and then every such value goes through `esc`), so `-o 'exp[v2]'` prints as written.
+console = Console(width=_width, markup=False)
+err_console = Console(stderr=True, width=_width, markup=False)
+
+
+def esc(value) -> str:
+    """A value from a model, data or flag, made literal inside Rich markup."""
+    from rich.markup import escape
+
+    return escape(str(value))
+
+
+def say(message: str) -> None:
+    """What the API says while it works, printed literally."""
+    console.print(message, highlight=False, soft_wrap=True)
 
 # ---- options shared by several commands ----
 ModelOpt = Annotated[str, typer.Option("-m", "--model", help="Model: Ultralytics/YOLOv5 .pt, Ultralytics model YAML, "

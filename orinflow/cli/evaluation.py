@@ -8,8 +8,8 @@ import typer
 from typer.core import TyperCommand
 
 from ..errors import OrinflowError
-from .app import (ArchOpt, CropOpt, DataOpt, ImgszOpt, Int8KernelsOpt, LayoutOpt, MeanOpt, ModulesOpt, NamesOpt, SplitOpt, StdOpt,
-                  VerboseOpt, app, cli_errors, console)
+from .app import (ArchOpt, CropOpt, DataOpt, ImgszOpt, Int8KernelsOpt, LayoutOpt, MeanOpt, ModulesOpt, NamesOpt,
+                  SplitOpt, StdOpt, VerboseOpt, app, cli_errors, console, esc, say)
 
 
 # ---------------------------------------------------------------- evaluate
@@ -93,7 +93,7 @@ def evaluate(
                           metric=metric, save_json=save_json, coco_json=coco_json, images=images, json=json_out,
                           class_map=class_map, arch=arch, imgsz=imgsz, mean=mean, std=std, crop=crop,
                           modules=modules, head=head, names=names,
-                          say=console.print)
+                          say=say)
     console.print(comparison_table(records))
     if metric == "coco":
         console.print(coco_table(records))
@@ -137,14 +137,14 @@ def compare_command(
     record = api.compare(a, b, data, split=split, images=images, seed=seed, conf=conf, top=top, output=output,
                          runtime_a=runtime_a, runtime_b=runtime_b, int8_kernels=int8_kernels,
                          arch=arch, imgsz=imgsz, mean=mean, std=std, crop=crop, modules=modules, head=head,
-                         names=names, say=console.print)
+                         names=names, say=say)
     for table in compare_tables(record):
         console.print(table)
     if record["mAP"]:
         console.print(f"mAP50-95 on these images: A {record['mAP']['a']['mAP50-95']:.4f}, "
                       f"B {record['mAP']['b']['mAP50-95']:.4f}")
     for note in record["notes"]:
-        console.print(f"[yellow]note:[/yellow] {note}", highlight=False, soft_wrap=True)
+        console.print(f"[yellow]note:[/yellow] {esc(note)}", markup=True, highlight=False, soft_wrap=True)
     console.print(f"record {record['files']['json']}, plot {record['files']['plot']}")
 
 
@@ -152,7 +152,7 @@ def print_notes(records: list[dict]) -> None:
     """What an evaluation record says about itself (skipped images, a batch it could not run)."""
     for record in records:
         for note in record.get("notes", []):
-            console.print(f"[yellow]note:[/yellow] {note}", highlight=False, soft_wrap=True)
+            console.print(f"[yellow]note:[/yellow] {esc(note)}", markup=True, highlight=False, soft_wrap=True)
 
 
 def _split_list(values: list[str]) -> list[str]:

@@ -8,8 +8,9 @@ import typer
 
 from ..config import DEFAULT_OPSET
 from ..errors import OrinflowError
-from .app import (ArchOpt, CropOpt, DataOpt, ImgszOpt, KeepTopkOpt, LayoutOpt, MeanOpt, ModelOpt, ModulesOpt, NamesOpt,
-                  NmsConfOpt, NmsIouOpt, PreTopkOpt, SplitOpt, StdOpt, VerboseOpt, app, cli_errors, console)
+from .app import (ArchOpt, CropOpt, DataOpt, ImgszOpt, KeepTopkOpt, LayoutOpt, MeanOpt, ModelOpt, ModulesOpt,
+                  NamesOpt, NmsConfOpt, NmsIouOpt, PreTopkOpt, SplitOpt, StdOpt, VerboseOpt, app, cli_errors, console,
+                  esc, say)
 
 
 # ---------------------------------------------------------------- export
@@ -42,10 +43,10 @@ def export(
     record = api.export(model, output=output, opset=opset, dynamic=dynamic, half=half, simplify=simplify,
                         image=image, nms=nms, pre_topk=pre_topk, keep_topk=keep_topk, iou=iou, conf=conf, arch=arch,
                         imgsz=imgsz, mean=mean, std=std, crop=crop, modules=modules, head=head, names=names,
-                        say=console.print)
+                        say=say)
     parity = record["parity"]
-    console.print(f"exported [bold]{record['model']}[/bold] ({record['size_bytes'] / 1e6:.2f} MB, opset {opset}, "
-                  f"{'dynamic' if dynamic else 'static'} batch) in {record['seconds']} s")
+    console.print(f"exported [bold]{esc(record['model'])}[/bold] ({record['size_bytes'] / 1e6:.2f} MB, opset {opset}, "
+                  f"{'dynamic' if dynamic else 'static'} batch) in {record['seconds']} s", markup=True)
     console.print(f"parity PyTorch vs ONNX Runtime: max |diff| = {parity['max_abs_diff']:.3g} "
                   f"(output range ±{parity['output_max_abs']:.3g}, limit {parity['limit']:.3g})")
     if "nms" in record:
@@ -89,8 +90,10 @@ def adopt(
     record = api.adopt(model, head=head, names=names, imgsz=imgsz, letterbox=letterbox, bgr=bgr, mean=mean, std=std,
                        output=output)
     how = "given" if record["head_given"] else f"read from its output {record['output_shape']}"
-    console.print(f"adopted [bold]{record['model']}[/bold]: head {record['head']} ({how}), "
-                  f"{record['classes']} classes, input {record['imgsz'][0]}x{record['imgsz'][1]}, {record['input']}")
+    console.print(f"adopted [bold]{esc(record['model'])}[/bold]: head {record['head']} ({esc(how)}), "
+                  f"{record['classes']} classes, input {record['imgsz'][0]}x{record['imgsz'][1]}, "
+                  f"{esc(record['input'])}",
+                  markup=True)
 
 
 # ---------------------------------------------------------------- calibrate
@@ -119,6 +122,6 @@ def calibrate(
         raise OrinflowError("give the images with --yaml data.yaml (and --split) or --data folder/")
     record = api.calibrate(model, data, split=split, num_images=num_images, seed=seed, output=output, arch=arch,
                            imgsz=imgsz, mean=mean, std=std, crop=crop, modules=modules, head=head, names=names,
-                           say=console.print)
-    console.print(f"calibration set [bold]{record['output']}[/bold]: {record['images']} images, shape "
-                  f"{tuple(record['shape'])}")
+                           say=say)
+    console.print(f"calibration set [bold]{esc(record['output'])}[/bold]: {record['images']} images, shape "
+                  f"{tuple(record['shape'])}", markup=True)

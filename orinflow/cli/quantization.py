@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from .app import (ArchOpt, CropOpt, DataOpt, ImgszOpt, Int8KernelsOpt, LayoutOpt, MeanOpt, ModelOpt, ModulesOpt,
-                  NamesOpt, SplitOpt, StdOpt, VerboseOpt, app, cli_errors, console)
+                  NamesOpt, SplitOpt, StdOpt, VerboseOpt, app, cli_errors, console, esc, say)
 from .evaluation import print_notes
 
 
@@ -35,11 +35,11 @@ def print_qdq(report: dict) -> None:
                   "GFLOPs, "
                   f"{report['decode_nodes']} decode nodes kept in high precision")
     for name in report["decode_nodes_reading_quantized"]:
-        console.print(f"  [yellow]decode node reads quantized values:[/yellow] {name}")
+        console.print(f"  [yellow]decode node reads quantized values:[/yellow] {esc(name)}", markup=True)
     if report["target"] == "tensorrt":
         console.print(f"TensorRT lint: {len(report['lint'])} violation(s)")
         for problem in report["lint"]:
-            console.print(f"  [yellow]{problem}[/yellow]", highlight=False)
+            console.print(f"  [yellow]{esc(problem)}[/yellow]", markup=True, highlight=False)
 
 
 # ---- accuracy budget and sensitivity (optimize/quantize/sensitivity.py)
@@ -59,13 +59,14 @@ SelectImagesOpt = Annotated[int, typer.Option("--select-images", help="Selection
 
 def _print_budget(budget: dict, method: str) -> None:
     verdict = "[green]met[/green]" if budget["met"] else "[red]not met[/red]"
-    console.print(f"budget {budget['max_drop']:.2f} points {verdict}: {budget['metric']} on {budget['select_data']} "
+    console.print(f"budget {budget['max_drop']:.2f} points {verdict}: {budget['metric']} on "
+                  f"{esc(budget['select_data'])} "
                   f"FP32 {budget['fp32']:.4f}, full INT8 {budget['full_int8']:.4f}, final {budget['final']:.4f} "
                   f"({-budget['drop_points']:+.2f} points), {len(budget['fallback'])} group(s) in "
-                  f"{budget['fallback_precision']}, INT8 FLOP share {budget['int8_flop_share']:.1%}")
+                  f"{budget['fallback_precision']}, INT8 FLOP share {budget['int8_flop_share']:.1%}", markup=True)
     if not budget["met"]:
         console.print(f"[yellow]the budget is not met within --max-fallback {budget['max_fallback']:.0%} and "
-                      f"--max-steps {budget['max_steps']}; the best model reached is written[/yellow]")
+                      f"--max-steps {budget['max_steps']}; the best model reached is written[/yellow]", markup=True)
         if method != "search" and budget.get("search_full_int8") is not None:
             console.print(f"--method search starts from {budget['search_full_int8']:.4f} ({budget['metric']}, full "
                           f"INT8, measured on the same selection data earlier) against {method}'s "
@@ -117,15 +118,16 @@ def quantize(
                           high_precision=high_precision, max_drop=max_drop, max_fallback=max_fallback,
                           max_steps=max_steps, select_yaml=select_yaml, select_split=select_split,
                           select_images=select_images, reduce_range=reduce_range, output=output,
-                          say=console.print)
+                          say=say)
     used = record["quantization"]["method"]
-    console.print(f"quantized [bold]{record['model']}[/bold] ({mode}, {used}, {target}) from "
-                  f"{record['calibration_images']} calibration images in {record['seconds']} s")
+    console.print(f"quantized [bold]{esc(record['model'])}[/bold] ({mode}, {used}, {target}) from "
+                  f"{record['calibration_images']} calibration images in {record['seconds']} s", markup=True)
     print_qdq(record["qdq_report"])
     kernels = record.get("int8_kernels", {}).get("onnxruntime")
     if kernels:
-        console.print(f"ONNX Runtime on this CPU ({kernels['cpu']}): {'integer kernels' if kernels['kind'] == 'integer' else 'exact path'}, "
-                      f"{kernels['reason']}", highlight=False, soft_wrap=True)
+        path = "integer kernels" if kernels["kind"] == "integer" else "exact path"
+        console.print(f"ONNX Runtime on this CPU ({kernels['cpu']}): {path}, {kernels['reason']}", highlight=False,
+                      soft_wrap=True)
     if "budget" in record:
         _print_budget(record["budget"], record["quantization"]["method"])
     console.print(describe(record["sparsity"]))
@@ -165,7 +167,7 @@ def sensitivity(
 
     record = api.sensitivity(model, calib, data, split=split, method=method, target=target, percentile=percentile,
                              head_protect=head_protect, select_images=select_images, sqnr_images=sqnr_images,
-                             top=top, threads=threads, no_cache=no_cache, output=output, say=console.print)
+                             top=top, threads=threads, no_cache=no_cache, output=output, say=say)
     console.print(table(record))
     console.print(f"measured in {record['seconds']} s (peak memory {record['peak_memory_mb']:.0f} MB)"
                   f"{', read from cache' if record['cached'] else ''}; record {record['files']['json']}, plot "
@@ -225,7 +227,7 @@ def ptq(
                     max_fallback=max_fallback,
                     max_steps=max_steps, select_yaml=select_yaml, select_split=select_split,
                     select_images=select_images, output=output, arch=arch, imgsz=imgsz, mean=mean, std=std, crop=crop,
-                    modules=modules, head=head, names=names, say=console.print)
+                    modules=modules, head=head, names=names, say=say)
     console.print(comparison_table([route["fp32"], *route["variants"]], title="route 1: PTQ"))
     if "latency_by_runtime" in route["fp32"]:
         console.print(runtimes_table([route["fp32"], *route["variants"]]))
@@ -250,10 +252,10 @@ def calib_cache(
     data: DataOpt = None,
     split: SplitOpt = "train",
     num_images: NumImagesOpt = 512,
-    method: Annotated[str, typer.Option("--method", help="entropy (TensorRT's entropy calibration), max, "
-                                        "percentile or mse.")] = "entropy",
-    percentile: Annotated[float, typer.Option("--percentile", help="Percentile of |activation| for --method "
-                                              "percentile.")] = 99.99,
+    method: Annotated[Optional[str], typer.Option("--method", help="entropy (TensorRT's entropy calibration; the "
+                                                  "default), max, percentile or mse.")] = None,
+    percentile: Annotated[Optional[float], typer.Option("--percentile", help="Percentile of |activation| for "
+                                                        "--method percentile, 90 to 100 (default 99.99).")] = None,
     head_protect: HeadOpt = True,
     from_qdq: Annotated[Optional[str], typer.Option("--from-qdq", help="Write the scales this Q/DQ model's "
                                                     "quantizers carry instead of measuring.")] = None,
@@ -267,13 +269,19 @@ def calib_cache(
 
     record = api.calib_cache(model, calib=calib, data=data, split=split, num_images=num_images, method=method,
                              percentile=percentile, head_protect=head_protect, from_qdq=from_qdq, output=output,
-                             say=console.print)
+                             say=say)
     low, high = record["scale_range"]
     protected = (f"; the decode's {record['head_protected']} tensors left out (FP16 in TensorRT)"
                  if record["head_protected"] else "")
-    console.print(f"wrote [bold]{record['output']}[/bold]: {record['tensors']} tensors ({record['method']}), "
+    console.print(f"wrote [bold]{esc(record['output'])}[/bold]: {record['tensors']} tensors ({record['method']}), "
                   f"{record['coverage']:.1%} of the model's {record['activations']} activations, "
-                  f"scales {low:.3g}..{high:.3g}{protected}")
+                  f"scales {low:.3g}..{high:.3g}{protected}", markup=True)
     if record["missing"]:
         console.print(f"not in the cache (TensorRT keeps them in higher precision): {', '.join(record['missing'][:8])}"
                       f"{' ...' if len(record['missing']) > 8 else ''}")
+    emulated = record["emulated"]
+    if emulated.get("absurd"):
+        console.print("[yellow]warning:[/yellow] emulated, this cache loses too much: `deploy --implicit` refuses it "
+                      "(unless --trust-cache); try another --method", markup=True)
+    elif emulated.get("kind") == "not measured":
+        console.print(f"not measured: {emulated['why']}")

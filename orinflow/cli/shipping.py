@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..config import DYNAMIC_DEFAULT_BATCH
-from .app import KeepTopkOpt, NmsConfOpt, NmsIouOpt, PreTopkOpt, VerboseOpt, app, cli_errors, console
+from .app import KeepTopkOpt, NmsConfOpt, NmsIouOpt, PreTopkOpt, VerboseOpt, app, cli_errors, console, esc, say
 from .quantization import print_qdq
 
 
@@ -32,7 +32,7 @@ def inspect(
     from .. import api
     from ..optimize.common.sparse24 import describe
 
-    record = api.inspect(model, target=target, calib_cache=calib_cache, json=json_out, say=console.print)
+    record = api.inspect(model, target=target, calib_cache=calib_cache, json=json_out, say=say)
     if "calib_cache" in record:
         _print_cache(record["calib_cache"])
     if "sparsity" not in record:
@@ -109,6 +109,9 @@ def deploy(
     target: Annotated[str, typer.Option("--target", help="jetson (TensorRT bundle) or openvino (x86 bundle: "
                                         "infer.py on OpenVINO, bench.sh with benchmark_app).")] = "jetson",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing bundle folder.")] = False,
+    trust_cache: Annotated[bool, typer.Option("--trust-cache", help="With --implicit: bundle a calibration cache "
+                                              "that covers none of the model's activations, or whose emulation by "
+                                              "calib-cache lost more than 10 points.")] = False,
     verbose: VerboseOpt = False,
 ):
     """Jetson bundle: the ONNX, build_engine.sh (trtexec flags read from the model), bench.sh, infer.py, README;
@@ -118,25 +121,27 @@ def deploy(
     record = api.deploy(model, output=output, trt=trt, fp16=fp16, min_batch=min_batch, opt_batch=opt_batch,
                         max_batch=max_batch, workspace_mib=workspace_mib, nms=nms, pre_topk=pre_topk,
                         keep_topk=keep_topk, iou=iou, conf=conf, implicit=implicit, calib_cache=calib_cache, dla=dla,
-                        deepstream=deepstream, target=target, overwrite=overwrite, say=console.print)
+                        deepstream=deepstream, target=target, overwrite=overwrite, trust_cache=trust_cache, say=say)
     if record.get("target") == "openvino":
-        console.print(f"x86 bundle [bold]{record['bundle']}[/bold] (OpenVINO)"
-                      + ("; EfficientNMS_TRT removed, infer.py runs orinflow's NMS" if record["nms_removed"] else ""))
+        console.print(f"x86 bundle [bold]{esc(record['bundle'])}[/bold] (OpenVINO)"
+                      + ("; EfficientNMS_TRT removed, infer.py runs orinflow's NMS" if record["nms_removed"] else ""),
+                      markup=True)
         console.print(shlex.join(record["bench"]["1"]), highlight=False, soft_wrap=True, markup=False)
         return
-    console.print(f"bundle [bold]{record['bundle']}[/bold]: {len(record['build_engine'])} trtexec arguments")
+    console.print(f"bundle [bold]{esc(record['bundle'])}[/bold]: {len(record['build_engine'])} trtexec arguments",
+                  markup=True)
     if "nms" in record:
         console.print(f"end-to-end: {record['nms']['flavour']} NMS inside the engine (keep-topk "
                       f"{record['nms']['keep_topk']}, IoU {record['nms']['iou']}, conf {record['nms']['conf']})")
     if not record["traits"]["has_processing"]:
         console.print("[yellow]warning:[/yellow] the model carries no orinflow metadata, so the bundle's infer.py "
-                      "cannot know its pre/post-processing (build_engine.sh and bench.sh work)")
+                      "cannot know its pre/post-processing (build_engine.sh and bench.sh work)", markup=True)
     if "dla" in record:
         ops = record["dla"]["expected_gpu_ops"]
         console.print(f"DLA core {record['dla']['core']}: expected on the GPU: "
                       + (", ".join(f"{op} ({n})" for op, n in ops.items()) or "nothing read from the graph"))
     for note in record.get("deepstream", {}).get("notes", {}).values():
-        console.print(f"[yellow]deepstream:[/yellow] {note}")
+        console.print(f"[yellow]deepstream:[/yellow] {esc(note)}", markup=True)
     console.print(shlex.join(record["build_engine"]), highlight=False, soft_wrap=True, markup=False)
 
 
@@ -158,8 +163,8 @@ def report(
         console.print(f"skipped {len(written['skipped'])} .json file(s) that are not JSON: "
                       + ", ".join(written["skipped"][:3]) + (" ..." if len(written["skipped"]) > 3 else ""),
                       highlight=False, soft_wrap=True)
-    console.print(f"report of {written['rows']} models: [bold]{written['markdown']}[/bold] and "
-                  f"[bold]{written['html']}[/bold]")
+    console.print(f"report of {written['rows']} models: [bold]{esc(written['markdown'])}[/bold] and "
+                  f"[bold]{esc(written['html'])}[/bold]", markup=True)
 
 
 # ---------------------------------------------------------------- demo

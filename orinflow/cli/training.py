@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from .app import (ArchOpt, CropOpt, DataOpt, ImgszOpt, LayoutOpt, MeanOpt, ModelOpt, ModulesOpt, NamesOpt, SplitOpt,
-                  StdOpt, VerboseOpt, app, cli_errors, console)
+                  StdOpt, VerboseOpt, app, cli_errors, console, esc, say)
 from .evaluation import print_notes
 from .quantization import SelectImagesOpt, SelectSplitOpt, SelectYamlOpt, print_qdq
 
@@ -102,9 +102,9 @@ def qat(
                      select_images=select_images, distill=distill, labels=labels, device=device,
                      max_steps=max_steps, flip=flip, resume=resume, runs=runs, output=output, arch=arch, imgsz=imgsz,
                      mean=mean, std=std, crop=crop,
-                     modules=modules, head=head, names=names, say=console.print)
+                     modules=modules, head=head, names=names, say=say)
     if "compare" in record:
-        console.print(f"QAT model [bold]{record['model']}[/bold] in {record['seconds']} s")
+        console.print(f"QAT model [bold]{esc(record['model'])}[/bold] in {record['seconds']} s", markup=True)
         print_qdq(record["qdq_report"])
         _print_comparison(record["compare"], "route 2: QAT")
 
@@ -146,9 +146,10 @@ def sparsify(
                           distill=distill, labels=labels,
                           device=device, max_steps=max_steps, flip=flip, resume=resume, output=output, arch=arch,
                           imgsz=imgsz, mean=mean, std=std, crop=crop,
-                          modules=modules, head=head, names=names, say=console.print)
+                          modules=modules, head=head, names=names, say=say)
     if "compare" in record:
-        console.print(f"sparse model [bold]{record['model']}[/bold]; {describe(record['sparsity'])}")
+        console.print(f"sparse model [bold]{esc(record['model'])}[/bold]; {esc(describe(record['sparsity']))}",
+                      markup=True)
         _print_comparison(record["compare"], "route 3: 2:4 sparsity (then `orinflow ptq -m` the sparse ONNX)")
 
 
@@ -201,10 +202,10 @@ def sparse_qat(
                             distill=distill, labels=labels, device=device,
                             max_steps=max_steps, flip=flip, resume=resume, runs=runs, output=output, arch=arch,
                             imgsz=imgsz, mean=mean, std=std, crop=crop,
-                            modules=modules, head=head, names=names, say=console.print)
+                            modules=modules, head=head, names=names, say=say)
     if "compare" in record:
-        console.print(f"sparse INT8 model [bold]{record['model']}[/bold] in {record['seconds']} s; "
-                      f"{describe(record['sparsity'])}")
+        console.print(f"sparse INT8 model [bold]{esc(record['model'])}[/bold] in {record['seconds']} s; "
+                      f"{esc(describe(record['sparsity']))}", markup=True)
         print_qdq(record["qdq_report"])
         _print_comparison(record["compare"], "route 4: SAT + QAT")
 
@@ -275,7 +276,7 @@ def prune(
                        device=device, max_steps=max_steps, dry_run=dry_run, runs=runs, flip=flip, mixup=mixup,
                        schedule=schedule, seed=seed,
                        output=output, arch=arch, imgsz=imgsz, mean=mean, std=std, crop=crop, modules=modules,
-                       head=head, names=names, say=console.print)
+                       head=head, names=names, say=say)
     _print_prune(record)
 
 
@@ -300,4 +301,4 @@ def _print_prune(record: dict) -> None:
                       f"turn); ONNX {onnx_['size_bytes']['original'] / 1e6:.2f} -> "
                       f"{onnx_['size_bytes']['pruned'] / 1e6:.2f} MB")
     if not record.get("dry_run"):
-        console.print(f"pruned model [bold]{record['model']}[/bold] in {record['seconds']} s")
+        console.print(f"pruned model [bold]{esc(record['model'])}[/bold] in {record['seconds']} s", markup=True)

@@ -43,6 +43,7 @@ def load_coco_json(annotations: str | Path, images: str | Path, skip_missing: bo
     if missing and not skip_missing:
         raise OrinflowError(f"{len(missing)} of the {len(entries)} images {annotations} lists are not in {images} "
                             f"(first: {missing[0]}); add them, or leave them out with --skip-bad-images")
+    check.sizes(entries, present, images)
     class_of = {cat: i for i, cat in enumerate(sorted(categories))}
     kept = {e["id"] for e in present}
     labels = [_yolo_labels([a for a in boxes[e["id"]] if not a.get("iscrowd", 0)], e, class_of) for e in present]
@@ -114,13 +115,35 @@ class _Checker:
     def images(self, items: list) -> list[dict]:
         seen: dict = {}
         positive = lambda v: _is_number(v) and v > 0  # noqa: E731
+        names: dict = {}
         for index, item in enumerate(items):
             self.entry("images", index, item, {"id": _is_int, "file_name": lambda v: isinstance(v, str) and v != "",
                                                "width": positive, "height": positive})
             self.unique("images", index, item["id"], seen)
+            if item["file_name"] in names:  # one file scored twice, under two ids
+                self.fail(f"images[{index}]", f"repeats file_name {item['file_name']!r} of "
+                          f"images[{names[item['file_name']]}]")
+            names[item["file_name"]] = index
             if Path(item["file_name"]).is_absolute() or ".." in Path(item["file_name"]).parts:
                 self.fail(f"images[{index}]", f"names a file outside --images: {item['file_name']!r}")
         return items
+
+    def sizes(self, entries: list[dict], present: list[dict], folder: Path) -> None:
+        """Each image's width and height as the JSON states them, against the file's own (its header, read
+        without decoding): boxes are mapped to the image through them, so a doubled or swapped size would score
+        every box wrong with no error."""
+        from PIL import Image
+
+        for entry in present:
+            try:
+                with Image.open(folder / entry["file_name"]) as image:
+                    width, height = image.size
+            except Exception:  # an unreadable image is the evaluator's to report (or skip)
+                continue
+            if (width, height) != (entry["width"], entry["height"]):
+                index = next(i for i, e in enumerate(entries) if e is entry)
+                self.fail(f"images[{index}]", f"says {entry['width']}x{entry['height']} (width x height), but "
+                          f"{entry['file_name']} is {width}x{height}")
 
     def annotations(self, items: list, image_ids: set, category_ids: set) -> dict[int, list]:
         boxes: dict[int, list] = {image: [] for image in image_ids}

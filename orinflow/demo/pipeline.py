@@ -71,7 +71,7 @@ def run_demo(workdir: Path, runs: int, console: Console) -> list[dict]:
     deployed = deploy(route["best"]["tensorrt"]["model"], output=bundle, overwrite=True)
     console.print(f"Jetson bundle (build_engine.sh, bench.sh, infer.py; {deployed['nms']['flavour']} NMS inside "
                   f"the engine): {bundle}")
-    _implicit_bundle(route, workdir, console)
+    _implicit_bundle(route, data_yaml, workdir, console)
     from ..api import compare
 
     aligned = compare(route["fp32"]["model"], route["best"]["tensorrt"]["model"], data_yaml, images=16,
@@ -141,15 +141,18 @@ def _budgeted_ptq(route: dict, data_yaml: Path, workdir: Path, options: EvalOpti
     return record
 
 
-def _implicit_bundle(route: dict, workdir: Path, console: Console) -> None:
+def _implicit_bundle(route: dict, data_yaml: Path, workdir: Path, console: Console) -> None:
     """Beside the explicit bundle: the FP32 export with a TensorRT calibration cache measured (entropy) on the
-    demo's calibration set (implicit INT8, as JetPack 5, DLA and DeepStream take it), with nvinfer's config."""
+    demo's calibration set (implicit INT8, as JetPack 5, DLA and DeepStream take it), with nvinfer's config; the
+    cache emulated on training images first (what its ranges cost, shown)."""
     from ..api import calib_cache, deploy
+    from ..optimize.quantize.cache_emulation import describe
 
-    cache = calib_cache(route["fp32"]["model"], calib=workdir / "ptq" / "calib.npy", method="entropy",
-                        output=workdir / "deploy" / "shapes_entropy.cache", say=lambda m: None)
+    cache = calib_cache(route["fp32"]["model"], calib=workdir / "ptq" / "calib.npy", data=data_yaml, split="train",
+                        method="entropy", output=workdir / "deploy" / "shapes_entropy.cache", say=lambda m: None)
     bundle = workdir / "deploy" / "implicit"
     deploy(route["fp32"]["model"], output=bundle, implicit=True, calib_cache=cache["output"], deepstream=True,
            overwrite=True, say=lambda m: None)
-    console.print(f"implicit-INT8 bundle (FP32 ONNX + calib.cache: {cache['tensors']} activations, entropy; "
+    console.print(f"implicit-INT8 bundle (FP32 ONNX + calib.cache: {cache['tensors']} activations, entropy, "
+                  f"emulated on {cache['emulated']['images']} training images: {describe(cache['emulated'])}; "
                   f"DeepStream config): {bundle}")

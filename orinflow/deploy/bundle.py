@@ -6,7 +6,8 @@ import shutil
 from pathlib import Path
 
 from ..errors import OrinflowError
-from ..io import check_replaceable_folder, copy_model, folder_tree, private_folder, replace_folder, umask_mode, write_json
+from ..io import (check_replaceable_folder, copy_model, folder_tree, made_folder, private_folder, replace_folder,
+                  umask_mode, write_json, writing)
 from ..version import VERSION
 from .traits import ModelTraits, model_traits
 from .extras import device_extras, extras_readme
@@ -30,7 +31,7 @@ def check_bundle_slot(output: Path, overwrite: bool) -> None:
     if output.exists() and any(output.iterdir()) and not overwrite:
         raise OrinflowError(f"{output} exists and is not empty (use --overwrite to replace it)")
     if overwrite:
-        check_replaceable_folder(output, "deploy", RECORD, DEVICE_PRODUCTS)
+        check_replaceable_folder(output, "deploy", RECORD, DEVICE_PRODUCTS, legacy=package_files("orinflow"))
 
 LAUNCHER = '''#!/usr/bin/env python3
 """Inference with the engine (or ONNX) of this bundle; `python3 infer.py --help`.
@@ -50,13 +51,14 @@ sys.exit(main(default_backend={backend!r}))
 def write_bundle(model: Path, output: Path, options: BuildOptions, overwrite: bool = False,
                  traits: ModelTraits | None = None, raw: Path | None = None, nms: dict | None = None,
                  source: Path | None = None, high_precision: str | None = None, calib_cache: Path | None = None,
-                 deepstream: bool = False) -> dict:
+                 deepstream: bool = False, cache_check: dict | None = None) -> dict:
     """Write the bundle to `output` (built in a temporary folder and renamed, so never half-written).
 
     `nms`: `model` is the end-to-end graph deploy made from `source` (the user's model) with these NMS
     settings; `raw`, when given, is kept as model_raw.onnx (ONNX Runtime cannot run EfficientNMS_TRT).
     `high_precision`: what deploy did to the non-quantized layers (deploy/prepare.py), for the README and record.
-    `calib_cache`: implicit INT8 (options.calib names it in the bundle); `deepstream`: nvinfer's config and labels.
+    `calib_cache`: implicit INT8 (options.calib names it in the bundle), `cache_check` what deploy found of it
+    (optimize/quantize/cache_check.py); `deepstream`: nvinfer's config and labels.
     """
     model, output = Path(model), Path(output)
     traits = traits or model_traits(model)
@@ -64,8 +66,7 @@ def write_bundle(model: Path, output: Path, options: BuildOptions, overwrite: bo
     build = build_command(traits, options, "model.onnx", ENGINE)
     bench = bench_commands(traits, options, ENGINE)
     check_bundle_slot(output, overwrite)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with private_folder(prefix=f".{output.name}.", dir=output.parent) as tmp:
+    with writing(output), private_folder(prefix=f".{output.name}.", dir=made_folder(output.parent)) as tmp:
         staging = tmp / "bundle"
         staging.mkdir()
         copy_model(model, staging / "model.onnx")
@@ -80,6 +81,8 @@ def write_bundle(model: Path, output: Path, options: BuildOptions, overwrite: bo
         if calib_cache is not None:
             shutil.copyfile(calib_cache, staging / options.calib)
         extras = device_extras(model, traits, options, nms, staging if deepstream else None)
+        if cache_check is not None:
+            extras["implicit"].update(cache_check)
         readme = bundle_readme(name, traits, options, build, bench, nms, high_precision) + extras_readme(extras)
         (staging / "README.md").write_text(readme)
         record = {"command": "deploy", "model": str(source or model), "bundle": str(output), "traits": traits.to_dict(),
@@ -135,13 +138,20 @@ def write_runner_files(staging: Path, backend: str) -> None:
 
 
 def copy_package(target: Path) -> None:
-    for source in PACKAGE_ROOT.rglob("*.py"):
-        relative = source.relative_to(PACKAGE_ROOT)
-        if relative.parts[0] in SKIPPED_PACKAGES:
-            continue
+    for relative in _package_modules():
         destination = target / relative
         destination.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, destination)
+        shutil.copyfile(PACKAGE_ROOT / relative, destination)
+
+
+def package_files(folder: str) -> list[str]:
+    """The files copy_package writes into a bundle's `folder`, as relative POSIX paths."""
+    return [f"{folder}/{relative.as_posix()}" for relative in _package_modules()]
+
+
+def _package_modules() -> list[Path]:
+    return [source.relative_to(PACKAGE_ROOT) for source in sorted(PACKAGE_ROOT.rglob("*.py"))
+            if source.relative_to(PACKAGE_ROOT).parts[0] not in SKIPPED_PACKAGES]
 
 
 FLAG_NOTES = {

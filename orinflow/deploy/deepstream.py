@@ -11,6 +11,7 @@ from pathlib import Path
 import onnx
 
 from ..config import LETTERBOX_PAD
+from ..formats import class_names, ini_list, ini_value
 from ..models.processing import Processing
 
 # The parser that reads EfficientNMS_TRT's outputs as TensorRT writes them: num_dets (int32), det_boxes (x1, y1,
@@ -30,12 +31,17 @@ DLA_OPS = {"Conv", "ConvTranspose", "Gemm", "Relu", "Sigmoid", "Tanh", "Clip", "
            "Cos", "Identity", "Dropout"}
 
 
+SELECTION_OPS = {"NonMaxSuppression", "TopK", "EfficientNMS_TRT"}
+
+
 def dla_fallback_ops(model: onnx.ModelProto, activations: set[str]) -> dict[str, int]:
-    """Ops of the graph outside DLA's layer list, counted, among the nodes that compute activations (shape
-    arithmetic and constants are folded by TensorRT and never run)."""
+    """Ops of the graph outside DLA's layer list, counted, among the nodes that compute activations or select
+    detections (shape arithmetic and constants are folded by TensorRT and never run; NonMaxSuppression's integer
+    indices are no activation, yet it runs)."""
     counts: dict[str, int] = {}
     for node in model.graph.node:
-        if node.op_type not in DLA_OPS and any(t in activations for t in node.output):
+        runs = node.op_type in SELECTION_OPS or any(t in activations for t in node.output)
+        if node.op_type not in DLA_OPS and runs:
             counts[node.op_type] = counts.get(node.op_type, 0) + 1
     return dict(sorted(counts.items(), key=lambda item: -item[1]))
 
@@ -57,7 +63,7 @@ def infer_config(processing: Processing, network_mode: str, calib_cache: str | N
              f"offsets={';'.join(f'{o:.6g}' for o in offsets)}", f"model-color-format={0 if processing.channels == 'rgb' else 1}", "onnx-file=model.onnx",
              "model-engine-file=model.engine", "labelfile-path=labels.txt"]
     if calib_cache:
-        lines.append(f"int8-calib-file={calib_cache}")
+        lines.append(f"int8-calib-file={ini_value(calib_cache, 'calibration cache file')}")
     lines += [f"batch-size={batch}", f"network-mode={NETWORK_MODES[network_mode]}",
               f"infer-dims=3;{processing.imgsz[0]};{processing.imgsz[1]}", "gie-unique-id=1", "process-mode=1",
               f"network-type={0 if detector else 1}"]
@@ -82,9 +88,9 @@ def _detection_lines(nms: dict | None, outputs: list[str], notes: dict) -> list[
     if nms is None:
         notes["parser"] = ("the raw head output needs a parser for this model's decode (none ships with "
                            "DeepStream): deploy with --nms trt for the end-to-end graph")
-        return ["cluster-mode=2", f"output-blob-names={';'.join(outputs)}", "", "[class-attrs-all]",
+        return ["cluster-mode=2", f"output-blob-names={ini_list(outputs, 'output tensor')}", "", "[class-attrs-all]",
                 "pre-cluster-threshold=0.25", "nms-iou-threshold=0.45"]
-    lines = ["cluster-mode=4", f"output-blob-names={';'.join(outputs)}"]  # NMS runs inside the engine
+    lines = ["cluster-mode=4", f"output-blob-names={ini_list(outputs, 'output tensor')}"]  # NMS runs in the engine
     if nms["flavour"] == "trt":
         lines += [f"parse-bbox-func-name={EFFICIENT_NMS_PARSER}",
                   "custom-lib-path=/path/to/libnvds_infercustomparser_tao.so"]
@@ -96,6 +102,8 @@ def _detection_lines(nms: dict | None, outputs: list[str], notes: dict) -> list[
     return lines + ["", "[class-attrs-all]", f"pre-cluster-threshold={nms['conf']}"]
 
 
-def write_labels(processing: Processing, path: Path) -> None:
-    names = [processing.names.get(i, str(i)) for i in range(len(processing.names))]
-    path.write_text("\n".join(names) + "\n")
+def labels_text(processing: Processing) -> str:
+    """labels.txt as nvinfer reads it: a detector's labels one per line, a classifier's on one line separated by
+    ';'. Every class id 0..n-1 must have a name, each a valid label (formats.class_names)."""
+    names = class_names(processing.names)
+    return ("\n" if processing.task == "detect" else ";").join(names) + "\n"

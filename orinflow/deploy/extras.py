@@ -8,7 +8,7 @@ import onnx
 
 from ..models.onnx_model import read_processing
 from ..optimize.quantize.calib_cache import activation_tensors
-from .deepstream import dla_fallback_ops, infer_config, write_labels
+from .deepstream import dla_fallback_ops, infer_config, labels_text
 from .traits import ModelTraits
 from .trtexec import BuildOptions
 
@@ -28,10 +28,24 @@ def device_extras(model: Path, traits: ModelTraits, options: BuildOptions, nms: 
         mode = "int8" if options.calib or traits.explicit_quantization else "fp16" if options.fp16 else "fp32"
         outputs = [o.name for o in graph.graph.output]
         text, notes = infer_config(processing, mode, options.calib, nms, outputs, options.opt_batch)
+        labels = labels_text(processing)
         (deepstream_folder / "config_infer_primary.txt").write_text(text)
-        write_labels(processing, deepstream_folder / "labels.txt")
+        (deepstream_folder / "labels.txt").write_text(labels)
         extras["deepstream"] = {"config": "config_infer_primary.txt", "labels": "labels.txt", "notes": notes}
     return extras
+
+
+def _cache_line(found: dict) -> str:
+    """What deploy found of the cache (optimize/quantize/cache_check.py), in one sentence."""
+    from ..optimize.quantize.cache_emulation import describe
+
+    if "coverage" not in found:
+        return ""
+    line = f"It covers {found['covered']} of the model's {found['activations']} activations."
+    emulated = found["emulated"]
+    if emulated.get("kind") in ("metric", "agreement"):
+        line += f" Emulated by calib-cache on {emulated['images']} images: {describe(emulated)}."
+    return line
 
 
 def extras_readme(extras: dict) -> str:
@@ -40,7 +54,7 @@ def extras_readme(extras: dict) -> str:
         sections.append(f"""## Implicit INT8
 `model.onnx` is the floating-point graph; `{extras['implicit']['calib_cache']}` holds the scale of every
 activation tensor (made by `orinflow calib-cache` on your calibration data), which trtexec reads with
-`--calib` instead of calibrating on the device. Implicit quantization is deprecated in TensorRT 10 but
+`--calib` instead of calibrating on the device. {_cache_line(extras['implicit'])} Implicit quantization is deprecated in TensorRT 10 but
 still read there, and it is the way INT8 reaches DLA and DeepStream's `int8-calib-file`. TensorRT may run
 a layer in FP16 where that is faster; `layers.json` says which precision each layer got.
 """)

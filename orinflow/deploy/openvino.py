@@ -12,7 +12,7 @@ import onnx
 
 from ..errors import OrinflowError
 from ..export.nms import detach_nms
-from ..io import copy_model, private_folder, replace_folder
+from ..io import copy_model, made_folder, private_folder, replace_folder, writing
 from ..runtime.openvino import OpenVinoRunner
 from ..version import VERSION
 from .bundle import check_bundle_slot, finish_record, write_runner_files, write_script
@@ -22,30 +22,28 @@ BENCH_SECONDS = 15
 
 
 def bench_commands(traits: ModelTraits, batch: int, model: str = "model.onnx") -> dict[int, list[str]]:
-    """benchmark_app per batch: latency at batch 1; a free-batch graph also throughput at `batch`."""
-    chw = ",".join(map(str, traits.chw()))
+    """benchmark_app per batch: latency at batch 1; a free-batch graph also throughput at `batch`. The shape is
+    given without the input's name (the model has one input), so no name can be misread as a shape."""
+    from ..formats import benchmark_app_shape
+
     common = ["-m", model, "-d", "CPU", "-infer_precision", "f32", "-t", str(BENCH_SECONDS)]
-    commands = {1: ["benchmark_app", *common, "-hint", "latency", "-shape", f"{traits.input_name}[1,{chw}]"]}
+    shape = {b: benchmark_app_shape([traits.input_name], [b, *traits.chw()]) for b in (1, batch)}
+    commands = {1: ["benchmark_app", *common, "-hint", "latency", "-shape", shape[1]]}
     if traits.dynamic_batch and batch > 1:
-        commands[batch] = ["benchmark_app", *common, "-hint", "throughput",
-                           "-shape", f"{traits.input_name}[{batch},{chw}]"]
+        commands[batch] = ["benchmark_app", *common, "-hint", "throughput", "-shape", shape[batch]]
     return commands
 
 
 def write_openvino_bundle(model: Path, output: Path, batch: int, overwrite: bool = False) -> dict:
     """Write the x86 bundle for `model` into `output` (staged beside it and renamed, never half-written)."""
-    from .trtexec import shape_spec
-
     model, output = Path(model), Path(output)
     check_bundle_slot(output, overwrite)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with private_folder(prefix=f".{output.name}.", dir=output.parent) as tmp:
+    with writing(output), private_folder(prefix=f".{output.name}.", dir=made_folder(output.parent)) as tmp:
         staging = tmp / "bundle"
         staging.mkdir()
         removed_nms = _copy_without_trt_nms(model, staging / "model.onnx")
         OpenVinoRunner(staging / "model.onnx", threads=1)  # an op OpenVINO lacks is named here, not on the target
         traits = model_traits(staging / "model.onnx")
-        shape_spec(traits, 1)  # refuses input names that no shape flag can carry
         bench = bench_commands(traits, batch)
         write_script(staging / "bench.sh", "Time the model with OpenVINO's benchmark_app (pip install openvino).",
                      'BENCHMARK_APP="${BENCHMARK_APP:-benchmark_app}"', '"$BENCHMARK_APP"', list(bench.values()))

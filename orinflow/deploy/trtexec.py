@@ -27,6 +27,9 @@ class BuildOptions:
             raise OrinflowError("batch sizes must satisfy 1 <= --min-batch <= --opt-batch <= --max-batch")
         if self.dla is not None and self.dla not in (0, 1):
             raise OrinflowError(f"--dla {self.dla}: Orin has DLA cores 0 and 1")
+        if self.workspace_mib is not None and self.workspace_mib < 1:
+            raise OrinflowError(f"--workspace-mib {self.workspace_mib}: give the MiB TensorRT may use, 1 or more (leave "
+                                "it out for TensorRT's default)")
 
 
 def precision_flags(traits: ModelTraits, options: BuildOptions) -> list[str]:
@@ -36,7 +39,8 @@ def precision_flags(traits: ModelTraits, options: BuildOptions) -> list[str]:
             raise OrinflowError("implicit INT8 builds a floating-point ONNX with a calibration cache; this model has "
                                 "Q/DQ nodes: deploy its FP32 export, with `orinflow calib-cache --from-qdq` for the "
                                 "cache")
-        return ["--int8", "--fp16", f"--calib={options.calib}"]  # TensorRT 8 and 10 (deprecated in 10, still read)
+        # TensorRT 8 and 10 (deprecated in 10, still read); FP16 for what stays in float, unless --no-fp16
+        return ["--int8", *(["--fp16"] if options.fp16 else []), f"--calib={options.calib}"]
     if options.dla is not None and traits.explicit_quantization:
         raise OrinflowError("DLA builds take implicit INT8 (--implicit with a calibration cache) or FP16: deploy the "
                             "FP32 export")
@@ -55,12 +59,9 @@ def precision_flags(traits: ModelTraits, options: BuildOptions) -> list[str]:
 def shape_spec(traits: ModelTraits, batch: int) -> str:
     """trtexec's `name:BxCxHxW`. Its parser splits a list of these at ',' and each at ':', so a name holding
     either (or a quote, a space or a control character) would be read as other tensors' shapes: refused."""
-    name = traits.input_name
-    if not name or any(c in name for c in ",:'\"") or any(c.isspace() or not c.isprintable() for c in name):
-        raise OrinflowError(f"the model's input is named {name!r}, which trtexec's shape flags cannot carry (',' "
-                            "':' quotes and spaces split them): rename the input (onnx.compose / graph editing) "
-                            "and deploy again")
-    return f"{name}:{batch}x{'x'.join(str(d) for d in traits.chw())}"
+    from ..formats import trtexec_input
+
+    return f"{trtexec_input(traits.input_name)}:{batch}x{'x'.join(str(d) for d in traits.chw())}"
 
 
 def shape_flags(traits: ModelTraits, options: BuildOptions) -> list[str]:

@@ -122,6 +122,10 @@ def evaluate_model(model: ModelAdapter | OnnxModel, data: str | Path | Dataset, 
     else:
         metrics = evaluate_classification(runner, model.processing, dataset, options.batch, skipped)
     notes = runtime_notes(runner)
+    if metrics.get("unpaired"):
+        left = metrics["unpaired"]
+        notes.append(f"--class-map pairs no model class with data class(es) {', '.join(left)}: their "
+                     f"{sum(left.values())} label(s) are left out of the mAP, which covers the paired classes only")
     if latency_batch(runner, options) != options.batch:
         notes.append(f"{model_path(model)} has a static batch of {runner.static_batch}: --batch {options.batch} "
                      f"ran image by image and no batch-{options.batch} latency was measured (export with --dynamic)")

@@ -61,15 +61,22 @@ def evaluate_detection(runner: Runner, processing: Processing, dataset: Dataset,
     """mAP of `dataset`; images listed in `skipped` (when given) are left out with their labels.
 
     `coco` (a CocoCollector) also receives every image's ground truth and detections. `class_map`: model class
-    -> data class (evaluate/classes.py); detections of other classes are not scored.
+    -> data class (evaluate/classes.py); detections of other classes are not scored, nor are the labels of data
+    classes no model class pairs with (the metrics' "unpaired" says which and how many).
     """
     if dataset.task != "detect":
         raise OrinflowError(f"{dataset.name} has no detection labels (a dataset YAML with YOLO txt labels is needed)")
-    stats, target_classes = [], []
+    stats, target_classes, unpaired = [], [], {}
+    paired = set(class_map.values()) if class_map else None
     for index, meta, dets in predictions(runner, processing, dataset.images, batch_size, skipped, conf=conf, iou=iou,
                                          max_det=max_det):
         dets = remap(dets, class_map)
         labels = dataset.labels[index]
+        if paired is not None:
+            left = ~np.isin(labels[:, 0].astype(int), list(paired))
+            for cls in labels[left, 0].astype(int):
+                unpaired[int(cls)] = unpaired.get(int(cls), 0) + 1
+            labels = labels[~left]
         gt_boxes = _labels_to_xyxy(labels, meta.original_hw)
         stats.append(image_stats(dets, gt_boxes, labels))
         if coco is not None:
@@ -77,8 +84,11 @@ def evaluate_detection(runner: Runner, processing: Processing, dataset: Dataset,
         target_classes.append(labels[:, 0].astype(int))
     if not stats:
         raise OrinflowError(f"no image of {dataset.name} could be read")
-    return detection_metrics(stats, np.concatenate(target_classes) if target_classes else np.zeros(0, int),
-                             (dataset.names or processing.names) if class_map else (processing.names or dataset.names))
+    metrics = detection_metrics(stats, np.concatenate(target_classes) if target_classes else np.zeros(0, int),
+                                (dataset.names or processing.names) if class_map else (processing.names or dataset.names))
+    if unpaired:
+        metrics["unpaired"] = {str(dataset.names.get(c, c)): n for c, n in sorted(unpaired.items())}
+    return metrics
 
 
 def image_stats(dets: Detections, gt_boxes: np.ndarray, labels: np.ndarray) -> tuple:

@@ -32,6 +32,7 @@ MATCH_IOU = 0.9
 SHIFT_IOU = 0.5
 CAUSES = ("score across threshold", "cut by pre-NMS top-k", "cut by keep-top-k", "NMS tie or order", "box shift",
           "class flip")
+COMPARE_RUNTIMES = ("auto", "onnxruntime", "openvino")
 PAIRED_MODULES = {"Conv2d": ("Conv",), "Linear": ("Gemm", "MatMul"), "ConvTranspose2d": ("ConvTranspose",)}
 
 
@@ -87,8 +88,11 @@ def load_side(path: str | Path, label: str, load_checkpoint: Callable[[Path], ob
     from ..runtime.tensorrt import ENGINE_SUFFIXES
 
     path = Path(path)
+    if runtime not in COMPARE_RUNTIMES:
+        raise OrinflowError(f"unknown --runtime-{label.lower()} {runtime!r}; compare runs an ONNX side on "
+                            f"{', '.join(COMPARE_RUNTIMES)}")
     check_runtime([path], runtime)
-    if runtime not in ("auto", "onnxruntime", "openvino") or (runtime == "openvino" and path.suffix.lower() != ".onnx"):
+    if runtime == "openvino" and path.suffix.lower() != ".onnx":
         raise OrinflowError(f"compare runs {path.name} on its own runtime or an ONNX on onnxruntime or openvino, "
                             f"not on {runtime}")
     if path.suffix.lower() in ENGINE_SUFFIXES:

@@ -6,6 +6,8 @@ are compared by count only.
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from ..errors import OrinflowError
@@ -59,7 +61,7 @@ def _parse(class_map: str, model_names: dict[int, str], data_names: dict[int, st
     mapping = {}
     for pair in class_map.split(","):
         model_id, sep, data_id = pair.strip().partition(":")
-        if not sep or not model_id.strip().isdigit() or not data_id.strip().isdigit():
+        if not sep or not re.fullmatch(r"[0-9]+", model_id.strip()) or not re.fullmatch(r"[0-9]+", data_id.strip()):
             raise OrinflowError(f"--class-map {class_map!r}: '{pair.strip()}' is not model:data ids ({CLASS_MAP_HELP})")
         model_id, data_id = int(model_id), int(data_id)
         for what, index, names in (("model", model_id, model_names), ("data", data_id, data_names)):

@@ -6,6 +6,7 @@ import io
 import re
 from pathlib import Path
 
+from ..formats import markdown_text
 from .records import Row, pareto_front
 
 ROUTE_COLOURS = {"fp32": "#4c72b0", "ptq": "#dd8452", "qat": "#55a868", "sat": "#8172b3", "sparse-qat": "#c44e52",
@@ -85,14 +86,14 @@ def budget_lines(rows: list[Row]) -> list[str]:
 
 def markdown(rows: list[Row], plots: dict[str, str], sources: list[str], sections: list[str] = ()) -> str:
     header, body = table(rows)
-    lines = ["# orinflow report", "", f"{len(rows)} evaluated models from {', '.join(sources)}.", ""]
+    lines = ["# orinflow report", "", f"{len(rows)} evaluated models from {markdown_text(', '.join(sources))}.", ""]
     if rows:
         lines += ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-        lines += ["| " + " | ".join(cells) + " |" for cells in body]
-        lines += ["", _notes(rows), ""]
+        lines += ["| " + " | ".join(markdown_text(cell) for cell in cells) + " |" for cells in body]
+        lines += ["", markdown_text(_notes(rows)), ""]
     budgets = budget_lines(rows)
     if budgets:
-        lines += ["## Accuracy budgets", ""] + [f"- {line}" for line in budgets] + [""]
+        lines += ["## Accuracy budgets", ""] + [f"- {markdown_text(line)}" for line in budgets] + [""]
     lines += list(sections)
     lines += [f"![{title}]({name})" for title, name in plots.items()]
     return "\n".join(lines) + "\n"

@@ -10,13 +10,13 @@ The ranges are measured here, on the user's calibration set, with the model's ow
 - max: the largest |x|;
 - percentile: the |x| below which `percentile` % of the values lie;
 - mse: the clip that minimises the expected squared INT8 error (scale_search.mse_clip);
-- entropy: TensorRT's entropy calibration as NVIDIA describes it for its MLPerf submissions (calibration.md
-  of NVIDIA's MLPerf Inference results): for each bin B of a 2048-bin histogram of |x| (its first bin
-  discarded), fold every count beyond B into B, merge that truncated histogram into 127 bins of equal range
-  between 0 and the middle of B (the last fine bin into the last coarse bin), spread each coarse count evenly
-  over its non-empty fine bins, and keep the B whose KL divergence from the truncated histogram is least;
-  the range is the middle of that bin. How TensorRT treats empty bins is not published: here they get no
-  mass, and only non-empty bins enter the divergence.
+- entropy: TensorRT's entropy calibration as NVIDIA's reference describes it (GTC 2017 "8-bit Inference with
+  TensorRT"; calibration.md of NVIDIA's MLPerf Inference results): for each bin B of a 2048-bin histogram of
+  |x| (its first bin discarded), the reference is the histogram truncated at B with every count beyond B
+  folded into B; the candidate merges the truncated histogram without those outliers into 127 bins of equal
+  range between 0 and the middle of B (the last fine bin into the last coarse bin) and spreads each coarse
+  count evenly over its non-empty fine bins; the B whose KL divergence is least wins, and the range is the
+  middle of that bin. Empty bins get no mass.
 Or they are read from a Q/DQ model's activation quantizers (`qdq_scales`), so that an implicit build and an
 explicit one share one calibration.
 """
@@ -32,7 +32,7 @@ from onnx import numpy_helper
 
 from ...errors import OrinflowError
 from ...io import atomic_path
-from ..common.graph import QDQ_OPS
+from ..common.graph import QDQ_OPS, decode_nodes
 from .histograms import activation_histograms, amax_at_percentile
 from .scale_search import mse_clip
 
@@ -58,39 +58,47 @@ def activation_tensors(model: onnx.ModelProto) -> list[str]:
 
 
 def entropy_divergences(hist: np.ndarray, levels: int = LEVELS) -> dict[int, float]:
-    """KL divergence of each candidate last bin B (B >= levels) of a histogram of |x|, first bin discarded.
+    """KL divergence of each candidate last bin B (B >= levels) of a histogram of |x|, first bin discarded, as
+    NVIDIA's reference computes it: the reference P is the histogram truncated at B with every count beyond B
+    folded into bin B; the candidate Q is built from the truncated histogram *without* those outliers, merged
+    into `levels` coarse bins and spread evenly over the fine bins where P is not empty. Folding the outliers
+    into Q too would make every small range look free on a sparse histogram (an image's 256 pixel values in
+    2048 bins), and the smallest would win.
 
-    Fine bin i goes to coarse bin floor((i + 0.5) levels / (B + 0.5)) (the last fine bin to the last coarse bin),
-    so coarse bin j starts at fine bin ceil((j (2B + 1) - levels) / (2 levels)), in integers. With P the truncated
-    histogram (total T), every non-empty fine bin of coarse bin j holds m_j / n_j in Q (the bin's mass over its
-    n_j non-empty fine bins), so KL(P || Q) = (sum_i P_i log P_i - sum_j m_j log(m_j / n_j)) / T: prefix sums
-    give every B at once."""
+    Fine bin i goes to coarse bin floor((i + 0.5) levels / (B + 0.5)) (the last fine bin to the last coarse bin).
+    With m_j and n_j coarse bin j's count and its non-empty fine bins, Q_i = m_j / n_j, P's total S and Q's
+    S - tail: KL(P || Q) = (sum_i P_i log P_i - sum_j Pm_j log(m_j / n_j)) / S - log S + log(S - tail), Pm_j
+    being P's mass in coarse bin j. Prefix sums give every B at once; a B whose outliers land where Q is
+    empty diverges infinitely."""
     counts = np.asarray(hist, np.float64).copy()
     counts[0] = 0.0
-    if len(counts) <= levels:
+    if len(counts) <= levels or counts.sum() <= 0:
         return {}
     last = np.arange(levels, len(counts))[:, None]  # candidate B per row
     coarse = np.arange(levels)[None, :]
     starts = np.maximum(0, -((levels - coarse * (2 * last + 1)) // (2 * levels)))
-    ends = np.concatenate([starts[:, 1:], last + 1], axis=1)
-    below = np.minimum(ends, last)  # fine bins before B; bin B itself holds the tail
+    ends = np.concatenate([starts[:, 1:], last + 1], axis=1)  # coarse bin j covers fine bins [start, end)
     sums = np.concatenate([[0.0], np.cumsum(counts)])
     filled = np.concatenate([[0], np.cumsum(counts > 0)])
-    tail = sums[-1] - sums[last[:, 0]]
-    mass = sums[below] - sums[np.minimum(starts, below)]
-    occupied = (filled[below] - filled[np.minimum(starts, below)]).astype(np.float64)
-    mass[:, -1] += tail
-    occupied[:, -1] += tail > 0
+    total = sums[-1]
+    beyond = total - sums[last[:, 0] + 1]  # the outliers past bin B
+    mass = sums[ends] - sums[starts]  # Q's coarse counts, outliers left out
+    occupied = (filled[ends] - filled[starts]).astype(np.float64)
+    bin_b = counts[last[:, 0]]
+    occupied[:, -1] += (bin_b == 0) & (beyond > 0)  # bin B is not empty in P when outliers land there
+    p_mass = mass.copy()
+    p_mass[:, -1] += beyond
 
     def xlogx(x, scale=1.0):
         return np.where(x > 0, x * np.log(np.where(x > 0, x, 1.0) / scale), 0.0)
 
     plogp = np.concatenate([[0.0], np.cumsum(xlogx(counts))])
-    own = plogp[last[:, 0]] + xlogx(tail)
-    spread = xlogx(mass, np.maximum(occupied, 1.0)).sum(1)
-    total = sums[last[:, 0]] + tail
-    kl = np.where(total > 0, (own - spread) / np.where(total > 0, total, 1.0), 0.0)
-    return dict(zip(last[:, 0].tolist(), np.maximum(kl, 0.0).tolist()))
+    own = plogp[last[:, 0]] + xlogx(bin_b + beyond)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cross = np.where(p_mass > 0, p_mass * np.log(np.where(mass > 0, mass, 1.0) / np.maximum(occupied, 1.0)), 0.0)
+    kl = (own - cross.sum(1)) / total - np.log(total) + np.log(np.maximum(total - beyond, 1e-300))
+    kl = np.where((p_mass > 0).any(1) & ((p_mass > 0) & (mass <= 0)).any(1), np.inf, np.maximum(kl, 0.0))
+    return dict(zip(last[:, 0].tolist(), kl.tolist()))
 
 
 def entropy_amax(hist: np.ndarray, amax: float, levels: int = LEVELS) -> float:
@@ -127,20 +135,25 @@ def measured_scales(model_path: Path, calib: np.ndarray, method: str, percentile
     return {t: max(method_amax(method, *histograms[t], percentile), 1e-8) / LEVELS for t in tensors}
 
 
-def qdq_scales(model: onnx.ModelProto) -> dict[str, float]:
+def qdq_scales(model: onnx.ModelProto, name: str = "the model") -> dict[str, float]:
     """The scales a Q/DQ model's per-tensor INT8 activation quantizers carry, by the tensor each one quantizes."""
     weights = {t.name: t for t in model.graph.initializer}
-    scales = {}
+    scales, asymmetric = {}, 0
     for node in model.graph.node:
         if node.op_type != "QuantizeLinear" or node.input[0] in weights or node.input[1] not in weights:
             continue
         scale = numpy_helper.to_array(weights[node.input[1]])
         zero = numpy_helper.to_array(weights[node.input[2]]) if len(node.input) > 2 and node.input[2] in weights \
             else np.zeros((), np.uint8)
-        if scale.size == 1 and zero.dtype == np.int8:
+        if scale.size == 1 and zero.dtype == np.int8 and not zero.any():
             scales[node.input[0]] = float(scale.reshape(()))
+        else:
+            asymmetric += 1
     if not scales:
-        raise OrinflowError("the model has no per-tensor INT8 activation quantizers to read scales from")
+        why = (f"its {asymmetric} activation quantizers are uint8 with zero points (a --target cpu model), and a "
+               "TensorRT cache holds symmetric int8 ranges: read the scales of a --target tensorrt model"
+               if asymmetric else "it has no per-tensor activation quantizer")
+        raise OrinflowError(f"--from-qdq {name}: no INT8 activation scale to read: {why}")
     return scales
 
 
@@ -149,7 +162,9 @@ def is_quantized(model: onnx.ModelProto) -> bool:
 
 
 def cache_text(scales: dict[str, float]) -> str:
-    lines = [CACHE_HEADER] + [f"{name}: {struct.pack('>f', scale).hex()}" for name, scale in scales.items()]
+    from ...formats import cache_tensor
+
+    lines = [CACHE_HEADER] + [f"{cache_tensor(name)}: {struct.pack('>f', scale).hex()}" for name, scale in scales.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -158,18 +173,62 @@ def write_cache(scales: dict[str, float], path: Path) -> None:
         Path(tmp).write_text(cache_text(scales))
 
 
+MAX_CACHE_BYTES = 64 * 2 ** 20  # a cache holds one short line per tensor: far larger is not a cache
+HEADER = re.compile(r"^TRT-(\d+)-(\w+)$")
+SMALLEST_SCALE = float(np.finfo(np.float32).tiny)  # below: a denormal, which no real range gives
+
+
 def read_cache(path: Path) -> tuple[str, dict[str, float]]:
-    """The header and the scales of a TensorRT calibration cache."""
+    """The header and the scales of a TensorRT calibration cache, every line checked: a header TRT-<version>-
+    <calibrator>, at least one tensor, each once, each scale a normal positive float."""
+    path = Path(path)
     try:
-        lines = Path(path).read_text().splitlines()
+        if path.stat().st_size > MAX_CACHE_BYTES:
+            raise OrinflowError(f"{path} is {path.stat().st_size / 2 ** 20:.0f} MB: not a calibration cache (one "
+                                f"line per tensor; the limit is {MAX_CACHE_BYTES // 2 ** 20} MB)")
+        lines = path.read_text().splitlines()
     except (OSError, UnicodeDecodeError) as e:
         raise OrinflowError(f"{path} is not a readable calibration cache ({type(e).__name__})") from e
-    if not lines or not lines[0].startswith("TRT-"):
-        raise OrinflowError(f"{path} is not a TensorRT calibration cache (its first line is not TRT-<version>-...)")
-    scales = {}
+    if not lines or not HEADER.match(lines[0].strip()):
+        raise OrinflowError(f"{path} is not a TensorRT calibration cache (its first line is not TRT-<version>-"
+                            "<calibrator>)")
+    scales: dict[str, float] = {}
     for number, line in enumerate(lines[1:], 2):
         match = LINE.match(line.strip())
         if not match:
             raise OrinflowError(f"{path}:{number}: not a `tensor: <8 hex digits>` line")
-        scales[match.group(1)] = struct.unpack(">f", bytes.fromhex(match.group(2)))[0]
-    return lines[0], scales
+        name, scale = match.group(1), struct.unpack(">f", bytes.fromhex(match.group(2)))[0]
+        if name in scales:
+            raise OrinflowError(f"{path}:{number}: tensor {name!r} is listed twice")
+        if not np.isfinite(scale) or scale < SMALLEST_SCALE:
+            raise OrinflowError(f"{path}:{number}: tensor {name!r} has scale {scale!r}, which no INT8 range gives "
+                                "(a scale is amax / 127: finite, positive, not denormal)")
+        scales[name] = scale
+    if not scales:
+        raise OrinflowError(f"{path} holds a header and no tensor")
+    return lines[0].strip(), scales
+
+
+def calibrator(header: str) -> str:
+    """The calibrator a cache's header names (TRT-8600-EntropyCalibration2 -> EntropyCalibration2)."""
+    return HEADER.match(header).group(2)
+
+
+def decode_outputs(graph) -> set[str]:
+    """The tensors a detector's decode writes (optimize/common/graph.decode_nodes), found from the graph."""
+    decode = set(decode_nodes(graph))
+    return {t for n in graph.graph.node if n.name in decode for t in n.output}
+
+
+def cache_summary(path: Path, graph: onnx.ModelProto | None) -> dict:
+    """A calibration cache's header, tensor count and scale range; with the model's graph, its activations that
+    the cache misses (TensorRT runs those in higher precision) and its names the graph does not have."""
+    header, scales = read_cache(path)
+    summary = {"path": str(path), "header": header, "tensors": len(scales),
+               "scale_range": [min(scales.values()), max(scales.values())] if scales else None,
+               "amax_range": [min(scales.values()) * LEVELS, max(scales.values()) * LEVELS] if scales else None}
+    if graph is not None:
+        activations = activation_tensors(graph)
+        summary.update(activations=len(activations), missing=[t for t in activations if t not in scales],
+                       unknown=[t for t in scales if t not in set(activations)])
+    return summary

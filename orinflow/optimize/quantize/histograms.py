@@ -50,9 +50,27 @@ def activation_histograms(src: Path, calib: np.ndarray, tensors: list[str] | Non
     for outputs in chunks():
         for t, value in outputs.items():
             amax[t] = max(amax[t], float(np.abs(value).max()) if value.size else 0.0)
+    for t, top in amax.items():
+        check_range(t, top)
     hist = {t: np.zeros(bins, np.int64) for t in tensors}
     for outputs in chunks():
         for t, value in outputs.items():
             if amax[t] > 0:
-                hist[t] += np.histogram(np.abs(value), bins=bins, range=(0.0, amax[t]))[0]
+                try:
+                    hist[t] += np.histogram(np.abs(value.astype(np.float64)), bins=bins, range=(0.0, amax[t]))[0]
+                except ValueError as e:
+                    from ...errors import OrinflowError
+
+                    raise OrinflowError(f"activation {t!r}: no histogram of its range 0..{amax[t]:.3g} ({e})") from e
     return {t: (amax[t], hist[t]) for t in tensors}
+
+
+def check_range(tensor: str, amax: float) -> None:
+    """A tensor's range must be finite: an inf or NaN (an FP16 export overflowing, a bad calibration image) has
+    no scale, and NumPy's histogram of it fails with a message that names no tensor."""
+    from ...errors import OrinflowError
+
+    if not np.isfinite(amax):
+        raise OrinflowError(f"activation {tensor!r} reaches {amax} on the calibration images, which has no INT8 "
+                            "range: calibrate the FP32 model (an FP16 export overflows there), and check the "
+                            "calibration images")

@@ -245,3 +245,39 @@ def write_trained(start: StartModel, pairing: Pairing, student: torch.nn.Module,
     write_metadata(model, metadata)
     with atomic_path(output) as tmp:
         onnx.save(model, str(tmp))
+
+
+# What a start model's stored preprocessing must share with the model QAT trains: the start's scales were
+# calibrated on images prepared that way, and its graph takes that input.
+MATCHING_PROCESSING = ("task", "imgsz", "mean", "std", "channels", "resize", "crop_fraction")
+
+
+def check_start_processing(path: Path, processing) -> None:
+    """Refuse, before any pairing, a start made for another input or other classes than the model's."""
+    from ...models.onnx_model import read_processing
+
+    stored = read_processing(onnx.load(str(path), load_external_data=False), path)
+    if stored is None:
+        return  # a start without orinflow's metadata: the pairing and the fidelity check judge it
+    for field_name in MATCHING_PROCESSING:
+        theirs, ours = getattr(stored, field_name), getattr(processing, field_name)
+        if _differs(theirs, ours):
+            raise OrinflowError(f"--init-from {path} was made for another input: its stored {field_name} is "
+                                f"{_shown(theirs)}, the model's is {_shown(ours)}; quantize the model's own export "
+                                "(or give the model its --imgsz/--mean/--std)")
+    if stored.names and processing.names and len(stored.names) != len(processing.names):
+        raise OrinflowError(f"--init-from {path} has {len(stored.names)} classes, the model {len(processing.names)}: "
+                            "it was made from another model")
+
+
+def _differs(a, b) -> bool:
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) != len(b) or any(abs(float(x) - float(y)) > 1e-6 for x, y in zip(a, b))
+    if isinstance(a, float) or isinstance(b, float):
+        return a is None or b is None or abs(float(a) - float(b)) > 1e-6
+    return a != b
+
+
+def _shown(value) -> str:
+    return "x".join(map(str, value)) if isinstance(value, (tuple, list)) and all(isinstance(v, int) for v in value) \
+        else str(value)

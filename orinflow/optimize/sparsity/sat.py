@@ -119,8 +119,8 @@ def run_sparse_qat(adapter: ModelAdapter, dataset: Dataset, method: str, sat_con
     quantized weights are still 2:4 (symmetric quantization maps zero to zero).
     """
     started = time.perf_counter()
-    sparse, sat_losses, selection = sat_stage(adapter, dataset, method, sat_config, checkpoint_path(output, "sat"),
-                                              say, sparse_flops)
+    sparse, sat_losses, chosen = sat_stage(adapter, dataset, method, sat_config, checkpoint_path(output, "sat"),
+                                           say, sparse_flops)
     if qat_config.resume and not checkpoint_path(output, "qat").exists():  # interrupted during SAT
         qat_config = replace(qat_config, resume=False)
     sparse_adapter = _with_module(adapter, sparse)
@@ -131,7 +131,7 @@ def run_sparse_qat(adapter: ModelAdapter, dataset: Dataset, method: str, sat_con
     if not distributed.is_main():
         return record
     record.update({"command": "sparse-qat", "route": "sparse-qat", "source": adapter.source, "method": method,
-                   "sat_config": asdict(sat_config), "sat_losses": sat_losses, "selection": selection,
+                   "sat_config": asdict(sat_config), "sat_losses": sat_losses, "sparse_selection": chosen,
                    "sparsity": sparsity_summary(onnx.load(str(output))),
                    "seconds": round(time.perf_counter() - started, 1)})
     write_record(output, record)

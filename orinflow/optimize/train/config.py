@@ -1,12 +1,19 @@
 """The training settings every fine-tuning route takes (QAT, SAT, the pruning steps' fine-tuning)."""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 from ...errors import OrinflowError
 
 
 SCHEDULES = ("constant", "cosine")
+
+
+def check_lr(lr) -> None:
+    """--lr: a finite number above 0 (NaN compares false with everything, so `lr <= 0` lets it through)."""
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+        raise OrinflowError(f"--lr must be a finite number above 0, got {lr}")
 
 
 def check_schedule(schedule: str) -> None:
@@ -33,11 +40,14 @@ class QATConfig:
     # Detectors: also weigh the score term over the teacher's confident anchors (distillation_loss). Pruning turns
     # it on: its student starts far from the teacher, and the background-dominated mean barely moves it.
     foreground: bool = False
+    # What else a checkpoint must have been trained on to be resumed: a digest of the model, the data and the
+    # start model (api/training.py); empty where the caller sets none.
+    run: str = ""
 
     def validate(self) -> None:
-        if self.epochs < 0 or self.batch < 1 or self.lr <= 0:
-            raise OrinflowError(f"epochs must be >= 0, --batch >= 1 and --lr > 0 (got {self.epochs}, {self.batch}, "
-                                f"{self.lr})")
+        check_lr(self.lr)
+        if self.epochs < 0 or self.batch < 1:
+            raise OrinflowError(f"epochs must be >= 0 and --batch >= 1 (got {self.epochs}, {self.batch})")
         if self.calib_images < 1:
             raise OrinflowError(f"--calib-images must be >= 1, got {self.calib_images}")
         if self.max_steps is not None and self.max_steps < 1:

@@ -131,7 +131,8 @@ def _resume(student, optimizer, config: QATConfig, checkpoint: Path | None, say)
     saved = {**QATConfig().fingerprint(), **state.get("config", {})}
     if saved != config.fingerprint():
         changed = sorted(k for k, v in config.fingerprint().items() if saved.get(k) != v)
-        raise OrinflowError(f"--resume: {checkpoint} was written with different settings ({', '.join(changed)})")
+        named = ["the model, the data or the start model (--init-from)" if k == "run" else k for k in changed]
+        raise OrinflowError(f"--resume: {checkpoint} was written with different settings ({', '.join(named)})")
     student.load_state_dict(state["student"])
     optimizer.load_state_dict(state["optimizer"])
     say(f"resumed from {checkpoint} after epoch {len(state['losses'])}")
