@@ -83,7 +83,7 @@ def test_records_never_overwrite_another_commands_record(tmp_path, tiny_shapes):
     assert json.loads((tmp_path / "name.npy.json").read_text())["command"] == "calibrate"
 
 
-def test_skip_bad_images_names_counts_and_records_them(tiny_shapes, demo_onnx, tmp_path):
+def test_skip_bad_images_names_counts_and_records_them(tiny_shapes, demo_onnx, demo_int8, tmp_path):
     import yaml
 
     data = tmp_path / "data"
@@ -101,6 +101,10 @@ def test_skip_bad_images_names_counts_and_records_them(tiny_shapes, demo_onnx, t
     assert record["skipped_images"] == [str(broken)]
     assert record["images"] == len(list((data / "images" / "val").iterdir())) - 1
     assert broken.name in result.output and "1 unreadable image" in result.output
+    # an INT8 model whose integer kernels are checked first: the check's images skip the broken one too
+    int8 = demo_int8("max", "cpu")["model"]
+    result = invoke("evaluate", "-m", int8, "--yaml", data / tiny_shapes.name, "--runs", 0, "--skip-bad-images")
+    assert result.exit_code == 0 and "1 unreadable image" in result.output, result.output
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")

@@ -165,8 +165,11 @@ def settle_runner(runner, model: ModelAdapter | OnnxModel, dataset: Dataset) -> 
     from ..progress import status
     from ..runtime.trust import probe_count
 
-    probe = build_calibration(model.processing, dataset, probe_count(model.processing.imgsz),
-                              label=f"images to check {runner.name}'s integer kernels on")
+    try:
+        probe = build_calibration(model.processing, dataset, probe_count(model.processing.imgsz),
+                                  label=f"images to check {runner.name}'s integer kernels on")
+    except OrinflowError:  # an unreadable image (--skip-bad-images): the runner checks its first batch instead
+        return
     with status(f"{runner.name}: integer kernels against the exact function on {len(probe)} images"):
         runner.settle(probe)
 
