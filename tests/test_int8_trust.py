@@ -48,8 +48,8 @@ def perturbed(runner_class, monkeypatch, scale: float = 0.3) -> None:
             return [out + scale * out.std() * rng.standard_normal(out.shape).astype(out.dtype)
                     for out in self.runner.run(batch)]
 
-    monkeypatch.setattr(runner_class, "integer_forms", lambda self: {name: Noisy(r) for name, r in
-                                                                     original(self).items()})
+    monkeypatch.setattr(runner_class, "integer_forms", lambda self: {
+        name: (lambda make=make: Noisy(make())) for name, make in original(self).items()})
 
 
 def settled(path, runtime, images, **options):

@@ -261,14 +261,15 @@ def _openvino_bundle(path: Path, output, batch: int, overwrite: bool, refused: l
 
 
 def _refuse_dla_qdq(path: Path, dla: int | None) -> None:
-    """DLA runs implicit INT8 or FP16, never a Q/DQ graph: said before the graph is prepared."""
+    """trtexec.refuse_dla_on_qdq on the model given, before the graph is prepared (converted to FP16)."""
     import onnx
 
+    from ..deploy.trtexec import refuse_dla_on_qdq
     from ..optimize.common.graph import QDQ_OPS
 
-    if dla is not None and any(n.op_type in QDQ_OPS for n in onnx.load(str(path), load_external_data=False).graph.node):
-        raise OrinflowError("DLA builds take implicit INT8 (--implicit with a calibration cache) or FP16: deploy the "
-                            "FP32 export")
+    if dla is not None:
+        graph = onnx.load(str(path), load_external_data=False)
+        refuse_dla_on_qdq(dla, any(n.op_type in QDQ_OPS for n in graph.graph.node))
 
 
 def implicit_cache(implicit: bool, calib_cache: PathLike | None, model: Path, trust: bool, say: Say):

@@ -32,6 +32,13 @@ class BuildOptions:
                                 "it out for TensorRT's default)")
 
 
+def refuse_dla_on_qdq(dla: int | None, explicit_quantization: bool) -> None:
+    """DLA runs implicit INT8 or FP16, never a Q/DQ graph."""
+    if dla is not None and explicit_quantization:
+        raise OrinflowError("DLA builds take implicit INT8 (--implicit with a calibration cache) or FP16: deploy the "
+                            "FP32 export")
+
+
 def precision_flags(traits: ModelTraits, options: BuildOptions) -> list[str]:
     """How TensorRT should honour the model's own precision."""
     if options.calib:
@@ -41,9 +48,7 @@ def precision_flags(traits: ModelTraits, options: BuildOptions) -> list[str]:
                                 "cache")
         # TensorRT 8 and 10 (deprecated in 10, still read); FP16 for what stays in float, unless --no-fp16
         return ["--int8", *(["--fp16"] if options.fp16 else []), f"--calib={options.calib}"]
-    if options.dla is not None and traits.explicit_quantization:
-        raise OrinflowError("DLA builds take implicit INT8 (--implicit with a calibration cache) or FP16: deploy the "
-                            "FP32 export")
+    refuse_dla_on_qdq(options.dla, traits.explicit_quantization)
     if traits.explicit_quantization:
         if "fp8" in traits.quant_types or "int4" in traits.quant_types:
             if options.trt != "10":

@@ -249,7 +249,7 @@ def runtime_latency(model: OnnxModel, runtimes: list[str], options: EvalOptions,
     runners = {runtime: make_runner(model, options.threads, runtime, options.batch, options.int8_kernels)
                for runtime in runtimes}
     for runner in runners.values():
-        if probe is not None and getattr(runner, "checked", False):
+        if probe is not None and hasattr(runner, "settle"):  # a runner with nothing to check returns at once
             runner.settle(probe)
     timed = interleaved_latency(runners, (1, 3, *model.processing.imgsz), options.latency_runs, options.warmup)
     for runtime, runner in runners.items():

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+
 def evaluated_runner(side, probe: np.ndarray):
     """The runner `evaluate` would use for an ONNX side, its integer kernels settled on `probe`."""
     from ..runtime.checked import checked_runner

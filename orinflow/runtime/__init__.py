@@ -49,7 +49,7 @@ def check_runtime(paths, runtime: str, int8_kernels: str = "auto") -> None:
     check_int8_kernels(int8_kernels)
     onnx_files = [p for p in paths if Path(p).suffix.lower() == ".onnx"]
     if int8_kernels != "auto" and (runtime not in ("auto", *INTEGER_RUNTIMES) or not onnx_files):
-        runs = runtime if runtime not in ("auto",) else "PyTorch or TensorRT (no ONNX model given)"
+        runs = "PyTorch or TensorRT (no ONNX model given)" if runtime == "auto" else runtime
         raise OrinflowError(f"--int8-kernels {int8_kernels} chooses how ONNX Runtime or OpenVINO run a Q/DQ ONNX; "
                             f"{runs} has no integer path to choose")
     if runtime != "openvino":

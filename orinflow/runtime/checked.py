@@ -44,12 +44,17 @@ class CheckedRunner:
         verdict names from now on."""
         if not self.checked or self.verdict is not None:
             return
+        made: dict = {}  # the forms built while measuring, kept for the one that runs
+
+        def running(name, make):
+            return lambda batch: made.setdefault(name, make()).run(batch)
+
         forms = self.runner.integer_forms()
         self.verdict = settle(Path(self.path), self.name, runtime_version(self.name),
-                              {name: runner.run for name, runner in forms.items()}, np.asarray(probe, np.float32),
-                              self.int8_kernels, self.threads, self.cache)
+                              {name: running(name, make) for name, make in forms.items()},
+                              np.asarray(probe, np.float32), self.int8_kernels, self.threads, self.cache)
         used = self.verdict["used"]
-        self.runner = forms.get(used) or self.runner.with_form(used)
+        self.runner = made.get(used) or (forms[used]() if used in forms else self.runner.with_form(used))
 
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
         if self.checked and self.verdict is None:

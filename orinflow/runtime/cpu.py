@@ -17,29 +17,28 @@ def default_threads() -> int:
 
 
 @lru_cache(maxsize=1)
-def cpu_flags() -> frozenset[str]:
-    """The flags of /proc/cpuinfo (empty where it cannot be read)."""
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo (empty where it cannot be read)."""
+    fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return frozenset(line.split(":", 1)[1].split())
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return frozenset()
+    return fields
 
 
-@lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The CPU's flags (empty where /proc/cpuinfo cannot be read)."""
+    return frozenset(_cpuinfo().get("flags", "").split())
+
+
 def cpu_model() -> str:
     """The CPU model, printed beside every latency figure (INT8 speed-ups depend on it)."""
     import platform
 
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
 
 
 def cpu_features() -> dict[str, bool]:

@@ -56,8 +56,9 @@ class OrtRunner:
         return self if form == self.form else OrtRunner(self.path, self.threads, form)
 
     def integer_forms(self) -> dict:
-        """The forms that may run integer kernels, in order of preference (runtime/trust.py measures them)."""
-        return {"optimized": self.with_form("optimized")}
+        """The forms that may run integer kernels, in order of preference (runtime/trust.py measures them): name ->
+        a function making its runner (only a form that is measured is built)."""
+        return {"optimized": lambda: self.with_form("optimized")}
 
     def describe(self) -> dict:
         return {"version": ort_version(), "form": self.form}

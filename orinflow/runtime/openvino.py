@@ -110,14 +110,15 @@ class OpenVinoRunner:
 
     def integer_forms(self) -> dict:
         """The forms that may run integer kernels, in order of preference (runtime/trust.py measures them): as
-        written, then unsigned where the graph has signed activation quantizers."""
+        written, then unsigned where the graph has signed activation quantizers. Name -> a function making its
+        runner (only a form that is measured is built)."""
         import onnx
 
         from ..optimize.common.graph import unsigned_activations
 
-        forms = {"as written": self.with_form("as written")}
+        forms = {"as written": lambda: self.with_form("as written")}
         if unsigned_activations(onnx.load(str(self.path), load_external_data=False)):
-            forms["unsigned activations"] = self.with_form("unsigned activations")
+            forms["unsigned activations"] = lambda: self.with_form("unsigned activations")
         return forms
 
     def describe(self) -> dict:

@@ -28,42 +28,32 @@ MATCH_CONF = 0.25
 
 def emulated_graph(model: onnx.ModelProto, scales: dict[str, float]) -> onnx.ModelProto:
     """A copy of the FP32 `model` whose every cached tensor (but the graph's outputs, which TensorRT returns in
-    float) passes through QuantizeLinear/DequantizeLinear with the cache's scale, as INT8 with zero point 0."""
+    float) passes through QuantizeLinear/DequantizeLinear with the cache's scale, as INT8 with zero point 0. Each
+    pair follows the node making its tensor (a graph input's comes first), so the graph stays in order."""
     emulated = onnx.ModelProto()
     emulated.CopyFrom(model)
     graph = emulated.graph
     outputs = {o.name for o in graph.output}
-    produced = {i.name for i in graph.input} | {t for n in graph.node for t in n.output}
-    quantized = [t for t in scales if t in produced and t not in outputs]
-    renamed = {t: f"{t}__cache_dq" for t in quantized}
-    for node in graph.node:
-        node.input[:] = [renamed.get(name, name) for name in node.input]
-    pairs = []
-    for index, tensor in enumerate(quantized):
+    renamed = {}
+
+    def pair(tensor: str) -> list:
+        if tensor not in scales or tensor in outputs:
+            return []
+        index = len(renamed)
+        renamed[tensor] = f"{tensor}__cache_dq"
         scale, zero = f"__cache_scale_{index}", f"__cache_zero_{index}"
         graph.initializer.extend([numpy_helper.from_array(np.array(scales[tensor], np.float32), scale),
                                   numpy_helper.from_array(np.array(0, np.int8), zero)])
-        pairs += [helper.make_node("QuantizeLinear", [tensor, scale, zero], [f"{tensor}__cache_q"]),
-                  helper.make_node("DequantizeLinear", [f"{tensor}__cache_q", scale, zero], [renamed[tensor]])]
-    nodes = list(graph.node) + pairs
+        return [helper.make_node("QuantizeLinear", [tensor, scale, zero], [f"{tensor}__cache_q"]),
+                helper.make_node("DequantizeLinear", [f"{tensor}__cache_q", scale, zero], [renamed[tensor]])]
+
+    nodes = [n for i in graph.input for n in pair(i.name)]
+    for node in list(graph.node):
+        node.input[:] = [renamed.get(name, name) for name in node.input]  # its inputs' pairs came before it
+        nodes += [node, *(n for tensor in node.output for n in pair(tensor))]
     del graph.node[:]
-    graph.node.extend(_sorted(nodes, {i.name for i in graph.input} | {t.name for t in graph.initializer}))
+    graph.node.extend(nodes)
     return emulated
-
-
-def _sorted(nodes: list, available: set[str]) -> list:
-    """The nodes in an order where each runs after the nodes making its inputs (the pairs were appended)."""
-    done, pending = [], list(nodes)
-    known = set(available)
-    while pending:
-        ready = [n for n in pending if all(not i or i in known for i in n.input)]
-        if not ready:  # inputs from outside (a Constant's value): keep the rest as they are
-            return done + pending
-        for node in ready:
-            done.append(node)
-            known.update(node.output)
-        pending = [n for n in pending if not any(n is r for r in ready)]
-    return done
 
 
 def measure_cache(fp32, scales: dict[str, float], calib: np.ndarray, data=None, say=print) -> dict:
