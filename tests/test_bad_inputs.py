@@ -121,7 +121,7 @@ D = "{inputs}/data/shapes.yaml"  # the good dataset
 # The processing fields broken in meta_<case>.onnx (_bad_metadata)
 BAD_METADATA = {"iou": {"nms_iou": 5}, "std": {"std": [0, 1, 1]}, "huge": {"imgsz": [40000, 40000]},
                 "size": {"imgsz": [320, 320]}, "head": {"head": "xywh_obj_scores"},
-                "names": {"names": {"0": "a", "1": "b"}}, "task": {"task": "segment"}, "crop": {"crop_fraction": 0}}
+                "names": {"names": {"0": "a", "1": "b"}}, "task": {"task": "obb"}, "crop": {"crop_fraction": 0}}
 CASES = [
     # ---- export
     ("export-missing-model", "export -m {inputs}/missing.pt", "missing.pt"),
@@ -366,7 +366,7 @@ READ_ONLY = {"model", "arch", "data", "split", "mean", "std", "head", "names", "
              "exclude", "high_precision", "mode", "targets", "target", "val_data", "val_split", "select_yaml",
              "select_split", "importance", "plan", "device", "schedule", "runtime", "metric", "coco_json", "images",
              "more", "compare", "image", "class_map", "a", "b", "sources", "trt", "nms", "calib_cache", "from_qdq", "layers", "qat_mode",
-             "runtime_a", "runtime_b", "runtimes", "init_from", "int8_kernels"}
+             "runtime_a", "runtime_b", "runtimes", "init_from", "int8_kernels", "select_metric"}
 
 
 def output_options(unplaced: list | None = None) -> list[tuple[str, str, str]]:

@@ -17,8 +17,8 @@ def quantize(model: PathLike, *, calib: PathLike | None = None, data: PathLike |
              target: str = "tensorrt", exclude: Sequence[str] | None = None, head_protect: bool = True,
              high_precision: str = "fp32", max_drop: float | None = None, max_fallback: float = 0.10,
              max_steps: int = 12, select_yaml: PathLike | None = None, select_split: str = "val",
-             select_images: int = 300, reduce_range: bool = False, output: PathLike | None = None,
-             say: Say = print) -> dict:
+             select_images: int = 300, select_metric: str | None = None, reduce_range: bool = False,
+             output: PathLike | None = None, say: Say = print) -> dict:
     """Post-training quantization of an orinflow FP32 ONNX into Q/DQ ONNX (default
     workspace/models/onnx/<target>/<name>_<mode>_<method>.onnx).
 
@@ -26,7 +26,9 @@ def quantize(model: PathLike, *, calib: PathLike | None = None, data: PathLike |
     mode: int8, fp8, int4. method: entropy, max, percentile, search; default entropy, or search under
     `max_drop` (tensorrt int8). target: tensorrt (ModelOpt) or cpu (ONNX Runtime). With `max_drop`, the
     groups that cost most fall back to `high_precision` until the main metric on `select_yaml` drops at most
-    `max_drop` points (docs/sensitivity.md). reduce_range (target cpu): 7-bit weights, so ONNX Runtime's u8 x s8
+    `max_drop` points (docs/sensitivity.md); `select_metric` names another figure of the task to follow (a
+    segmentation model's box mAP50-95: "mAP50-95"; default its headline, docs/tasks.md).
+    reduce_range (target cpu): 7-bit weights, so ONNX Runtime's u8 x s8
     kernels cannot saturate on CPUs without VNNI (docs/runtimes.md has what it costs). A cpu-target model is
     checked on ONNX Runtime's integer kernels of this CPU against its exact function: the record's
     "int8_kernels" says which ran its figures, and a disagreement is printed.
@@ -48,10 +50,12 @@ def quantize(model: PathLike, *, calib: PathLike | None = None, data: PathLike |
     output = Path(output) if output else workspace() / "models" / "onnx" / target / quantized_name(Path(model).stem,
                                                                                                     spec)
     check_output(output, (".onnx",), [model, calib, data, select_yaml], command="quantize")
-    budget = budget_inputs(max_drop, max_fallback, max_steps, select_yaml, select_split, select_images)
+    budget = budget_inputs(max_drop, max_fallback, max_steps, select_yaml, select_split, select_images,
+                           select_metric=select_metric)
     source = load(model)
     if not isinstance(source, OnnxModel):
         raise OrinflowError(f"{model} is not ONNX: export it first (`orinflow export`) or run `orinflow ptq`")
+    check_select_metric(source.task, select_metric)
     if calib is not None:
         array = load_calibration(Path(calib), source.processing)
     else:
@@ -141,7 +145,8 @@ def quantize_spec(mode: str, method: str, target: str, percentile: float, exclud
     return spec
 
 
-def budget_inputs(max_drop, max_fallback, max_steps, select_yaml, select_split, select_images, threads=None):
+def budget_inputs(max_drop, max_fallback, max_steps, select_yaml, select_split, select_images, threads=None,
+                  select_metric=None):
     """(BudgetSpec, selection Dataset, SensitivityOptions), or None without max_drop; checked before any work."""
     from ..data import load_dataset
     from ..optimize.quantize.sensitivity import BudgetSpec, SensitivityOptions, selection_subset
@@ -152,7 +157,7 @@ def budget_inputs(max_drop, max_fallback, max_steps, select_yaml, select_split, 
     budget.validate()
     if not select_yaml:
         raise OrinflowError("--max-drop needs labelled selection data: --select-yaml data.yaml (not your claim data)")
-    options = SensitivityOptions(select_images=select_images, threads=threads)
+    options = SensitivityOptions(select_images=select_images, threads=threads, metric=select_metric)
     options.validate()
     select = load_dataset(select_yaml, select_split)
     selection_subset(select, 0, 0)  # refuses unlabelled data in one line
@@ -168,8 +173,9 @@ def ptq(model: PathLike, data: PathLike, *, split: str = "train", val_data: Path
         batch: int = 1, runs: int = 30, threads: int | None = None,
         runtimes: str | Sequence[str] | None = None, int8_kernels: str = "auto", max_drop: float | None = None,
         max_fallback: float = 0.10, max_steps: int = 12, select_yaml: PathLike | None = None,
-        select_split: str = "val", select_images: int = 300, output: PathLike | None = None,
-        arch: str | None = None, imgsz: int | None = None, mean=None, std=None, crop: float | None = None,
+        select_split: str = "val", select_images: int = 300, select_metric: str | None = None,
+        output: PathLike | None = None, arch: str | None = None, imgsz: int | None = None, mean=None, std=None,
+        crop: float | None = None,
         modules: Sequence[PathLike] | None = None, head: str | None = None,
         names: str | None = None, say: Say = print) -> dict:
     """Route 1 in one call: export, calibrate on `data`/`split`, quantize for every method x target, evaluate
@@ -199,12 +205,21 @@ def ptq(model: PathLike, data: PathLike, *, split: str = "train", val_data: Path
     options.validate()
     workdir = check_output_folder(output or workspace() / "ptq" / Path(model).stem,
                                   [model, data, val_data, select_yaml])
-    budget = budget_inputs(max_drop, max_fallback, max_steps, select_yaml, select_split, select_images, threads)
+    budget = budget_inputs(max_drop, max_fallback, max_steps, select_yaml, select_split, select_images, threads,
+                           select_metric)
     loaded = load(model, arch=arch, imgsz=imgsz, mean=mean, std=std, crop=crop, modules=modules, head=head,
                    names=names)
+    check_select_metric(loaded.task, select_metric)
     route = run_ptq(loaded, data, split, val_data or data, val_split, Path(workdir), method_list, target_list, spec,
                     num_images, options, say=say, budget=budget, runtimes=runtime_list)
     return dict(route, record=str(Path(workdir) / "ptq_record.json"))
+
+
+def check_select_metric(task: str, select_metric: str | None) -> None:
+    """--select-metric is a figure the model's task reports; said before any work."""
+    from ..optimize.quantize.sensitivity import main_metric
+
+    main_metric(task, select_metric)
 
 
 TIMED_RUNTIMES = ("onnxruntime", "openvino", "tensorrt")
@@ -226,7 +241,8 @@ def timed_runtimes(runtimes) -> list[str]:
 def sensitivity(model: PathLike, calib: PathLike, data: PathLike, *, split: str = "val", method: str | None = None,
                 target: str = "tensorrt", percentile: float = 99.999, head_protect: bool = True,
                 select_images: int = 300, sqnr_images: int = 16, top: int = 4, threads: int | None = None,
-                no_cache: bool = False, output: PathLike | None = None, say: Say = print) -> dict:
+                select_metric: str | None = None, no_cache: bool = False, output: PathLike | None = None,
+                say: Say = print) -> dict:
     """Rank the quantization groups of an FP32 ONNX by the accuracy they cost (docs/sensitivity.md), on labelled
     selection data `data` (never claim data). Writes sensitivity.json and .png into `output` (default
     workspace/sensitivity/<model>_<method>_<target>); the record's "files" names them. method: default search for
@@ -241,7 +257,8 @@ def sensitivity(model: PathLike, calib: PathLike, data: PathLike, *, split: str 
     method = method or ("search" if target == "tensorrt" else "max")
     spec = quantize_spec("int8", method, target, percentile, None, head_protect, "fp32")
     model, calib = locate(model, say), locate(calib, say)
-    options = SensitivityOptions(sqnr_images=sqnr_images, select_images=select_images, top=top, threads=threads)
+    options = SensitivityOptions(sqnr_images=sqnr_images, select_images=select_images, top=top, threads=threads,
+                                 metric=select_metric)
     options.validate()
     if not data:
         raise OrinflowError("give labelled selection data with --yaml data.yaml (not the data you claim figures on)")
@@ -252,6 +269,7 @@ def sensitivity(model: PathLike, calib: PathLike, data: PathLike, *, split: str 
     source = load(model)
     if not isinstance(source, OnnxModel):
         raise OrinflowError(f"{model} is not ONNX: export it first (`orinflow export`)")
+    check_select_metric(source.task, select_metric)
     array = load_calibration(Path(calib), source.processing)
     record = measure_sensitivity(source, array, spec, select, options, say=say, use_cache=not no_cache)
     return dict(record, files=write_sensitivity(record, Path(folder)))

@@ -10,6 +10,7 @@ from typer.core import TyperCommand
 from ..errors import OrinflowError
 from .app import (ArchOpt, CropOpt, DataOpt, ImgszOpt, Int8KernelsOpt, LayoutOpt, MeanOpt, ModulesOpt, NamesOpt,
                   SplitOpt, StdOpt, VerboseOpt, app, cli_errors, console, esc, say)
+from ..tasks import task_room
 
 
 # ---------------------------------------------------------------- evaluate
@@ -98,7 +99,7 @@ def evaluate(
     if metric == "coco":
         console.print(coco_table(records))
     print_notes(records)
-    if per_class and records[0]["task"] == "detect":
+    if per_class and task_room(records[0]["task"]).instances:
         for record in records:
             console.print(per_class_table(record))
     if json_out:

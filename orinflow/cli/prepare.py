@@ -90,7 +90,8 @@ def adopt(
     record = api.adopt(model, head=head, names=names, imgsz=imgsz, letterbox=letterbox, bgr=bgr, mean=mean, std=std,
                        output=output)
     how = "given" if record["head_given"] else f"read from its output {record['output_shape']}"
-    console.print(f"adopted [bold]{esc(record['model'])}[/bold]: head {record['head']} ({esc(how)}), "
+    console.print(f"adopted [bold]{esc(record['model'])}[/bold]: a {record['task']} model, head {record['head']} "
+                  f"({esc(how)}), "
                   f"{record['classes']} classes, input {record['imgsz'][0]}x{record['imgsz'][1]}, "
                   f"{esc(record['input'])}",
                   markup=True)

@@ -55,6 +55,9 @@ SelectYamlOpt = Annotated[Optional[str], typer.Option("--select-yaml", help="Lab
 SelectSplitOpt = Annotated[str, typer.Option("--select-split", help="Split of --select-yaml.")]
 SelectImagesOpt = Annotated[int, typer.Option("--select-images", help="Selection images drawn (seeded) for every "
                                               "accuracy measurement (0: all).")]
+SelectMetricOpt = Annotated[Optional[str], typer.Option("--select-metric", help="The figure the selection follows "
+                                                        "(default the task's headline: mAP50-95, mask_mAP50-95, "
+                                                        "top1); mAP50-95 follows a segmentation model's boxes.")]
 
 
 def _print_budget(budget: dict, method: str) -> None:
@@ -99,6 +102,7 @@ def quantize(
     select_yaml: SelectYamlOpt = None,
     select_split: SelectSplitOpt = "val",
     select_images: SelectImagesOpt = 300,
+    select_metric: SelectMetricOpt = None,
     reduce_range: Annotated[bool, typer.Option("--reduce-range", help="--target cpu: 7-bit weights, so ONNX "
                                                "Runtime's u8 x s8 kernels cannot saturate on CPUs without VNNI "
                                                "(docs/runtimes.md: what it costs).")] = False,
@@ -117,8 +121,8 @@ def quantize(
                           percentile=percentile, target=target, exclude=exclude, head_protect=head_protect,
                           high_precision=high_precision, max_drop=max_drop, max_fallback=max_fallback,
                           max_steps=max_steps, select_yaml=select_yaml, select_split=select_split,
-                          select_images=select_images, reduce_range=reduce_range, output=output,
-                          say=say)
+                          select_images=select_images, select_metric=select_metric, reduce_range=reduce_range,
+                          output=output, say=say)
     used = record["quantization"]["method"]
     console.print(f"quantized [bold]{esc(record['model'])}[/bold] ({mode}, {used}, {target}) from "
                   f"{record['calibration_images']} calibration images in {record['seconds']} s", markup=True)
@@ -149,6 +153,7 @@ def sensitivity(
     percentile: PercentileOpt = 99.999,
     head_protect: HeadOpt = True,
     select_images: SelectImagesOpt = 300,
+    select_metric: SelectMetricOpt = None,
     sqnr_images: Annotated[int, typer.Option("--sqnr-images", help="Calibration images for the output-error "
                                              "(SQNR) views.")] = 16,
     top: Annotated[int, typer.Option("--top", help="Worst groups whose selection metric is measured.")] = 4,
@@ -166,8 +171,9 @@ def sensitivity(
     from ..report.sensitivity import table
 
     record = api.sensitivity(model, calib, data, split=split, method=method, target=target, percentile=percentile,
-                             head_protect=head_protect, select_images=select_images, sqnr_images=sqnr_images,
-                             top=top, threads=threads, no_cache=no_cache, output=output, say=say)
+                             head_protect=head_protect, select_images=select_images, select_metric=select_metric,
+                             sqnr_images=sqnr_images, top=top, threads=threads, no_cache=no_cache, output=output,
+                             say=say)
     console.print(table(record))
     console.print(f"measured in {record['seconds']} s (peak memory {record['peak_memory_mb']:.0f} MB)"
                   f"{', read from cache' if record['cached'] else ''}; record {record['files']['json']}, plot "
@@ -209,6 +215,7 @@ def ptq(
     select_yaml: SelectYamlOpt = None,
     select_split: SelectSplitOpt = "val",
     select_images: SelectImagesOpt = 300,
+    select_metric: SelectMetricOpt = None,
     output: Annotated[Optional[Path], typer.Option("-o", "--output", metavar="OUT_FOLDER",
                                                    help="Folder for the models and records "
                                                    "(default: workspace/ptq/<model>).")] = None,
@@ -224,10 +231,10 @@ def ptq(
                     mode=mode, methods=methods, targets=targets, percentile=percentile, exclude=exclude,
                     head_protect=head_protect, high_precision=high_precision, batch=batch, runs=runs,
                     threads=threads, runtimes=runtimes, int8_kernels=int8_kernels, max_drop=max_drop,
-                    max_fallback=max_fallback,
-                    max_steps=max_steps, select_yaml=select_yaml, select_split=select_split,
-                    select_images=select_images, output=output, arch=arch, imgsz=imgsz, mean=mean, std=std, crop=crop,
-                    modules=modules, head=head, names=names, say=say)
+                    max_fallback=max_fallback, max_steps=max_steps, select_yaml=select_yaml,
+                    select_split=select_split, select_images=select_images, select_metric=select_metric,
+                    output=output, arch=arch, imgsz=imgsz, mean=mean, std=std, crop=crop, modules=modules, head=head,
+                    names=names, say=say)
     console.print(comparison_table([route["fp32"], *route["variants"]], title="route 1: PTQ"))
     if "latency_by_runtime" in route["fp32"]:
         console.print(runtimes_table([route["fp32"], *route["variants"]]))

@@ -21,8 +21,7 @@ def draw_images(dataset: Dataset, count: int, seed: int) -> Dataset:
     if not count or count >= len(dataset):
         return dataset
     chosen = sorted(np.random.default_rng(seed).choice(len(dataset), count, replace=False).tolist())
-    return Dataset(f"{dataset.name}[{count}]", [dataset.images[i] for i in chosen], dataset.task,
-                   [dataset.labels[i] for i in chosen] if dataset.labels else [], dataset.names)
+    return dataset.subset(chosen, f"{dataset.name}[{count}]")
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -68,7 +67,11 @@ def _from_yaml(path: Path, split: str) -> Dataset:
     names = _class_names(cfg.get("names") or {}, path)
     if (root / entries[0]).is_dir() and _is_class_tree(root / entries[0]):
         return _from_folder(root / entries[0])
-    labels = [_read_labels(_label_path(p), p, names) for p in images]
+    read = [_read_labels(_label_path(p), p, names) for p in images]
+    labels, segments = [rows for rows, _ in read], [polygons for _, polygons in read]
+    polygons = [p for found in segments for p in found]
+    if polygons and all(p is not None for p in polygons):  # every object outlined: a segmentation set
+        return Dataset(f"{path.stem}:{split}", images, "segment", labels, names, segments=segments)
     return Dataset(f"{path.stem}:{split}", images, "detect", labels, names)
 
 
@@ -100,21 +103,21 @@ def _label_path(image: Path) -> Path:
     return Path(*parts).with_suffix(".txt")
 
 
-def _read_labels(path: Path, image: Path, names: dict[int, str]) -> np.ndarray:
-    """(n, 5) class, cx, cy, w, h from a YOLO txt file; polygon rows (segment labels) become their box."""
+def _read_labels(path: Path, image: Path, names: dict[int, str]) -> tuple[np.ndarray, list]:
+    """(n, 5) class, cx, cy, w, h from a YOLO txt file, and each row's polygon ((k, 2) normalised x, y; None for
+    a box row). A polygon row (segment label) gives its box."""
     if not path.exists():
-        return np.zeros((0, 5), np.float32)  # no label file: an image with no objects
-    rows = []
+        return np.zeros((0, 5), np.float32), []  # no label file: an image with no objects
+    rows, polygons = [], []
     for number, line in enumerate(path.read_text().splitlines(), 1):
         if line.strip():
-            rows.append(_label_row(line, path, number, names))
-    labels = np.asarray(rows, np.float32).reshape(-1, 5)
-    if len(labels) and ((labels[:, 1:] < -0.01).any() or (labels[:, 1:] > 1.01).any()):
-        raise OrinflowError(f"bad label file {path}: coordinates must be normalised to 0..1")
-    return labels
+            row, polygon = _label_row(line, path, number, names)
+            rows.append(row)
+            polygons.append(polygon)
+    return np.asarray(rows, np.float32).reshape(-1, 5), polygons
 
 
-def _label_row(line: str, path: Path, number: int, names: dict[int, str]) -> list[float]:
+def _label_row(line: str, path: Path, number: int, names: dict[int, str]) -> tuple[list[float], np.ndarray | None]:
     fields = line.split()
     try:
         values = [float(v) for v in fields]
@@ -124,17 +127,21 @@ def _label_row(line: str, path: Path, number: int, names: dict[int, str]) -> lis
         raise OrinflowError(f"bad label file {path}, line {number}: NaN or infinite value: {line.strip()[:60]!r}")
     if len(values) != 5 and (len(values) < 7 or len(values) % 2 == 0):
         raise OrinflowError(f"bad label file {path}, line {number}: {len(values)} columns; a YOLO label is "
-                            "'class cx cy w h' (5 columns) or 'class x1 y1 x2 y2 ...' (a polygon)")
+                            "'class cx cy w h' (5 columns) or 'class x1 y1 x2 y2 x3 y3 ...' (a polygon of 3 or more "
+                            "points)")
+    if any(v < -0.01 or v > 1.01 for v in values[1:]):
+        raise OrinflowError(f"bad label file {path}, line {number}: coordinates must be normalised to 0..1: "
+                            f"{line.strip()[:60]!r}")
     cls = values[0]
     if cls != int(cls) or cls < 0 or (names and int(cls) not in names):
         known = f"0..{max(names)}" if names else "whole numbers >= 0"
         raise OrinflowError(f"bad label file {path}, line {number}: class id {fields[0]} is not one of the "
                             f"dataset's classes ({known})")
     if len(values) == 5:
-        return values
+        return values, None
     xs, ys = values[1::2], values[2::2]  # a polygon: its bounding box
     x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
-    return [cls, (x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0]
+    return [cls, (x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], np.asarray(values[1:], np.float32).reshape(-1, 2)
 
 
 def _is_class_tree(folder: Path) -> bool:

@@ -1,4 +1,5 @@
-"""A COCO instances JSON as a detection Dataset (`evaluate --coco-json --images`), every entry checked.
+"""A COCO instances JSON as a detection or segmentation Dataset (`evaluate --coco-json --images`), every entry
+checked. When every object carries a `segmentation` (polygons, or RLE), the Dataset is a segmentation set.
 
 A malformed file is refused in one line that names the file and the entry (`images[3]`,
 `annotations[17]`) and what is wrong with it, before any image is read. Images the JSON lists but the
@@ -46,14 +47,19 @@ def load_coco_json(annotations: str | Path, images: str | Path, skip_missing: bo
     check.sizes(entries, present, images)
     class_of = {cat: i for i, cat in enumerate(sorted(categories))}
     kept = {e["id"] for e in present}
-    labels = [_yolo_labels([a for a in boxes[e["id"]] if not a.get("iscrowd", 0)], e, class_of) for e in present]
+    objects = [[a for a in boxes[e["id"]] if not a.get("iscrowd", 0)] for e in present]
+    labels = [_yolo_labels(found, e, class_of) for found, e in zip(objects, present)]
+    outlined = all("segmentation" in a for found in objects for a in found) and any(objects)
+    segments = [[_polygons(a["segmentation"], e) for a in found] for found, e in zip(objects, present)] \
+        if outlined else []
     ground_truth = {"info": {}, "licenses": [], "images": present, "categories": coco["categories"],
                     "annotations": [a for a in coco.get("annotations", []) if a["image_id"] in kept]}
     names = {class_of[cat]: name for cat, name in categories.items()}
-    return Dataset(f"{annotations.stem}:{images.name}", [images / e["file_name"] for e in present], "detect",
-                   labels, names, coco={"ground_truth": ground_truth, "category_ids": sorted(categories),
-                                        "image_ids": [e["id"] for e in present]},
-                   missing=[str(images / name) for name in missing])
+    return Dataset(f"{annotations.stem}:{images.name}", [images / e["file_name"] for e in present],
+                   "segment" if outlined else "detect", labels, names,
+                   coco={"ground_truth": ground_truth, "category_ids": sorted(categories),
+                         "image_ids": [e["id"] for e in present]},
+                   missing=[str(images / name) for name in missing], segments=segments)
 
 
 def _read(path: Path) -> dict:
@@ -162,6 +168,10 @@ class _Checker:
                 self.fail(f"annotations[{index}]", f"has a box of negative size {item['bbox']}")
             if item.get("iscrowd", 0) not in (0, 1):
                 self.fail(f"annotations[{index}]", f"has iscrowd {item['iscrowd']!r} (0 or 1)")
+            if "segmentation" in item:
+                problem = _segmentation_problem(item["segmentation"])
+                if problem:
+                    self.fail(f"annotations[{index}]", f"has an invalid 'segmentation': {problem}")
             boxes[item["image_id"]].append(item)
         return boxes
 
@@ -171,3 +181,37 @@ def _yolo_labels(annotations: list[dict], image: dict, class_of: dict[int, int])
     rows = [[class_of[a["category_id"]], (a["bbox"][0] + a["bbox"][2] / 2) / w, (a["bbox"][1] + a["bbox"][3] / 2) / h,
              a["bbox"][2] / w, a["bbox"][3] / h] for a in annotations]
     return np.asarray(rows, np.float32).reshape(-1, 5)
+
+
+def _segmentation_problem(value) -> str | None:
+    """What is wrong with an annotation's `segmentation` (polygons: lists of x, y pixel pairs, 3 points or
+    more; RLE: {"size": [h, w], "counts": ...}), or None."""
+    if isinstance(value, dict):
+        size = value.get("size")
+        if not (isinstance(size, list) and len(size) == 2 and all(_is_int(v) and v > 0 for v in size)):
+            return f"an RLE needs 'size' [height, width], not {str(size)[:40]!r}"
+        if not isinstance(value.get("counts"), (str, list)):
+            return "an RLE needs 'counts' (a list of run lengths, or COCO's compressed string)"
+        return None
+    if not isinstance(value, list) or not value:
+        return "polygons (a list of [x1, y1, x2, y2, ...] lists) or an RLE object expected"
+    for part in value:
+        if not isinstance(part, list) or len(part) < 6 or len(part) % 2 or not all(map(_is_number, part)):
+            return f"a polygon is a list of 3 or more x, y pairs of finite numbers, not {str(part)[:40]!r}"
+    return None
+
+
+def _polygons(segmentation, image: dict) -> list[np.ndarray]:
+    """An object's outline as polygons normalised to the image: its polygon parts, or the outer contours of its
+    RLE mask."""
+    w, h = float(image["width"]), float(image["height"])
+    if isinstance(segmentation, list):
+        return [np.asarray(part, np.float32).reshape(-1, 2) / np.float32([w, h]) for part in segmentation]
+    import cv2
+    from pycocotools import mask as rle_mask
+
+    rle = segmentation if isinstance(segmentation["counts"], str) else \
+        rle_mask.frPyObjects(segmentation, *segmentation["size"])
+    mask = rle_mask.decode(rle if isinstance(rle["counts"], bytes) else {**rle, "counts": rle["counts"].encode()})
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    return [c.reshape(-1, 2).astype(np.float32) / np.float32([w, h]) for c in contours if len(c) >= 3]

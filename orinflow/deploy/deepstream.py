@@ -6,11 +6,10 @@ offsets 255 mean, exact when the three std are equal (nvinfer has one factor for
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import onnx
 
 from ..config import LETTERBOX_PAD
+from ..errors import OrinflowError
 from ..formats import class_names, ini_list, ini_value
 from ..models.processing import Processing
 
@@ -57,8 +56,10 @@ def scale_and_offsets(processing: Processing) -> tuple[float, list[float], bool]
 def infer_config(processing: Processing, network_mode: str, calib_cache: str | None, nms: dict | None,
                  outputs: list[str], batch: int = 1) -> tuple[str, dict]:
     """config_infer_primary.txt for nvinfer, and what it could not state exactly."""
+    if not processing.room.deepstream:
+        raise OrinflowError(f"--deepstream: nvinfer reads a {processing.task} model only through a custom parser, "
+                            "which orinflow does not write yet; deploy without --deepstream")
     factor, offsets, exact = scale_and_offsets(processing)
-    detector = processing.task == "detect"
     lines = ["[property]", "gpu-id=0", f"net-scale-factor={factor:.10g}",
              f"offsets={';'.join(f'{o:.6g}' for o in offsets)}", f"model-color-format={0 if processing.channels == 'rgb' else 1}", "onnx-file=model.onnx",
              "model-engine-file=model.engine", "labelfile-path=labels.txt"]
@@ -66,10 +67,10 @@ def infer_config(processing: Processing, network_mode: str, calib_cache: str | N
         lines.append(f"int8-calib-file={ini_value(calib_cache, 'calibration cache file')}")
     lines += [f"batch-size={batch}", f"network-mode={NETWORK_MODES[network_mode]}",
               f"infer-dims=3;{processing.imgsz[0]};{processing.imgsz[1]}", "gie-unique-id=1", "process-mode=1",
-              f"network-type={0 if detector else 1}"]
+              f"network-type={processing.room.deepstream_network_type}"]
     notes = {} if exact else {"std": f"nvinfer has one scale for all channels: std {processing.std} is replaced by "
                                      "their mean"}
-    if detector:
+    if processing.room.instances:
         letterbox = processing.resize == "letterbox"
         lines += [f"maintain-aspect-ratio={int(letterbox)}", f"symmetric-padding={int(letterbox)}",
                   f"num-detected-classes={len(processing.names)}"]
@@ -106,4 +107,4 @@ def labels_text(processing: Processing) -> str:
     """labels.txt as nvinfer reads it: a detector's labels one per line, a classifier's on one line separated by
     ';'. Every class id 0..n-1 must have a name, each a valid label (formats.class_names)."""
     names = class_names(processing.names)
-    return ("\n" if processing.task == "detect" else ";").join(names) + "\n"
+    return processing.room.deepstream_label_separator.join(names) + "\n"

@@ -88,22 +88,11 @@ def image_files(sources: list[str]) -> list[Path]:
 def infer(runner, processing, images: list[Path], conf: float, iou, max_det: int, batch: int) -> list[dict]:
     from ..evaluate.accuracy import predictions
 
-    post = {"conf": conf, "iou": iou, "max_det": max_det} if processing.task == "detect" else {}
+    post = processing.room.post_options(conf, iou, max_det)
     results = []
     for index, _, result in predictions(runner, processing, images, batch, **post):
-        results.append({"image": str(images[index]), **_describe(result, processing)})
+        results.append({"image": str(images[index]), **processing.room.describe(result, processing.names)})
     return results
-
-
-def _describe(result, processing) -> dict:
-    names = processing.names
-    if processing.task == "detect":
-        return {"detections": [{"class": int(c), "name": names.get(int(c), str(c)), "score": float(s),
-                                "box_xyxy": [float(v) for v in box]}
-                               for box, s, c in zip(result.boxes, result.scores, result.classes)]}
-    top = result.argsort()[::-1][:5]
-    return {"top5": [{"class": int(c), "name": names.get(int(c), str(c)), "probability": float(result[c])}
-                     for c in top]}
 
 
 def main(argv: list[str] | None = None, bundle: Path | None = None, default_backend: str = "auto") -> int:

@@ -30,7 +30,7 @@ def prepare_graph(path: Path, spec: NmsSpec | None, fp16_layers: bool, target: P
         raw = to_fp16_layers(raw)
         done["high_precision"] = "fp16 (converted at deploy)"
     processing = read_processing(raw, path)
-    nms = inside or (spec if processing is not None and processing.task == "detect"
+    nms = inside or (spec if processing is not None and processing.room.nms_in_engine
                      and processing.head not in NMS_INSIDE else None)
     if nms is not None and (done or inside is None):
         attached = NmsSpec(**{**asdict(nms), "raw_output": "", "raw_head": ""})

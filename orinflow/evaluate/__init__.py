@@ -12,8 +12,9 @@ from ..io import file_size, write_json
 from .classes import class_mapping
 from ..models import ModelAdapter, OnnxModel
 from ..runtime import make_runner
+from ..tasks import Scoring, task_room
 from ..version import VERSION
-from .accuracy import evaluate_classification, evaluate_detection
+from .accuracy import evaluate_task
 from .coco import CocoCollector, coco_metrics
 from .latency import interleaved_latency, latency_profile
 
@@ -93,6 +94,26 @@ def size_bytes(model: ModelAdapter | OnnxModel) -> int | None:
     return file_size(path) if path.is_file() else None
 
 
+def _score(runner, model: ModelAdapter | OnnxModel, dataset: Dataset, options: EvalOptions,
+           skipped: list[str] | None) -> dict:
+    """The task's metrics; for tasks with instances, classes paired with the data's and --metric coco added."""
+    room, processing = model.processing.room, model.processing
+    scoring, names = Scoring(), processing.names or dataset.names
+    if room.instances:
+        scoring.class_map = class_mapping(processing.names, dataset.names, options.class_map, dataset.name)
+        names = (dataset.names or names) if scoring.class_map is not None else names
+        scoring.coco = CocoCollector(names, dataset.coco) if options.metric == "coco" else None
+    post = room.post_options(options.conf, options.iou, options.max_det)
+    metrics = evaluate_task(runner, processing, dataset, post, options.batch, skipped, scoring, names)
+    if scoring.coco is not None:
+        for iou_type in room.coco_iou_types:  # "bbox" as metrics["coco"], "segm" as metrics["coco_segm"]
+            key = "coco" if iou_type == "bbox" else f"coco_{iou_type}"
+            metrics[key] = coco_metrics(scoring.coco.ground_truth(), scoring.coco.results, iou_type=iou_type)
+        if options.save_json is not None:
+            write_json(options.save_json, scoring.coco.results)
+    return metrics
+
+
 def evaluate_model(model: ModelAdapter | OnnxModel, data: str | Path | Dataset, split: str = "val",
                    options: EvalOptions | None = None, runner=None) -> dict:
     """One run record; `runner` overrides the runtime chosen from the model and options (the bundle's engine)."""
@@ -101,26 +122,16 @@ def evaluate_model(model: ModelAdapter | OnnxModel, data: str | Path | Dataset, 
     dataset = data if isinstance(data, Dataset) else load_dataset(data, split)
     if dataset.task is None:
         raise OrinflowError(f"{dataset.name} has no labels: evaluation needs a dataset YAML or class subfolders")
-    if options.metric == "coco" and model.task != "detect":
-        raise OrinflowError("--metric coco scores detectors; a classifier's metric is top-1/top-5")
-    if dataset.task != model.task:
+    room = model.processing.room
+    if options.metric == "coco" and not room.coco_iou_types:
+        raise OrinflowError(f"--metric coco scores boxes and masks; a {room.name} model's metric is "
+                            f"{' and '.join(room.metric_keys)}")
+    if dataset.task not in room.label_tasks:
         raise OrinflowError(f"the model is a {model.task} model but {dataset.name} is a {dataset.task} dataset")
     runner = runner or make_runner(model, options.threads, options.runtime, options.batch, options.int8_kernels)
     settle_runner(runner, model, dataset)
     skipped: list[str] | None = [] if options.skip_bad_images else None
-    if model.task == "detect":
-        names = model.processing.names or dataset.names
-        mapping = class_mapping(model.processing.names, dataset.names, options.class_map, dataset.name)
-        names = (dataset.names or names) if mapping is not None else names
-        coco = CocoCollector(names, dataset.coco) if options.metric == "coco" else None
-        metrics = evaluate_detection(runner, model.processing, dataset, options.conf, options.iou, options.max_det,
-                                     options.batch, skipped, coco, mapping)
-        if coco is not None:
-            metrics["coco"] = coco_metrics(coco.ground_truth(), coco.results)
-            if options.save_json is not None:
-                write_json(options.save_json, coco.results)
-    else:
-        metrics = evaluate_classification(runner, model.processing, dataset, options.batch, skipped)
+    metrics = _score(runner, model, dataset, options, skipped)
     notes = runtime_notes(runner)
     if metrics.get("unpaired"):
         left = metrics["unpaired"]
@@ -138,8 +149,8 @@ def evaluate_model(model: ModelAdapter | OnnxModel, data: str | Path | Dataset, 
         "data": dataset.name, "split": split,
         "data_source": str(Path(data).resolve()) if not isinstance(data, Dataset) else None,
         "images": len(dataset) - len(skipped or []), "imgsz": list(model.processing.imgsz), "metrics": metrics,
-        "settings": {"conf": options.conf, "iou": options.iou if options.iou is not None else model.processing.nms_iou,
-                     "max_det": options.max_det} if model.task == "detect" else {},
+        "settings": room.post_options(options.conf, model.processing.nms_iou if options.iou is None else options.iou,
+                                      options.max_det),
         "params": model.num_params(), "size_bytes": size_bytes(model), "versions": versions(),
     }
     if hasattr(runner, "describe"):
@@ -262,5 +273,4 @@ def runtime_latency(model: OnnxModel, runtimes: list[str], options: EvalOptions,
 def headline(record: dict) -> dict[str, float]:
     """The accuracy figures a comparison table shows."""
     metrics = record["metrics"]
-    keys = ("mAP50", "mAP50-95") if record["task"] == "detect" else ("top1", "top5")
-    return {k: metrics[k] for k in keys}
+    return task_room(record["task"]).headline_of(metrics)

@@ -24,6 +24,7 @@ from ..errors import OrinflowError
 from ..optimize.common.graph import onnx_scope
 from ..models.processing import NMS_INSIDE, Detections, ImageMeta, Processing, anchor_view, unletterbox
 from ..runtime.trust import probe_count
+from ..tasks.masks import mask_iou
 from .probing import evaluated_runner, probing_effect
 
 SQNR_CAP = 100.0  # dB: identical tensors
@@ -31,7 +32,7 @@ EVAL_CONF = 0.001  # the evaluator's threshold, for the mAP of both on the compa
 MATCH_IOU = 0.9
 SHIFT_IOU = 0.5
 CAUSES = ("score across threshold", "cut by pre-NMS top-k", "cut by keep-top-k", "NMS tie or order", "box shift",
-          "class flip")
+          "class flip", "mask differs")
 COMPARE_RUNTIMES = ("auto", "onnxruntime", "openvino")
 PAIRED_MODULES = {"Conv2d": ("Conv",), "Linear": ("Gemm", "MatMul"), "ConvTranspose2d": ("ConvTranspose",)}
 
@@ -241,14 +242,15 @@ class Candidates:
     order: np.ndarray  # anchors by best class score, best first (the pre-NMS top-k's ranking)
 
 
-def raw_candidates(raw: np.ndarray, head: str, meta: ImageMeta, imgsz) -> Candidates | None:
-    """Every anchor of one image's raw head output, boxes mapped back to the image (None: NMS inside)."""
+def raw_candidates(raw: np.ndarray, head: str, meta: ImageMeta, imgsz, classes: int = 0) -> Candidates | None:
+    """Every anchor of one image's raw head output, boxes mapped back to the image (None: NMS inside).
+    `classes`: how many score columns are class scores (a segmentation head's mask coefficients follow)."""
     import torch
 
     if head in NMS_INSIDE:
         return None
     boxes, scores = anchor_view(torch.as_tensor(np.asarray(raw, np.float32)), head, imgsz)
-    scores = scores.numpy()
+    scores = scores.numpy()[:, :classes or None]
     return Candidates(unletterbox(boxes.numpy(), meta), scores, np.argsort(-scores.max(1)))
 
 
@@ -258,6 +260,8 @@ def match(a: Detections, b: Detections) -> tuple[list[int], list[int]]:
 
     iou = box_iou(a.boxes, b.boxes) if len(a.boxes) and len(b.boxes) else np.zeros((len(a.boxes), len(b.boxes)))
     iou = iou * (a.classes[:, None] == b.classes[None])
+    if getattr(a, "masks", None) is not None and len(a.masks) and len(b.masks):
+        iou = np.minimum(iou, mask_iou(a.masks, b.masks))  # instances: the box and the mask must both agree
     taken, lost = set(), []
     for i in np.argsort(-a.scores):
         options = [(iou[i, j], j) for j in range(len(b.boxes)) if j not in taken and iou[i, j] >= MATCH_IOU]
@@ -280,6 +284,8 @@ def cause(box: np.ndarray, cls: int, other: Detections, other_all: Detections, c
     iou = box_iou(box[None], other.boxes)[0] if len(other.boxes) else np.zeros(0)
     flipped = bool(np.any((iou >= MATCH_IOU) & (other.classes != cls)))
     shifted = bool(np.any((iou >= SHIFT_IOU) & (other.classes == cls)))
+    if getattr(other, "masks", None) is not None and np.any((iou >= MATCH_IOU) & (other.classes == cls)):
+        return "mask differs"  # the same box and class: only the mask can have kept them apart
     if candidates is None or cls >= candidates.scores.shape[1]:
         return "class flip" if flipped else "box shift" if shifted else "NMS tie or order"
     near = box_iou(box[None], candidates.boxes)[0] >= MATCH_IOU
@@ -356,14 +362,14 @@ def compare_models(a: Side, b: Side, dataset, conf: float = 0.25, say=print) -> 
                                                                                (b, outs_b, tensors_b))]
             if raws[0] is not None and raws[1] is not None and raws[0].shape == raws[1].shape:
                 head_stats.add(raws[0], raws[1])
-            if processing.task == "detect":  # evaluation threshold for the mAP, `conf` for the matching
+            if processing.room.instances:  # evaluation threshold for the mAP, `conf` for the matching
                 dets = [_detections(side, outs, meta, EVAL_CONF) for side, outs in ((a, outs_a), (b, outs_b))]
                 final["a"].append(None if dets[0] is None else (dets[0], meta.original_hw))
                 final["b"].append(None if dets[1] is None else (dets[1], meta.original_hw))
                 _attribute(index, path, dets, raws, (a, b), meta, conf, tally, examples)
     layer_rows = _layer_rows(pairs, stats, a)
     return {"layers": layer_rows, "paired_layers": len(layer_rows), "head_output": _row(head_stats),
-            "detections": tally if processing.task == "detect" else None, "examples": examples[:50],
+            "detections": tally if processing.room.instances else None, "examples": examples[:50],
             "final": final, "probing": probing,
             "int8_kernels": {label: runner.describe() for label, runner in evaluated.items()},
             "runtime_notes": [f"{label}: {note}" for label, runner in evaluated.items() for note in runtime_notes(runner)]}
@@ -403,14 +409,13 @@ def _raw_head(side: Side, outputs: list, tensors: dict) -> np.ndarray | None:
 def _detections(side: Side, outputs: list, meta: ImageMeta, conf: float) -> Detections | None:
     if side.processing is None:
         return None
-    return side.processing.postprocess(side.processing.head_output(outputs), [meta], conf=conf)[0]
+    return side.processing.read(outputs, [meta], conf=conf)[0]
 
 
 def above(dets: Detections | None, conf: float) -> Detections | None:
     if dets is None:
         return None
-    keep = dets.scores > conf
-    return Detections(dets.boxes[keep], dets.scores[keep], dets.classes[keep])
+    return dets.take(dets.scores > conf)
 
 
 def _limits(side: Side) -> dict:
@@ -431,7 +436,7 @@ def _attribute(index, path, kept, raws, sides, meta, conf, tally, examples) -> N
                                                (1, 0, lost_b, raws[0], sides[0], "b_only")):
         processing = side.processing
         candidates = (raw_candidates(raw[0], side.nms["raw_head"] if side.nms else processing.head, meta,
-                                     processing.imgsz) if raw is not None and processing is not None else None)
+                                     processing.imgsz, len(processing.names)) if raw is not None and processing is not None else None)
         for i in lost:
             box, cls = dets[mine].boxes[i], int(dets[mine].classes[i])
             why = cause(box, cls, dets[theirs], kept[theirs], candidates, conf, _limits(side))

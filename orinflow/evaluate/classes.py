@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import re
 
-import numpy as np
-
 from ..errors import OrinflowError
 from ..models.processing import Detections
 
@@ -76,8 +74,4 @@ def _parse(class_map: str, model_names: dict[int, str], data_names: dict[int, st
 
 def remap(dets: Detections, mapping: dict[int, int] | None) -> Detections:
     """Detections in the data's classes; those of model classes the mapping leaves out are dropped."""
-    if mapping is None:
-        return dets
-    keep = np.array([int(c) in mapping for c in dets.classes], bool).reshape(-1)
-    classes = np.array([mapping[int(c)] for c in dets.classes[keep]], dtype=dets.classes.dtype).reshape(-1)
-    return Detections(dets.boxes[keep], dets.scores[keep], classes)
+    return dets.in_classes(mapping)

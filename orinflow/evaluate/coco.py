@@ -36,25 +36,38 @@ class CocoCollector:
         self.names, self.source = names, source
 
     def add(self, index: int, path: Path, hw: tuple[int, int], gt_boxes: np.ndarray, gt_classes: np.ndarray,
-            dets) -> None:
+            dets, gt_outlines: list | None = None) -> None:
+        """One image: its labels (boxes, classes, and for segmentation each object's polygons, normalised) and
+        its detections (with `image_masks()` for segmentation: the COCO metric keeps the 100 most confident)."""
         if self.source is not None:
             image_id = self.source["image_ids"][index]
             category = self.source["category_ids"]
         else:  # COCO's own file names are the image id (000000000139.jpg), as YOLOv5's val.py reads them
             image_id = int(path.stem) if path.stem.isnumeric() else NAMED_IMAGE_IDS + len(self.images)
             category = None
-            self._add_ground_truth(image_id, path.name, hw, gt_boxes, gt_classes)
-        for box, score, cls in zip(dets.boxes, dets.scores, dets.classes):
-            self.results.append({"image_id": image_id, "category_id": int(category[cls] if category else cls),
-                                 "score": float(score), "bbox": [float(box[0]), float(box[1]),
-                                                                 float(box[2] - box[0]), float(box[3] - box[1])]})
+            self._add_ground_truth(image_id, path.name, hw, gt_boxes, gt_classes, gt_outlines)
+        masks = _rle_masks(dets) if hasattr(dets, "image_masks") else None
+        for i, (box, score, cls) in enumerate(zip(dets.boxes, dets.scores, dets.classes)):
+            found = {"image_id": image_id, "category_id": int(category[cls] if category else cls),
+                     "score": float(score), "bbox": [float(box[0]), float(box[1]), float(box[2] - box[0]),
+                                                     float(box[3] - box[1])]}
+            if masks is not None and i in masks:
+                found["segmentation"] = masks[i]
+            self.results.append(found)
 
-    def _add_ground_truth(self, image_id: int, file_name: str, hw, gt_boxes: np.ndarray, gt_classes) -> None:
+    def _add_ground_truth(self, image_id: int, file_name: str, hw, gt_boxes: np.ndarray, gt_classes,
+                          outlines: list | None) -> None:
         self.images.append({"id": image_id, "file_name": file_name, "height": int(hw[0]), "width": int(hw[1])})
-        for box, cls in zip(gt_boxes, gt_classes):
+        for i, (box, cls) in enumerate(zip(gt_boxes, gt_classes)):
             w, h = float(box[2] - box[0]), float(box[3] - box[1])
-            self.annotations.append({"id": len(self.annotations) + 1, "image_id": image_id, "category_id": int(cls),
-                                     "bbox": [float(box[0]), float(box[1]), w, h], "area": w * h, "iscrowd": 0})
+            found = {"id": len(self.annotations) + 1, "image_id": image_id, "category_id": int(cls),
+                     "bbox": [float(box[0]), float(box[1]), w, h], "area": w * h, "iscrowd": 0}
+            if outlines is not None:  # COCO's area is the object's own (its mask), as in its annotations
+                parts = outlines[i] if isinstance(outlines[i], list) else [outlines[i]]
+                pixels = [part * np.float32([hw[1], hw[0]]) for part in parts]
+                found["segmentation"] = [[float(v) for v in p.reshape(-1)] for p in pixels]
+                found["area"] = float(sum(abs(_polygon_area(p)) for p in pixels))
+            self.annotations.append(found)
 
     def ground_truth(self) -> dict:
         if self.source is not None:
@@ -64,20 +77,24 @@ class CocoCollector:
                 "categories": [{"id": c, "name": self.names.get(c, str(c))} for c in classes]}
 
 
-def coco_metrics(ground_truth: dict, results: list[dict], library: str = "faster-coco-eval") -> dict:
-    """AP, AP50, AP75, APs, APm, APl and AR1/10/100 (and ARs/m/l) of `results` against `ground_truth`."""
+def coco_metrics(ground_truth: dict, results: list[dict], library: str = "faster-coco-eval",
+                 iou_type: str = "bbox") -> dict:
+    """AP, AP50, AP75, APs, APm, APl and AR1/10/100 (and ARs/m/l) of `results` against `ground_truth`, by box
+    IoU (`iou_type` "bbox") or mask IoU ("segm")."""
     if library not in LIBRARIES:
         raise OrinflowError(f"unknown COCO library {library!r}; choose one of {', '.join(LIBRARIES)}")
     if not results:  # both libraries refuse an empty result list; nothing detected scores zero
         return {key: 0.0 for key in COCO_KEYS} | {"library": library}
-    # both libraries add fields to the dicts they are given: they get copies
-    ground_truth, results = copy.deepcopy(ground_truth), copy.deepcopy(results)
+    # both libraries add fields to the dicts they are given: they get copies, with the fields `iou_type` reads
+    ground_truth = copy.deepcopy(ground_truth)
+    results = [{k: v for k, v in r.items() if k != "segmentation"} for r in copy.deepcopy(results)] \
+        if iou_type == "bbox" else [r for r in copy.deepcopy(results) if "segmentation" in r]
     with contextlib.redirect_stdout(io.StringIO()):  # both print their summary table
         if library == "faster-coco-eval":
             from faster_coco_eval import COCO, COCOeval_faster
 
             gt = COCO(ground_truth)
-            evaluator = COCOeval_faster(gt, gt.loadRes(results), iouType="bbox")
+            evaluator = COCOeval_faster(gt, gt.loadRes(results), iouType=iou_type)
         else:
             from pycocotools.coco import COCO
             from pycocotools.cocoeval import COCOeval
@@ -85,8 +102,28 @@ def coco_metrics(ground_truth: dict, results: list[dict], library: str = "faster
             gt = COCO()
             gt.dataset = ground_truth
             gt.createIndex()
-            evaluator = COCOeval(gt, gt.loadRes(results), iouType="bbox")
+            evaluator = COCOeval(gt, gt.loadRes(results), iouType=iou_type)
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
     return {key: float(v) for key, v in zip(COCO_KEYS, evaluator.stats)} | {"library": library}
+
+
+COCO_MAX_DETS = 100  # the COCO evaluation reads at most this many detections per image
+
+
+def _rle_masks(dets) -> dict[int, dict]:
+    """The most confident instances' masks in image pixels, as COCO's compressed RLE, by instance index."""
+    from pycocotools import mask as rle_mask
+
+    order = np.argsort(-dets.scores, kind="stable")[:COCO_MAX_DETS]
+    found = {}
+    for index, image in zip(order, dets.take(order).image_masks()):
+        rle = rle_mask.encode(np.asfortranarray(image.astype(np.uint8)))
+        found[int(index)] = {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+    return found
+
+
+def _polygon_area(points: np.ndarray) -> float:
+    x, y = points[:, 0], points[:, 1]
+    return 0.5 * float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1)))

@@ -30,7 +30,7 @@ def run_compare(sides, paths, data, split: str, images: int, seed: int, conf: fl
                                if r["growth"] > 0][:top],
               "min_cosine": min((r["cosine"] for r in found["layers"]), default=None),
               "detections": found["detections"], "examples": found["examples"],
-              "mAP": _map_both(subset, found) if subset.task == "detect" else None,
+              "mAP": _map_both(subset, found) if found["detections"] is not None else None,
               "layers": found["layers"], "notes": notes, "probing": found["probing"],
               "int8_kernels": found["int8_kernels"],
               "files": {"json": str(folder / RECORD), "plot": str(folder / PLOT)}}

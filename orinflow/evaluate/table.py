@@ -86,7 +86,9 @@ def coco_table(records: list[dict]) -> Table:
     for column in (*COCO_COLUMNS, "mAP50-95 (YOLOv5-style)"):
         table.add_column(column, justify="right")
     for record in records:
-        coco = record["metrics"]["coco"]
-        table.add_row(Path(record["model"]).name, *(f"{coco[c]:.4f}" for c in COCO_COLUMNS),
-                      f"{record['metrics']['mAP50-95']:.4f}")
+        for key, what, own in (("coco", "", "mAP50-95"), ("coco_segm", " (masks)", "mask_mAP50-95")):
+            if key in record["metrics"]:
+                coco = record["metrics"][key]
+                table.add_row(Path(record["model"]).name + what, *(f"{coco[c]:.4f}" for c in COCO_COLUMNS),
+                              f"{record['metrics'][own]:.4f}")
     return table

@@ -67,8 +67,8 @@ def export_onnx(adapter: ModelAdapter, output: Path | None = None, opset: int = 
     check_opset(opset)
     if nms is not None:
         nms.validate()
-        if adapter.task != "detect":
-            raise OrinflowError("--nms is for detectors")
+        if not adapter.processing.room.nms_in_engine:
+            raise OrinflowError(f"--nms is for detectors: a {adapter.task} model keeps its NMS in post-processing")
     output = Path(output) if output else default_output(adapter, dynamic, half, nms)
     check_output(output, (".onnx",), [adapter.source], command="export")
     started = time.perf_counter()
@@ -104,12 +104,13 @@ def export_onnx(adapter: ModelAdapter, output: Path | None = None, opset: int = 
 def _torch_export(adapter: ModelAdapter, path: Path, opset: int, dynamic: bool) -> None:
     module = adapter.export_module().eval()
     dummy = torch.zeros(adapter.input_shape)
-    axes = {"images": {0: "batch"}, "output0": {0: "batch"}} if dynamic else None
+    outputs = [f"output{i}" for i in range(adapter.processing.room.outputs)]
+    axes = {name: {0: "batch"} for name in ("images", *outputs)} if dynamic else None
     with warnings.catch_warnings(), redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()), torch.no_grad():
         warnings.simplefilter("ignore")
         try:
             torch.onnx.export(module, (dummy,), str(path), opset_version=opset, input_names=["images"],
-                              output_names=["output0"], dynamic_axes=axes, dynamo=False, do_constant_folding=True)
+                              output_names=outputs, dynamic_axes=axes, dynamo=False, do_constant_folding=True)
         except Exception as e:
             raise OrinflowError(f"torch.onnx.export failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from e
 
@@ -136,8 +137,17 @@ def check_parity(adapter: ModelAdapter, onnx_path: Path, image: np.ndarray | Non
     if image is None:
         image = _default_parity_image(adapter)
     batch = adapter.processing.preprocess(image)[0][None]
-    reference = TorchRunner(adapter).run(batch)[0]
-    candidate = OrtRunner(onnx_path).run(batch.astype(np.float32))[0].astype(np.float32)
+    references = TorchRunner(adapter).run(batch)
+    candidates = OrtRunner(onnx_path).run(batch.astype(np.float32))
+    if len(candidates) != len(references):
+        raise OrinflowError(f"export is broken: the ONNX has {len(candidates)} outputs, PyTorch {len(references)}")
+    found = [_output_parity(r, c.astype(np.float32), precision) for r, c in zip(references, candidates)]
+    worst = max(found, key=lambda f: f["max_abs_diff"] / f["limit"])
+    return {**found[0], "outputs": found} if len(found) > 1 else worst
+
+
+def _output_parity(reference: np.ndarray, candidate: np.ndarray, precision: str) -> dict:
+    """One output's max abs difference, refused above PARITY_RTOL of its scale."""
     if reference.shape != candidate.shape:
         raise OrinflowError(f"export is broken: ONNX output shape {candidate.shape} != PyTorch {reference.shape}")
     diff = float(np.abs(reference - candidate).max())

@@ -95,8 +95,8 @@ class _Builder:
 def attach_nms(model: onnx.ModelProto, processing: Processing, spec: NmsSpec) -> tuple[onnx.ModelProto, Processing]:
     """`model` (raw head output first) with decode and NMS appended; its Processing reads the new outputs."""
     spec.validate()
-    if processing.task != "detect":
-        raise OrinflowError("--nms is for detectors")
+    if not processing.room.nms_in_engine:
+        raise OrinflowError(f"--nms is for detectors: a {processing.task} model keeps its NMS in post-processing")
     if processing.head in (HEAD_END2END, HEAD_EFFICIENT_NMS):
         raise OrinflowError("the model already has NMS inside its graph")
     model = onnx.ModelProto.FromString(model.SerializeToString())

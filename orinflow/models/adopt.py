@@ -1,8 +1,9 @@
-"""`orinflow adopt`: give an ONNX detector from elsewhere (Ultralytics' exporter, the yolov5 repository,
+"""`orinflow adopt`: give an ONNX detector or segmentation model from elsewhere (Ultralytics' exporter, the yolov5 repository,
 an end-to-end graph with NMS inside) the pre- and post-processing metadata orinflow reads.
 
 What the graph says is taken from it: the input size from the input's shape, the head layout and
-class count from the first output's shape, and the class names from Ultralytics' own metadata when
+class count from the first output's shape, a segmentation model from a second output of mask prototypes
+(batch, k, height/4, width/4), whose k mask coefficients end each row of the first; and the class names from Ultralytics' own metadata when
 present. The rest is asked for in one line. Preprocessing defaults to the convention of the layout
 (the YOLO exporters': letterbox with grey 114, RGB, 0..1; YOLOX's: BGR, 0..255); the flags
 --letterbox/--resize, --bgr/--rgb and --mean/--std say otherwise.
@@ -41,16 +42,28 @@ def adopt_onnx(model: str | Path, output: str | Path, head: str | None = None, n
         shape = _probe(graph, size, source)
     inferred = infer_head(shape, size) if head is None else head
     count = check_head(inferred, shape, size)
-    processing = detector_processing(inferred, size, class_names(names, metadata, count), letterbox, bgr, mean, std)
+    prototypes = _prototypes(graph, size)
+    processing = detector_processing(inferred, size, class_names(names, metadata, count - prototypes), letterbox, bgr,
+                                     mean, std, task="segment" if prototypes else "detect")
     write_metadata(graph, {META_PROCESSING: processing.to_json(), META_FAMILY: f"onnx-{inferred}",
                            META_SOURCE: str(source)})
     with atomic_path(output) as tmp:
         onnx.save(graph, str(tmp))
     record = {"command": "adopt", "model": str(output), "source": str(source), "head": inferred,
               "head_given": head is not None, "imgsz": list(size), "classes": len(processing.names),
+              "task": processing.task,
               "output_shape": shape, "input": processing.describe_input()}
     write_record(output, record)
     return record
+
+
+def _prototypes(graph: onnx.ModelProto, size: tuple[int, int]) -> int:
+    """How many mask prototypes a second output of shape (batch, k, height/4, width/4) holds; 0 without one."""
+    if len(graph.graph.output) != 2:
+        return 0
+    dims = graph_dims(graph.graph.output[1])
+    fixed = len(dims) == 4 and all(isinstance(d, int) and d > 0 for d in dims[1:])
+    return dims[1] if fixed and tuple(dims[2:]) == (size[0] // 4, size[1] // 4) else 0
 
 
 def _probe(graph: onnx.ModelProto, size: tuple[int, int], source: Path) -> list:

@@ -126,10 +126,10 @@ def check_against_graph(processing: Processing, model: onnx.ModelProto) -> None:
     if len(dims) == 4 and all(isinstance(d, int) and d > 0 for d in dims[2:]) and tuple(dims[2:]) != processing.imgsz:
         raise ProcessingError("imgsz", f"is {list(processing.imgsz)} but the graph's input is fixed at "
                               f"{dims[2]}x{dims[3]}")
-    if processing.task == "detect" and processing.head is None:
+    if processing.room.instances and processing.head is None:
         raise ProcessingError("head", "is missing: a detector's metadata must name its output layout")
     layout = {fmt: name for name, fmt in HEADS.items()}.get(processing.head)
-    if processing.task != "detect" or layout is None or not model.graph.output:
+    if layout is None or not model.graph.output:
         return
     shape = graph_dims(model.graph.output[0])
     if not all(isinstance(d, int) for d in shape[1:]):
@@ -139,5 +139,6 @@ def check_against_graph(processing: Processing, model: onnx.ModelProto) -> None:
     except OrinflowError as e:
         raise ProcessingError("head", f"is {processing.head!r} ({layout}), which the first output {shape} "
                               "contradicts") from e
+    count = processing.room.classes_in_head(count, [graph_dims(o) for o in model.graph.output])
     if count and processing.names and len(processing.names) != count:
         raise ProcessingError("names", f"lists {len(processing.names)} classes but the {layout} head predicts {count}")

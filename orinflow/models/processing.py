@@ -9,27 +9,21 @@ import json
 from dataclasses import asdict, dataclass, field
 from numbers import Integral, Real
 
-import cv2
 import numpy as np
 import torch
-import torchvision
 
-from ..config import IMAGENET_MEAN, IMAGENET_STD, LETTERBOX_PAD, MAX_IMGSZ
+from ..config import MAX_IMGSZ
 from ..errors import OrinflowError
+from ..tasks import TASKS, task_room
+from ..tasks.boxes import (GRID_STRIDES, HEAD_ANCHOR_FREE, HEAD_EFFICIENT_NMS, HEAD_END2END, HEAD_FORMATS,  # noqa: F401
+                           HEAD_GRID, HEAD_OBJECTNESS, MAX_NMS_CANDIDATES, NMS_INSIDE, Detections, anchor_view,
+                           decode_candidates, decode_grid, grid_cells, multiclass_nms, xywh_to_xyxy)
+from ..tasks.classify import class_probabilities  # noqa: F401
+from ..tasks.image import (ImageMeta, centre_crop_image, classify_transform, letterbox, letterbox_image,  # noqa: F401
+                           stretch_image, to_input, unletterbox)
 
-# Raw output layouts of detection heads (what the exported graph returns).
-HEAD_ANCHOR_FREE = "xywh_scores"  # (B, 4+nc, N): Ultralytics YOLOv8/11/26 one-to-many, decoded, sigmoided
-HEAD_OBJECTNESS = "xywh_obj_scores"  # (B, N, 5+nc): original YOLOv5 anchors, objectness
-HEAD_END2END = "xyxy_score_class"  # (B, K, 6): NMS-free heads (YOLO26 one-to-one)
-HEAD_EFFICIENT_NMS = "num_boxes_scores_classes"  # TensorRT's EfficientNMS_TRT outputs (export --nms trt)
-HEAD_GRID = "grid_obj_scores"  # (B, N, 5+nc): YOLOX's default export, boxes relative to grid cells, not decoded
-HEAD_FORMATS = (HEAD_ANCHOR_FREE, HEAD_OBJECTNESS, HEAD_END2END, HEAD_GRID, HEAD_EFFICIENT_NMS)
-NMS_INSIDE = (HEAD_END2END, HEAD_EFFICIENT_NMS)  # heads whose graph already ran NMS
-GRID_STRIDES = (8, 16, 32)  # YOLOX's (and every P3-P5 detector's) output strides
 RESIZE_MODES = ("letterbox", "stretch")  # keep aspect and pad grey 114, or resize to imgsz ignoring aspect
 CHANNEL_ORDERS = ("rgb", "bgr")
-
-MAX_NMS_CANDIDATES = 30000
 
 
 class ProcessingError(OrinflowError):
@@ -46,27 +40,8 @@ def _finite_triple(values) -> bool:
 
 
 @dataclass
-class Detections:
-    """One image's detections in original-image pixels."""
-
-    boxes: np.ndarray  # (n, 4) xyxy
-    scores: np.ndarray  # (n,)
-    classes: np.ndarray  # (n,) int
-
-
-@dataclass
-class ImageMeta:
-    """How an image was mapped into the network input, to map boxes back."""
-
-    original_hw: tuple[int, int]
-    scale: float = 1.0
-    pad: tuple[float, float] = (0.0, 0.0)  # left, top
-    scale_y: float | None = None  # a stretched image's vertical scale (None: `scale`, aspect kept)
-
-
-@dataclass
 class Processing:
-    task: str  # "detect" | "classify"
+    task: str  # a task of orinflow/tasks (detect, classify, segment)
     imgsz: tuple[int, int]  # network input (h, w)
     names: dict[int, str] = field(default_factory=dict)
     head: str | None = None  # one of HEAD_FORMATS for detectors
@@ -80,15 +55,21 @@ class Processing:
     channels: str = "rgb"  # one of CHANNEL_ORDERS
 
     def __post_init__(self):
-        classify = self.task == "classify"
-        self.mean = tuple(IMAGENET_MEAN if classify else (0.0, 0.0, 0.0)) if self.mean is None else tuple(self.mean)
-        self.std = tuple(IMAGENET_STD if classify else (1.0, 1.0, 1.0)) if self.std is None else tuple(self.std)
+        room = TASKS.get(self.task)
+        if room is not None:  # an unknown task is refused by validate()
+            self.mean = tuple(room.default_mean if self.mean is None else self.mean)
+            self.std = tuple(room.default_std if self.std is None else self.std)
         self.validate()
+
+    @property
+    def room(self):
+        """The task's room (orinflow/tasks): everything that differs between tasks."""
+        return task_room(self.task)
 
     def validate(self) -> None:
         """The rules the flags follow (--imgsz, --mean/--std, --crop, --iou, --head, ...), for a Processing made
         from flags and one read from a model's metadata alike."""
-        choices = {"task": ("detect", "classify"), "resize": RESIZE_MODES, "channels": CHANNEL_ORDERS}
+        choices = {"task": tuple(TASKS), "resize": RESIZE_MODES, "channels": CHANNEL_ORDERS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ProcessingError(name, f"is {getattr(self, name)!r}; one of {', '.join(allowed)} expected")
@@ -117,18 +98,14 @@ class Processing:
         data = json.loads(text)
         data["imgsz"] = tuple(data["imgsz"])
         data["names"] = {int(k): v for k, v in data.get("names", {}).items()}
-        if "channels" not in data and data.get("task") == "detect":
+        if "channels" not in data and data.get("task") in TASKS and task_room(data["task"]).instances:
             data["mean"] = data["std"] = None  # written before detectors could be normalised: 0..1 pixels
         return cls(**data)
 
     # ---- preprocessing ----
     def preprocess(self, image_bgr: np.ndarray) -> tuple[np.ndarray, ImageMeta]:
         """BGR uint8 HWC image -> float32 CHW network input, and how to map back."""
-        if self.task == "detect":
-            resized, meta = (letterbox_image if self.resize == "letterbox" else stretch_image)(image_bgr, self.imgsz)
-        else:
-            resized, meta = centre_crop_image(image_bgr, self.imgsz, self.crop_fraction)
-        return to_input(resized, self.channels, self.mean, self.std), meta
+        return self.room.preprocess(self, image_bgr)
 
     def input_range(self) -> tuple[np.ndarray, np.ndarray]:
         """Per-channel (low, high) of what `preprocess` can produce (0..1 pixels, normalised)."""
@@ -145,35 +122,22 @@ class Processing:
             scale = "0..255"
         else:
             scale = f"mean {','.join(f'{v:g}' for v in self.mean)} std {','.join(f'{v:g}' for v in self.std)}"
-        return f"{self.resize if self.task == 'detect' else 'centre crop'} {self.channels.upper()} {scale}"
+        return f"{self.room.input_phrase(self)} {self.channels.upper()} {scale}"
 
     # ---- postprocessing ----
-    def head_output(self, outputs: list) -> np.ndarray:
-        """The graph outputs as the one array `postprocess` reads: EfficientNMS_TRT's four outputs become
-        (B, K, 6) rows of x1, y1, x2, y2, score, class, zero past each image's count."""
-        if self.head != HEAD_EFFICIENT_NMS:
-            return outputs[0]
-        count, boxes, scores, classes = (np.asarray(o) for o in outputs[:4])
-        rows = np.concatenate([boxes, scores[..., None], classes[..., None]], -1).astype(np.float32)
-        rows[np.arange(rows.shape[1])[None, :] >= count.reshape(-1, 1)] = 0
-        return rows
+    def read(self, outputs: list, metas: list[ImageMeta], **post) -> list:
+        """The graph's outputs for a batch -> one result per image: Detections (detect), class probabilities
+        (classify), Segments (segment). `post`: the task's settings (conf, iou, max_det for instances)."""
+        return self.room.read(self, list(outputs), metas, **post)
 
-    def postprocess(self, raw: np.ndarray | torch.Tensor, metas: list[ImageMeta], conf: float = 0.001,
-                    iou: float | None = None, max_det: int = 300) -> list:
-        """Raw first output of the graph -> per-image Detections (detect) or class probabilities (classify)."""
-        raw = torch.as_tensor(np.asarray(raw, dtype=np.float32))
-        if self.task == "classify":
-            return list(class_probabilities(raw).numpy())
-        iou = self.nms_iou if iou is None else iou
-        out = []
-        for pred, meta in zip(raw, metas):
-            boxes, scores, classes = decode_candidates(pred, self.head, conf, self.imgsz)
-            if self.head not in NMS_INSIDE:
-                boxes, scores, classes = multiclass_nms(boxes, scores, classes, iou, max_det)
-            else:
-                boxes, scores, classes = boxes[:max_det], scores[:max_det], classes[:max_det]
-            out.append(Detections(unletterbox(boxes.numpy(), meta), scores.numpy(), classes.numpy().astype(int)))
-        return out
+    def head_output(self, outputs: list) -> np.ndarray:
+        """The graph outputs as the one array the task's decode reads first (EfficientNMS_TRT's four outputs become
+        (B, K, 6) rows)."""
+        return self.room.head_output(self, list(outputs))
+
+    def postprocess(self, raw: np.ndarray | torch.Tensor, metas: list[ImageMeta], **post) -> list:
+        """`read` of a graph with one output."""
+        return self.read([raw], metas, **post)
 
 
 class UsesProcessing:
@@ -188,147 +152,3 @@ class UsesProcessing:
     @property
     def input_shape(self) -> tuple[int, int, int, int]:
         return (1, 3, *self.processing.imgsz)
-
-
-def letterbox(image_bgr: np.ndarray, imgsz: tuple[int, int]) -> tuple[np.ndarray, ImageMeta]:
-    """The YOLO convention: letterboxed, RGB, 0..1 (float32 CHW)."""
-    padded, meta = letterbox_image(image_bgr, imgsz)
-    return to_input(padded, "rgb", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)), meta
-
-
-def letterbox_image(image_bgr: np.ndarray, imgsz: tuple[int, int]) -> tuple[np.ndarray, ImageMeta]:
-    """Resize keeping aspect (area interpolation when shrinking), pad centred with grey 114 (uint8 HWC)."""
-    h0, w0 = image_bgr.shape[:2]
-    scale = min(imgsz[0] / h0, imgsz[1] / w0)
-    h, w = round(h0 * scale), round(w0 * scale)
-    image_bgr = _resize(image_bgr, h, w, scale)
-    top, left = (imgsz[0] - h) / 2, (imgsz[1] - w) / 2
-    t, b = round(top - 0.1), round(top + 0.1)
-    l, r = round(left - 0.1), round(left + 0.1)
-    padded = cv2.copyMakeBorder(image_bgr, t, b, l, r, cv2.BORDER_CONSTANT, value=(LETTERBOX_PAD,) * 3)
-    return padded, ImageMeta((h0, w0), scale, (float(l), float(t)))
-
-
-def stretch_image(image_bgr: np.ndarray, imgsz: tuple[int, int]) -> tuple[np.ndarray, ImageMeta]:
-    """Resize to exactly imgsz, aspect not kept (detectors trained that way, such as SSD-style exports)."""
-    h0, w0 = image_bgr.shape[:2]
-    scale_x, scale_y = imgsz[1] / w0, imgsz[0] / h0
-    return _resize(image_bgr, imgsz[0], imgsz[1], min(scale_x, scale_y)), ImageMeta((h0, w0), scale_x, (0.0, 0.0),
-                                                                                   scale_y)
-
-
-def centre_crop_image(image_bgr, imgsz, crop_fraction) -> tuple[np.ndarray, ImageMeta]:
-    """Resize the short side to imgsz/crop_fraction, centre-crop imgsz (uint8 HWC)."""
-    h0, w0 = image_bgr.shape[:2]
-    short = round(min(imgsz) / crop_fraction)
-    scale = short / min(h0, w0)
-    h, w = max(imgsz[0], round(h0 * scale)), max(imgsz[1], round(w0 * scale))
-    image_bgr = _resize(image_bgr, h, w, scale)
-    top, left = (h - imgsz[0]) // 2, (w - imgsz[1]) // 2
-    return image_bgr[top:top + imgsz[0], left:left + imgsz[1]], ImageMeta((h0, w0), scale, (float(left), float(top)))
-
-
-def classify_transform(image_bgr, imgsz, crop_fraction, mean, std) -> tuple[np.ndarray, ImageMeta]:
-    """Centre crop, RGB, normalised with mean/std (float32 CHW)."""
-    cropped, meta = centre_crop_image(image_bgr, imgsz, crop_fraction)
-    return to_input(cropped, "rgb", mean, std), meta
-
-
-def _resize(image: np.ndarray, h: int, w: int, scale: float) -> np.ndarray:
-    if (h, w) == image.shape[:2]:
-        return image
-    return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
-
-
-def to_input(image_bgr: np.ndarray, channels: str, mean, std) -> np.ndarray:
-    """uint8 HWC BGR -> float32 CHW in `channels` order, (pixel/255 - mean) / std (mean/std in that order)."""
-    pixels = image_bgr if channels == "bgr" else image_bgr[:, :, ::-1]
-    values = pixels.astype(np.float32) / 255.0
-    if tuple(mean) != (0.0, 0.0, 0.0) or tuple(std) != (1.0, 1.0, 1.0):
-        values = (values - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return np.ascontiguousarray(values.transpose(2, 0, 1))
-
-
-def class_probabilities(raw: torch.Tensor) -> torch.Tensor:
-    """Softmax unless the graph already returns probabilities (rows summing to one)."""
-    raw = raw.reshape(raw.shape[0], -1)
-    if raw.min() >= 0 and torch.allclose(raw.sum(1), torch.ones(raw.shape[0]), atol=1e-3):
-        return raw
-    return raw.softmax(1)
-
-
-def decode_candidates(pred: torch.Tensor, head: str, conf: float, imgsz: tuple[int, int] = (640, 640)):
-    """One image's raw head output -> (xyxy boxes, scores, classes) of all class scores above conf."""
-    if head in NMS_INSIDE:
-        keep = pred[:, 4] > conf
-        pred = pred[keep]
-        return pred[:, :4], pred[:, 4], pred[:, 5].long()
-    if head == HEAD_OBJECTNESS:  # objectness below conf cannot give a class score above it: skip early
-        pred = pred[pred[:, 4] > conf]
-    boxes, cls_scores = anchor_view(pred, head, imgsz)
-    # Multi-label: every (box, class) pair above the threshold is a candidate, as COCO evaluation expects.
-    idx, cls = (cls_scores > conf).nonzero(as_tuple=True)
-    return boxes[idx], cls_scores[idx, cls], cls
-
-
-def anchor_view(pred: torch.Tensor, head: str, imgsz: tuple[int, int] = (640, 640)):
-    """One image's raw head output (NMS not inside) -> per anchor, xyxy boxes (N, 4) and class scores (N, nc)."""
-    if head == HEAD_ANCHOR_FREE:
-        pred = pred.T  # (N, 4+nc)
-        return xywh_to_xyxy(pred[:, :4]), pred[:, 4:]
-    if head in (HEAD_OBJECTNESS, HEAD_GRID):
-        if head == HEAD_GRID:
-            pred = decode_grid(pred, imgsz)
-        return xywh_to_xyxy(pred[:, :4]), pred[:, 5:] * pred[:, 4:5]
-    raise ValueError(f"unknown detection head format {head!r}")
-
-
-def multiclass_nms(boxes, scores, classes, iou: float, max_det: int):
-    if scores.numel() > MAX_NMS_CANDIDATES:
-        top = scores.topk(MAX_NMS_CANDIDATES).indices
-        boxes, scores, classes = boxes[top], scores[top], classes[top]
-    keep = torchvision.ops.batched_nms(boxes, scores, classes, iou)[:max_det]
-    return boxes[keep], scores[keep], classes[keep]
-
-
-def decode_grid(pred: torch.Tensor, imgsz: tuple[int, int]) -> torch.Tensor:
-    """YOLOX's undecoded (..., N, 5+nc) -> input-pixel xywh: xy = (offset + cell) * stride, wh = exp(wh) * stride.
-
-    N must be the cell count of strides 8, 16 and 32 at `imgsz`; the cells run row by row, stride by stride.
-    """
-    cells, strides = grid_cells(imgsz, pred.shape[-2])
-    cells, strides = cells.to(pred), strides.to(pred)
-    xy = (pred[..., :2] + cells) * strides
-    wh = pred[..., 2:4].exp() * strides
-    return torch.cat((xy, wh, pred[..., 4:]), -1)
-
-
-def grid_cells(imgsz: tuple[int, int], count: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, 2) cell x/y and (N, 1) stride of every output row of a P3-P5 grid head at `imgsz`."""
-    cells, strides = [], []
-    for stride in GRID_STRIDES:
-        h, w = -(-imgsz[0] // stride), -(-imgsz[1] // stride)
-        y, x = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-        cells.append(torch.stack((x, y), -1).reshape(-1, 2))
-        strides.append(torch.full((h * w, 1), stride))
-    cells, strides = torch.cat(cells).float(), torch.cat(strides).float()
-    if count is not None and count != len(cells):
-        raise ValueError(f"a grid head at {imgsz[0]}x{imgsz[1]} has {len(cells)} rows (strides "
-                         f"{', '.join(map(str, GRID_STRIDES))}), not {count}")
-    return cells, strides
-
-
-def xywh_to_xyxy(xywh: torch.Tensor) -> torch.Tensor:
-    xy, wh = xywh[:, :2], xywh[:, 2:4] / 2
-    return torch.cat((xy - wh, xy + wh), 1)
-
-
-def unletterbox(boxes: np.ndarray, meta: ImageMeta) -> np.ndarray:
-    """Network-input xyxy -> original-image xyxy, clipped to the image."""
-    boxes = boxes.copy()
-    boxes[:, [0, 2]] = (boxes[:, [0, 2]] - meta.pad[0]) / meta.scale
-    boxes[:, [1, 3]] = (boxes[:, [1, 3]] - meta.pad[1]) / (meta.scale_y or meta.scale)
-    h, w = meta.original_hw
-    boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
-    boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
-    return boxes

@@ -12,7 +12,7 @@ from .processing import HEAD_ANCHOR_FREE, HEAD_END2END, Processing
 os.environ.setdefault("YOLO_OFFLINE", "1")  # never let Ultralytics reach for the network
 
 ULTRALYTICS_NMS_IOU = 0.7  # Ultralytics val default
-SUPPORTED_TASKS = ("detect", "classify")
+SUPPORTED_TASKS = ("detect", "segment", "classify")
 
 
 def load_ultralytics(path: Path, imgsz: int | None = None, fuse: bool = True) -> ModelAdapter:
@@ -40,7 +40,7 @@ def load_ultralytics(path: Path, imgsz: int | None = None, fuse: bool = True) ->
         if size % stride:
             raise OrinflowError(f"--imgsz {size} must be a multiple of the model's stride {stride}")
         head = model.model[-1]
-        processing = Processing(task="detect", imgsz=(size, size), names=names,
+        processing = Processing(task=task, imgsz=(size, size), names=names,
                                 head=HEAD_END2END if getattr(head, "end2end", False) else HEAD_ANCHOR_FREE,
                                 nms_iou=ULTRALYTICS_NMS_IOU)
     return ModelAdapter(family="ultralytics", source=str(path), module=model, processing=processing)

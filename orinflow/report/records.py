@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import OrinflowError
+from ..tasks import task_room
 
 BASELINE_ROUTE = "fp32"
 
@@ -29,11 +30,11 @@ class Row:
 
     @property
     def metric_names(self) -> tuple[str, str]:
-        return ("mAP50", "mAP50-95") if self.record["task"] == "detect" else ("top1", "top5")
+        return task_room(self.record["task"]).metric_keys
 
     @property
     def main_metric(self) -> float:
-        return self.record["metrics"][self.metric_names[1] if self.record["task"] == "detect" else "top1"]
+        return self.record["metrics"][task_room(self.record["task"]).headline]
 
     def delta_points(self) -> float | None:
         return None if self.baseline is None else (self.main_metric - self.baseline.main_metric) * 100

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..formats import markdown_text
 from .records import Row, pareto_front
+from ..tasks import task_room
 
 ROUTE_COLOURS = {"fp32": "#4c72b0", "ptq": "#dd8452", "qat": "#55a868", "sat": "#8172b3", "sparse-qat": "#c44e52",
                  "prune": "#937860", "prune+ptq": "#da8bc3"}
@@ -151,7 +152,7 @@ def plots(rows: list[Row]) -> dict[str, "object"]:
     from matplotlib.ticker import MaxNLocator
 
     figures = {}
-    metric = "mAP50-95" if rows[0].record["task"] == "detect" else "top-1"
+    metric = task_room(rows[0].record["task"]).headline_label
     timed = [r for r in rows if r.latency("batch1") is not None]
     if timed:
         fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=100)

@@ -6,12 +6,13 @@ import numpy as np
 import onnx
 
 from .graph import GraphIndex, decode_nodes
+from ...tasks import task_room
 
 
 def head_tensors(model: onnx.ModelProto, task: str) -> list[str]:
     """The raw head outputs: for a detector the tensors its decode reads, otherwise the graph outputs."""
     outputs = [o.name for o in model.graph.output]
-    if task != "detect":
+    if not task_room(task).protects_decode:
         return outputs
     decode = set(decode_nodes(model))
     index = GraphIndex(model)

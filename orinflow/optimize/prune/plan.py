@@ -67,7 +67,7 @@ def cut_probe(adapter, dataset, config: PruneConfig, say=print) -> CutProbe | No
     if dataset is None:
         say("no data to measure the cuts on (--yaml): the channels are cut evenly")
         return None
-    head = adapter.processing.head if adapter.task == "detect" else None
+    head = adapter.processing.head  # None for tasks without boxes
     if head == HEAD_END2END:
         say("the end-to-end (NMS-free) head has no distillation measure yet: the channels are cut evenly")
         return None

@@ -48,7 +48,7 @@ def tracked_step(pruner, module: nn.Module) -> dict[nn.Module, tuple[list[int], 
 
 
 def _width(layer: nn.Module, side: str) -> int:
-    if isinstance(layer, nn.Conv2d):
+    if hasattr(layer, "in_channels"):  # Conv2d, and a segmentation head's ConvTranspose2d
         return layer.in_channels if side == "in" else layer.out_channels
     return layer.in_features if side == "in" else layer.out_features
 

@@ -137,7 +137,7 @@ def recalibrate_batchnorm(adapter, module: nn.Module, dataset, images: int = BN_
 def trace_size(adapter) -> tuple[int, int]:
     """A small input for tracing and the channel plan: channel counts do not depend on it."""
     height, width = adapter.processing.imgsz
-    if adapter.task != "detect":
+    if not adapter.processing.room.instances:
         return height, width
     return min(height, 128), min(width, 128)
 
@@ -147,11 +147,11 @@ def _totals(found: dict) -> dict:
 
 
 def _score(adapter, dataset) -> float:
-    """mAP50-95 for detectors, top-1 for classifiers, of the PyTorch model on `dataset`."""
+    """The task's headline figure (mAP50-95, top-1, ...) of the PyTorch model on `dataset`."""
     from ...evaluate import EvalOptions, evaluate_model
 
     metrics = evaluate_model(adapter, dataset, options=EvalOptions(measure_latency=False, batch=8))["metrics"]
-    return float(metrics["mAP50-95"] if adapter.task == "detect" else metrics["top1"])
+    return float(metrics[adapter.processing.room.headline])
 
 
 def taylor_gradients(adapter, teacher, dataset, train_config):

@@ -89,7 +89,7 @@ def _metric_drop(fp32, emulated, data) -> dict:
 
     subset = draw_images(data, MEASURE_IMAGES, 0)
     options = EvalOptions(measure_latency=False, int8_kernels="exact")
-    key = "mAP50-95" if fp32.task == "detect" else "top1"
+    key = fp32.processing.room.headline
     before = evaluate_model(fp32, subset, options=options)["metrics"][key]
     after = evaluate_model(emulated, subset, options=options)["metrics"][key]
     return {"kind": "metric", "metric": key, "images": len(subset), "fp32": before, "emulated": after,
@@ -100,21 +100,5 @@ def _agreement(fp32, emulated, images: np.ndarray) -> dict:
     from ...runtime import OrtRunner
 
     reference, candidate = OrtRunner(fp32.path).run(images), OrtRunner(emulated.path, form="exact").run(images)
-    processing = fp32.processing
-    if processing.task != "detect":
-        same = np.argmax(reference[0], axis=1) == np.argmax(candidate[0], axis=1)
-        return {"kind": "agreement", "what": "top-1 classes", "images": len(images), "agreement": float(same.mean())}
-    from ...evaluate.accuracy import box_iou
-    from ...models.processing import ImageMeta
-
-    meta = [ImageMeta(tuple(processing.imgsz)) for _ in images]  # boxes stay in network pixels
-    wanted = processing.postprocess(processing.head_output(reference), meta, conf=MATCH_CONF)
-    got = processing.postprocess(processing.head_output(candidate), meta, conf=MATCH_CONF)
-    total = kept = 0
-    for a, b in zip(wanted, got):
-        total += len(a.boxes)
-        if len(a.boxes) and len(b.boxes):
-            iou = box_iou(a.boxes, b.boxes) * (a.classes[:, None] == b.classes[None])
-            kept += int((iou >= MATCH_IOU).any(1).sum())
-    return {"kind": "agreement", "what": "detections", "images": len(images),
-            "agreement": kept / total if total else 1.0}
+    return {"kind": "agreement", "images": len(images),
+            **fp32.processing.room.agreement(fp32.processing, reference, candidate, MATCH_CONF, MATCH_IOU)}

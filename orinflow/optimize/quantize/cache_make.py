@@ -75,7 +75,7 @@ def _qdq_model(path: Path) -> onnx.ModelProto:
 
 
 def _protected(fp32, graph, head_protect: bool) -> set[str]:
-    return decode_outputs(graph) if fp32 is not None and fp32.task == "detect" and head_protect else set()
+    return decode_outputs(graph) if fp32 is not None and fp32.processing.room.protects_decode and head_protect else set()
 
 
 def _measured(fp32, scales: dict[str, float], array, dataset, say) -> dict:

@@ -29,6 +29,7 @@ from .cpu_layout import align_conv_channels, quantize_before_space_to_depth
 from .calib_cache import LEVELS, write_cache
 from .histograms import percentile_amax
 from .ort_worker import CALIB_CHUNK
+from ...tasks import task_room
 
 MODES = ("int8", "fp8", "int4")
 METHODS = ("entropy", "max", "percentile", "search")
@@ -87,7 +88,7 @@ def check_not_quantized(model: onnx.ModelProto, path: Path) -> None:
 
 def excluded_nodes(model: onnx.ModelProto, spec: QuantizeSpec, task: str) -> list[str]:
     """Decode nodes (detectors, when protected) plus the user's --exclude regexes."""
-    names = decode_nodes(model) if spec.head_protect and task == "detect" else []
+    names = decode_nodes(model) if spec.head_protect and task_room(task).protects_decode else []
     patterns = [re.compile(p) for p in spec.exclude]
     names += [n.name for n in model.graph.node if any(p.search(n.name) for p in patterns) and n.name not in names]
     return names
@@ -123,7 +124,7 @@ def quantize_onnx(source: OnnxModel, calib: np.ndarray, spec: QuantizeSpec, outp
         extra = {ALIGNED_METADATA: json.dumps(aligned_convs)} if aligned_convs else {}
         write_metadata(quantized, read_metadata(model) | {"orinflow.quantization": _spec_json(spec)} | extra)
         onnx.save(quantized, str(tmp))
-        report = qdq_report(quantized, spec.target, spec.mode, set(exclude) if source.task == "detect" else set())
+        report = qdq_report(quantized, spec.target, spec.mode, set(exclude) if source.processing.room.protects_decode else set())
         if report["quantized_compute_nodes"] == 0:
             raise OrinflowError(f"--mode {spec.mode} quantized none of this model's {report['compute_nodes']} "
                                 "conv/GEMM nodes" + (" (ModelOpt's INT4 is weight-only for MatMul/Gemm, which "

@@ -145,7 +145,7 @@ def run_qat(adapter: ModelAdapter, dataset: Dataset, config: QATConfig, output: 
     finally:
         chooser.close()
     exported = onnx.load(str(output))
-    decode = set(decode_nodes(exported)) if adapter.task == "detect" else set()
+    decode = set(decode_nodes(exported)) if adapter.processing.room.protects_decode else set()
     record = {"command": "qat", "route": "qat", "model": str(output), "source": adapter.source,
               "config": asdict(config), "processes": distributed.world_size(), "losses": losses, "start": start_record,
               "selection": chosen, "parity": _agreement(student, output, probe) if chosen["epoch"] else

@@ -10,6 +10,7 @@ from ...data import Dataset
 from ...io import atomic_path, private_folder
 from ..train import distributed
 from .qat_start import Pairing, StartModel, write_trained
+from ...tasks import task_room
 
 
 class BestEpoch:
@@ -19,7 +20,7 @@ class BestEpoch:
                  selection: Dataset | None, task: str, say=print):
         self.start, self.pairing, self.student, self.output = start, pairing, student, Path(output)
         self.metadata, self.selection, self.task, self.say = metadata, selection, task, say
-        self.metric = "mAP50-95" if task == "detect" else "top1"
+        self.metric = task_room(task).headline
         self.scores: list[dict] = []
         self.best: tuple[int, float | None, Path] | None = None
         self._stack = contextlib.ExitStack()

@@ -22,7 +22,7 @@ from ...errors import OrinflowError
 from ..common.graph import GraphIndex, constant_values, onnx_scope
 
 INT8_MAX = 127.0
-WEIGHTED_OPS = ("Conv", "Gemm")
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm")  # ConvTranspose: a segmentation head's prototype upsampling
 # ops through which a quantized tensor stays on the same grid (the scale of the Q/DQ before them still holds)
 GRID_KEEPING_OPS = ("Concat", "MaxPool", "Resize", "Reshape", "Slice", "Split", "Identity", "Transpose",
                     "Flatten", "Squeeze", "Unsqueeze")
@@ -39,6 +39,7 @@ class StartLayer:
     bias: str | None
     weight_amax: np.ndarray | None  # per output channel; None: weights kept in float
     input_amax: float | None  # None: the input is kept in float
+    axis: int = 0  # the weight's output-channel axis (1 for ConvTranspose)
 
 
 @dataclass
@@ -77,13 +78,14 @@ def read_start(path: Path) -> StartModel:
             continue
         if node.op_type == "Gemm" and not any(a.name == "transB" and a.i == 1 for a in node.attribute):
             continue  # not a Linear layer's export
-        weight, weight_amax = reader.weight(node.input[1])
+        axis = 1 if node.op_type == "ConvTranspose" else 0
+        weight, weight_amax = reader.weight(node.input[1], axis)
         if weight is None:
             continue  # computed weights (not a layer's parameters)
         bias = node.input[2] if len(node.input) > 2 and node.input[2] in index.initializers else None
         layers.append(StartLayer(node.name, node.op_type, onnx_scope(node.name), weight,
                                  tuple(index.initializers[weight].dims), bias, weight_amax,
-                                 reader.activation(node.input[0])))
+                                 reader.activation(node.input[0]), axis))
     quantized_inputs = {}
     for node in index.nodes:
         if node.input and node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
@@ -105,7 +107,7 @@ class _ScaleReader:
                                 "INT8 model (orinflow quantize --target tensorrt --mode int8)")
         return np.asarray(self.values[dq.input[1]], np.float64)
 
-    def weight(self, tensor: str) -> tuple[str | None, np.ndarray | None]:
+    def weight(self, tensor: str, axis: int = 0) -> tuple[str | None, np.ndarray | None]:
         """(float weight initializer, per-channel amax or None when the weight is not quantized)."""
         if tensor in self.index.initializers:
             return tensor, None
@@ -118,7 +120,7 @@ class _ScaleReader:
                                 "form); QAT starts from a tensorrt-target INT8 model")
         if q.input[0] not in self.index.initializers:
             return None, None
-        channels = self.index.initializers[q.input[0]].dims[0]
+        channels = self.index.initializers[q.input[0]].dims[axis]
         return q.input[0], np.broadcast_to(self._scale(dq) * INT8_MAX, (channels,)).copy()
 
     def activation(self, tensor: str, depth: int = 0) -> float | None:
@@ -209,20 +211,26 @@ def apply_start(start: StartModel, pairing: Pairing, student: torch.nn.Module, l
                 module.weight.copy_(torch.from_numpy(numpy_helper.to_array(initializers[layer.weight]).copy()))
                 if layer.bias is not None:
                     module.bias.copy_(torch.from_numpy(numpy_helper.to_array(initializers[layer.bias]).copy()))
-        _set(module.weight_quantizer, layer.weight_amax, module.weight.dim())
+        _set(module.weight_quantizer, layer.weight_amax, module.weight.dim(), layer.axis)
         _set(module.input_quantizer, layer.input_amax, 0)
     for name, module in modules.items():
         if name not in paired and not hasattr(module, "weight_quantizer") and hasattr(module, "input_quantizer"):
             _set(module.input_quantizer, start.quantized_inputs.get(name), 0)
 
 
-def _set(quantizer, amax, rank: int) -> None:
+def _set(quantizer, amax, rank: int, axis: int = 0) -> None:
     if amax is None:
         quantizer.disable()
         return
     quantizer.enable()
     value = torch.as_tensor(np.asarray(amax, np.float32))
-    quantizer.amax = value.reshape(-1, *([1] * (rank - 1))) if rank > 1 else value
+    shape = [1] * rank
+    if rank > 1:
+        shape[axis] = -1
+        if getattr(quantizer, "axis", axis) not in (axis, (axis,)):  # ModelOpt's ConvTranspose default is axis 0
+            quantizer.reset_amax()
+            quantizer.axis = axis
+    quantizer.amax = value.reshape(shape) if rank > 1 else value
 
 
 def write_trained(start: StartModel, pairing: Pairing, student: torch.nn.Module, output: Path,

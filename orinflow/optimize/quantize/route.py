@@ -15,6 +15,7 @@ from ...models import ModelAdapter, OnnxModel, load_model
 from ...runtime.trust import probe_count
 from .ptq import QuantizeSpec, default_method, quantize_onnx
 from .sensitivity import BudgetSpec, SensitivityOptions, fit_budget
+from ...tasks import task_room
 
 Budget = tuple[BudgetSpec, Dataset, SensitivityOptions]
 
@@ -98,7 +99,7 @@ def run_ptq(model: ModelAdapter | OnnxModel, calib_data: str | Path, calib_split
 
 def best_by_target(fp32: dict, variants: list[dict]) -> dict[str, dict]:
     """For each target, the method that loses the least accuracy (main metric) against FP32."""
-    key = "mAP50-95" if fp32["task"] == "detect" else "top1"
+    key = task_room(fp32["task"]).headline
     best: dict[str, dict] = {}
     for record in variants:
         target = record["quantization"]["target"]

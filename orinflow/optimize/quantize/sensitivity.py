@@ -30,6 +30,7 @@ from ..common.probes import HeadProbe, head_tensors, sqnr_db
 from ..common.qdq_report import qdq_report
 from .groups import Group, dequantize_groups, quantization_groups
 from .ptq import QuantizeSpec, quantize_onnx
+from ...tasks import task_room
 
 CACHE_VERSION = 1
 
@@ -41,6 +42,7 @@ class SensitivityOptions:
     top: int = 4  # worst candidates whose selection metric is measured
     seed: int = 0  # which selection images are drawn
     threads: int | None = None
+    metric: str | None = None  # the selection figure (--select-metric); None: the task's headline
 
     def validate(self) -> None:
         if self.sqnr_images < 1 or self.select_images < 0 or self.top < 0:
@@ -62,8 +64,13 @@ class BudgetSpec:
             raise OrinflowError("--max-steps must be >= 1")
 
 
-def main_metric(task: str) -> str:
-    return "mAP50-95" if task == "detect" else "top1"
+def main_metric(task: str, metric: str | None = None) -> str:
+    """The selection figure: `metric` when the task reports it (one line naming those it does otherwise), else
+    the task's headline (mAP50-95, mask mAP50-95, top-1)."""
+    room = task_room(task)
+    if metric is not None and metric not in room.figures:
+        raise OrinflowError(f"--select-metric {metric}: a {task} model reports {', '.join(room.figures)}")
+    return metric or room.headline
 
 
 def selection_subset(dataset: Dataset, count: int, seed: int) -> Dataset:
@@ -77,8 +84,8 @@ def selection_subset(dataset: Dataset, count: int, seed: int) -> Dataset:
 class MetricProbe:
     """The selection metric of model variants (written to a private temporary file each)."""
 
-    def __init__(self, dataset: Dataset, task: str, work: Path, threads: int | None):
-        self.dataset, self.key, self.work, self.threads = dataset, main_metric(task), work, threads
+    def __init__(self, dataset: Dataset, task: str, work: Path, threads: int | None, metric: str | None = None):
+        self.dataset, self.key, self.work, self.threads = dataset, main_metric(task, metric), work, threads
         self.count = 0
 
     def metric(self, model: onnx.ModelProto) -> float:
@@ -114,7 +121,8 @@ def _file_digest(path: Path) -> str:
 
 def cache_key(source: OnnxModel, calib: np.ndarray, spec: QuantizeSpec, select: Dataset,
               options: SensitivityOptions) -> str:
-    labels = json.dumps([np.asarray(lab).tolist() for lab in select.labels])
+    labels = json.dumps([np.asarray(lab).tolist() for lab in select.labels]
+                        + [[np.asarray(p).tolist() for p in image] for image in select.segments])
     return _digest(str(CACHE_VERSION), _file_digest(Path(source.path)), hashlib.sha256(np.ascontiguousarray(calib)).hexdigest(),
                    json.dumps(asdict(spec), sort_keys=True), json.dumps([str(p) for p in select.images]), labels,
                    json.dumps({k: v for k, v in asdict(options).items() if k != "threads"}, sort_keys=True))
@@ -206,8 +214,8 @@ def _measure(source: OnnxModel, calib: np.ndarray, full: onnx.ModelProto, subset
         rows.append(group.to_json() | {"flop_share": group.flops / total_flops, "sqnr_alone_db": alone,
                                        "sqnr_all_but_db": all_but, "gain_db": all_but - full_sqnr})
     rows.sort(key=lambda r: -r["gain_db"])
-    key = main_metric(source.task)
-    metrics = MetricProbe(subset, source.task, work, options.threads)
+    key = main_metric(source.task, options.metric)
+    metrics = MetricProbe(subset, source.task, work, options.threads, options.metric)
     say(f"sensitivity: {key} of FP32, full INT8 and the {min(options.top, len(rows))} worst groups on "
         f"{len(subset)} selection images")
     fp32_metric = metrics.metric(fp32)
@@ -240,7 +248,7 @@ def fit_budget(source: OnnxModel, calib: np.ndarray, spec: QuantizeSpec, select:
                                       quantized=(full, quant_record))
         groups = {g.name: g for g in quantization_groups(full)}
         total_flops = sum(g.flops for g in groups.values()) or 1
-        metrics = MetricProbe(subset, source.task, work, options.threads)
+        metrics = MetricProbe(subset, source.task, work, options.threads, options.metric)
         reference = ranking["fp32"][ranking["metric"]]
         current = ranking["full_int8"][ranking["metric"]]
         steps, kept = _greedy(ranking, groups, total_flops, budget, reference, current, full, metrics, say)
@@ -252,7 +260,7 @@ def fit_budget(source: OnnxModel, calib: np.ndarray, spec: QuantizeSpec, select:
             onnx.save(final, str(tmp))
     drop = (reference - final_metric) * 100
     report = qdq_report(final, spec.target, spec.mode, set(quant_record["excluded_nodes"])
-                        if source.task == "detect" else set())
+                        if source.processing.room.protects_decode else set())
     record = {
         "command": "quantize", "model": str(output), "source": str(source.path), "task": source.task,
         "quantization": asdict(spec), "calibration_images": int(len(calib)),

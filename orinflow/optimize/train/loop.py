@@ -147,10 +147,14 @@ def checkpoint_path(output: Path, stage: str) -> Path:
 def check_trainable(adapter: ModelAdapter, config: QATConfig, dataset: Dataset | None = None) -> None:
     """What training would refuse, said before anything is written."""
     config.validate()
-    if dataset is not None and uses_labels(adapter, config) and dataset.task != adapter.task:
+    if uses_labels(adapter, config) and not adapter.processing.room.label_loss:
+        raise OrinflowError(f"the label loss of a {adapter.task} model is not supported yet: train with --distill "
+                            "--no-labels (distillation from the FP32 model)")
+    labelled = dataset is None or dataset.task in adapter.processing.room.label_tasks
+    if uses_labels(adapter, config) and not labelled:
         raise OrinflowError(f"the label loss needs {adapter.task} labels, which {dataset.name} does not have; train "
                             "with --distill --no-labels")
-    if adapter.task == "detect" and adapter.processing.head == HEAD_END2END:
+    if adapter.processing.head == HEAD_END2END:
         raise OrinflowError("fine-tuning NMS-free (end-to-end) heads is not supported yet")
     if not config.distill and not uses_labels(adapter, config):
         raise OrinflowError("nothing to train on: use --distill, --labels, or both")

@@ -13,7 +13,7 @@ from .config import QATConfig
 from .losses import detection_label_loss, input_targets
 
 
-def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, head: str | None, imgsz: int,
+def head_distillation(student: torch.Tensor, teacher: torch.Tensor, head: str | None, imgsz: int,
                       temperature: float, foreground: bool = False) -> torch.Tensor:
     """Match the FP32 model's raw outputs: soft labels for scores, confidence-weighted L1 for boxes.
 
@@ -43,8 +43,25 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, head: str | 
     return loss
 
 
+def distillation_loss(student, teacher, head: str | None, imgsz: int, temperature: float,
+                      foreground: bool = False) -> torch.Tensor:
+    """`head_distillation` for any head: a segmentation head's outputs (rows ending in mask coefficients, and
+    the prototypes) add the coefficients' L1, weighted by the teacher's confidence as the boxes are, and the
+    prototypes' squared error relative to their spread."""
+    if not isinstance(student, (tuple, list)):
+        return head_distillation(student, teacher, head, imgsz, temperature, foreground)
+    (rows_s, protos_s), (rows_t, protos_t) = student[:2], teacher[:2]
+    count = protos_s.shape[1]
+    loss = head_distillation(rows_s[:, :-count], rows_t[:, :-count], head, imgsz, temperature, foreground)
+    weight = rows_t[:, 4:-count].max(1, keepdim=True).values  # (B, 1, anchors)
+    coefficients = (weight * (rows_s[:, -count:] - rows_t[:, -count:]).abs()).sum() / (
+        weight.sum().clamp_min(1e-6) * count)
+    prototypes = F.mse_loss(protos_s, protos_t) / protos_t.var().clamp_min(1e-6)
+    return loss + coefficients + prototypes
+
+
 def uses_labels(adapter: ModelAdapter, config: QATConfig) -> bool:
-    return adapter.task == "classify" if config.labels is None else config.labels
+    return adapter.processing.room.trains_on_labels if config.labels is None else config.labels
 
 
 class Objective:
@@ -54,7 +71,7 @@ class Objective:
         self.adapter, self.student, self.teacher, self.config = adapter, student, teacher, config
         self.labels = uses_labels(adapter, config)
         self.detection_loss = None
-        if self.labels and adapter.task == "detect":
+        if self.labels and adapter.processing.room.instances:
             self.detection_loss = detection_label_loss(adapter.family, student.module)
 
         self.rng = np.random.default_rng(config.seed + 1)
@@ -81,8 +98,8 @@ class Objective:
         if self.config.distill:
             with torch.no_grad():
                 target = self.teacher(images)
-            loss = distillation_loss(first, target, processing.head, processing.imgsz[0], self.config.temperature,
-                                     self.config.foreground)
+            loss = distillation_loss(first, target, processing.head, processing.imgsz[0],
+                                     self.config.temperature, self.config.foreground)
         if self.labels:
             if labels is None:
                 raise OrinflowError("the label loss needs a labelled dataset; train with --distill --no-labels")
