@@ -208,7 +208,7 @@ def _polygons(segmentation, image: dict) -> list[np.ndarray]:
     if isinstance(segmentation, list):
         return [np.asarray(part, np.float32).reshape(-1, 2) / np.float32([w, h]) for part in segmentation]
     import cv2
-    from pycocotools import mask as rle_mask
+    from faster_coco_eval.core import mask as rle_mask
 
     rle = segmentation if isinstance(segmentation["counts"], str) else \
         rle_mask.frPyObjects(segmentation, *segmentation["size"])

@@ -114,7 +114,7 @@ COCO_MAX_DETS = 100  # the COCO evaluation reads at most this many detections pe
 
 def _rle_masks(dets) -> dict[int, dict]:
     """The most confident instances' masks in image pixels, as COCO's compressed RLE, by instance index."""
-    from pycocotools import mask as rle_mask
+    from faster_coco_eval.core import mask as rle_mask
 
     order = np.argsort(-dets.scores, kind="stable")[:COCO_MAX_DETS]
     found = {}
