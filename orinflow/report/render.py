@@ -102,7 +102,8 @@ def markdown(rows: list[Row], plots: dict[str, str], sources: list[str], section
 
 def _notes(rows: list[Row]) -> str:
     front = ", ".join(r.name for r in pareto_front(rows))
-    return ("Δ is the main metric (mAP50-95, or top-1) against the dense FP32 model on the same data; speed-up is "
+    main = ", ".join(sorted({task_room(r.record["task"]).headline_label for r in rows}))
+    return (f"Δ is the main metric ({main}) against the dense FP32 model on the same data; speed-up is "
             "that model's median latency over this one's, on the same runtime. "
             f"Pareto front (batch-1 latency vs accuracy): {front or 'no latency recorded'}.")
 
