@@ -416,8 +416,32 @@ def test_what_segmentation_does_not_do_yet_is_refused_with_its_reason(seg_onnx):
     from orinflow.optimize.train.loop import check_trainable
 
     adapter = seg_onnx[0]
-    with pytest.raises(OrinflowError, match="label loss of a segment model .* --distill --no-labels"):
-        check_trainable(adapter, QATConfig(labels=True))
-    check_trainable(adapter, QATConfig())  # distillation, the default, trains it
+    with pytest.raises(OrinflowError, match="--mixup with the label loss of a segment model is not supported"):
+        check_trainable(adapter, QATConfig(labels=True, mixup=True))
     with pytest.raises(OrinflowError, match="--deepstream: nvinfer reads a segment model only through a custom"):
         infer_config(adapter.processing, "int8", None, None, ["output0", "output1"])
+
+
+def test_the_label_loss_is_ultralytics_segmentation_loss_on_the_polygons(seg_data):
+    """One step of fine-tuning with labels: Ultralytics' v8SegmentationLoss on orinflow's mask targets, its mask
+    term alive (it moves when the polygons move, and nothing else does)."""
+    from orinflow.api import load
+    from orinflow.data import load_dataset
+    from orinflow.models.base import RawOutput
+    from orinflow.optimize.train.config import QATConfig
+    from orinflow.optimize.train.loop import batches, check_trainable
+    from orinflow.optimize.train.objective import Objective
+
+    torch.manual_seed(0)
+    adapter, data = load("yolov8n-seg.yaml", imgsz=128, fuse=False), load_dataset(seg_data)
+    config = QATConfig(labels=True, distill=False)
+    check_trainable(adapter, config, data)
+    objective = Objective(adapter, RawOutput(adapter.module), RawOutput(adapter.module), config)
+    assert type(objective.detection_loss).__name__ == "UltralyticsSegmentationLoss"
+    images, labels, metas, outlines = next(batches(data, adapter, [0, 1, 2, 3], 4))
+    loss = objective(images, labels, metas, outlines)
+    moved = [[np.clip(p + 0.15, 0, 1) for p in image] for image in outlines]
+    assert torch.isfinite(loss) and loss > 0
+    assert float(objective(images, labels, metas, outlines)) == pytest.approx(float(loss), rel=1e-6)
+    assert float(objective(images, labels, metas, moved)) != pytest.approx(float(loss), rel=1e-5)
+    objective.close()

@@ -37,7 +37,7 @@ class Task:
     trains_on_labels = False  # fine-tuning adds the label loss by default (distillation alone otherwise)
     coco_iou_types: tuple[str, ...] = ()  # what --metric coco scores
     outputs = 1  # graph outputs the post-processing reads
-    label_loss = True  # fine-tuning can add the family's own label loss
+    mask_labels = False  # the label loss reads polygons too (blending two images' objects is not built for it)
     deepstream = True  # deploy --deepstream writes an nvinfer config nvinfer can parse
 
     # ---- pre- and post-processing ----

@@ -46,6 +46,15 @@ def label_masks(polygons: list[np.ndarray], meta: ImageMeta, imgsz: tuple[int, i
     parts) filled at input resolution, shrunk to `grid`; where objects overlap the smaller one owns the pixel."""
     if not polygons:
         return np.zeros((0, *grid), bool)
+    return label_owner(polygons, meta, imgsz, grid)[None] == np.arange(1, len(polygons) + 1)[:, None, None]
+
+
+def label_owner(polygons: list[np.ndarray], meta: ImageMeta, imgsz: tuple[int, int],
+                grid: tuple[int, int]) -> np.ndarray:
+    """(gh, gw) int32: on the grid, 1 + the row of the label that owns each pixel (0: none); the smaller object
+    owns an overlap. The target Ultralytics' segmentation loss reads (its overlap_mask form)."""
+    if not polygons:
+        return np.zeros(grid, np.int32)
     h0, w0 = meta.original_hw
     objects = [outline if isinstance(outline, list) else [outline] for outline in polygons]
     points = max(POLYGON_POINTS, max(len(part) for parts in objects for part in parts) + 1)
@@ -58,7 +67,7 @@ def label_masks(polygons: list[np.ndarray], meta: ImageMeta, imgsz: tuple[int, i
     owner = np.zeros(grid, np.int32)
     for index in np.argsort(-np.asarray([m.sum() for m in filled])):  # Ultralytics' order, ties included
         owner[filled[index] > 0] = index + 1  # larger first: each smaller object paints over it
-    return owner[None] == np.arange(1, len(polygons) + 1)[:, None, None]
+    return owner
 
 
 def mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -61,7 +61,7 @@ class Segment(Detect):
     labels_hint = "segmentation labels (YOLO txt polygons: 'class x1 y1 x2 y2 x3 y3 ...')"
     coco_iou_types = ("bbox", "segm")
     outputs = 2
-    label_loss = False  # Ultralytics' segmentation loss is not wired in yet: fine-tuning distils
+    mask_labels = True  # its label loss reads each object's polygon
     deepstream = False  # nvinfer needs a custom instance-mask parser
 
     def classes_in_head(self, channels, output_shapes) -> int:

@@ -168,10 +168,10 @@ def taylor_gradients(adapter, teacher, dataset, train_config):
         from ...models.base import RawOutput
 
         objective = Objective(adapter, RawOutput(module), teacher, config)
-        images, labels, metas = next(batches(dataset, adapter, list(range(min(len(dataset), config.batch))),
-                                              config.batch))
+        first = list(range(min(len(dataset), config.batch)))
+        images, labels, metas, outlines = next(batches(dataset, adapter, first, config.batch))
         module.zero_grad(set_to_none=True)
         with trainable(module):
-            objective(images, labels, metas).backward()
+            objective(images, labels, metas, outlines).backward()
 
     return gradients

@@ -62,7 +62,7 @@ def insert_quantizers(adapter: ModelAdapter, dataset: Dataset, config: QATConfig
 
     def forward_loop(model):
         with torch.no_grad():
-            for images, _, _ in batches(dataset, adapter, order, config.batch):
+            for images, *_ in batches(dataset, adapter, order, config.batch):
                 model(images.to(config.device))
 
     with quietly():

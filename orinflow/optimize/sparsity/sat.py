@@ -57,7 +57,7 @@ def selected_module(adapter: ModelAdapter, dataset: Dataset, method: str, config
 
     module = copy.deepcopy(adapter.export_module()).eval()
     order = np.random.default_rng(config.seed).permutation(len(dataset))[:config.calib_images]
-    calib = [images for images, _, _ in batches(dataset, adapter, order, config.batch)]
+    calib = [images for images, *_ in batches(dataset, adapter, order, config.batch)]
     probe = torch.cat(calib)[:SENSITIVITY_IMAGES]
     masks, selection = select_24(module, method, sparse_flops, calib, probe, say)
     return module.to(config.device), masks, selection

@@ -25,18 +25,19 @@ from .objective import Objective, uses_labels
 
 
 def batches(dataset: Dataset, adapter: ModelAdapter, indices: np.ndarray, batch: int):
-    """(images, labels or None, letterbox metas) per batch."""
+    """(images, labels or None, letterbox metas, polygons or None) per batch."""
     for start in range(0, len(indices), batch):
         chunk = indices[start:start + batch]
         prepared = [adapter.processing.preprocess(read_image(dataset.images[i])) for i in chunk]
         labels = [dataset.labels[i] for i in chunk] if dataset.labels else None
-        yield torch.from_numpy(np.stack([p[0] for p in prepared])), labels, [p[1] for p in prepared]
+        outlines = [dataset.segments[i] for i in chunk] if dataset.segments else None
+        yield torch.from_numpy(np.stack([p[0] for p in prepared])), labels, [p[1] for p in prepared], outlines
 
 
 
 def first_images(adapter: ModelAdapter, dataset: Dataset, images: int, batch: int = 8):
     """The first `images` images of `dataset`, preprocessed, in batches (statistics and probes, not training)."""
-    for batch_images, _, _ in batches(dataset, adapter, list(range(min(images, len(dataset)))), batch):
+    for batch_images, *_ in batches(dataset, adapter, list(range(min(images, len(dataset)))), batch):
         yield batch_images
 
 def train(adapter: ModelAdapter, student: torch.nn.Module, teacher: torch.nn.Module, dataset: Dataset,
@@ -90,10 +91,10 @@ def _epoch(adapter, objective, dataset, config: QATConfig, order, epoch: int, op
     total = 0.0
     shown = progress(batches(dataset, adapter, order, config.batch), f"epoch {epoch + 1}/{config.epochs}",
                      total=steps)
-    for step, (images, labels, metas) in enumerate(shown):
+    for step, (images, labels, metas, outlines) in enumerate(shown):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, (epoch * steps + step) / (config.epochs * steps))
-        loss = objective(images.to(config.device), labels, metas)
+        loss = objective(images.to(config.device), labels, metas, outlines)
         optimizer.zero_grad()
         loss.backward()
         distributed.average_gradients(optimizer.param_groups[0]["params"])
@@ -147,9 +148,9 @@ def checkpoint_path(output: Path, stage: str) -> Path:
 def check_trainable(adapter: ModelAdapter, config: QATConfig, dataset: Dataset | None = None) -> None:
     """What training would refuse, said before anything is written."""
     config.validate()
-    if uses_labels(adapter, config) and not adapter.processing.room.label_loss:
-        raise OrinflowError(f"the label loss of a {adapter.task} model is not supported yet: train with --distill "
-                            "--no-labels (distillation from the FP32 model)")
+    if uses_labels(adapter, config) and config.mixup and adapter.processing.room.mask_labels:
+        raise OrinflowError(f"--mixup with the label loss of a {adapter.task} model is not supported (two images' "
+                            "masks in one): drop --mixup, or train with --distill --no-labels")
     labelled = dataset is None or dataset.task in adapter.processing.room.label_tasks
     if uses_labels(adapter, config) and not labelled:
         raise OrinflowError(f"the label loss needs {adapter.task} labels, which {dataset.name} does not have; train "

@@ -62,6 +62,33 @@ class UltralyticsDetectionLoss:
         return loss.sum() / preds["scores"].shape[0]  # per image
 
 
+class UltralyticsSegmentationLoss(UltralyticsDetectionLoss):
+    """Ultralytics' segmentation criterion (`v8SegmentationLoss`: the detection terms, and each object's mask
+    BCE inside its box against its polygon on the prototype grid)."""
+
+    needs_masks = True
+
+    def __init__(self, model: torch.nn.Module):
+        from ultralytics.cfg import get_cfg
+        from ultralytics.utils.loss import v8SegmentationLoss
+
+        if getattr(model.model[-1], "end2end", False):
+            raise OrinflowError("label loss for NMS-free (end-to-end) heads is not supported yet; use --distill")
+        model.args = get_cfg()  # overlap_mask: one map per image, pixel = 1 + the object's row
+        self.criterion = v8SegmentationLoss(model)
+
+    def __call__(self, outputs, targets: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
+        if masks is None:
+            raise OrinflowError("the segmentation label loss needs polygon labels")
+        preds = outputs[1] if isinstance(outputs, (tuple, list)) and len(outputs) > 1 else None
+        if not isinstance(preds, dict):
+            raise OrinflowError("the Ultralytics head returned no training outputs (was it exported?)")
+        device = preds["scores"].device
+        batch = {"batch_idx": targets[:, 0], "cls": targets[:, 1:2], "bboxes": targets[:, 2:6], "masks": masks}
+        loss, _ = self.criterion(preds, {k: v.to(device) for k, v in batch.items()})
+        return loss.sum() / preds["scores"].shape[0]
+
+
 class YOLOv5DetectionLoss:
     """YOLOv5 v6's training loss on orinflow's Detect (which keeps the raw, pre-sigmoid outputs)."""
 
@@ -130,8 +157,8 @@ def _xywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
 
 def detection_label_loss(family: str, model: torch.nn.Module):
     """The family's own loss for `model` (the inner network of the student), or a clear error."""
-    if family == "ultralytics":
-        return UltralyticsDetectionLoss(model)
+    if family == "ultralytics":  # a head with mask prototypes is a segmentation head
+        return (UltralyticsSegmentationLoss if hasattr(model.model[-1], "proto") else UltralyticsDetectionLoss)(model)
     if family == "yolov5":
         return YOLOv5DetectionLoss(model)
     raise OrinflowError(f"no label loss for {family} detectors; train with --distill")

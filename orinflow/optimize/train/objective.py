@@ -81,7 +81,8 @@ class Objective:
         if hasattr(self.detection_loss, "close"):
             self.detection_loss.close()
 
-    def __call__(self, images: torch.Tensor, labels, metas) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, labels, metas, outlines=None) -> torch.Tensor:
+        """`labels`, `metas` and `outlines` (polygons, for a segmentation label loss) per image of `images`."""
         flipped = torch.from_numpy(self.rng.random(len(images)) < 0.5 if self.config.flip
                                    else np.zeros(len(images), bool))
         if flipped.any():
@@ -112,8 +113,24 @@ class Objective:
                 if partner is not None:  # a blended image holds both images' objects (as YOLO's own mixup)
                     targets = torch.cat([targets, _moved_to_partners(targets, partner)])
                     targets = targets[targets[:, 0].argsort(stable=True)]  # Ultralytics' loss reads them by image
-                loss = loss + self.detection_loss(outputs, targets)
+                if getattr(self.detection_loss, "needs_masks", False):
+                    loss = loss + self.detection_loss(outputs, targets, self._mask_targets(outlines, metas, flipped))
+                else:
+                    loss = loss + self.detection_loss(outputs, targets)
         return loss
+
+    def _mask_targets(self, outlines, metas, flipped: torch.Tensor) -> torch.Tensor:
+        """Each image's label polygons on the prototype grid (1 + the object's row per pixel), mirrored with it."""
+        from ...tasks.masks import label_owner
+
+        if outlines is None:
+            raise OrinflowError("the segmentation label loss needs polygon labels (YOLO txt polygons or a COCO "
+                                "JSON with segmentation); train with --distill --no-labels")
+        imgsz = self.adapter.processing.imgsz
+        grid = (imgsz[0] // 4, imgsz[1] // 4)  # the prototypes' resolution
+        owners = np.stack([label_owner(o, m, imgsz, grid) for o, m in zip(outlines, metas)])
+        owners[flipped.numpy()] = owners[flipped.numpy()][..., ::-1]
+        return torch.from_numpy(np.ascontiguousarray(owners)).float()
 
     def _mixing(self, count: int, device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """With --mixup: each image's partner in the batch and the image's own share of the blend."""
