@@ -57,7 +57,7 @@ def _label_loss(adapter, data_yaml, shift: float, flip_all: bool = False) -> flo
                           QATConfig(distill=False, labels=True, flip=flip_all))
     if flip_all:
         objective.rng = SimpleNamespace(random=lambda n: np.zeros(n))  # every image mirrored
-    images, labels, metas = next(batches(dataset, adapter, np.arange(min(4, len(dataset))), 4))
+    images, labels, metas, _ = next(batches(dataset, adapter, np.arange(min(4, len(dataset))), 4))
     labels = [lb + np.array([0, shift, shift, 0, 0], np.float32) for lb in labels]
     with torch.no_grad():
         return objective(images, labels, metas).item()
@@ -127,7 +127,7 @@ def test_detector_mixup_blends_images_and_trains_on_both_images_labels(demo_adap
     student = copy.deepcopy(demo_adapter.export_module()).eval()
     objective = Objective(demo_adapter, student, demo_adapter.export_module(),
                           QATConfig(distill=False, labels=True, mixup=True))
-    images, labels, metas = next(batches(dataset, demo_adapter, np.arange(min(4, len(dataset))), 4))
+    images, labels, metas, _ = next(batches(dataset, demo_adapter, np.arange(min(4, len(dataset))), 4))
     objective._mixing = lambda n, device: (torch.roll(torch.arange(n), 1), torch.full((n,), 0.5))
     with torch.no_grad():
         union = objective(images, labels, metas).item()

@@ -445,3 +445,19 @@ def test_the_label_loss_is_ultralytics_segmentation_loss_on_the_polygons(seg_dat
     assert float(objective(images, labels, metas, outlines)) == pytest.approx(float(loss), rel=1e-6)
     assert float(objective(images, labels, metas, moved)) != pytest.approx(float(loss), rel=1e-5)
     objective.close()
+
+
+@pytest.mark.parametrize("yaml_name", ["yolo11n-seg.yaml", "yolo26n-seg.yaml"])
+def test_other_ultralytics_seg_families_load_export_and_read(yaml_name, tmp_path):
+    from orinflow.api import load
+    from orinflow.export import export_onnx
+    from orinflow.models import load_model
+    from orinflow.runtime import OrtRunner
+
+    torch.manual_seed(0)
+    record = export_onnx(load(yaml_name, imgsz=128), tmp_path / "m.onnx").record
+    graph = load_model(record["model"])
+    assert graph.task == "segment" and len(record["parity"]["outputs"]) == 2
+    x, meta = graph.processing.preprocess(np.zeros((96, 128, 3), np.uint8))
+    result = graph.processing.read(OrtRunner(record["model"]).run(x[None]), [meta], conf=0.0)[0]
+    assert result.masks.shape[1:] == (32, 32) and len(result.masks) == len(result.scores) > 0
