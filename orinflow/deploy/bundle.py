@@ -9,7 +9,7 @@ from ..errors import OrinflowError
 from ..io import (check_replaceable_folder, copy_model, folder_tree, made_folder, private_folder, replace_folder,
                   umask_mode, write_json, writing)
 from ..version import VERSION
-from .traits import ModelTraits, model_traits
+from .traits import ModelTraits, infer_commands, model_traits
 from .extras import device_extras, extras_readme
 from .trtexec import BuildOptions, bench_commands, build_command
 
@@ -204,8 +204,7 @@ wheels), torchvision, OpenCV, NumPy, PyYAML, onnx and rich.
 ```bash
 ./build_engine.sh          # model.onnx -> model.engine (+ layers.json, profile.json, timing.cache)
 ./bench.sh                 # trtexec timing of the engine
-python3 infer.py images/   # detections (or classes) per image; --json out.json to save them
-python3 infer.py --eval data.yaml   # mAP50 / mAP50-95 (or top-1/top-5) on the device
+{infer_commands(traits, "on the device")}
 ```
 `infer.py --backend onnxruntime --model model.onnx` runs the same code on ONNX Runtime (CPU){raw_note}.
 

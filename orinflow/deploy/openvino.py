@@ -16,7 +16,7 @@ from ..io import copy_model, made_folder, private_folder, replace_folder, writin
 from ..runtime.openvino import OpenVinoRunner
 from ..version import VERSION
 from .bundle import check_bundle_slot, finish_record, write_runner_files, write_script
-from .traits import ModelTraits, model_traits
+from .traits import ModelTraits, infer_commands, model_traits
 
 BENCH_SECONDS = 15
 
@@ -88,8 +88,7 @@ also needs PyTorch (CPU), torchvision, OpenCV, NumPy, PyYAML, onnx and rich.
 ## Commands
 ```bash
 ./bench.sh                 # benchmark_app timing on this CPU
-python3 infer.py images/   # detections (or classes) per image; --json out.json to save them
-python3 infer.py --eval data.yaml   # mAP50 / mAP50-95 (or top-1/top-5) on this machine
+{infer_commands(traits, "on this machine")}
 ```
 `infer.py --backend onnxruntime` runs the same code on ONNX Runtime.
 

@@ -28,6 +28,7 @@ class ModelTraits:
     eligible_layers: int
     sparse_flop_share: float
     has_processing: bool  # orinflow's pre/post-processing metadata, which infer.py needs
+    task: str | None = None  # the task that metadata names
 
     @property
     def dynamic_batch(self) -> bool:
@@ -68,7 +69,28 @@ def model_traits(path: str | Path) -> ModelTraits:
         fp16_weights=any(t.data_type == onnx.TensorProto.FLOAT16 for t in graph.initializer),
         sparse_2to4_layers=summary["sparse_layers"], eligible_layers=summary["eligible_layers"],
         sparse_flop_share=summary["sparse_flop_share"],
-        has_processing=META_PROCESSING in read_metadata(model))
+        has_processing=META_PROCESSING in read_metadata(model), task=_task(read_metadata(model)))
+
+
+def _task(metadata: dict) -> str | None:
+    """The task orinflow's metadata names (None without it, or when it does not parse)."""
+    import json
+
+    try:
+        return json.loads(metadata[META_PROCESSING]).get("task")
+    except (KeyError, ValueError, AttributeError):
+        return None
+
+
+def infer_commands(traits: ModelTraits, where: str) -> str:
+    """The README's two infer.py lines, in the words of the model's task."""
+    from ..tasks import TASKS
+
+    room = TASKS.get(traits.task)
+    results = room.results_phrase if room else "detections (or classes)"
+    figures = " / ".join(room.metric_keys) if room else "mAP50 / mAP50-95 (or top-1/top-5)"
+    return (f"python3 infer.py images/   # {results} per image; --json out.json to save them\n"
+            f"python3 infer.py --eval data.yaml   # {figures} {where}")
 
 
 def _quant_types(model: onnx.ModelProto) -> list[str]:

@@ -87,6 +87,7 @@ class Task:
         """One image's result as infer.py prints it (JSON)."""
         raise NotImplementedError
 
+    results_phrase = ""  # what infer.py prints per image, for a bundle's README
     deepstream_network_type = 0  # nvinfer's network-type
     deepstream_label_separator = "\n"  # how labels.txt separates names
 

@@ -29,6 +29,7 @@ class Classify(Task):
     default_mean = tuple(IMAGENET_MEAN)
     default_std = tuple(IMAGENET_STD)
     trains_on_labels = True
+    results_phrase = "top-5 classes"
     deepstream_network_type = 1
     deepstream_label_separator = ";"
 

@@ -37,6 +37,7 @@ class Detect(Task):
     label_tasks = ("detect", "segment")  # a polygon's box is a box label
     labels_hint = "detection labels (a dataset YAML with YOLO txt labels is needed)"
     coco_iou_types = ("bbox",)
+    results_phrase = "detections (box, class, score)"
 
     def preprocess(self, processing, image_bgr):
         fit = letterbox_image if processing.resize == "letterbox" else stretch_image

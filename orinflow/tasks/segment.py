@@ -60,6 +60,7 @@ class Segment(Detect):
     label_tasks = ("segment",)
     labels_hint = "segmentation labels (YOLO txt polygons: 'class x1 y1 x2 y2 x3 y3 ...')"
     coco_iou_types = ("bbox", "segm")
+    results_phrase = "instances (box, class, score, mask polygons; NMS runs here, not in the engine)"
     outputs = 2
     mask_labels = True  # its label loss reads each object's polygon
     deepstream = False  # nvinfer needs a custom instance-mask parser
