@@ -222,6 +222,24 @@ def test_output_layer_is_found_when_the_output_reuses_a_freed_tensors_id():
     assert tracing.output_layers(module, torch.zeros(1, 3, 8, 8)) == {module.fc}
 
 
+def test_an_output_made_by_an_in_place_activation_keeps_its_layer():
+    """Was: an in-place activation (SiLU(inplace=True) in older Ultralytics checkpoints, one module shared by
+    every Conv) returns its input, so the output looked read by a module, and yolov8n-seg's prototype conv went
+    unprotected: pruning cut the features the prototypes read from and the model no longer ran."""
+    from orinflow.optimize.common import tracing
+
+    class EndsInPlace(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.head, self.act = torch.nn.Conv2d(3, 4, 1), torch.nn.Conv2d(4, 2, 1), torch.nn.SiLU(True)
+
+        def forward(self, x):
+            return self.act(self.head(self.act(self.conv(x))))
+
+    module = EndsInPlace()
+    assert tracing.output_layers(module, torch.zeros(1, 3, 8, 8)) == {module.head}
+
+
 def test_a_model_without_an_own_output_is_refused():
     """Returning only what a layer also reads leaves no output layer to protect: refused, not pruned blind."""
     from orinflow.errors import OrinflowError

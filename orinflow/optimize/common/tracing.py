@@ -39,12 +39,14 @@ def output_layers(module: nn.Module, example: torch.Tensor) -> set[nn.Module]:
     found: set[nn.Module] = set()
     # Tensors some module reads (a head that also returns its input features). They are held, not only
     # their ids: a temporary freed mid-forward hands its id on, and the model's output could inherit it.
+    # An input a module returns as its output (an in-place activation) is not read: it is passed on.
     consumed: dict[int, torch.Tensor] = {}
 
-    def note_inputs(_layer, inputs) -> None:
-        consumed.update((id(t), t) for t in flat_tensors(list(inputs)))
+    def note_inputs(_layer, inputs, output) -> None:
+        passed = {id(t) for t in flat_tensors(output)}
+        consumed.update((id(t), t) for t in flat_tensors(list(inputs)) if id(t) not in passed)
 
-    hooks = [m.register_forward_pre_hook(note_inputs) for m in module.modules()]
+    hooks = [m.register_forward_hook(note_inputs) for m in module.modules()]
     try:
         with traceable(module, example) as traced:
             outputs = [t for t in flat_tensors(traced(example)) if id(t) not in consumed]
