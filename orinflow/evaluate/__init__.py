@@ -14,7 +14,7 @@ from ..models import ModelAdapter, OnnxModel
 from ..runtime import make_runner
 from ..tasks import Scoring, task_room
 from ..version import VERSION
-from .accuracy import evaluate_task
+from .accuracy import evaluate_task, scored_names
 from .coco import CocoCollector, coco_metrics
 from .latency import interleaved_latency, latency_profile
 
@@ -98,11 +98,11 @@ def _score(runner, model: ModelAdapter | OnnxModel, dataset: Dataset, options: E
            skipped: list[str] | None) -> dict:
     """The task's metrics; for tasks with instances, classes paired with the data's and --metric coco added."""
     room, processing = model.processing.room, model.processing
-    scoring, names = Scoring(), processing.names or dataset.names
-    if room.instances:
-        scoring.class_map = class_mapping(processing.names, dataset.names, options.class_map, dataset.name)
-        names = (dataset.names or names) if scoring.class_map is not None else names
-        scoring.coco = CocoCollector(names, dataset.coco) if options.metric == "coco" else None
+    class_map = class_mapping(processing.names, dataset.names, options.class_map, dataset.name) \
+        if room.instances else None
+    names = scored_names(processing, dataset, class_map)
+    # --metric coco reaches here only for a task that coco scores (evaluate_model refuses the others)
+    scoring = Scoring(class_map, CocoCollector(names, dataset.coco) if options.metric == "coco" else None)
     post = room.post_options(options.conf, options.iou, options.max_det)
     metrics = evaluate_task(runner, processing, dataset, post, options.batch, skipped, scoring, names)
     if scoring.coco is not None:

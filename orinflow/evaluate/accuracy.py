@@ -14,8 +14,8 @@ from ..models.processing import ImageMeta, Processing
 from ..progress import progress
 from ..runtime import Runner
 from ..tasks import Scoring
-from ..tasks.ap import (IOU_THRESHOLDS, ap_per_class, average_precision, detection_metrics,  # noqa: F401
-                        match_predictions)
+from ..tasks.ap import (IOU_THRESHOLDS, ap_per_class, average_precision, box_stats,  # noqa: F401
+                        detection_metrics, match_predictions)
 from ..tasks.boxes import Detections, box_iou, labels_to_xyxy  # noqa: F401
 
 
@@ -75,19 +75,21 @@ def evaluate_detection(runner: Runner, processing: Processing, dataset: Dataset,
     every image's ground truth and detections. `class_map`: model class -> data class (evaluate/classes.py);
     detections of other classes are not scored, nor are the labels of data classes no model class pairs with
     (the metrics' "unpaired" says which and how many)."""
-    names = (dataset.names or processing.names) if class_map else (processing.names or dataset.names)
     return evaluate_task(runner, processing, dataset, {"conf": conf, "iou": iou, "max_det": max_det}, batch_size,
-                         skipped, Scoring(class_map, coco), names)
+                         skipped, Scoring(class_map, coco), scored_names(processing, dataset, class_map))
 
 
-def image_stats(dets: Detections, gt_boxes: np.ndarray, labels: np.ndarray) -> tuple:
-    """One image's (true positives per IoU threshold, scores, classes), what detection_metrics reads."""
-    return match_predictions(dets, gt_boxes, labels[:, 0].astype(int)), dets.scores, dets.classes
+def scored_names(processing: Processing, dataset: Dataset, class_map: dict[int, int] | None) -> dict[int, str]:
+    """The class names the metrics use: the data's when a class map pairs the model's classes with them,
+    otherwise the model's (either, when the other has none)."""
+    if class_map is not None:
+        return dataset.names or processing.names
+    return processing.names or dataset.names
 
 
 def detection_map(per_image: list[tuple[Detections, tuple[int, int]]], dataset: Dataset) -> dict:
     """mAP50 and mAP50-95 of detections already made, one (Detections, original hw) per image of `dataset`."""
-    stats = [image_stats(dets, labels_to_xyxy(labels, hw), labels)
+    stats = [box_stats(dets, labels_to_xyxy(labels, hw), labels)
              for (dets, hw), labels in zip(per_image, dataset.labels)]
     targets = np.concatenate([labels[:, 0].astype(int) for labels in dataset.labels]) if stats else np.zeros(0, int)
     metrics = detection_metrics(stats, targets, dataset.names)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 
 from ..errors import OrinflowError
-from ..models.processing import Detections
 
 CLASS_MAP_HELP = ("--class-map pairs the model's classes with the data's: 'names' pairs equal names, or give "
                   "model:data id pairs such as 0:2,1:5 (other model classes are not scored)")
@@ -71,7 +70,3 @@ def _parse(class_map: str, model_names: dict[int, str], data_names: dict[int, st
         mapping[model_id] = data_id
     return mapping
 
-
-def remap(dets: Detections, mapping: dict[int, int] | None) -> Detections:
-    """Detections in the data's classes; those of model classes the mapping leaves out are dropped."""
-    return dets.in_classes(mapping)

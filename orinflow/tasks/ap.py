@@ -24,6 +24,11 @@ def match_predictions(dets: Detections, gt_boxes: np.ndarray, gt_classes: np.nda
     return match_by_iou(box_iou(gt_boxes, dets.boxes), gt_classes, dets.classes, dets.scores)
 
 
+def box_stats(dets: Detections, gt_boxes: np.ndarray, labels: np.ndarray) -> tuple:
+    """One image's (true positives per IoU threshold, scores, classes) by box IoU, what detection_metrics reads."""
+    return match_predictions(dets, gt_boxes, labels[:, 0].astype(int)), dets.scores, dets.classes
+
+
 def match_by_iou(iou: np.ndarray, gt_classes: np.ndarray, classes: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """`match_predictions` for any (labels, predictions) IoU matrix: boxes, masks or keypoint similarity."""
     correct = np.zeros((len(scores), len(IOU_THRESHOLDS)), bool)

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ..errors import OrinflowError
-from .ap import detection_metrics, match_predictions
+from .ap import box_stats, detection_metrics
 from .base import Scoring, Task
 from .boxes import HEAD_EFFICIENT_NMS, Detections, box_iou, kept_candidates, labels_to_xyxy
 from .image import ImageMeta, letterbox_image, stretch_image, to_input, unletterbox
@@ -102,8 +102,7 @@ class Detect(Task):
     def image_stats(self, dets, dataset, index: int, kept: np.ndarray, meta) -> tuple:
         """One image's (true positives per IoU threshold, scores, classes)."""
         labels = dataset.labels[index][kept]
-        gt_boxes = labels_to_xyxy(labels, meta.original_hw)
-        return match_predictions(dets, gt_boxes, labels[:, 0].astype(int)), dets.scores, dets.classes
+        return box_stats(dets, labels_to_xyxy(labels, meta.original_hw), labels)
 
     def metrics(self, stats: list, targets: np.ndarray, names: dict) -> dict:
         return detection_metrics(stats, targets, names)

@@ -81,13 +81,16 @@ def to_input(image_bgr: np.ndarray, channels: str, mean, std) -> np.ndarray:
 
 def unletterbox(boxes: np.ndarray, meta: ImageMeta) -> np.ndarray:
     """Network-input xyxy -> original-image xyxy, clipped to the image."""
-    boxes = boxes.copy()
-    boxes[:, [0, 2]] = (boxes[:, [0, 2]] - meta.pad[0]) / meta.scale
-    boxes[:, [1, 3]] = (boxes[:, [1, 3]] - meta.pad[1]) / (meta.scale_y or meta.scale)
+    return to_image_pixels(boxes.reshape(-1, 2), meta).reshape(-1, 4)
+
+
+def to_image_pixels(points: np.ndarray, meta: ImageMeta) -> np.ndarray:
+    """Network-input xy points (n, 2) -> original-image pixels, clipped to the image."""
+    points = points.copy()
     h, w = meta.original_hw
-    boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
-    boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
-    return boxes
+    points[:, 0] = ((points[:, 0] - meta.pad[0]) / meta.scale).clip(0, w)
+    points[:, 1] = ((points[:, 1] - meta.pad[1]) / (meta.scale_y or meta.scale)).clip(0, h)
+    return points
 
 
 def to_input_pixels(points: np.ndarray, meta: ImageMeta) -> np.ndarray:

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import torch
 
-from .image import ImageMeta, to_input_pixels
+from .image import ImageMeta, to_image_pixels, to_input_pixels
 
 POLYGON_POINTS = 1000  # Ultralytics resamples every polygon to this many points before filling it
 
@@ -82,10 +82,7 @@ def mask_polygons(mask: np.ndarray, meta: ImageMeta, imgsz: tuple[int, int]) -> 
     scale_x, scale_y = imgsz[1] / mask.shape[1], imgsz[0] / mask.shape[0]
     contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     out = []
-    h0, w0 = meta.original_hw
     for contour in contours:
-        xy = contour.reshape(-1, 2).astype(np.float32) * np.float32([scale_x, scale_y])
-        xy[:, 0] = ((xy[:, 0] - meta.pad[0]) / meta.scale).clip(0, w0)
-        xy[:, 1] = ((xy[:, 1] - meta.pad[1]) / (meta.scale_y or meta.scale)).clip(0, h0)
+        xy = to_image_pixels(contour.reshape(-1, 2).astype(np.float32) * np.float32([scale_x, scale_y]), meta)
         out.append([[round(float(x), 1), round(float(y), 1)] for x, y in xy])
     return out
