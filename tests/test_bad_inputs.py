@@ -366,7 +366,8 @@ READ_ONLY = {"model", "arch", "data", "split", "mean", "std", "head", "names", "
              "exclude", "high_precision", "mode", "targets", "target", "val_data", "val_split", "select_yaml",
              "select_split", "importance", "plan", "device", "schedule", "runtime", "metric", "coco_json", "images",
              "more", "compare", "image", "class_map", "a", "b", "sources", "trt", "nms", "calib_cache", "from_qdq", "layers", "qat_mode",
-             "runtime_a", "runtime_b", "runtimes", "init_from", "int8_kernels", "select_metric"}
+             "runtime_a", "runtime_b", "runtimes", "init_from", "int8_kernels", "select_metric",
+             "kpt_shape"}
 
 
 def output_options(unplaced: list | None = None) -> list[tuple[str, str, str]]:

@@ -317,7 +317,7 @@ def test_compare_matches_instances_by_box_and_mask(seg_onnx, seg_int8, seg_data,
     tally = record["detections"]
     assert "mask differs" in tally["a_only"] and tally["a"] > 0
     assert sum(tally["a_only"].values()) == tally["a"] - tally["matched"]
-    assert set(record["mAP"]["a"]) == {"mAP50", "mAP50-95"}
+    assert set(record["mAP"]["a"]) == {"mAP50", "mAP50-95", "mask_mAP50", "mask_mAP50-95"}
 
 
 def test_the_selection_metric_is_one_the_task_reports(seg_onnx, seg_data, tmp_path):

@@ -36,7 +36,8 @@ def load(model: PathLike | None, *, arch: str | None = None, imgsz: int | None =
 @checked
 def adopt(model: PathLike, *, head: str | None = None, names: str | None = None, imgsz: int | None = None,
           letterbox: bool = True, bgr: bool | None = None, mean: str | Sequence[float] | None = None,
-          std: str | Sequence[float] | None = None, output: PathLike | None = None) -> dict:
+          std: str | Sequence[float] | None = None, kpt_shape: str | Sequence[int] | None = None,
+          output: PathLike | None = None) -> dict:
     """Make an ONNX detector from another exporter (Ultralytics, the yolov5 repository, YOLOX, an end-to-end
     graph) usable by every command: writes a copy (default workspace/models/onnx/adopted/<name>.onnx) that
     carries orinflow's pre/post-processing metadata.
@@ -46,13 +47,22 @@ def adopt(model: PathLike, *, head: str | None = None, names: str | None = None,
     output's shape. names: a dataset YAML or 'a,b,c' (default: the exporter's metadata).
     imgsz: only for inputs without a fixed size. letterbox: keep the aspect and pad (False: stretch).
     bgr, mean, std: the input's channel order and (pixel/255 - mean) / std; default the layout's convention
-    (RGB 0..1; yolox BGR 0..255, that is std 1/255).
+    (RGB 0..1; yolox BGR 0..255, that is std 1/255). kpt_shape: a pose model's keypoints and values per keypoint
+    ('17,3'; default: Ultralytics' metadata, which its exporter writes for pose models; none: not a pose model).
     """
     from ..models.adopt import adopt_onnx
+    from ..tasks.keypoints import check_kpt_shape
 
     output = Path(output) if output else workspace() / "models" / "onnx" / "adopted" / Path(model).name
     return adopt_onnx(model, output, head=head, names=names, imgsz=imgsz, letterbox=letterbox, bgr=bgr,
-                      mean=triple(mean, "--mean"), std=triple(std, "--std"))
+                      mean=triple(mean, "--mean"), std=triple(std, "--std"),
+                      kpt_shape=None if kpt_shape is None else check_kpt_shape(_integers(kpt_shape), "--kpt-shape"))
+
+
+def _integers(value: str | Sequence[int]) -> list:
+    """'17,3' or [17, 3] -> [17, 3] (what is not a whole number stays as it is, for the check to name)."""
+    parts = value.split(",") if isinstance(value, str) else list(value)
+    return [int(p) if str(p).strip().isdigit() else p for p in parts]
 
 
 @checked

@@ -141,9 +141,8 @@ def compare_command(
                          names=names, say=say)
     for table in compare_tables(record):
         console.print(table)
-    if record["mAP"]:
-        console.print(f"mAP50-95 on these images: A {record['mAP']['a']['mAP50-95']:.4f}, "
-                      f"B {record['mAP']['b']['mAP50-95']:.4f}")
+    for key in (record["mAP"] or {}).get("a", {}):
+        console.print(f"{key} on these images: A {record['mAP']['a'][key]:.4f}, B {record['mAP']['b'][key]:.4f}")
     for note in record["notes"]:
         console.print(f"[yellow]note:[/yellow] {esc(note)}", markup=True, highlight=False, soft_wrap=True)
     console.print(f"record {record['files']['json']}, plot {record['files']['plot']}")

@@ -80,6 +80,8 @@ def adopt(
                                                 "(default 0).")] = None,
     std: Annotated[Optional[str], typer.Option("--std", help="std 'r,g,b', fractions allowed (default 1, pixels "
                                                "0..1; yolox 1/255, pixels 0..255).")] = None,
+    kpt_shape: Annotated[Optional[str], typer.Option("--kpt-shape", help="A pose model's keypoints and values per "
+                                                     "keypoint, '17,3' (default: the exporter's metadata).")] = None,
     output: Annotated[Optional[Path], typer.Option("-o", "--output", metavar="OUT.onnx", help="Output .onnx (default: "
                                                    "workspace/models/onnx/adopted/<name>.onnx).")] = None,
     verbose: VerboseOpt = False,
@@ -88,7 +90,7 @@ def adopt(
     from .. import api
 
     record = api.adopt(model, head=head, names=names, imgsz=imgsz, letterbox=letterbox, bgr=bgr, mean=mean, std=std,
-                       output=output)
+                       kpt_shape=kpt_shape, output=output)
     how = "given" if record["head_given"] else f"read from its output {record['output_shape']}"
     console.print(f"adopted [bold]{esc(record['model'])}[/bold]: a {record['task']} model, head {record['head']} "
                   f"({esc(how)}), "

@@ -1,4 +1,5 @@
-"""Dataset readers: Ultralytics dataset YAMLs, class-per-subfolder trees, plain image folders."""
+"""Dataset readers: Ultralytics dataset YAMLs (boxes, polygons, keypoints), class-per-subfolder trees, plain image
+folders."""
 from __future__ import annotations
 
 import math
@@ -12,6 +13,7 @@ from ..config import IMAGE_SUFFIXES
 from ..errors import OrinflowError
 from .coco_json import load_coco_json
 from .dataset import Dataset
+from .pose_labels import pose_config, read_pose_labels
 
 __all__ = ["Dataset", "load_coco_json", "load_dataset", "draw_images", "read_image", "list_images"]
 
@@ -67,6 +69,12 @@ def _from_yaml(path: Path, split: str) -> Dataset:
     names = _class_names(cfg.get("names") or {}, path)
     if (root / entries[0]).is_dir() and _is_class_tree(root / entries[0]):
         return _from_folder(root / entries[0])
+    if "kpt_shape" in cfg:  # a pose set: every row ends in keypoints
+        kpt_shape, flip_idx, sigmas = pose_config(cfg, path)
+        read = [read_pose_labels(_label_path(p), kpt_shape, names) for p in images]
+        return Dataset(f"{path.stem}:{split}", images, "pose", [rows for rows, _ in read], names,
+                       keypoints=[points for _, points in read], kpt_shape=kpt_shape, flip_idx=flip_idx,
+                       kpt_sigmas=sigmas)
     read = [_read_labels(_label_path(p), p, names) for p in images]
     labels, segments = [rows for rows, _ in read], [polygons for _, polygons in read]
     polygons = [p for found in segments for p in found]

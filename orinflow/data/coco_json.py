@@ -1,5 +1,6 @@
-"""A COCO instances JSON as a detection or segmentation Dataset (`evaluate --coco-json --images`), every entry
-checked. When every object carries a `segmentation` (polygons, or RLE), the Dataset is a segmentation set.
+"""A COCO instances JSON as a detection, segmentation or pose Dataset (`evaluate --coco-json --images`), every
+entry checked. When every object carries `keypoints`, the Dataset is a pose set; when every object carries a
+`segmentation` (polygons, or RLE), a segmentation set.
 
 A malformed file is refused in one line that names the file and the entry (`images[3]`,
 `annotations[17]`) and what is wrong with it, before any image is read. Images the JSON lists but the
@@ -49,6 +50,8 @@ def load_coco_json(annotations: str | Path, images: str | Path, skip_missing: bo
     kept = {e["id"] for e in present}
     objects = [[a for a in boxes[e["id"]] if not a.get("iscrowd", 0)] for e in present]
     labels = [_yolo_labels(found, e, class_of) for found, e in zip(objects, present)]
+    if keypoint_set(objects):
+        return _pose_dataset(annotations, images, coco, present, objects, class_of, categories, missing)
     outlined = all("segmentation" in a for found in objects for a in found) and any(objects)
     segments = [[_polygons(a["segmentation"], e) for a in found] for found, e in zip(objects, present)] \
         if outlined else []
@@ -60,6 +63,42 @@ def load_coco_json(annotations: str | Path, images: str | Path, skip_missing: bo
                    coco={"ground_truth": ground_truth, "category_ids": sorted(categories),
                          "image_ids": [e["id"] for e in present]},
                    missing=[str(images / name) for name in missing], segments=segments)
+
+
+def keypoint_set(objects: list[list[dict]]) -> bool:
+    """Every object carries `keypoints`: a person-keypoints JSON."""
+    return any(objects) and all("keypoints" in a for found in objects for a in found)
+
+
+def _pose_dataset(annotations: Path, images: Path, coco: dict, present: list, objects: list, class_of: dict,
+                  categories: dict, missing: list) -> Dataset:
+    """A pose Dataset: each object's keypoints normalised to its image. Objects with no labelled keypoint are
+    left out, as in Ultralytics' COCO-pose labels and COCO's keypoint evaluation."""
+    check = _Checker(annotations)
+    count = check.keypoints(objects, coco.get("annotations", []))
+    kept = [[a for a in found if any(v > 0 for v in a["keypoints"][2::3])] for found in objects]
+    points = [np.asarray([a["keypoints"] for a in found], np.float32).reshape(-1, count, 3)
+              / np.float32([e["width"], e["height"], 1]) for found, e in zip(kept, present)]
+    names = {class_of[cat]: name for cat, name in categories.items()}
+    return Dataset(f"{annotations.stem}:{images.name}", [images / e["file_name"] for e in present], "pose",
+                   [_yolo_labels(found, e, class_of) for found, e in zip(kept, present)], names,
+                   missing=[str(images / name) for name in missing], keypoints=points, kpt_shape=(count, 3),
+                   flip_idx=mirror_twins(coco["categories"], count))
+
+
+def mirror_twins(categories: list[dict], count: int) -> list[int] | None:
+    """Each keypoint's left/right twin from the category's keypoint names (COCO's "left_eye"/"right_eye");
+    None when the names do not pair up."""
+    names = next((c["keypoints"] for c in categories if isinstance(c.get("keypoints"), list)), None)
+    if names is None or len(names) != count or not all(isinstance(n, str) for n in names):
+        return None
+    index = {n: i for i, n in enumerate(names)}
+    swap = {"left": "right", "right": "left"}
+    twins = []
+    for name in names:
+        side = next((s for s in swap if name.startswith(s)), None)
+        twins.append(index.get(swap[side] + name[len(side):], -1) if side else index[name])
+    return twins if -1 not in twins and sorted(twins) == list(range(count)) else None
 
 
 def _read(path: Path) -> dict:
@@ -133,6 +172,22 @@ class _Checker:
             if Path(item["file_name"]).is_absolute() or ".." in Path(item["file_name"]).parts:
                 self.fail(f"images[{index}]", f"names a file outside --images: {item['file_name']!r}")
         return items
+
+    def keypoints(self, objects: list[list[dict]], items: list) -> int:
+        """Every object's `keypoints` is K x, y, v triples (finite, v 0, 1 or 2), K the same for all; returns K."""
+        position = {id(item): index for index, item in enumerate(items)}
+        count = None
+        for item in (a for found in objects for a in found):
+            where, values = f"annotations[{position[id(item)]}]", item["keypoints"]
+            if not isinstance(values, list) or not values or len(values) % 3 or not all(map(_is_number, values)):
+                self.fail(where, f"has an invalid 'keypoints': x, y, v triples of finite numbers expected, not "
+                          f"{str(values)[:40]!r}")
+            if count is not None and len(values) // 3 != count:
+                self.fail(where, f"has {len(values) // 3} keypoints where the others have {count}")
+            count = len(values) // 3
+            if any(v not in (0, 1, 2) for v in values[2::3]):
+                self.fail(where, "has a keypoint visibility that is not 0 (not labelled), 1 (hidden) or 2 (visible)")
+        return count
 
     def sizes(self, entries: list[dict], present: list[dict], folder: Path) -> None:
         """Each image's width and height as the JSON states them, against the file's own (its header, read

@@ -63,7 +63,7 @@ def evaluate_task(runner: Runner, processing: Processing, dataset: Dataset, post
     """The metrics of the model's task on `dataset`; images listed in `skipped` (when given) are left out with
     their labels. `post`: the task's post-processing settings; `scoring`: the class map and COCO collector."""
     room = processing.room
-    room.check_data(dataset)
+    room.check_data(dataset, processing)
     results = predictions(runner, processing, dataset.images, batch_size, skipped, **(post or {}))
     return room.score(results, dataset, names or processing.names or dataset.names, scoring or Scoring())
 

@@ -22,17 +22,13 @@ import onnx
 
 from ..errors import OrinflowError
 from ..optimize.common.graph import onnx_scope
-from ..models.processing import NMS_INSIDE, Detections, ImageMeta, Processing, anchor_view, unletterbox
+from ..models.processing import NMS_INSIDE, Detections, ImageMeta, Processing
 from ..runtime.trust import probe_count
-from ..tasks.masks import mask_iou
+from .instances import attribute, keypoint_summary, new_tally
 from .probing import evaluated_runner, probing_effect
 
 SQNR_CAP = 100.0  # dB: identical tensors
 EVAL_CONF = 0.001  # the evaluator's threshold, for the mAP of both on the compared images
-MATCH_IOU = 0.9
-SHIFT_IOU = 0.5
-CAUSES = ("score across threshold", "cut by pre-NMS top-k", "cut by keep-top-k", "NMS tie or order", "box shift",
-          "class flip", "mask differs")
 COMPARE_RUNTIMES = ("auto", "onnxruntime", "openvino")
 PAIRED_MODULES = {"Conv2d": ("Conv",), "Linear": ("Gemm", "MatMul"), "ConvTranspose2d": ("ConvTranspose",)}
 
@@ -232,77 +228,6 @@ def _session_with_outputs(path: Path, names: list[str], copy: Path):
         raise OrinflowError(f"ONNX Runtime cannot run {path}: {str(e).strip().splitlines()[0][:200]}") from e
 
 
-# ---------------------------------------------------------------- detections
-@dataclass
-class Candidates:
-    """A model's pre-NMS view of one image: per-anchor boxes (original pixels) and class scores."""
-
-    boxes: np.ndarray
-    scores: np.ndarray  # (anchors, classes)
-    order: np.ndarray  # anchors by best class score, best first (the pre-NMS top-k's ranking)
-
-
-def raw_candidates(raw: np.ndarray, head: str, meta: ImageMeta, imgsz, classes: int = 0) -> Candidates | None:
-    """Every anchor of one image's raw head output, boxes mapped back to the image (None: NMS inside).
-    `classes`: how many score columns are class scores (a segmentation head's mask coefficients follow)."""
-    import torch
-
-    if head in NMS_INSIDE:
-        return None
-    boxes, scores = anchor_view(torch.as_tensor(np.asarray(raw, np.float32)), head, imgsz)
-    scores = scores.numpy()[:, :classes or None]
-    return Candidates(unletterbox(boxes.numpy(), meta), scores, np.argsort(-scores.max(1)))
-
-
-def match(a: Detections, b: Detections) -> tuple[list[int], list[int]]:
-    """Indices of A's and B's detections without a same-class partner at IoU >= 0.9 (greedy by score)."""
-    from .accuracy import box_iou
-
-    iou = box_iou(a.boxes, b.boxes) if len(a.boxes) and len(b.boxes) else np.zeros((len(a.boxes), len(b.boxes)))
-    iou = iou * (a.classes[:, None] == b.classes[None])
-    if getattr(a, "masks", None) is not None and len(a.masks) and len(b.masks):
-        iou = np.minimum(iou, mask_iou(a.masks, b.masks))  # instances: the box and the mask must both agree
-    taken, lost = set(), []
-    for i in np.argsort(-a.scores):
-        options = [(iou[i, j], j) for j in range(len(b.boxes)) if j not in taken and iou[i, j] >= MATCH_IOU]
-        if options:
-            taken.add(max(options)[1])
-        else:
-            lost.append(int(i))
-    return lost, [j for j in range(len(b.boxes)) if j not in taken]
-
-
-def cause(box: np.ndarray, cls: int, other: Detections, other_all: Detections, candidates: Candidates | None,
-          conf: float, limits: dict) -> str:
-    """Why the other model has no same-class detection at IoU >= 0.9 for this one.
-
-    `other`: its detections above `conf`; `other_all`: everything it kept; `candidates`: its pre-NMS anchors
-    (None for a graph whose raw output cannot be read: then only the boxes speak).
-    """
-    from .accuracy import box_iou
-
-    iou = box_iou(box[None], other.boxes)[0] if len(other.boxes) else np.zeros(0)
-    flipped = bool(np.any((iou >= MATCH_IOU) & (other.classes != cls)))
-    shifted = bool(np.any((iou >= SHIFT_IOU) & (other.classes == cls)))
-    if getattr(other, "masks", None) is not None and np.any((iou >= MATCH_IOU) & (other.classes == cls)):
-        return "mask differs"  # the same box and class: only the mask can have kept them apart
-    if candidates is None or cls >= candidates.scores.shape[1]:
-        return "class flip" if flipped else "box shift" if shifted else "NMS tie or order"
-    near = box_iou(box[None], candidates.boxes)[0] >= MATCH_IOU
-    scores = np.where(near, candidates.scores[:, cls], 0.0)
-    if scores.max(initial=0.0) <= conf:  # the other model scores this class too low here
-        return "class flip" if flipped else "box shift" if shifted else "score across threshold"
-    pre_topk = limits.get("pre_topk")
-    if pre_topk and pre_topk < len(candidates.boxes):
-        kept = np.zeros(len(candidates.boxes), bool)
-        kept[candidates.order[:pre_topk]] = True
-        if not np.any(kept & (scores > conf)):
-            return "cut by pre-NMS top-k"
-    if len(other_all.scores) >= limits["keep_topk"] and scores.max() < float(other_all.scores.min()):
-        return "cut by keep-top-k"
-    return "box shift" if shifted else "NMS tie or order"
-
-
 def growth(pairs: list[tuple[str, str]], stats: dict[str, TensorStats], layers: dict[str, dict]) -> dict[str, float]:
     """Noise added at each paired tensor: its noise-to-signal power ratio minus the worst of its closest paired
     inputs' (graph inputs and weights count as exact). A linear ratio, so a layer that turns 1% noise into 5%
@@ -339,7 +264,8 @@ def compare_models(a: Side, b: Side, dataset, conf: float = 0.25, say=print) -> 
     pairs = pair_layers(a, b)
     stats = {key: TensorStats() for key, _ in pairs}
     head_stats = TensorStats()
-    tally = {"a": 0, "b": 0, "matched": 0, "a_only": dict.fromkeys(CAUSES, 0), "b_only": dict.fromkeys(CAUSES, 0)}
+    room = processing.room
+    tally = new_tally(room)
     examples: list[dict] = []
     final = {"a": [], "b": []}
     with private_folder() as folder:
@@ -364,13 +290,15 @@ def compare_models(a: Side, b: Side, dataset, conf: float = 0.25, say=print) -> 
                 head_stats.add(raws[0], raws[1])
             if processing.room.instances:  # evaluation threshold for the mAP, `conf` for the matching
                 dets = [_detections(side, outs, meta, EVAL_CONF) for side, outs in ((a, outs_a), (b, outs_b))]
-                final["a"].append(None if dets[0] is None else (dets[0], meta.original_hw))
-                final["b"].append(None if dets[1] is None else (dets[1], meta.original_hw))
-                _attribute(index, path, dets, raws, (a, b), meta, conf, tally, examples)
+                final["a"].append(None if dets[0] is None else (index, meta, dets[0]))
+                final["b"].append(None if dets[1] is None else (index, meta, dets[1]))
+                attribute(index, path, dets, raws, (a, b), meta, conf, tally, examples, room)
+    if "keypoints" in tally:
+        tally["keypoints"] = keypoint_summary(tally["keypoints"])
     layer_rows = _layer_rows(pairs, stats, a)
     return {"layers": layer_rows, "paired_layers": len(layer_rows), "head_output": _row(head_stats),
             "detections": tally if processing.room.instances else None, "examples": examples[:50],
-            "final": final, "probing": probing,
+            "final": final, "probing": probing, "room": room,
             "int8_kernels": {label: runner.describe() for label, runner in evaluated.items()},
             "runtime_notes": [f"{label}: {note}" for label, runner in evaluated.items() for note in runtime_notes(runner)]}
 
@@ -410,40 +338,6 @@ def _detections(side: Side, outputs: list, meta: ImageMeta, conf: float) -> Dete
     if side.processing is None:
         return None
     return side.processing.read(outputs, [meta], conf=conf)[0]
-
-
-def above(dets: Detections | None, conf: float) -> Detections | None:
-    if dets is None:
-        return None
-    return dets.take(dets.scores > conf)
-
-
-def _limits(side: Side) -> dict:
-    nms = side.nms or {}
-    return {"pre_topk": nms.get("pre_topk"), "keep_topk": nms.get("keep_topk", 300)}
-
-
-def _attribute(index, path, kept, raws, sides, meta, conf, tally, examples) -> None:
-    """Match one image's detections above `conf` and give every unmatched one its cause."""
-    if kept[0] is None or kept[1] is None:
-        return
-    dets = [above(d, conf) for d in kept]
-    tally["a"] += len(dets[0].scores)
-    tally["b"] += len(dets[1].scores)
-    lost_a, lost_b = match(dets[0], dets[1])
-    tally["matched"] += len(dets[0].scores) - len(lost_a)
-    for mine, theirs, lost, raw, side, key in ((0, 1, lost_a, raws[1], sides[1], "a_only"),
-                                               (1, 0, lost_b, raws[0], sides[0], "b_only")):
-        processing = side.processing
-        candidates = (raw_candidates(raw[0], side.nms["raw_head"] if side.nms else processing.head, meta,
-                                     processing.imgsz, len(processing.names)) if raw is not None and processing is not None else None)
-        for i in lost:
-            box, cls = dets[mine].boxes[i], int(dets[mine].classes[i])
-            why = cause(box, cls, dets[theirs], kept[theirs], candidates, conf, _limits(side))
-            tally[key][why] += 1
-            examples.append({"image": str(path), "index": index, "only_in": "AB"[mine], "class": cls,
-                             "score": float(dets[mine].scores[i]), "box": [round(float(v), 2) for v in box],
-                             "cause": why})
 
 
 def _row(stats: TensorStats) -> dict:

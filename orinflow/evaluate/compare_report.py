@@ -30,7 +30,7 @@ def run_compare(sides, paths, data, split: str, images: int, seed: int, conf: fl
                                if r["growth"] > 0][:top],
               "min_cosine": min((r["cosine"] for r in found["layers"]), default=None),
               "detections": found["detections"], "examples": found["examples"],
-              "mAP": _map_both(subset, found) if found["detections"] is not None else None,
+              "mAP": _map_both(subset, found, found["room"]) if found["detections"] is not None else None,
               "layers": found["layers"], "notes": notes, "probing": found["probing"],
               "int8_kernels": found["int8_kernels"],
               "files": {"json": str(folder / RECORD), "plot": str(folder / PLOT)}}
@@ -70,13 +70,16 @@ def probing_note(effect: dict) -> str:
                    f"cosine {where['cosine']:.4f}), found by compiling {len(effect['prefixes'])} prefixes")
 
 
-def _map_both(subset, found) -> dict | None:
-    """mAP of A and B on the compared images (their detections at the evaluator's threshold, 0.001)."""
-    from .accuracy import detection_map
+def _map_both(subset, found, room) -> dict | None:
+    """The task's mAPs (boxes, and masks or keypoints) of A and B on the compared images (their detections at the
+    evaluator's threshold, 0.001)."""
+    from ..tasks import Scoring
 
     if any(d is None for d in found["final"]["a"] + found["final"]["b"]):
         return None
-    return {key: detection_map(found["final"][key], subset) for key in ("a", "b")}
+    keys = dict.fromkeys(("mAP50", "mAP50-95") + room.metric_keys)
+    return {side: {k: v for k, v in room.score(found["final"][side], subset, subset.names, Scoring()).items()
+                   if k in keys} for side in ("a", "b")}
 
 
 def plot_layers(record: dict, path: Path) -> None:
@@ -116,5 +119,14 @@ def compare_tables(record: dict) -> list:
             table.add_column(column, justify="left" if column == "cause" else "right")
         for cause in detections["a_only"]:
             table.add_row(cause, str(detections["a_only"][cause]), str(detections["b_only"][cause]))
+        tables.append(table)
+    points = (detections or {}).get("keypoints")
+    if points and points["persons"]:
+        table = Table(title=f"keypoints of the {points['persons']} matched persons: B against A, mean OKS "
+                            f"{points['mean_oks']:.4f}")
+        table.add_column("keypoint", justify="right")
+        table.add_column("mean error px", justify="right")
+        for index, error in enumerate(points["error_px"]):
+            table.add_row(str(index), "-" if error is None else f"{error:.2f}")
         tables.append(table)
     return tables

@@ -1,12 +1,13 @@
-"""`orinflow adopt`: give an ONNX detector or segmentation model from elsewhere (Ultralytics' exporter, the yolov5 repository,
-an end-to-end graph with NMS inside) the pre- and post-processing metadata orinflow reads.
+"""`orinflow adopt`: give an ONNX detector, segmentation or pose model from elsewhere (Ultralytics' exporter, the
+yolov5 repository, an end-to-end graph with NMS inside) the pre- and post-processing metadata orinflow reads.
 
-What the graph says is taken from it: the input size from the input's shape, the head layout and
-class count from the first output's shape, a segmentation model from a second output of mask prototypes
-(batch, k, height/4, width/4), whose k mask coefficients end each row of the first; and the class names from Ultralytics' own metadata when
-present. The rest is asked for in one line. Preprocessing defaults to the convention of the layout
-(the YOLO exporters': letterbox with grey 114, RGB, 0..1; YOLOX's: BGR, 0..255); the flags
---letterbox/--resize, --bgr/--rgb and --mean/--std say otherwise.
+What the graph says is taken from it: the input size from the input's shape, the head layout and class count
+from the first output's shape, a segmentation model from a second output of mask prototypes (batch, k,
+height/4, width/4), whose k mask coefficients end each row of the first; a pose model from its keypoint layout
+(Ultralytics' metadata "kpt_shape", or --kpt-shape), whose keypoints end each row; and the class names from
+Ultralytics' own metadata when present. The rest is asked for in one line. Preprocessing defaults to the
+convention of the layout (the YOLO exporters': letterbox with grey 114, RGB, 0..1; YOLOX's: BGR, 0..255); the
+flags --letterbox/--resize, --bgr/--rgb and --mean/--std say otherwise.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from .onnx_model import META_FAMILY, META_PROCESSING, META_SOURCE, graph_dims, r
 
 def adopt_onnx(model: str | Path, output: str | Path, head: str | None = None, names: str | None = None,
                imgsz: int | None = None, letterbox: bool = True, bgr: bool | None = None, mean=None,
-               std=None) -> dict:
+               std=None, kpt_shape: tuple[int, int] | None = None) -> dict:
     """Write `output`: a copy of `model` with orinflow's processing metadata. Returns what was inferred."""
     from ..io import atomic_path, check_output, require_file, write_record
 
@@ -43,18 +44,41 @@ def adopt_onnx(model: str | Path, output: str | Path, head: str | None = None, n
     inferred = infer_head(shape, size) if head is None else head
     count = check_head(inferred, shape, size)
     prototypes = _prototypes(graph, size)
-    processing = detector_processing(inferred, size, class_names(names, metadata, count - prototypes), letterbox, bgr,
-                                     mean, std, task="segment" if prototypes else "detect")
+    kpt_shape = kpt_shape or _metadata_kpt_shape(metadata)
+    extra = prototypes + (kpt_shape[0] * kpt_shape[1] if kpt_shape else 0)
+    if kpt_shape and prototypes:
+        raise OrinflowError(f"{source} has mask prototypes and keypoints: a model is one or the other")
+    if kpt_shape and count - extra < 1:
+        raise OrinflowError(f"{source}: kpt_shape {list(kpt_shape)} needs {extra} keypoint values per row, but its "
+                            f"rows hold {count} values besides the box")
+    task = "segment" if prototypes else "pose" if kpt_shape else "detect"
+    processing = detector_processing(inferred, size, class_names(names, metadata, count - extra), letterbox, bgr,
+                                     mean, std, task=task, kpt_shape=kpt_shape)
     write_metadata(graph, {META_PROCESSING: processing.to_json(), META_FAMILY: f"onnx-{inferred}",
                            META_SOURCE: str(source)})
     with atomic_path(output) as tmp:
         onnx.save(graph, str(tmp))
     record = {"command": "adopt", "model": str(output), "source": str(source), "head": inferred,
               "head_given": head is not None, "imgsz": list(size), "classes": len(processing.names),
-              "task": processing.task,
+              "task": processing.task, "kpt_shape": list(kpt_shape) if kpt_shape else None,
               "output_shape": shape, "input": processing.describe_input()}
     write_record(output, record)
     return record
+
+
+def _metadata_kpt_shape(metadata: dict) -> tuple[int, int] | None:
+    """The keypoint layout Ultralytics' exporter writes for a pose model ("kpt_shape": "[17, 3]"), if any."""
+    import ast
+
+    from ..tasks.keypoints import check_kpt_shape
+
+    text = metadata.get("kpt_shape")
+    if text is None:
+        return None
+    try:
+        return check_kpt_shape(ast.literal_eval(text), "the model's metadata")
+    except (ValueError, SyntaxError):
+        raise OrinflowError(f"the model's metadata kpt_shape {text[:40]!r} is not [keypoints, 2 or 3]") from None
 
 
 def _prototypes(graph: onnx.ModelProto, size: tuple[int, int]) -> int:

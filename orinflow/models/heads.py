@@ -77,7 +77,8 @@ def class_names(names: str | None, metadata: dict[str, str], count: int) -> dict
 
 
 def detector_processing(head: str, imgsz: tuple[int, int], names: dict[int, str], letterbox: bool = True,
-                        bgr: bool | None = None, mean=None, std=None, task: str = "detect") -> Processing:
+                        bgr: bool | None = None, mean=None, std=None, task: str = "detect",
+                        kpt_shape: tuple[int, int] | None = None) -> Processing:
     """The Processing of a detector with layout `head`. Unset input options take the layout's convention:
     YOLOX's own preprocessing is BGR 0..255; the YOLO exporters' is RGB 0..1. Both letterbox with grey 114."""
     yolox = head == "yolox"
@@ -85,4 +86,4 @@ def detector_processing(head: str, imgsz: tuple[int, int], names: dict[int, str]
         std = (1 / 255,) * 3
     return Processing(task=task, imgsz=tuple(imgsz), names=names, head=HEADS[head], nms_iou=NMS_IOU[head],
                       resize="letterbox" if letterbox else "stretch", channels="bgr" if (yolox if bgr is None else bgr)
-                      else "rgb", mean=mean, std=std)
+                      else "rgb", mean=mean, std=std, kpt_shape=kpt_shape)

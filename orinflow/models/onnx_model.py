@@ -139,6 +139,6 @@ def check_against_graph(processing: Processing, model: onnx.ModelProto) -> None:
     except OrinflowError as e:
         raise ProcessingError("head", f"is {processing.head!r} ({layout}), which the first output {shape} "
                               "contradicts") from e
-    count = processing.room.classes_in_head(count, [graph_dims(o) for o in model.graph.output])
+    count = processing.room.classes_in_head(processing, count, [graph_dims(o) for o in model.graph.output])
     if count and processing.names and len(processing.names) != count:
         raise ProcessingError("names", f"lists {len(processing.names)} classes but the {layout} head predicts {count}")

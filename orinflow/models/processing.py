@@ -39,6 +39,11 @@ def _finite_triple(values) -> bool:
             and all(isinstance(v, Real) and not isinstance(v, bool) and np.isfinite(v) for v in values))
 
 
+def _kpt_shape_ok(shape) -> bool:
+    return (isinstance(shape, tuple) and len(shape) == 2 and all(isinstance(v, Integral) for v in shape)
+            and shape[0] >= 1 and shape[1] in (2, 3))
+
+
 @dataclass
 class Processing:
     task: str  # a task of orinflow/tasks (detect, classify, segment)
@@ -53,8 +58,11 @@ class Processing:
     nms_iou: float = 0.7  # the family's usual default
     resize: str = "letterbox"  # detectors: one of RESIZE_MODES
     channels: str = "rgb"  # one of CHANNEL_ORDERS
+    kpt_shape: tuple[int, int] | None = None  # pose: keypoints per instance, values per keypoint (x y [visibility])
 
     def __post_init__(self):
+        if self.kpt_shape is not None:
+            self.kpt_shape = tuple(self.kpt_shape)
         room = TASKS.get(self.task)
         if room is not None:  # an unknown task is refused by validate()
             self.mean = tuple(room.default_mean if self.mean is None else self.mean)
@@ -85,6 +93,10 @@ class Processing:
             raise ProcessingError("crop_fraction", f"is {self.crop_fraction!r}; a fraction in (0, 1] expected")
         if not isinstance(self.nms_iou, Real) or not 0 < self.nms_iou < 1:
             raise ProcessingError("nms_iou", f"is {self.nms_iou!r}; a value in (0, 1) expected")
+        wants_keypoints = self.task in TASKS and task_room(self.task).keypoints
+        if (self.kpt_shape is not None or wants_keypoints) and not _kpt_shape_ok(self.kpt_shape):
+            raise ProcessingError("kpt_shape", f"is {self.kpt_shape!r}; [keypoints, 2 or 3] expected for a pose "
+                                  "model (for example [17, 3])")
         if not isinstance(self.names, dict) or not all(isinstance(k, Integral) and isinstance(v, str)
                                                        for k, v in self.names.items()):
             raise ProcessingError("names", "must map class numbers to names")

@@ -12,7 +12,7 @@ from .processing import HEAD_ANCHOR_FREE, HEAD_END2END, Processing
 os.environ.setdefault("YOLO_OFFLINE", "1")  # never let Ultralytics reach for the network
 
 ULTRALYTICS_NMS_IOU = 0.7  # Ultralytics val default
-SUPPORTED_TASKS = ("detect", "segment", "classify")
+SUPPORTED_TASKS = ("detect", "segment", "pose", "classify")
 
 
 def load_ultralytics(path: Path, imgsz: int | None = None, fuse: bool = True) -> ModelAdapter:
@@ -40,9 +40,11 @@ def load_ultralytics(path: Path, imgsz: int | None = None, fuse: bool = True) ->
         if size % stride:
             raise OrinflowError(f"--imgsz {size} must be a multiple of the model's stride {stride}")
         head = model.model[-1]
+        kpt_shape = getattr(head, "kpt_shape", None) if task == "pose" else None
         processing = Processing(task=task, imgsz=(size, size), names=names,
                                 head=HEAD_END2END if getattr(head, "end2end", False) else HEAD_ANCHOR_FREE,
-                                nms_iou=ULTRALYTICS_NMS_IOU)
+                                nms_iou=ULTRALYTICS_NMS_IOU,
+                                kpt_shape=tuple(int(v) for v in kpt_shape) if kpt_shape else None)
     return ModelAdapter(family="ultralytics", source=str(path), module=model, processing=processing)
 
 

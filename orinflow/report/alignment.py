@@ -52,9 +52,14 @@ def _summary(record: dict) -> list[str]:
                            detections["b_only"][cause]) or "none"
         lines.append(f"detections at conf {record['conf']}: A {detections['a']}, B {detections['b']}, matched "
                      f"{detections['matched']}; differences by cause: {causes}")
+        points = detections.get("keypoints")
+        if points and points["persons"]:
+            worst = max((e, i) for i, e in enumerate(points["error_px"]) if e is not None)
+            lines.append(f"keypoints of the {points['persons']} matched persons: mean OKS of B against A "
+                         f"{points['mean_oks']:.4f}; largest mean error {worst[0]:.2f} px at keypoint {worst[1]}")
     if record.get("mAP"):
-        lines.append(f"mAP50-95 on these images: A {record['mAP']['a']['mAP50-95']:.4f}, "
-                     f"B {record['mAP']['b']['mAP50-95']:.4f}")
+        for key in record["mAP"]["a"]:
+            lines.append(f"{key} on these images: A {record['mAP']['a'][key]:.4f}, B {record['mAP']['b'][key]:.4f}")
     return lines + list(record.get("notes", []))
 
 

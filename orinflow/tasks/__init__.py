@@ -1,8 +1,9 @@
-"""One room per task (classify, detect, segment): each owns what differs between tasks, behind the `Task`
+"""One room per task (classify, detect, segment, pose): each owns what differs between tasks, behind the `Task`
 interface (tasks/base.py). The rest of orinflow asks `task_room(name)` and does not branch on the name.
 
-Below the rooms sit what they share: image fitting (image.py), box decode and NMS (boxes.py) and average
-precision (ap.py). Nothing here imports the rest of orinflow, so every layer may ask a room.
+Below the rooms sit what they share: image fitting (image.py), box decode and NMS (boxes.py), average
+precision (ap.py), masks (masks.py) and keypoint similarity (keypoints.py). Nothing here imports the rest of
+orinflow, so every layer may ask a room.
 """
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ from ..errors import OrinflowError
 from .base import Scoring, Task
 from .classify import CLASSIFY
 from .detect import DETECT
+from .pose import POSE
 from .segment import SEGMENT
 
-TASKS: dict[str, Task] = {room.name: room for room in (DETECT, SEGMENT, CLASSIFY)}
+TASKS: dict[str, Task] = {room.name: room for room in (DETECT, SEGMENT, POSE, CLASSIFY)}
 
 __all__ = ["TASKS", "Scoring", "Task", "task_room"]
 

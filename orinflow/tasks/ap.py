@@ -98,3 +98,13 @@ def detection_metrics(stats: list, target_classes: np.ndarray, names: dict[int, 
     }
     return {"mAP50": float(ap[:, 0].mean()), "mAP50-95": float(ap.mean()),
             "instances": int(len(target_classes)), "per_class": per_class}
+
+
+def paired_metrics(stats: list, target_classes: np.ndarray, names: dict[int, str], prefix: str) -> dict:
+    """Box metrics and a second instance metric beside them (masks, keypoints): `stats` holds one (box stats,
+    second stats) pair per image; the second's figures are named `prefix`_mAP50 and `prefix`_mAP50-95."""
+    box = detection_metrics([s[0] for s in stats], target_classes, names)
+    second = detection_metrics([s[1] for s in stats], target_classes, names)
+    for name, row in box["per_class"].items():
+        row.update({f"{prefix}_{k}": v for k, v in second["per_class"][name].items() if k.startswith("mAP")})
+    return {**box, f"{prefix}_mAP50": second["mAP50"], f"{prefix}_mAP50-95": second["mAP50-95"]}

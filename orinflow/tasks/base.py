@@ -38,6 +38,7 @@ class Task:
     coco_iou_types: tuple[str, ...] = ()  # what --metric coco scores
     outputs = 1  # graph outputs the post-processing reads
     mask_labels = False  # the label loss reads polygons too (blending two images' objects is not built for it)
+    keypoints = False  # instances carry keypoints: the processing names kpt_shape; the label loss reads them
     deepstream = True  # deploy --deepstream writes an nvinfer config nvinfer can parse
 
     # ---- pre- and post-processing ----
@@ -56,9 +57,9 @@ class Task:
         """The output the decode reads first."""
         return outputs[0]
 
-    def classes_in_head(self, channels: int, output_shapes: list) -> int:
+    def classes_in_head(self, processing, channels: int, output_shapes: list) -> int:
         """The class count of a head whose rows hold `channels` class-like columns (the graph's output shapes
-        tell what else they hold)."""
+        and the processing's keypoint layout tell what else they hold)."""
         return channels
 
     def post_options(self, conf: float, iou: float | None, max_det: int) -> dict:
@@ -66,7 +67,8 @@ class Task:
         return {}
 
     # ---- scoring ----
-    def check_data(self, dataset) -> None:
+    def check_data(self, dataset, processing=None) -> None:
+        """Refuse data this task cannot score (and, with `processing`, data that disagrees with the model)."""
         if dataset.task not in self.label_tasks:
             raise OrinflowError(f"{dataset.name} has no {self.labels_hint}")
 
@@ -78,6 +80,13 @@ class Task:
         """How often `candidate` outputs give the same answer as `reference` outputs on the same images:
         {"what": ..., "agreement": share}. Instance tasks match at `conf` and `iou`."""
         raise NotImplementedError
+
+    outline_cause = ""  # compare's cause when box and class agree and the task's outline (mask, keypoints) does not
+
+    def instance_similarity(self, a, b):
+        """(len(a), len(b)) agreement of two results' instances beyond their boxes (mask IoU, keypoint
+        similarity), or None for a task whose instances are boxes only."""
+        return None
 
     def headline_of(self, metrics: dict) -> dict[str, float]:
         return {key: metrics[key] for key in self.metric_keys}

@@ -34,7 +34,7 @@ class Detect(Task):
     instances = True
     protects_decode = True
     nms_in_engine = True
-    label_tasks = ("detect", "segment")  # a polygon's box is a box label
+    label_tasks = ("detect", "segment", "pose")  # a polygon's box and a person's box are box labels
     labels_hint = "detection labels (a dataset YAML with YOLO txt labels is needed)"
     coco_iou_types = ("bbox",)
     results_phrase = "detections (box, class, score)"

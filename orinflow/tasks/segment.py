@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ..errors import OrinflowError
-from .ap import detection_metrics, match_by_iou
+from .ap import match_by_iou, paired_metrics
 from .base import Scoring
 from .boxes import HEAD_ANCHOR_FREE, Detections, kept_candidates
 from .detect import Detect
@@ -65,7 +65,12 @@ class Segment(Detect):
     mask_labels = True  # its label loss reads each object's polygon
     deepstream = False  # nvinfer needs a custom instance-mask parser
 
-    def classes_in_head(self, channels, output_shapes) -> int:
+    outline_cause = "mask differs"
+
+    def instance_similarity(self, a, b):
+        return mask_iou(a.masks, b.masks) if len(a.masks) and len(b.masks) else None
+
+    def classes_in_head(self, processing, channels, output_shapes) -> int:
         prototypes = output_shapes[1][1] if len(output_shapes) > 1 and len(output_shapes[1]) == 4 else 0
         return channels - prototypes if isinstance(prototypes, int) else channels
 
@@ -105,11 +110,7 @@ class Segment(Detect):
         return super().score(results, dataset, names, scoring)
 
     def metrics(self, stats: list, targets: np.ndarray, names: dict) -> dict:
-        box = detection_metrics([s[0] for s in stats], targets, names)
-        mask = detection_metrics([s[1] for s in stats], targets, names)
-        for name, row in box["per_class"].items():
-            row.update({f"mask_{k}": v for k, v in mask["per_class"][name].items() if k.startswith("mAP")})
-        return {**box, "mask_mAP50": mask["mAP50"], "mask_mAP50-95": mask["mAP50-95"]}
+        return paired_metrics(stats, targets, names, "mask")
 
     def describe(self, result, names) -> dict:
         found = super().describe(result, names)

@@ -230,7 +230,11 @@ def _set(quantizer, amax, rank: int, axis: int = 0) -> None:
         if getattr(quantizer, "axis", axis) not in (axis, (axis,)):  # ModelOpt's ConvTranspose default is axis 0
             quantizer.reset_amax()
             quantizer.axis = axis
-    quantizer.amax = value.reshape(shape) if rank > 1 else value
+    value = value.reshape(shape) if rank > 1 else value
+    current = getattr(quantizer, "amax", None)
+    if current is not None and current.numel() == value.numel():  # a one-channel layer's amax may be a scalar
+        value = value.reshape(current.shape)
+    quantizer.amax = value
 
 
 def write_trained(start: StartModel, pairing: Pairing, student: torch.nn.Module, output: Path,

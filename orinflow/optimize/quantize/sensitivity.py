@@ -122,7 +122,9 @@ def _file_digest(path: Path) -> str:
 def cache_key(source: OnnxModel, calib: np.ndarray, spec: QuantizeSpec, select: Dataset,
               options: SensitivityOptions) -> str:
     labels = json.dumps([np.asarray(lab).tolist() for lab in select.labels]
-                        + [[np.asarray(p).tolist() for p in image] for image in select.segments])
+                        + [[np.asarray(p).tolist() for p in image] for image in select.segments]
+                        + [np.asarray(points).tolist() for points in select.keypoints]
+                        + [select.kpt_sigmas])
     return _digest(str(CACHE_VERSION), _file_digest(Path(source.path)), hashlib.sha256(np.ascontiguousarray(calib)).hexdigest(),
                    json.dumps(asdict(spec), sort_keys=True), json.dumps([str(p) for p in select.images]), labels,
                    json.dumps({k: v for k, v in asdict(options).items() if k != "threads"}, sort_keys=True))

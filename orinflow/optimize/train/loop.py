@@ -25,12 +25,13 @@ from .objective import Objective, uses_labels
 
 
 def batches(dataset: Dataset, adapter: ModelAdapter, indices: np.ndarray, batch: int):
-    """(images, labels or None, letterbox metas, polygons or None) per batch."""
+    """(images, labels or None, letterbox metas, each object's polygon or keypoints or None) per batch."""
     for start in range(0, len(indices), batch):
         chunk = indices[start:start + batch]
         prepared = [adapter.processing.preprocess(read_image(dataset.images[i])) for i in chunk]
         labels = [dataset.labels[i] for i in chunk] if dataset.labels else None
-        outlines = [dataset.segments[i] for i in chunk] if dataset.segments else None
+        extras = dataset.segments or dataset.keypoints
+        outlines = [extras[i] for i in chunk] if extras else None
         yield torch.from_numpy(np.stack([p[0] for p in prepared])), labels, [p[1] for p in prepared], outlines
 
 
@@ -58,6 +59,7 @@ def train(adapter: ModelAdapter, student: torch.nn.Module, teacher: torch.nn.Mod
         p.requires_grad_(True)
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
     objective = Objective(adapter, student, teacher, config)
+    objective.flip_idx = dataset.flip_idx
     losses = _resume(student, optimizer, config, checkpoint, say)
     checkpoint = checkpoint if distributed.is_main() else None  # rank 0 writes, every rank resumes
     rng = np.random.default_rng(config.seed)
@@ -148,9 +150,15 @@ def checkpoint_path(output: Path, stage: str) -> Path:
 def check_trainable(adapter: ModelAdapter, config: QATConfig, dataset: Dataset | None = None) -> None:
     """What training would refuse, said before anything is written."""
     config.validate()
-    if uses_labels(adapter, config) and config.mixup and adapter.processing.room.mask_labels:
+    room = adapter.processing.room
+    if uses_labels(adapter, config) and config.mixup and (room.mask_labels or room.keypoints):
         raise OrinflowError(f"--mixup with the label loss of a {adapter.task} model is not supported (two images' "
-                            "masks in one): drop --mixup, or train with --distill --no-labels")
+                            f"{'masks' if room.mask_labels else 'keypoints'} in one): drop --mixup, or train with "
+                            "--distill --no-labels")
+    if uses_labels(adapter, config) and config.flip and room.keypoints and dataset is not None \
+            and dataset.flip_idx is None and dataset.kpt_shape and dataset.kpt_shape[0] > 1:
+        raise OrinflowError(f"--flip with the pose label loss needs the data's flip_idx (each keypoint's mirror "
+                            f"twin) in {dataset.name}'s YAML: add it, or drop --flip")
     labelled = dataset is None or dataset.task in adapter.processing.room.label_tasks
     if uses_labels(adapter, config) and not labelled:
         raise OrinflowError(f"the label loss needs {adapter.task} labels, which {dataset.name} does not have; train "

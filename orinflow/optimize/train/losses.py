@@ -89,6 +89,60 @@ class UltralyticsSegmentationLoss(UltralyticsDetectionLoss):
         return loss.sum() / preds["scores"].shape[0]
 
 
+class UltralyticsPoseLoss(UltralyticsDetectionLoss):
+    """Ultralytics' pose criterion (`v8PoseLoss`: the detection terms, each assigned anchor's keypoints by OKS
+    against the object's, and the keypoints' visibility BCE)."""
+
+    needs_keypoints = True
+
+    def __init__(self, model: torch.nn.Module):
+        from ultralytics.cfg import get_cfg
+        from ultralytics.utils.loss import v8PoseLoss
+
+        head = model.model[-1]
+        if getattr(head, "end2end", False) or hasattr(head, "flow_model"):
+            raise OrinflowError("the label loss of YOLO26 pose heads (a flow model on the keypoints) is not built; "
+                                "use --distill --no-labels")
+        model.args = get_cfg()  # Ultralytics' default gains (pose 12, kobj 1)
+        self.criterion = v8PoseLoss(model)
+
+    def __call__(self, outputs, targets: torch.Tensor, keypoints: torch.Tensor | None = None) -> torch.Tensor:
+        if keypoints is None:
+            raise OrinflowError("the pose label loss needs keypoint labels")
+        preds = outputs[1] if isinstance(outputs, (tuple, list)) and len(outputs) > 1 else None
+        if not isinstance(preds, dict):
+            raise OrinflowError("the Ultralytics head returned no training outputs (was it exported?)")
+        device = preds["scores"].device
+        batch = {"batch_idx": targets[:, 0], "cls": targets[:, 1:2], "bboxes": targets[:, 2:6],
+                 "keypoints": keypoints}
+        loss, _ = self.criterion(preds, {k: v.to(device) for k, v in batch.items()})
+        return loss.sum() / preds["scores"].shape[0]
+
+
+def keypoint_targets(keypoints: list[np.ndarray] | None, metas: list[ImageMeta], flipped: torch.Tensor,
+                     imgsz: tuple[int, int], flip_idx: list[int] | None) -> torch.Tensor:
+    """Each object's keypoints (n, K, 3) normalised to the input, in `input_targets`' order; a mirrored image's
+    x mirrored and each keypoint swapped with its twin (`flip_idx`)."""
+    from ...tasks.keypoints import flip_keypoints
+
+    if keypoints is None:
+        raise OrinflowError("the pose label loss needs keypoint labels (a dataset YAML with kpt_shape); train with "
+                            "--distill --no-labels")
+    height, width = imgsz
+    rows = []
+    for points, meta, mirrored in zip(keypoints, metas, flipped.tolist()):
+        if not len(points):
+            continue
+        h0, w0 = meta.original_hw
+        out = np.asarray(points, np.float32).copy()
+        out[..., 0] = (out[..., 0] * w0 * meta.scale + meta.pad[0]) / width
+        out[..., 1] = (out[..., 1] * h0 * (meta.scale_y or meta.scale) + meta.pad[1]) / height
+        if mirrored:
+            out = flip_keypoints(out, flip_idx)
+        rows.append(out)
+    return torch.from_numpy(np.concatenate(rows)) if rows else torch.zeros(0, 1, 3)
+
+
 class YOLOv5DetectionLoss:
     """YOLOv5 v6's training loss on orinflow's Detect (which keeps the raw, pre-sigmoid outputs)."""
 
@@ -157,8 +211,11 @@ def _xywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
 
 def detection_label_loss(family: str, model: torch.nn.Module):
     """The family's own loss for `model` (the inner network of the student), or a clear error."""
-    if family == "ultralytics":  # a head with mask prototypes is a segmentation head
-        return (UltralyticsSegmentationLoss if hasattr(model.model[-1], "proto") else UltralyticsDetectionLoss)(model)
+    if family == "ultralytics":  # a head with mask prototypes is a segmentation head, one with keypoints a pose head
+        head = model.model[-1]
+        if hasattr(head, "proto"):
+            return UltralyticsSegmentationLoss(model)
+        return (UltralyticsPoseLoss if hasattr(head, "kpt_shape") else UltralyticsDetectionLoss)(model)
     if family == "yolov5":
         return YOLOv5DetectionLoss(model)
     raise OrinflowError(f"no label loss for {family} detectors; train with --distill")

@@ -10,7 +10,7 @@ from ...errors import OrinflowError
 from ...models import ModelAdapter
 from ...models.processing import HEAD_ANCHOR_FREE, HEAD_END2END, HEAD_GRID, HEAD_OBJECTNESS, decode_grid
 from .config import QATConfig
-from .losses import detection_label_loss, input_targets
+from .losses import detection_label_loss, input_targets, keypoint_targets
 
 
 def head_distillation(student: torch.Tensor, teacher: torch.Tensor, head: str | None, imgsz: int,
@@ -44,10 +44,15 @@ def head_distillation(student: torch.Tensor, teacher: torch.Tensor, head: str | 
 
 
 def distillation_loss(student, teacher, head: str | None, imgsz: int, temperature: float,
-                      foreground: bool = False) -> torch.Tensor:
+                      foreground: bool = False, kpt_shape: tuple[int, int] | None = None) -> torch.Tensor:
     """`head_distillation` for any head: a segmentation head's outputs (rows ending in mask coefficients, and
     the prototypes) add the coefficients' L1, weighted by the teacher's confidence as the boxes are, and the
-    prototypes' squared error relative to their spread."""
+    prototypes' squared error relative to their spread; a pose head's rows (ending in `kpt_shape` keypoints)
+    add `keypoint_distillation`."""
+    if kpt_shape is not None:
+        count = kpt_shape[0] * kpt_shape[1]
+        loss = head_distillation(_rows(student, count), _rows(teacher, count), head, imgsz, temperature, foreground)
+        return loss + keypoint_distillation(student, teacher, head, kpt_shape, imgsz)
     if not isinstance(student, (tuple, list)):
         return head_distillation(student, teacher, head, imgsz, temperature, foreground)
     (rows_s, protos_s), (rows_t, protos_t) = student[:2], teacher[:2]
@@ -58,6 +63,31 @@ def distillation_loss(student, teacher, head: str | None, imgsz: int, temperatur
         weight.sum().clamp_min(1e-6) * count)
     prototypes = F.mse_loss(protos_s, protos_t) / protos_t.var().clamp_min(1e-6)
     return loss + coefficients + prototypes
+
+
+def _rows(output: torch.Tensor, count: int) -> torch.Tensor:
+    """A pose head's rows without their `count` trailing keypoint values (boxes and scores, as a detector's)."""
+    return output[:, :-count]
+
+
+def keypoint_distillation(student: torch.Tensor, teacher: torch.Tensor, head: str, kpt_shape: tuple[int, int],
+                          imgsz: int) -> torch.Tensor:
+    """Keypoints of a pose head's rows: L1 of x, y (relative to the input size) and, with a visibility value,
+    its BCE against the teacher's, each weighted by the teacher's confidence as the boxes are."""
+    if head != HEAD_ANCHOR_FREE:
+        raise OrinflowError(f"keypoint distillation for head format {head} is not supported yet")
+    count, dims = kpt_shape[0] * kpt_shape[1], kpt_shape[1]
+    weight = teacher[:, 4:-count].max(1, keepdim=True).values[:, None]  # (B, 1, 1, anchors)
+    points_s = student[:, -count:].reshape(student.shape[0], kpt_shape[0], dims, -1)
+    points_t = teacher[:, -count:].reshape(teacher.shape[0], kpt_shape[0], dims, -1)
+    eps = 1e-6
+    total = weight.sum().clamp_min(eps) * kpt_shape[0]
+    loss = (weight * (points_s[:, :, :2] - points_t[:, :, :2]).abs()).sum() / (total * 2 * imgsz)
+    if dims == 3:
+        seen = F.binary_cross_entropy(points_s[:, :, 2].clamp(eps, 1 - eps), points_t[:, :, 2].clamp(0, 1),
+                                      reduction="none")
+        loss = loss + (weight[:, :, 0] * seen).sum() / total
+    return loss
 
 
 def uses_labels(adapter: ModelAdapter, config: QATConfig) -> bool:
@@ -75,6 +105,7 @@ class Objective:
             self.detection_loss = detection_label_loss(adapter.family, student.module)
 
         self.rng = np.random.default_rng(config.seed + 1)
+        self.flip_idx = None  # the data's left/right keypoint twins (train() sets them for a pose label loss)
 
     def close(self) -> None:
         """Leave the student as it came: a loss that hooks into the model takes its state back out."""
@@ -82,7 +113,8 @@ class Objective:
             self.detection_loss.close()
 
     def __call__(self, images: torch.Tensor, labels, metas, outlines=None) -> torch.Tensor:
-        """`labels`, `metas` and `outlines` (polygons, for a segmentation label loss) per image of `images`."""
+        """`labels`, `metas` and `outlines` (polygons for a segmentation label loss, keypoints for a pose one) per
+        image of `images`."""
         flipped = torch.from_numpy(self.rng.random(len(images)) < 0.5 if self.config.flip
                                    else np.zeros(len(images), bool))
         if flipped.any():
@@ -100,7 +132,7 @@ class Objective:
             with torch.no_grad():
                 target = self.teacher(images)
             loss = distillation_loss(first, target, processing.head, processing.imgsz[0],
-                                     self.config.temperature, self.config.foreground)
+                                     self.config.temperature, self.config.foreground, processing.kpt_shape)
         if self.labels:
             if labels is None:
                 raise OrinflowError("the label loss needs a labelled dataset; train with --distill --no-labels")
@@ -115,6 +147,9 @@ class Objective:
                     targets = targets[targets[:, 0].argsort(stable=True)]  # Ultralytics' loss reads them by image
                 if getattr(self.detection_loss, "needs_masks", False):
                     loss = loss + self.detection_loss(outputs, targets, self._mask_targets(outlines, metas, flipped))
+                elif getattr(self.detection_loss, "needs_keypoints", False):
+                    points = keypoint_targets(outlines, metas, flipped, processing.imgsz, self.flip_idx)
+                    loss = loss + self.detection_loss(outputs, targets, points)
                 else:
                     loss = loss + self.detection_loss(outputs, targets)
         return loss
