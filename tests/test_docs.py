@@ -71,10 +71,15 @@ def test_the_steps_when_int8_loses_too_much_run_as_written(quick_start, user_fol
     assert list(outputs) == ["calibrate", "sensitivity", "quantize", "qat"]
     assert (user_folder / "best_sensitivity" / "sensitivity.json").is_file()
     assert "budget 0.50 points" in outputs["quantize"] and (user_folder / "best_int8_budget.onnx").is_file()
-    assert "read from cache" in outputs["quantize"]  # the ranking `sensitivity` measured, not measured again
-    assert "full quantization: read from cache" in outputs["quantize"]  # nor its full (search) quantization
     made = json.loads((user_folder / "best_int8_budget.json").read_text())
-    assert made["quantization"]["method"] == "search"  # the default under --max-drop, as `sensitivity`'s
+    choice = made["calibration_choice"]  # chosen by measurement: each calibration's full-INT8 selection score
+    assert made["quantization"]["method"] == choice["chosen"] and "calibration chosen" in outputs["quantize"]
+    tried = {c["method"]: c for c in choice["candidates"]}
+    assert list(tried) == ["max", "percentile", "entropy", "mse", "search"][:len(tried)]
+    if "search" in tried:  # `sensitivity`'s full (search) quantization is not made again
+        assert tried["search"]["cached"] and "search: full INT8" in outputs["quantize"]
+    if "search" in [f["method"] for f in choice["finalists"]]:  # nor its ranking measured again
+        assert "sensitivity: read from cache" in outputs["quantize"]
     assert (user_folder / "best_qat_int8.onnx").is_file()
     qat = json.loads((user_folder / "best_qat_int8.json").read_text())
     assert Path(qat["start"]["model"]).name == "best_int8_budget.onnx" and qat["start"]["calibrated_afresh"] == []

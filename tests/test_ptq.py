@@ -86,7 +86,8 @@ def test_fp8_mode_loads_in_onnxruntime(fp32, calib, tmp_path):
 
 @pytest.mark.parametrize("spec, message", [
     (QuantizeSpec(mode="int2"), "unknown --mode"),
-    (QuantizeSpec(method="mse"), "unknown --method"),
+    (QuantizeSpec(method="kl"), "unknown --method"),
+    (QuantizeSpec(method="mse", target="cpu"), "--method mse clips"),
     (QuantizeSpec(mode="fp8", target="cpu"), "cannot run on ONNX Runtime's CPU provider"),
     (QuantizeSpec(mode="int4"), "quantized none"),
     (QuantizeSpec(exclude=["("]), "not a valid regex"),

@@ -301,18 +301,65 @@ def test_ptq_route_under_a_budget(tiny_shapes, tmp_path, study):
     assert "budget 50.00 points" in result.output and "read from cache" in result.output
 
 
-def test_a_budget_calibrates_with_search_unless_a_method_is_given():
+def test_a_budget_chooses_its_calibration_unless_a_method_is_given():
+    from orinflow.optimize.quantize.calib_choice import candidate_methods
     from orinflow.optimize.quantize.ptq import default_method
     from orinflow.optimize.quantize.route import check_variants, target_methods
 
     base = QuantizeSpec()
-    assert default_method("tensorrt", budget=True) == "search" and default_method("cpu", budget=True) == "entropy"
+    assert default_method("tensorrt", budget=True) == "auto" and default_method("cpu", budget=True) == "auto"
     assert default_method("tensorrt") == "entropy" and default_method("tensorrt", "fp8", budget=True) == "entropy"
-    assert [target_methods(base, None, t, True) for t in ("tensorrt", "cpu")] == [["search"], ["entropy"]]
+    assert [target_methods(base, None, t, True) for t in ("tensorrt", "cpu")] == [["auto"], ["auto"]]
     assert target_methods(base, ["max"], "tensorrt", True) == ["max"]
-    check_variants(base, None, ["tensorrt", "cpu"], budget=True)  # search only where it applies
+    check_variants(base, None, ["tensorrt", "cpu"], budget=True)
     with pytest.raises(OrinflowError, match="--method search"):
         check_variants(base, ["search"], ["cpu"], budget=True)
+    assert candidate_methods(base) == ["max", "percentile", "entropy", "mse", "search"]
+    assert candidate_methods(QuantizeSpec(target="cpu")) == ["max", "percentile", "entropy"]
+    assert candidate_methods(base, ["search", "max"]) == ["max", "search"]  # cheapest first, whatever the order
+    with pytest.raises(OrinflowError, match="--methods search: under --max-drop the cpu target chooses among"):
+        candidate_methods(QuantizeSpec(target="cpu"), ["search"])
+    with pytest.raises(OrinflowError, match="--method auto chooses"):
+        quantize_onnx(None, np.zeros((1, 3, 8, 8), np.float32), QuantizeSpec(method="auto"), None)
+
+
+def trial(method, met, share, final):
+    return (method, {"budget": {"met": met, "int8_flop_share": share, "final": final, "drop_points": 0.2,
+                                "max_drop": 0.5}}, None)
+
+
+def test_the_winner_meets_the_budget_with_the_most_int8():
+    from orinflow.optimize.quantize.calib_choice import _why, _winner
+
+    assert _winner([trial("entropy", True, 0.95, 0.50), trial("search", True, 0.97, 0.49)])[0] == "search"
+    assert _winner([trial("entropy", True, 0.97, 0.50), trial("search", True, 0.97, 0.49)])[0] == "entropy"
+    assert _winner([trial("entropy", False, 1.0, 0.50), trial("search", True, 0.90, 0.49)])[0] == "search"
+    missed = [trial("entropy", False, 0.9, 0.47), trial("search", False, 0.9, 0.48)]
+    assert _winner(missed)[0] == "search" and "comes closest" in _why("search", missed)
+    assert "the only finalist that meets" in _why("search", [trial("entropy", False, 1.0, 0.5),
+                                                              trial("search", True, 0.9, 0.49)])
+
+
+def test_auto_measures_each_calibration_and_keeps_the_record(fp32, calib, select, tmp_path, shared_workspace):
+    """--method auto on the embedded detector: each candidate's full-INT8 selection score, cheapest first, the
+    search stopped at the first that meets the budget with no group in float, or the fallback run on the best two;
+    the written model is the winner's, and the record says why."""
+    from orinflow.optimize.quantize.calib_choice import budgeted
+
+    out = tmp_path / "auto.onnx"
+    made = budgeted(fp32, calib, QuantizeSpec(method="auto"), select, BudgetSpec(max_drop=0.0, max_steps=2), out,
+                    FAST, say=lambda m: None, methods=["max", "percentile", "mse"])
+    choice = made["calibration_choice"]
+    tried = [c["method"] for c in choice["candidates"]]
+    assert tried == ["max", "percentile", "mse"][:len(tried)]
+    meets = [c["drop_points"] <= 0.0 for c in choice["candidates"]]
+    assert choice["stopped_early"] == (len(tried) < 3) and (not any(meets[:-1]))
+    best = sorted(choice["candidates"], key=lambda c: -c["full_int8"])
+    expected = [tried[-1]] if meets[-1] else [c["method"] for c in best[:2]]
+    assert [f["method"] for f in choice["finalists"]] == expected
+    assert made["quantization"]["method"] == choice["chosen"] in expected and choice["why"]
+    assert json.loads(out.with_suffix(".json").read_text())["calibration_choice"]["chosen"] == choice["chosen"]
+    assert onnx.load(out).graph.node  # the winner's model, written
 
 
 def test_a_budget_missed_with_another_method_points_at_search(fp32, calib, select, private_workspace):

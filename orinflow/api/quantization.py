@@ -18,13 +18,15 @@ def quantize(model: PathLike, *, calib: PathLike | None = None, data: PathLike |
              high_precision: str = "fp32", max_drop: float | None = None, max_fallback: float = 0.10,
              max_steps: int = 12, select_yaml: PathLike | None = None, select_split: str = "val",
              select_images: int = 300, select_metric: str | None = None, reduce_range: bool = False,
-             output: PathLike | None = None, say: Say = print) -> dict:
+             methods: str | Sequence[str] | None = None, output: PathLike | None = None, say: Say = print) -> dict:
     """Post-training quantization of an orinflow FP32 ONNX into Q/DQ ONNX (default
     workspace/models/onnx/<target>/<name>_<mode>_<method>.onnx).
 
     Calibration comes from `calib` (.npy from `calibrate`) or is built from `data`/`split`.
-    mode: int8, fp8, int4. method: entropy, max, percentile, search; default entropy, or search under
-    `max_drop` (tensorrt int8). target: tensorrt (ModelOpt) or cpu (ONNX Runtime). With `max_drop`, the
+    mode: int8, fp8, int4. method: entropy, max, percentile, mse (tensorrt), search (tensorrt int8), or auto; default
+    entropy, or auto under `max_drop` (int8): each calibration that applies to the target is measured on the
+    selection data and the one that meets the budget with the most INT8 wins (calib_choice.py); `methods`
+    ('max,entropy') narrows that list. target: tensorrt (ModelOpt) or cpu (ONNX Runtime). With `max_drop`, the
     groups that cost most fall back to `high_precision` until the main metric on `select_yaml` drops at most
     `max_drop` points (docs/sensitivity.md); `select_metric` names another figure of the task to follow (a
     segmentation model's box mAP50-95: "mAP50-95"; default its headline, docs/tasks.md).
@@ -44,6 +46,7 @@ def quantize(model: PathLike, *, calib: PathLike | None = None, data: PathLike |
 
     method = method or default_method(target, mode, budget=max_drop is not None)
     spec = quantize_spec(mode, method, target, percentile, exclude, head_protect, high_precision, reduce_range)
+    candidates = auto_methods(spec, methods, max_drop)
     model, calib = locate(model, say), locate(calib, say)
     if calib is None and not data:
         raise OrinflowError("give calibration data: --calib calib.npy, or --yaml data.yaml to build it")
@@ -61,13 +64,14 @@ def quantize(model: PathLike, *, calib: PathLike | None = None, data: PathLike |
     else:
         array = build_calibration(source.processing, load_dataset(data, split), num_images)
     from ..export.nms import with_nms_restored
-    from ..optimize.quantize.sensitivity import fit_budget
+    from ..optimize.quantize.calib_choice import budgeted
 
     if budget is None:
         made = with_nms_restored(source, output, lambda raw, out: quantize_onnx(raw, array, spec, out, say=say))
     else:
-        made = with_nms_restored(source, output, lambda raw, out: fit_budget(raw, array, spec, budget[1], budget[0],
-                                                                             out, budget[2], say=say))
+        made = with_nms_restored(source, output, lambda raw, out: budgeted(raw, array, spec, budget[1], budget[0],
+                                                                           out, budget[2], say=say,
+                                                                           methods=candidates))
     if target == "cpu":
         from ..optimize.quantize.ptq import check_cpu_kernels
 
@@ -132,6 +136,23 @@ def _cache_method(method: str | None, percentile: float | None, head_protect: bo
         raise OrinflowError(f"--percentile {percentile}: give it with --method percentile, between 90 and 100 "
                             "(exclusive)" if method == "percentile" else "--percentile applies to --method percentile")
     return method
+
+
+def auto_methods(spec, methods, max_drop) -> list[str] | None:
+    """The calibrations `--method auto` tries (`methods` narrows them), checked before any work; None otherwise."""
+    from ..optimize.quantize.calib_choice import candidate_methods
+    from ..optimize.quantize.ptq import AUTO
+
+    listed = names_list(methods) if methods else None
+    if spec.method != AUTO:
+        if listed:
+            raise OrinflowError(f"--methods narrows the calibrations --method auto tries; --method {spec.method} "
+                                "names one already")
+        return None
+    if max_drop is None:
+        raise OrinflowError("--method auto chooses the calibration by measurement under an accuracy budget: add "
+                            "--max-drop (and --select-yaml), or name a method")
+    return candidate_methods(spec, listed)
 
 
 def quantize_spec(mode: str, method: str, target: str, percentile: float, exclude: Sequence[str] | None,

@@ -60,7 +60,7 @@ SelectMetricOpt = Annotated[Optional[str], typer.Option("--select-metric", help=
                                                         "top1); mAP50-95 follows a segmentation model's boxes.")]
 
 
-def _print_budget(budget: dict, method: str) -> None:
+def _print_budget(budget: dict, method: str, choice: dict | None = None) -> None:
     verdict = "[green]met[/green]" if budget["met"] else "[red]not met[/red]"
     console.print(f"budget {budget['max_drop']:.2f} points {verdict}: {budget['metric']} on "
                   f"{esc(budget['select_data'])} "
@@ -70,11 +70,11 @@ def _print_budget(budget: dict, method: str) -> None:
     if not budget["met"]:
         console.print(f"[yellow]the budget is not met within --max-fallback {budget['max_fallback']:.0%} and "
                       f"--max-steps {budget['max_steps']}; the best model reached is written[/yellow]", markup=True)
-        if method != "search" and budget.get("search_full_int8") is not None:
+        if choice is None and method != "search" and budget.get("search_full_int8") is not None:
             console.print(f"--method search starts from {budget['search_full_int8']:.4f} ({budget['metric']}, full "
                           f"INT8, measured on the same selection data earlier) against {method}'s "
                           f"{budget['full_int8']:.4f}: try it")
-        elif method != "search" and "search_full_int8" in budget:
+        elif choice is None and method != "search" and "search_full_int8" in budget:
             console.print(f"--method search (per-quantizer calibration) usually starts closer to FP32 than {method} "
                           "and often meets a budget that other methods miss: try it")
 
@@ -89,8 +89,13 @@ def quantize(
     num_images: NumImagesOpt = 512,
     mode: ModeOpt = "int8",
     method: Annotated[Optional[str], typer.Option("--method", help="Activation calibration: entropy, max, percentile, "
-                                                  "or search (per quantizer, whichever serves the head outputs best; "
-                                                  "tensorrt int8). Default: entropy; search with --max-drop.")] = None,
+                                                  "mse (tensorrt), search (per quantizer, whichever serves the head "
+                                                  "outputs best; tensorrt int8) or auto (with --max-drop: each "
+                                                  "measured on the selection data, the best kept). Default: entropy; "
+                                                  "auto with --max-drop.")] = None,
+    methods: Annotated[Optional[str], typer.Option("--methods", help="With --max-drop and --method auto: the "
+                                                   "calibrations to try, 'max,entropy' (default: all that apply to "
+                                                   "the target, cheapest first).")] = None,
     percentile: PercentileOpt = 99.999,
     target: TargetOpt = "tensorrt",
     exclude: ExcludeOpt = None,
@@ -122,7 +127,7 @@ def quantize(
                           high_precision=high_precision, max_drop=max_drop, max_fallback=max_fallback,
                           max_steps=max_steps, select_yaml=select_yaml, select_split=select_split,
                           select_images=select_images, select_metric=select_metric, reduce_range=reduce_range,
-                          output=output, say=say)
+                          methods=methods, output=output, say=say)
     used = record["quantization"]["method"]
     console.print(f"quantized [bold]{esc(record['model'])}[/bold] ({mode}, {used}, {target}) from "
                   f"{record['calibration_images']} calibration images in {record['seconds']} s", markup=True)
@@ -133,7 +138,7 @@ def quantize(
         console.print(f"ONNX Runtime on this CPU ({kernels['cpu']}): {path}, {kernels['reason']}", highlight=False,
                       soft_wrap=True)
     if "budget" in record:
-        _print_budget(record["budget"], record["quantization"]["method"])
+        _print_budget(record["budget"], record["quantization"]["method"], record.get("calibration_choice"))
     console.print(describe(record["sparsity"]))
 
 
@@ -242,7 +247,7 @@ def ptq(
     for variant in route["variants"]:
         if "budget" in variant:
             console.print(f"{Path(variant['model']).name}:", end=" ")
-            _print_budget(variant["budget"], variant["quantization"]["method"])
+            _print_budget(variant["budget"], variant["quantization"]["method"], variant.get("calibration_choice"))
     for target, best in route["best"].items():
         console.print(f"best for {target}: {best['method']} ({best['metric']} {-best['drop'] * 100:+.2f} points "
                       "against FP32)")

@@ -27,21 +27,24 @@ from ..common.qdq_report import qdq_report
 from ..common.sparse24 import sparsity_summary
 from .cpu_layout import align_conv_channels, quantize_before_space_to_depth
 from .calib_cache import LEVELS, write_cache
-from .histograms import percentile_amax
+from .scale_search import mse_clip
+from .histograms import activation_histograms, percentile_amax
 from .ort_worker import CALIB_CHUNK
 from ...tasks import task_room
 
 MODES = ("int8", "fp8", "int4")
-METHODS = ("entropy", "max", "percentile", "search")
+AUTO = "auto"  # under --max-drop: the calibration chosen by measurement on the selection data (calib_choice.py)
+METHODS = ("entropy", "max", "percentile", "mse", "search", AUTO)
+HISTOGRAM_METHODS = ("percentile", "mse")  # amax per tensor from orinflow's own histograms, handed to ModelOpt
 TARGETS = ("tensorrt", "cpu")
 HIGH_PRECISION = ("fp32", "fp16")
 
 
 def default_method(target: str, mode: str = "int8", budget: bool = False) -> str:
-    """The calibration method when none is given: under an accuracy budget (--max-drop) the per-quantizer
-    search where it applies (tensorrt, int8), which measured half entropy's loss on real YOLOv5 checkpoints
-    (docs/sensitivity.md); entropy otherwise."""
-    return "search" if budget and target == "tensorrt" and mode == "int8" else "entropy"
+    """The calibration method when none is given: under an accuracy budget (--max-drop, int8) the one the
+    selection data measures best (auto: neither entropy nor search wins on every model, docs/sensitivity.md);
+    entropy otherwise."""
+    return AUTO if budget and mode == "int8" else "entropy"
 
 
 @dataclass
@@ -70,6 +73,12 @@ class QuantizeSpec:
         if self.method == "search" and (self.target != "tensorrt" or self.mode != "int8"):
             raise OrinflowError("--method search chooses INT8 activation scales per quantizer for --target tensorrt "
                                 "--mode int8 only")
+        if self.method == AUTO and self.mode != "int8":
+            raise OrinflowError("--method auto chooses an INT8 calibration under --max-drop; give --method for "
+                                f"--mode {self.mode}")
+        if self.method == "mse" and (self.target != "tensorrt" or self.mode not in ("int8", "fp8")):
+            raise OrinflowError("--method mse clips activations where INT8's squared error is least: it is for "
+                                "--target tensorrt (int8 or fp8)")
         if self.mode == "int4" and self.method == "percentile":
             raise OrinflowError("--mode int4 is weight-only: calibrate with --method max or entropy")
         if not 90 < self.percentile < 100:
@@ -100,6 +109,9 @@ def quantize_onnx(source: OnnxModel, calib: np.ndarray, spec: QuantizeSpec, outp
     `say` receives progress lines (only --method search prints one).
     """
     spec.validate()
+    if spec.method == AUTO:
+        raise OrinflowError("--method auto chooses the calibration by measurement under an accuracy budget: add "
+                            "--max-drop (and --select-yaml), or name a method")
     if len(calib) == 0:
         raise OrinflowError("the calibration set is empty")
     model = onnx.load(str(source.path))
@@ -190,7 +202,7 @@ def _modelopt_quantize(src: Path, calib: np.ndarray, spec: QuantizeSpec, exclude
         modelopt_quantize = import_quietly("modelopt.onnx.quantization").quantize
     except ImportError as e:
         raise OrinflowError(f"NVIDIA ModelOpt's ONNX quantization is not importable ({e})") from e
-    method = {"entropy": "entropy", "max": "max", "percentile": "max", "search": "max"}[spec.method]
+    method = {"entropy": "entropy", "max": "max", "percentile": "max", "mse": "max", "search": "max"}[spec.method]
     if spec.mode == "int4":
         method = "rtn_dq" if spec.method == "max" else "awq_clip"
     # ModelOpt saves its shape-inferred model over the path it is given, and its intermediate models
@@ -198,7 +210,7 @@ def _modelopt_quantize(src: Path, calib: np.ndarray, spec: QuantizeSpec, exclude
     with private_folder() as work:
         src, quantized = private_copy(src, work), work / "quantized.onnx"
         input_name = onnx.load(str(src), load_external_data=False).graph.input[0].name
-        cache = _percentile_cache(src, calib, spec.percentile, work) if spec.method == "percentile" else None
+        cache = _histogram_cache(src, calib, spec, work) if spec.method in HISTOGRAM_METHODS else None
         try:
             with quietly():
                 modelopt_quantize(
@@ -265,11 +277,16 @@ def _set_scale(model: onnx.ModelProto, index, node: onnx.NodeProto, value: float
     node.input[1] = name
 
 
-def _percentile_cache(src: Path, calib: np.ndarray, percentile: float, work: Path) -> Path:
-    """Activation amax at a percentile of |x|, written as a TensorRT calibration cache for ModelOpt."""
-    cache = work / "percentile.cache"
-    write_cache({name: max(amax, 1e-8) / LEVELS for name, amax in percentile_amax(src, calib, percentile).items()},
-                cache)
+def _histogram_cache(src: Path, calib: np.ndarray, spec: QuantizeSpec, work: Path) -> Path:
+    """Activation amax from histograms of |x| (at a percentile, or the clip of least INT8 squared error), written
+    as a TensorRT calibration cache for ModelOpt."""
+    cache = work / f"{spec.method}.cache"
+    if spec.method == "percentile":
+        amax = percentile_amax(src, calib, spec.percentile)
+    else:
+        amax = {t: mse_clip(top, hist, LEVELS) for t, (top, hist) in activation_histograms(src, calib).items()
+                if hist.sum()}
+    write_cache({name: max(value, 1e-8) / LEVELS for name, value in amax.items()}, cache)
     return cache
 
 

@@ -180,24 +180,24 @@ def default_start_method(fp32: onnx.ModelProto, dataset: Dataset, config: QATCon
 
 def make_start(adapter: ModelAdapter, dataset: Dataset, config: QATConfig, output: Path, method: str | None = None,
                budget: tuple | None = None, say=print) -> dict:
-    """Route 1's answer for `adapter`, QAT's start when none is given: its FP32 ONNX (exported privately) quantized for TensorRT with `method` (default: default_start_method) on config.calib_images
+    """Route 1's answer for `adapter`, QAT's start when none is given: its FP32 ONNX (exported privately) quantized for TensorRT with `method` (default: default_start_method; under `budget`, auto) on config.calib_images
     images of `dataset`, under `budget` (BudgetSpec, selection Dataset, SensitivityOptions) when given.
     Returns quantize's record."""
     from ...data.calibration import build_calibration
     from ...export import export_onnx
     from ...io import private_folder
-    from .ptq import QuantizeSpec, quantize_onnx
-    from .sensitivity import fit_budget
+    from .calib_choice import budgeted
+    from .ptq import AUTO, QuantizeSpec, quantize_onnx
 
     with private_folder("orinflow-qat-start-") as folder:
         fp32 = export_onnx(adapter, folder / f"{Path(adapter.source).stem}_fp32.onnx").path
         source = load_model(fp32)
-        method = method or default_start_method(onnx.load(str(fp32)), dataset, config)
+        method = method or (AUTO if budget else default_start_method(onnx.load(str(fp32)), dataset, config))
         spec = QuantizeSpec(method=method)
         spec.validate()
         calib = build_calibration(source.processing, dataset, config.calib_images)
         say(f"route 1 first: {method} calibration on {len(calib)} images"
             + (f", under --max-drop {budget[0].max_drop}" if budget else "") + f" -> {output}")
         if budget:
-            return fit_budget(source, calib, spec, budget[1], budget[0], output, budget[2], say=say)
+            return budgeted(source, calib, spec, budget[1], budget[0], output, budget[2], say=say)
         return quantize_onnx(source, calib, spec, output, say=say)

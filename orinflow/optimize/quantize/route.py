@@ -14,7 +14,8 @@ from ...io import write_json
 from ...models import ModelAdapter, OnnxModel, load_model
 from ...runtime.trust import probe_count
 from .ptq import QuantizeSpec, default_method, quantize_onnx
-from .sensitivity import BudgetSpec, SensitivityOptions, fit_budget
+from .calib_choice import budgeted
+from .sensitivity import BudgetSpec, SensitivityOptions
 from ...tasks import task_room
 
 Budget = tuple[BudgetSpec, Dataset, SensitivityOptions]
@@ -25,8 +26,8 @@ def quantized_name(stem: str, spec: QuantizeSpec) -> str:
 
 
 def target_methods(base: QuantizeSpec, methods: list[str] | None, target: str, budget: bool) -> list[str]:
-    """The methods quantized for `target`: those given, else the default (search under a budget where it
-    applies, ptq.default_method)."""
+    """The methods quantized for `target`: those given, else the default (under a budget, the calibration the
+    selection data measures best: ptq.default_method, calib_choice.py)."""
     return methods if methods else [default_method(target, base.mode, budget)]
 
 
@@ -71,7 +72,7 @@ def run_ptq(model: ModelAdapter | OnnxModel, calib_data: str | Path, calib_split
             spec = replace(base, method=method, target=target)
             out = workdir / quantized_name(Path(fp32.path).stem.removesuffix("_fp32"), spec)
             if budget:
-                quantized = with_nms_restored(fp32, out, lambda raw, path: fit_budget(
+                quantized = with_nms_restored(fp32, out, lambda raw, path: budgeted(
                     raw, calib, spec, budget[1], budget[0], path, budget[2], say=indented))
             else:
                 quantized = with_nms_restored(fp32, out, lambda raw, path: quantize_onnx(raw, calib, spec, path,
@@ -83,6 +84,8 @@ def run_ptq(model: ModelAdapter | OnnxModel, calib_data: str | Path, calib_split
                           sparsity=quantized["sparsity"])
             if budget:
                 record["budget"] = quantized["budget"]
+            if "calibration_choice" in quantized:
+                record["calibration_choice"] = quantized["calibration_choice"]
             records.append(record)
             variants.append(record)
     if not variants:

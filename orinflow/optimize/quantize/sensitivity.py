@@ -162,10 +162,11 @@ def quantize_full(source: OnnxModel, calib: np.ndarray, spec: QuantizeSpec, work
 
 def measure_sensitivity(source: OnnxModel, calib: np.ndarray, spec: QuantizeSpec, select: Dataset,
                         options: SensitivityOptions | None = None, say=print, use_cache: bool = True,
-                        quantized: tuple[onnx.ModelProto, dict] | None = None) -> dict:
+                        quantized: tuple[onnx.ModelProto, dict] | None = None, measured: dict | None = None) -> dict:
     """Per-group sensitivity of `source` quantized with `spec`: the ranked record (cached by its inputs).
 
-    `quantized` is the full quantization (model, record) when the caller already has it.
+    `quantized` is the full quantization (model, record) when the caller already has it; `measured` the selection
+    metric of FP32 and of that full quantization ({"fp32": ..., "full_int8": ...}) when already measured.
     """
     options = options or SensitivityOptions()
     options.validate()
@@ -183,7 +184,7 @@ def measure_sensitivity(source: OnnxModel, calib: np.ndarray, spec: QuantizeSpec
     started = time.perf_counter()
     with private_folder("orinflow-sens-") as work:
         full, quant_record = quantized or quantize_full(source, calib, spec, work, say, use_cache)
-        record = _measure(source, calib, full, subset, options, work, say)
+        record = _measure(source, calib, full, subset, options, work, say, measured or {})
     record.update(key=key, cached=False, model=str(source.path), quantization=asdict(spec),
                   calibration_images=int(len(calib)), lint=quant_record["qdq_report"]["lint"],
                   seconds=round(time.perf_counter() - started, 1), peak_memory_mb=peak_memory_mb())
@@ -197,7 +198,7 @@ def peak_memory_mb() -> float:
 
 
 def _measure(source: OnnxModel, calib: np.ndarray, full: onnx.ModelProto, subset: Dataset,
-             options: SensitivityOptions, work: Path, say) -> dict:
+             options: SensitivityOptions, work: Path, say, measured: dict) -> dict:
     fp32 = onnx.load(str(source.path))
     groups = quantization_groups(full)
     if not groups:
@@ -220,8 +221,8 @@ def _measure(source: OnnxModel, calib: np.ndarray, full: onnx.ModelProto, subset
     metrics = MetricProbe(subset, source.task, work, options.threads, options.metric)
     say(f"sensitivity: {key} of FP32, full INT8 and the {min(options.top, len(rows))} worst groups on "
         f"{len(subset)} selection images")
-    fp32_metric = metrics.metric(fp32)
-    full_metric = metrics.metric(full)
+    fp32_metric = measured["fp32"] if "fp32" in measured else metrics.metric(fp32)
+    full_metric = measured["full_int8"] if "full_int8" in measured else metrics.metric(full)
     by_name = {g.name: g for g in groups}
     for row in rows[:options.top]:
         value = metrics.metric(dequantize_groups(full, [by_name[row["name"]]]))
@@ -234,10 +235,13 @@ def _measure(source: OnnxModel, calib: np.ndarray, full: onnx.ModelProto, subset
 
 # ------------------------------------------------------------------ the budget
 def fit_budget(source: OnnxModel, calib: np.ndarray, spec: QuantizeSpec, select: Dataset, budget: BudgetSpec,
-               output: Path, options: SensitivityOptions | None = None, say=print) -> dict:
+               output: Path, options: SensitivityOptions | None = None, say=print,
+               measured: dict | None = None) -> dict:
     """Quantize `source`, then fall back the most harmful groups until the selection drop is within budget.
 
-    Writes the best model reached (also when the budget is not met) and returns its record.
+    Writes the best model reached (also when the budget is not met) and returns its record. `measured`: the
+    selection metric of FP32 and of the full quantization when the caller has measured them (calib_choice.py);
+    a full quantization already within the budget then needs no sensitivity ranking.
     """
     budget.validate()
     options = options or SensitivityOptions()
@@ -246,11 +250,15 @@ def fit_budget(source: OnnxModel, calib: np.ndarray, spec: QuantizeSpec, select:
     started = time.perf_counter()
     with private_folder("orinflow-budget-") as work:
         full, quant_record = quantize_full(source, calib, spec, work, say)
-        ranking = measure_sensitivity(source, calib, spec, select, options, say=say,
-                                      quantized=(full, quant_record))
+        metrics = MetricProbe(subset, source.task, work, options.threads, options.metric)
+        if measured and (measured["fp32"] - measured["full_int8"]) * 100 <= budget.max_drop:
+            ranking = {"metric": metrics.key, "fp32": {metrics.key: measured["fp32"]}, "key": None,
+                       "full_int8": {metrics.key: measured["full_int8"]}, "groups": []}
+        else:
+            ranking = measure_sensitivity(source, calib, spec, select, options, say=say,
+                                          quantized=(full, quant_record), measured=measured)
         groups = {g.name: g for g in quantization_groups(full)}
         total_flops = sum(g.flops for g in groups.values()) or 1
-        metrics = MetricProbe(subset, source.task, work, options.threads, options.metric)
         reference = ranking["fp32"][ranking["metric"]]
         current = ranking["full_int8"][ranking["metric"]]
         steps, kept = _greedy(ranking, groups, total_flops, budget, reference, current, full, metrics, say)
