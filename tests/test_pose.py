@@ -162,6 +162,7 @@ def write_pose_data(root, kpt_shape=(17, 3), flip=COCO_FLIP, images=4) -> Path:
             lines.append(f"0 {cx:.4f} {cy:.4f} 0.3 0.6 " + " ".join(f"{x:.4f} {y:.4f}{tail}" for x, y in points))
         cv2.imwrite(str(root / "images" / f"{i}.jpg"), image)
         (root / "labels" / f"{i}.txt").write_text("\n".join(lines) + "\n")
+    cv2.imwrite(str(root / "images" / "empty.jpg"), np.full((96, 128, 3), 40, np.uint8))  # no label file: no one
     flip_line = f"flip_idx: {list(flip)}\n" if flip else ""
     (root / "pose.yaml").write_text(f"train: images\nval: images\nkpt_shape: {list(kpt_shape)}\n{flip_line}"
                                     "names: [person]\n")

@@ -125,7 +125,7 @@ class Pose(Detect):
 
 def label_keypoints(keypoints: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     """(n, K, 3) normalised keypoints with visibility -> pixels of an (h, w) image, visibility kept."""
-    out = np.asarray(keypoints, np.float32).reshape(len(keypoints), -1, 3).copy()
+    out = np.array(keypoints, np.float32)  # (n, K, 3), n may be 0
     out[..., 0] *= hw[1]
     out[..., 1] *= hw[0]
     return out
