@@ -385,3 +385,16 @@ def test_a_budget_missed_with_another_method_points_at_search(fp32, calib, selec
     with cli.console.capture() as captured:
         cli._print_budget(dict(budget, search_full_int8=None), "max")
     assert "--method search" in captured.get() and "starts from" not in captured.get()
+
+
+def test_auto_and_methods_are_refused_where_they_mean_nothing(fp32, tmp_path):
+    out = tmp_path / "x.onnx"
+    for args, message in ((["--method", "auto"], "--method auto chooses the calibration by measurement"),
+                          (["--methods", "max,entropy"], "--methods narrows the calibrations --method auto tries"),
+                          (["--method", "max", "--methods", "max", "--max-drop", "1", "--select-yaml", "x.yaml"],
+                           "--method max names one already"),
+                          (["--methods", "search", "--target", "cpu", "--max-drop", "1", "--select-yaml", "x.yaml"],
+                           "the cpu target chooses among max, percentile, entropy")):
+        result = runner.invoke(app, ["quantize", "-m", str(fp32.path), "--yaml", "x.yaml", "-o", str(out), *args])
+        assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
+        assert not out.exists()

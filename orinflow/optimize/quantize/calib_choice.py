@@ -71,11 +71,13 @@ def choose_calibration(source: OnnxModel, calib: np.ndarray, spec: QuantizeSpec,
         for number, method in enumerate(methods, 1):
             trial = replace(spec, method=method)
             notes: list[str] = []
+            began = time.perf_counter()
             full, _ = quantize_full(source, calib, trial, work, say=notes.append)
             cached = any("read from cache" in note for note in notes)
             value = probe.metric(full)
             drop = (reference - value) * 100
-            candidates.append({"method": method, "full_int8": value, "drop_points": drop, "cached": cached})
+            candidates.append({"method": method, "full_int8": value, "drop_points": drop, "cached": cached,
+                               "seconds": round(time.perf_counter() - began, 1)})
             say(f"  [{number}/{len(methods)}] {method}: full INT8 {value:.4f} ({-drop:+.2f} points)"
                 + (" - its quantization read from cache" if cached else ""))
             if drop <= budget.max_drop:
@@ -104,7 +106,8 @@ def choose_calibration(source: OnnxModel, calib: np.ndarray, spec: QuantizeSpec,
         "candidates": candidates, "stopped_early": len(candidates) < len(methods) and bool(within),
         "finalists": [{"method": m, "met": r["budget"]["met"], "final": r["budget"]["final"],
                        "drop_points": r["budget"]["drop_points"], "int8_flop_share": r["budget"]["int8_flop_share"],
-                       "fallback": r["budget"]["fallback"], "steps": r["budget"]["steps"]} for m, r, _ in trials],
+                       "fallback": r["budget"]["fallback"], "steps": r["budget"]["steps"],
+                       "seconds": r["seconds"]} for m, r, _ in trials],
         "chosen": method, "why": _why(method, trials), "seconds": round(time.perf_counter() - started, 1)}
     record["seconds"] = record["calibration_choice"]["seconds"]
     write_record(Path(output), record)
