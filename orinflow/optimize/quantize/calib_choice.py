@@ -135,4 +135,4 @@ def _why(method: str, trials: list[tuple[str, dict, Path]]) -> str:
     others = [r["budget"] for m, r, _ in trials if m != method]
     if all(not o["met"] for o in others):
         return f"the only finalist that meets the budget ({share})"
-    return f"meets the budget with the most INT8 ({share}; ties go to the better selection score)"
+    return f"meets the budget with the most INT8: {share} (a tie goes to the better selection score)"
