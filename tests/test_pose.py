@@ -385,10 +385,10 @@ def test_the_label_loss_is_ultralytics_pose_loss_on_the_keypoints(pose_data):
     loss = objective(images, labels, metas, points)
     objective.rng.bit_generator.state = state
     assert torch.isfinite(loss) and loss > 0
-    assert float(objective(images, labels, metas, points)) == pytest.approx(float(loss), rel=1e-6)
+    assert objective(images, labels, metas, points).item() == pytest.approx(loss.item(), rel=1e-6)
     objective.rng.bit_generator.state = state
     moved = [p + np.float32([0.05, 0.05, 0]) for p in points]
-    assert float(objective(images, labels, metas, moved)) != pytest.approx(float(loss), rel=1e-5)
+    assert objective(images, labels, metas, moved).item() != pytest.approx(loss.item(), rel=1e-5)
     objective.close()
 
 
