@@ -75,9 +75,8 @@ def test_the_steps_when_int8_loses_too_much_run_as_written(quick_start, user_fol
     choice = made["calibration_choice"]  # chosen by measurement: each calibration's full-INT8 selection score
     assert made["quantization"]["method"] == choice["chosen"] and "calibration chosen" in outputs["quantize"]
     tried = {c["method"]: c for c in choice["candidates"]}
-    assert list(tried) == ["max", "percentile", "entropy", "mse", "search"][:len(tried)]
-    if "search" in tried:  # `sensitivity`'s full (search) quantization is not made again
-        assert tried["search"]["cached"] and "search: full INT8" in outputs["quantize"]
+    assert list(tried) == ["max", "percentile", "entropy", "mse", "search"]
+    assert tried["search"]["cached"]  # `sensitivity`'s full (search) quantization is not made again
     if "search" in [f["method"] for f in choice["finalists"]]:  # nor its ranking measured again
         assert "sensitivity: read from cache" in outputs["quantize"]
     assert (user_folder / "best_qat_int8.onnx").is_file()
