@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from conftest import shared_path
+from tests_helpers import confident_untrained_export
 from orinflow.data import Dataset, load_dataset
 from orinflow.errors import OrinflowError
 from orinflow.tasks import Scoring, task_room
@@ -176,15 +177,7 @@ def pose_data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pose_onnx(tmp_path_factory):
-    from orinflow.api import load
-    from orinflow.export import export_onnx
-
-    torch.manual_seed(0)
-    adapter = load("yolov8n-pose.yaml", imgsz=128)
-    with torch.no_grad():  # untrained class scores start near 1e-5: raise them so that persons are kept
-        for branch in adapter.module.model[-1].cv3:
-            branch[-1].bias += 10
-    return adapter, export_onnx(adapter, tmp_path_factory.mktemp("poseonnx") / "pose.onnx").record
+    return confident_untrained_export("yolov8n-pose.yaml", tmp_path_factory.mktemp("poseonnx"))
 
 
 def test_a_pose_model_exports_and_evaluates_alike(pose_onnx, pose_data):

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from conftest import shared_path
+from tests_helpers import confident_untrained_export
 from orinflow.errors import OrinflowError
 from orinflow.tasks.ap import IOU_THRESHOLDS, ap_per_class, match_by_iou
 from orinflow.tasks.image import letterbox_image
@@ -154,15 +155,7 @@ def seg_data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def seg_onnx(tmp_path_factory):
-    from orinflow.api import load
-    from orinflow.export import export_onnx
-
-    torch.manual_seed(0)
-    adapter = load("yolov8n-seg.yaml", imgsz=128)
-    with torch.no_grad():  # untrained class scores start near 1e-5: raise them so that instances are kept
-        for branch in adapter.module.model[-1].cv3:
-            branch[-1].bias += 10
-    return adapter, export_onnx(adapter, tmp_path_factory.mktemp("segonnx") / "seg.onnx").record
+    return confident_untrained_export("yolov8n-seg.yaml", tmp_path_factory.mktemp("segonnx"))
 
 
 def test_a_seg_model_exports_both_outputs_and_evaluates_alike(seg_onnx, seg_data):

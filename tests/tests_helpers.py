@@ -20,3 +20,19 @@ def load_asset(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def confident_untrained_export(yaml_name: str, folder, imgsz: int = 128):
+    """An untrained Ultralytics model from its YAML, its class scores raised so that instances are kept (they start
+    near 1e-5), and its ONNX export's record: (adapter, record)."""
+    import torch
+
+    from orinflow.api import load
+    from orinflow.export import export_onnx
+
+    torch.manual_seed(0)
+    adapter = load(yaml_name, imgsz=imgsz)
+    with torch.no_grad():
+        for branch in adapter.module.model[-1].cv3:
+            branch[-1].bias += 10
+    return adapter, export_onnx(adapter, folder / f"{yaml_name.removesuffix('.yaml')}.onnx").record

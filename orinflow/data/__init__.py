@@ -2,7 +2,6 @@
 folders."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import cv2
@@ -13,6 +12,7 @@ from ..config import IMAGE_SUFFIXES
 from ..errors import OrinflowError
 from .coco_json import load_coco_json
 from .dataset import Dataset
+from .label_rows import row_values
 from .pose_labels import pose_config, read_pose_labels
 
 __all__ = ["Dataset", "load_coco_json", "load_dataset", "draw_images", "read_image", "list_images"]
@@ -126,25 +126,15 @@ def _read_labels(path: Path, image: Path, names: dict[int, str]) -> tuple[np.nda
 
 
 def _label_row(line: str, path: Path, number: int, names: dict[int, str]) -> tuple[list[float], np.ndarray | None]:
-    fields = line.split()
-    try:
-        values = [float(v) for v in fields]
-    except ValueError:
-        raise OrinflowError(f"bad label file {path}, line {number}: not numbers: {line.strip()[:60]!r}") from None
-    if not all(math.isfinite(v) for v in values):
-        raise OrinflowError(f"bad label file {path}, line {number}: NaN or infinite value: {line.strip()[:60]!r}")
+    where = f"bad label file {path}, line {number}"
+    values = row_values(line, where, names)
     if len(values) != 5 and (len(values) < 7 or len(values) % 2 == 0):
-        raise OrinflowError(f"bad label file {path}, line {number}: {len(values)} columns; a YOLO label is "
+        raise OrinflowError(f"{where}: {len(values)} columns; a YOLO label is "
                             "'class cx cy w h' (5 columns) or 'class x1 y1 x2 y2 x3 y3 ...' (a polygon of 3 or more "
                             "points)")
     if any(v < -0.01 or v > 1.01 for v in values[1:]):
-        raise OrinflowError(f"bad label file {path}, line {number}: coordinates must be normalised to 0..1: "
-                            f"{line.strip()[:60]!r}")
+        raise OrinflowError(f"{where}: coordinates must be normalised to 0..1: {line.strip()[:60]!r}")
     cls = values[0]
-    if cls != int(cls) or cls < 0 or (names and int(cls) not in names):
-        known = f"0..{max(names)}" if names else "whole numbers >= 0"
-        raise OrinflowError(f"bad label file {path}, line {number}: class id {fields[0]} is not one of the "
-                            f"dataset's classes ({known})")
     if len(values) == 5:
         return values, None
     xs, ys = values[1::2], values[2::2]  # a polygon: its bounding box

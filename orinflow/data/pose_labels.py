@@ -4,12 +4,12 @@ per keypoint), all normalised to the image. Every row is checked; a bad one is r
 file and the line."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import OrinflowError
+from .label_rows import row_values
 from ..tasks.keypoints import VISIBILITY_VALUES, check_kpt_shape, oks_sigmas, visibility_from_coordinates
 
 COORDINATE_SLACK = 0.01  # Ultralytics accepts coordinates up to 1% outside the image
@@ -54,16 +54,7 @@ def _pose_row(line: str, where: str, kpt_shape: tuple[int, int], names: dict[int
     if len(fields) != expected:
         raise OrinflowError(f"{where}: {len(fields)} values; kpt_shape {list(kpt_shape)} needs {expected} "
                             f"('class cx cy w h' and {kpt_shape[0]} keypoints of {kpt_shape[1]} values)")
-    try:
-        values = [float(v) for v in fields]
-    except ValueError:
-        raise OrinflowError(f"{where}: not numbers: {line.strip()[:60]!r}") from None
-    if not all(math.isfinite(v) for v in values):
-        raise OrinflowError(f"{where}: NaN or infinite value: {line.strip()[:60]!r}")
-    cls = values[0]
-    if cls != int(cls) or cls < 0 or (names and int(cls) not in names):
-        known = f"0..{max(names)}" if names else "whole numbers >= 0"
-        raise OrinflowError(f"{where}: class id {fields[0]} is not one of the dataset's classes ({known})")
+    values = row_values(line, where, names)
     points = np.asarray(values[5:], np.float64).reshape(kpt_shape)
     if kpt_shape[1] == 3:
         bad = [v for v in points[:, 2] if v not in VISIBILITY_VALUES]

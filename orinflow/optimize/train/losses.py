@@ -44,79 +44,64 @@ def input_targets(labels: list[np.ndarray], metas: list[ImageMeta], imgsz: tuple
 class UltralyticsDetectionLoss:
     """Ultralytics' detection criterion on a (quantized or sparse) copy of the model."""
 
+    criterion_name = "v8DetectionLoss"
+
     def __init__(self, model: torch.nn.Module):
         from ultralytics.cfg import get_cfg
-        from ultralytics.utils.loss import v8DetectionLoss
+        from ultralytics.utils import loss
 
-        if getattr(model.model[-1], "end2end", False):
+        self.refuse(model.model[-1])
+        model.args = get_cfg()  # Ultralytics' default gains (box 7.5, cls 0.5, dfl 1.5; pose 12, kobj 1)
+        self.criterion = getattr(loss, self.criterion_name)(model)
+
+    def refuse(self, head: torch.nn.Module) -> None:
+        """Raise where this criterion cannot score the head."""
+        if getattr(head, "end2end", False):
             raise OrinflowError("label loss for NMS-free (end-to-end) heads is not supported yet; use --distill")
-        model.args = get_cfg()  # Ultralytics' default gains (box 7.5, cls 0.5, dfl 1.5)
-        self.criterion = v8DetectionLoss(model)
 
     def __call__(self, outputs, targets: torch.Tensor) -> torch.Tensor:
-        if not isinstance(outputs, (tuple, list)) or len(outputs) < 2:
+        return self.loss(outputs, targets)
+
+    def loss(self, outputs, targets: torch.Tensor, **task_targets: torch.Tensor) -> torch.Tensor:
+        """The criterion's loss per image; `task_targets` adds what the task's terms read (masks, keypoints)."""
+        preds = outputs[1] if isinstance(outputs, (tuple, list)) and len(outputs) > 1 else None
+        if not isinstance(preds, dict):
             raise OrinflowError("the Ultralytics head returned no training outputs (was it exported?)")
-        batch = {"batch_idx": targets[:, 0], "cls": targets[:, 1:2], "bboxes": targets[:, 2:6]}
-        preds = outputs[1]
+        batch = {"batch_idx": targets[:, 0], "cls": targets[:, 1:2], "bboxes": targets[:, 2:6], **task_targets}
         loss, _ = self.criterion(preds, {k: v.to(preds["scores"].device) for k, v in batch.items()})
-        return loss.sum() / preds["scores"].shape[0]  # per image
+        return loss.sum() / preds["scores"].shape[0]
 
 
 class UltralyticsSegmentationLoss(UltralyticsDetectionLoss):
     """Ultralytics' segmentation criterion (`v8SegmentationLoss`: the detection terms, and each object's mask
-    BCE inside its box against its polygon on the prototype grid)."""
+    BCE inside its box against its polygon on the prototype grid; overlap_mask: one map per image, pixel = 1 +
+    the object's row)."""
 
+    criterion_name = "v8SegmentationLoss"
     needs_masks = True
-
-    def __init__(self, model: torch.nn.Module):
-        from ultralytics.cfg import get_cfg
-        from ultralytics.utils.loss import v8SegmentationLoss
-
-        if getattr(model.model[-1], "end2end", False):
-            raise OrinflowError("label loss for NMS-free (end-to-end) heads is not supported yet; use --distill")
-        model.args = get_cfg()  # overlap_mask: one map per image, pixel = 1 + the object's row
-        self.criterion = v8SegmentationLoss(model)
 
     def __call__(self, outputs, targets: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
         if masks is None:
             raise OrinflowError("the segmentation label loss needs polygon labels")
-        preds = outputs[1] if isinstance(outputs, (tuple, list)) and len(outputs) > 1 else None
-        if not isinstance(preds, dict):
-            raise OrinflowError("the Ultralytics head returned no training outputs (was it exported?)")
-        device = preds["scores"].device
-        batch = {"batch_idx": targets[:, 0], "cls": targets[:, 1:2], "bboxes": targets[:, 2:6], "masks": masks}
-        loss, _ = self.criterion(preds, {k: v.to(device) for k, v in batch.items()})
-        return loss.sum() / preds["scores"].shape[0]
+        return self.loss(outputs, targets, masks=masks)
 
 
 class UltralyticsPoseLoss(UltralyticsDetectionLoss):
     """Ultralytics' pose criterion (`v8PoseLoss`: the detection terms, each assigned anchor's keypoints by OKS
     against the object's, and the keypoints' visibility BCE)."""
 
+    criterion_name = "v8PoseLoss"
     needs_keypoints = True
 
-    def __init__(self, model: torch.nn.Module):
-        from ultralytics.cfg import get_cfg
-        from ultralytics.utils.loss import v8PoseLoss
-
-        head = model.model[-1]
+    def refuse(self, head: torch.nn.Module) -> None:
         if getattr(head, "end2end", False) or hasattr(head, "flow_model"):
             raise OrinflowError("the label loss of YOLO26 pose heads (a flow model on the keypoints) is not built; "
                                 "use --distill --no-labels")
-        model.args = get_cfg()  # Ultralytics' default gains (pose 12, kobj 1)
-        self.criterion = v8PoseLoss(model)
 
     def __call__(self, outputs, targets: torch.Tensor, keypoints: torch.Tensor | None = None) -> torch.Tensor:
         if keypoints is None:
             raise OrinflowError("the pose label loss needs keypoint labels")
-        preds = outputs[1] if isinstance(outputs, (tuple, list)) and len(outputs) > 1 else None
-        if not isinstance(preds, dict):
-            raise OrinflowError("the Ultralytics head returned no training outputs (was it exported?)")
-        device = preds["scores"].device
-        batch = {"batch_idx": targets[:, 0], "cls": targets[:, 1:2], "bboxes": targets[:, 2:6],
-                 "keypoints": keypoints}
-        loss, _ = self.criterion(preds, {k: v.to(device) for k, v in batch.items()})
-        return loss.sum() / preds["scores"].shape[0]
+        return self.loss(outputs, targets, keypoints=keypoints)
 
 
 def keypoint_targets(keypoints: list[np.ndarray] | None, metas: list[ImageMeta], flipped: torch.Tensor,
