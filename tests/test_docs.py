@@ -66,10 +66,23 @@ def test_the_quick_start_runs_as_written(quick_start, user_folder):
     assert all(name in compared for name in ("best.pt", "best.onnx", "best_int8.onnx")) and "mAP50-95" in compared
 
 
-def test_the_steps_when_int8_loses_too_much_run_as_written(quick_start, user_folder, monkeypatch):
-    outputs = _run_block(quick_start_blocks()[1], user_folder, monkeypatch)
+@pytest.fixture(scope="module")
+def budget_ranking(quick_start, user_folder):
+    """The block's first two lines (calibrate, sensitivity): a test of their own, so that no one test runs the
+    whole block within the per-test time limit."""
+    with pytest.MonkeyPatch.context() as patch:
+        return _run_block(quick_start_blocks()[1][:2], user_folder, patch)
+
+
+def test_the_budget_blocks_ranking_lines_run_as_written(budget_ranking, user_folder):
+    assert list(budget_ranking) == ["calibrate", "sensitivity"]
+    assert (user_folder / "calib.npy").is_file() and (user_folder / "best_sensitivity" / "sensitivity.json").is_file()
+    assert "rank" in budget_ranking["sensitivity"] and "measured in" in budget_ranking["sensitivity"]
+
+
+def test_the_steps_when_int8_loses_too_much_run_as_written(budget_ranking, user_folder, monkeypatch):
+    outputs = budget_ranking | _run_block(quick_start_blocks()[1][2:], user_folder, monkeypatch)
     assert list(outputs) == ["calibrate", "sensitivity", "quantize", "qat"]
-    assert (user_folder / "best_sensitivity" / "sensitivity.json").is_file()
     assert "budget 0.50 points" in outputs["quantize"] and (user_folder / "best_int8_budget.onnx").is_file()
     made = json.loads((user_folder / "best_int8_budget.json").read_text())
     choice = made["calibration_choice"]  # chosen by measurement: each calibration's full-INT8 selection score
