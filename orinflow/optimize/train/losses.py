@@ -69,7 +69,7 @@ class UltralyticsDetectionLoss:
             raise OrinflowError("the Ultralytics head returned no training outputs (was it exported?)")
         batch = {"batch_idx": targets[:, 0], "cls": targets[:, 1:2], "bboxes": targets[:, 2:6], **task_targets}
         loss, _ = self.criterion(preds, {k: v.to(preds["scores"].device) for k, v in batch.items()})
-        return loss.sum() / preds["scores"].shape[0]
+        return loss.sum() / preds["scores"].shape[0]  # per image
 
 
 class UltralyticsSegmentationLoss(UltralyticsDetectionLoss):
